@@ -1,0 +1,78 @@
+"""The Python API: what the command line does, in a few calls.
+
+    import tyrjax
+    model = tyrjax.load_model()                      # the embedded default
+    sets = tyrjax.evaluation_sets(model)             # shakespeare-v1 eval windows
+    print(tyrjax.evaluate(model, sets)["ppl"])
+    print(tyrjax.generate_text(model, "To be, or not to be"))
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tyrjax.evaluate import perplexity
+from tyrjax.generate import generate
+from tyrjax.loading import Model, require_tokenizer
+from tyrjax.model import count_params
+
+DEFAULT_EVAL_CORPORA = ("shakespeare", "pydoc")
+
+
+def evaluation_sets(
+    model: Model,
+    eval_windows: int = 16,
+    corpora: tuple[str, ...] = DEFAULT_EVAL_CORPORA,
+    window_length: int = 1024,
+) -> dict[str, np.ndarray]:
+    """The protocol's evaluation windows, one (n, length) array per corpus (held-out split)."""
+    from tyrjax import data
+
+    tok = require_tokenizer(model)
+    data.check_window_length(window_length, model.cfg.max_position_embeddings)
+    return {
+        name: data.eval_windows(data.tokenize(tok, data.corpus_text(name, "eval")), eval_windows, window_length, corpus=name)
+        for name in corpora
+    }
+
+
+def calibration_windows(model: Model, data: str = "shakespeare", calib_windows: int = 64, length: int = 512) -> np.ndarray:
+    """The protocol's seeded calibration windows (n, length) from the calibration split of `data`."""
+    from tyrjax import data as corpora
+
+    corpora.check_window_length(length, model.cfg.max_position_embeddings)
+    windows = corpora.protocol_windows(require_tokenizer(model), calib_windows, 1, data, calib_length=length)
+    return windows["calib"]
+
+
+def param_counts(model: Model) -> dict[str, int]:
+    return {"total": count_params(model.params), "attn_mlp": model.cfg.attn_mlp_params()}
+
+
+def evaluate(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Perplexity on each evaluation set, plus parameter counts: the core of metrics.json."""
+    ppl = {
+        name: perplexity(model.params, model.cfg, windows, batch_size, desc=f"ppl {name}", progress=progress)
+        for name, windows in sets.items()
+    }
+    return {"model": model.source, "ppl": ppl, "params": param_counts(model)}
+
+
+def generate_text(
+    model: Model,
+    prompt: str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> str:
+    """Decode a continuation of `prompt` (greedy when temperature is 0); returns the new text."""
+    tok = require_tokenizer(model)
+    ids = np.array([tok.encode(prompt, add_special_tokens=False).ids], np.int32)
+    out = generate(model.params, model.cfg, ids, max_new_tokens, temperature, top_k, top_p, seed, model.cfg.eos_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    if model.cfg.eos_token_id in new:
+        new = new[: new.index(model.cfg.eos_token_id)]
+    return tok.decode(new)

@@ -1,0 +1,298 @@
+"""Hugging Face directories (config.json + safetensors) and orbax checkpoints.
+
+Tensors are read one at a time into preallocated arrays, so the checkpoint is never held
+twice in memory. HF stores linear weights as (out, in); tyrjax uses (in, out).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import Params, is_stacked
+
+# tyrjax name -> (HF name template, transpose?)
+LAYER_TENSORS = {
+    "attn_norm": ("model.layers.{}.input_layernorm.weight", False),
+    "wq": ("model.layers.{}.self_attn.q_proj.weight", True),
+    "wk": ("model.layers.{}.self_attn.k_proj.weight", True),
+    "wv": ("model.layers.{}.self_attn.v_proj.weight", True),
+    "wo": ("model.layers.{}.self_attn.o_proj.weight", True),
+    "bq": ("model.layers.{}.self_attn.q_proj.bias", False),
+    "bk": ("model.layers.{}.self_attn.k_proj.bias", False),
+    "bv": ("model.layers.{}.self_attn.v_proj.bias", False),
+    "bo": ("model.layers.{}.self_attn.o_proj.bias", False),
+    "mlp_norm": ("model.layers.{}.post_attention_layernorm.weight", False),
+    "w_gate": ("model.layers.{}.mlp.gate_proj.weight", True),
+    "w_up": ("model.layers.{}.mlp.up_proj.weight", True),
+    "w_down": ("model.layers.{}.mlp.down_proj.weight", True),
+    "b_down": ("model.layers.{}.mlp.down_proj.bias", False),
+}
+GLOBAL_TENSORS = {
+    "embed": ("model.embed_tokens.weight", False),
+    "final_norm": ("model.norm.weight", False),
+    "lm_head": ("lm_head.weight", True),
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def layer_shapes(cfg: ModelConfig, layer: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of one layer's tensors (tyrjax layout) for this config."""
+    d, hd = cfg.hidden_size, cfg.head_dim
+    q, kv, f = cfg.heads(layer) * hd, cfg.kv_heads(layer) * hd, cfg.ffn(layer)
+    shapes = {
+        "attn_norm": (d,), "wq": (d, q), "wk": (d, kv), "wv": (d, kv), "wo": (q, d),
+        "mlp_norm": (d,), "w_gate": (d, f), "w_up": (d, f), "w_down": (f, d),
+    }
+    if cfg.attention_bias:
+        shapes.update(bq=(q,), bk=(kv,), bv=(kv,))
+    if cfg.o_bias:
+        shapes["bo"] = (d,)
+    if cfg.down_bias:
+        shapes["b_down"] = (d,)
+    return shapes
+
+
+def global_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    shapes = {"embed": (cfg.vocab_size, cfg.hidden_size), "final_norm": (cfg.hidden_size,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (cfg.hidden_size, cfg.vocab_size)
+    return shapes
+
+
+def abstract_params(cfg: ModelConfig, dtype=jnp.float32) -> Params:
+    """ShapeDtypeStructs of the params pytree: stacked for a dense config, a list for a compact one."""
+    sds = lambda s: jax.ShapeDtypeStruct(s, dtype)  # noqa: E731
+    out = {k: sds(s) for k, s in global_shapes(cfg).items()}
+    if cfg.is_compact:
+        out["layers"] = [{k: sds(s) for k, s in layer_shapes(cfg, i).items()} for i in range(cfg.n_layers)]
+    else:
+        out["layers"] = {k: sds((cfg.n_layers, *s)) for k, s in layer_shapes(cfg, 0).items()}
+    return out
+
+
+# --- reading -------------------------------------------------------------------------------
+def _weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise TyrjaxError(f"{index}: unreadable shard index ({e}); re-download the model") from None
+        return [model_dir / f for f in sorted(set(weight_map.values()))]
+    single = model_dir / "model.safetensors"
+    if single.exists():
+        return [single]
+    raise TyrjaxError(
+        f"{model_dir}: no model.safetensors or model.safetensors.index.json; "
+        "point --model at a Hugging Face model directory, a .gguf file or an orbax run directory"
+    )
+
+
+class _TensorReader:
+    """Lazily opened safetensors shards; one tensor at a time."""
+
+    def __init__(self, files: list[Path]):
+        self.location: dict[str, Path] = {}
+        for f in files:
+            try:
+                with safe_open(str(f), framework="numpy") as h:
+                    for k in h.keys():
+                        self.location[k] = f
+            except Exception as e:  # safetensors raises several internal types
+                raise TyrjaxError(f"{f}: corrupt or unreadable safetensors file ({e}); re-download it") from None
+        self._open: dict[Path, object] = {}
+
+    def has(self, name: str) -> bool:
+        return name in self.location
+
+    def get(self, name: str, transpose: bool, expected: tuple[int, ...]) -> np.ndarray:
+        if name not in self.location:
+            raise TyrjaxError(f"checkpoint lacks tensor {name!r}; the weights do not match config.json")
+        f = self.location[name]
+        if f not in self._open:
+            self._open[f] = safe_open(str(f), framework="numpy")
+        try:
+            a = self._open[f].get_tensor(name)
+        except Exception as e:
+            raise TyrjaxError(f"{f}: cannot read tensor {name!r} ({e}); the file is corrupt, re-download it") from None
+        a = a.T if transpose else a
+        if tuple(a.shape) != tuple(expected):
+            raise TyrjaxError(
+                f"{f}: tensor {name!r} has shape {a.shape} (tyrjax layout), config.json implies {expected}"
+            )
+        return a
+
+    def close(self) -> None:
+        for h in self._open.values():
+            h.__exit__(None, None, None)
+        self._open.clear()
+
+
+def load_hf_params(model_dir: str | Path, cfg: ModelConfig, dtype=jnp.float32) -> Params:
+    """Parameters from safetensors, read tensor by tensor into the form `cfg` describes."""
+    model_dir = Path(model_dir)
+    reader = _TensorReader(_weight_files(model_dir))
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    try:
+        params: Params = {}
+        for key, shape in global_shapes(cfg).items():
+            name, t = GLOBAL_TENSORS[key]
+            params[key] = jnp.asarray(reader.get(name, t, shape).astype(np_dtype))
+        if cfg.is_compact:
+            params["layers"] = [
+                {k: jnp.asarray(reader.get(LAYER_TENSORS[k][0].format(i), LAYER_TENSORS[k][1], s).astype(np_dtype))
+                 for k, s in layer_shapes(cfg, i).items()}
+                for i in range(cfg.n_layers)
+            ]
+        else:
+            stacked = {}
+            for k, s in layer_shapes(cfg, 0).items():
+                buf = np.empty((cfg.n_layers, *s), np_dtype)
+                for i in range(cfg.n_layers):
+                    buf[i] = reader.get(LAYER_TENSORS[k][0].format(i), LAYER_TENSORS[k][1], s)
+                stacked[k] = jnp.asarray(buf)
+                del buf
+            params["layers"] = stacked
+    finally:
+        reader.close()
+    return params
+
+
+# --- writing -------------------------------------------------------------------------------
+def _hf_tensors(params: Params, cfg: ModelConfig, dtype) -> dict[str, np.ndarray]:
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    out = {}
+    for key, (name, t) in GLOBAL_TENSORS.items():
+        if key in params:
+            a = np.asarray(params[key], np_dtype)
+            out[name] = np.ascontiguousarray(a.T if t else a)
+    layers = params["layers"]
+    for i in range(cfg.n_layers):
+        layer = jax.tree_util.tree_map(lambda a, i=i: a[i], layers) if is_stacked(params) else layers[i]
+        for key, a in layer.items():
+            name, t = LAYER_TENSORS[key]
+            a = np.asarray(a, np_dtype)
+            out[name.format(i)] = np.ascontiguousarray(a.T if t else a)
+    return out
+
+
+def atomic_dir(target: Path):
+    """A temp directory beside `target`, renamed onto it by `commit`, removed on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _AtomicDir(target)
+
+
+class _AtomicDir:
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.target, old)
+            os.replace(self.tmp, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.target)
+
+
+def save_hf(
+    params: Params,
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    dtype=jnp.float32,
+    max_shard_bytes: int = 2 * 1024**3,
+) -> Path:
+    """Write config.json + safetensors (sharded beyond `max_shard_bytes`) + tokenizer files."""
+    out_dir = Path(out_dir)
+    tensors = _hf_tensors(params, cfg, dtype)
+    with atomic_dir(out_dir) as tmp:
+        hf = cfg.to_hf()
+        hf["torch_dtype"] = str(jnp.dtype(dtype))
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        shards, current, size = [], {}, 0
+        for name, a in tensors.items():
+            if current and size + a.nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[name] = a
+            size += a.nbytes
+        shards.append(current)
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for j, shard in enumerate(shards):
+                fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+                weight_map.update({k: fname for k in shard})
+            total = sum(a.nbytes for a in tensors.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, tmp)
+    return out_dir
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
+    for name in TOKENIZER_FILES:
+        f = Path(src) / name
+        if f.exists():
+            shutil.copyfile(f, Path(dst) / name)
+
+
+# --- orbax ---------------------------------------------------------------------------------
+ORBAX_SUBDIR = "orbax"
+
+
+def save_orbax(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Parameters with orbax plus config.json (and tokenizer), as one atomic directory."""
+    import orbax.checkpoint as ocp
+
+    out_dir = Path(out_dir).absolute()
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(tmp / ORBAX_SUBDIR, params)
+            ckpt.wait_until_finished()
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, tmp)
+    return out_dir
+
+
+def is_orbax_dir(path: Path) -> bool:
+    return (path / ORBAX_SUBDIR).is_dir() and (path / "config.json").exists()
+
+
+def load_orbax(model_dir: str | Path, dtype=jnp.float32) -> tuple[Params, ModelConfig]:
+    import orbax.checkpoint as ocp
+
+    model_dir = Path(model_dir).absolute()
+    cfg = ModelConfig.from_json_file(model_dir / "config.json")
+    target = abstract_params(cfg, jnp.float32)
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            params = ckpt.restore(model_dir / ORBAX_SUBDIR, target)
+    except Exception as e:
+        raise TyrjaxError(f"{model_dir}: cannot restore the orbax checkpoint ({e}); it is corrupt or incomplete") from None
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params), cfg

@@ -1,0 +1,56 @@
+"""Perplexity: each window scored alone by one jitted, batched scorer."""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import Params, forward
+
+
+def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Next-token negative log-likelihoods (B, T-1) in fp32."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+@partial(jax.jit, static_argnums=1)
+def window_nll_sums(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
+    """Summed NLL of each window (B,), fp32."""
+    return token_nll(forward(params, cfg, tokens), tokens).sum(axis=1)
+
+
+def perplexity(
+    params: Params,
+    cfg: ModelConfig,
+    windows: np.ndarray,
+    batch_size: int = 1,
+    desc: str = "perplexity",
+    progress: bool = True,
+) -> float:
+    """exp(mean next-token NLL over all windows), each window scored alone."""
+    windows = np.asarray(windows, np.int32)
+    if windows.ndim != 2 or len(windows) == 0:
+        raise TyrjaxError(f"{desc}: expected a non-empty (n_windows, length) token array, got shape {windows.shape}")
+    if windows.shape[1] > cfg.max_position_embeddings:
+        raise TyrjaxError(
+            f"{desc}: windows of {windows.shape[1]} tokens exceed the model's "
+            f"{cfg.max_position_embeddings} positions; use shorter windows"
+        )
+    total = 0.0
+    pad = (-len(windows)) % batch_size
+    padded = np.concatenate([windows, windows[:pad]]) if pad else windows
+    bar = tqdm(range(0, len(padded), batch_size), desc=desc, unit="batch", disable=not progress, leave=False)
+    for start in bar:
+        sums = np.asarray(window_nll_sums(params, cfg, jnp.asarray(padded[start:start + batch_size])))
+        n_real = min(batch_size, len(windows) - start)
+        total += float(sums[:n_real].sum())
+    mean = total / (windows.shape[0] * (windows.shape[1] - 1))
+    if not np.isfinite(mean):
+        raise TyrjaxError(f"{desc}: the loss is not finite; the model produced NaN or inf logits")
+    return float(np.exp(mean))

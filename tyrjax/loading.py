@@ -1,0 +1,129 @@
+"""Resolve `--model` (default, directory, .gguf, orbax run, hub name) to a loaded model."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+
+import jax.numpy as jnp
+from tokenizers import Tokenizer
+
+from tyrjax.checkpoint import is_orbax_dir, load_hf_params, load_orbax
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import Params
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: parameters (masked or compact form), config, tokenizer, where from."""
+
+    params: Params
+    cfg: ModelConfig
+    tokenizer: Tokenizer | None
+    source: str
+    directory: Path | None = None
+
+
+def parse_dtype(name: str):
+    if name not in DTYPES:
+        raise TyrjaxError(f"--dtype {name!r} is not supported; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def gguf_cache_dir(gguf_path: Path) -> Path:
+    from tyrjax.cache import cache_dir
+
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+
+
+def resolve_model_dir(spec: str | None) -> Path:
+    """A local directory holding config.json and weights for `spec`."""
+    if spec is None:
+        from tyrjax.assets import default_model_dir
+
+        return default_model_dir()
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TyrjaxError(f"--model {spec}: no such GGUF file")
+        out = gguf_cache_dir(path)
+        if not (out / "config.json").exists():
+            from tyrjax.gguf_convert import convert_gguf
+
+            convert_gguf(path, out)
+        return out
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise TyrjaxError(f"--model {spec}: not a directory or a .gguf file; pass a model directory, a .gguf file or a hub name")
+    if HUB_NAME.match(spec):
+        return _download_from_hub(spec)
+    raise TyrjaxError(f"--model {spec}: no such file or directory, and not a hub name of the form org/name")
+
+
+def _download_from_hub(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
+    except Exception as e:
+        raise TyrjaxError(
+            f"--model {name}: cannot download from the Hugging Face hub ({type(e).__name__}: {e}); "
+            "check the name and the network, or pass a local directory or .gguf file"
+        ) from None
+
+
+def load_tokenizer(model_dir: Path, cfg: ModelConfig) -> Tokenizer | None:
+    """The directory's tokenizer.json, checked against the model's vocabulary; None if absent."""
+    f = model_dir / "tokenizer.json"
+    if not f.exists():
+        return None
+    try:
+        tok = Tokenizer.from_file(str(f))
+    except Exception as e:
+        raise TyrjaxError(f"{f}: unreadable tokenizer ({e}); re-download or re-convert the model") from None
+    check_tokenizer(tok, cfg, str(f))
+    return tok
+
+
+def check_tokenizer(tok: Tokenizer, cfg: ModelConfig, where: str) -> None:
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if n > cfg.vocab_size:
+        raise TyrjaxError(
+            f"{where}: the tokenizer has {n} tokens but the model's vocabulary has {cfg.vocab_size}; "
+            "they do not belong together: use the tokenizer that came with the model (--tokenizer)"
+        )
+
+
+def load_model(spec: str | None = None, dtype: str = "float32", tokenizer: str | None = None) -> Model:
+    """Load `spec` (None = the embedded default SmolLM2-135M-Instruct) in the given dtype."""
+    jdtype = parse_dtype(dtype)
+    model_dir = resolve_model_dir(spec)
+    if is_orbax_dir(model_dir):
+        params, cfg = load_orbax(model_dir, jdtype)
+    else:
+        cfg = ModelConfig.from_json_file(model_dir / "config.json")
+        params = load_hf_params(model_dir, cfg, jdtype)
+    if tokenizer is not None:
+        tok_dir = Path(tokenizer)
+        if not (tok_dir / "tokenizer.json").exists():
+            raise TyrjaxError(f"--tokenizer {tokenizer}: no tokenizer.json in that directory")
+        tok = load_tokenizer(tok_dir, cfg)
+    else:
+        tok = load_tokenizer(model_dir, cfg)
+    return Model(params, cfg, tok, spec or "SmolLM2-135M-Instruct (embedded default)", model_dir)
+
+
+def require_tokenizer(model: Model) -> Tokenizer:
+    if model.tokenizer is None:
+        raise TyrjaxError(
+            f"{model.directory}: the model has no tokenizer.json; pass --tokenizer DIR with the model's tokenizer"
+        )
+    return model.tokenizer
