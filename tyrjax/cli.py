@@ -59,6 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, "eval")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("prune", help="prune a model (Týr, structured baselines, or one-shot SparseGPT/Wanda/magnitude)",
+                       description=PRUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    _data_args(p)
+    _out_arg(p, "prune")
+    p.add_argument("--method", required=True, choices=PRUNE_METHODS, help="pruning method (see above)")
+    p.add_argument("--sparsity", type=float, default=None, help="structured: fraction of attention+MLP parameters to remove, in (0, 1)")
+    p.add_argument("--pattern", default=None, help="unstructured: a fraction like 0.5, or N:M like 2:4 / 4:8")
+    p.add_argument("--seed", type=int, default=0)
+    _structured_args(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("sds", help="Sparse-Dense-Sparse: prune, re-dense with L1/L2 (optax), prune again",
+                       description=SDS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    _data_args(p)
+    _out_arg(p, "sds")
+    p.add_argument("--pruner", default="sparsegpt", choices=["sparsegpt", "wanda"], help="one-shot pruner of steps 1 and 3")
+    p.add_argument("--pattern", default="0.5", help="a fraction like 0.5, or N:M like 2:4 / 4:8 (default 0.5)")
+    p.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps of the re-dense step per layer (the paper's epochs; full batch)")
+    p.add_argument("--adjust-steps", type=int, default=None, help="steps of the sparse weight adjustment (default: --steps; 0 skips it)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's tuned default)")
+    p.add_argument("--l1", type=float, default=None, help="L1 weight of the re-dense objective (default: tuned, see README)")
+    p.add_argument("--l2", type=float, default=None, help="L2 weight of the re-dense objective (default: tuned, see README)")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--inputs", default="pruned", choices=["pruned", "dense"], help="re-dense inputs from the pruned model (paper default) or the dense model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sds)
+
     p = sub.add_parser("generate", help="continue a prompt (greedy or sampled, KV-cached)",
                        description="Decode a continuation of --prompt with a KV cache; works on dense and pruned (compact) models.")
     _model_args(p)
@@ -76,6 +105,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output directory (must not exist, or be a previous conversion)")
     p.set_defaults(func=cmd_convert)
     return parser
+
+
+PRUNE_METHODS = ["tyr", "uniform", "wanda-sp", "flap", "magnitude", "sparsegpt", "wanda"]
+UNSTRUCTURED_METHODS = ("sparsegpt", "wanda")
+PRUNE_DESCRIPTION = """\
+Prune a model and write RUN_DIR with metrics.json, the pruned model and plots.
+
+Structured (--sparsity S, heads and neurons removed, a physically smaller model):
+  tyr        Týr-the-Pruner: local OBS pruning into a supernet, evolutionary search, coarse to fine
+  uniform    the Týr local pruner at the same sparsity in every layer
+  wanda-sp   structured Wanda, same ratio in every layer
+  flap       FLAP: fluctuation metric, adaptive ratios, bias compensation
+  magnitude  structured magnitude (with --sparsity)
+Unstructured / N:M (--pattern 0.5 | 2:4 | 4:8, zeros in dense shapes):
+  sparsegpt  SparseGPT (OBS column sweep)
+  wanda      Wanda (|W| x input norm)
+  magnitude  magnitude (with --pattern)
+"""
+SDS_DESCRIPTION = """\
+SDS (Sparse-Dense-Sparse): 1) prune every linear layer one-shot, 2) re-dense: optimise all
+weights toward the dense layer's outputs with an L1/L2 penalty (optax, full batch through Gram
+matrices), 3) prune again with the same pruner and pattern, then adjust the sparse weights.
+"""
+
+
+def _structured_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("structured pruning")
+    g.add_argument("--preset", default="quick", choices=["quick", "paper"],
+                   help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for accelerators")
+    g.add_argument("--distribution", type=Path, default=None, help="apply a searched distribution file instead of searching")
+    g.add_argument("--iterations", type=_positive_int, default=None, help="Týr prune-and-search iterations (preset default)")
+    g.add_argument("--generations", type=_positive_int, default=None, help="search generations per iteration (preset default)")
+    g.add_argument("--offspring", type=_positive_int, default=None, help="offspring per generation (preset default)")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    if args.method in UNSTRUCTURED_METHODS or args.pattern is not None:
+        if args.sparsity is not None:
+            raise TyrjaxError("prune: give either --pattern (unstructured) or --sparsity (structured), not both")
+        if args.method not in UNSTRUCTURED_METHODS + ("magnitude",):
+            raise TyrjaxError(f"prune: --method {args.method} is structured; use --sparsity instead of --pattern")
+        if args.pattern is None:
+            raise TyrjaxError(f"prune: --method {args.method} needs --pattern (e.g. 0.5, 2:4, 4:8)")
+        from tyrjax.sds.commands import run_oneshot
+
+        run_oneshot(args)
+        return
+    if args.sparsity is None:
+        raise TyrjaxError(f"prune: --method {args.method} needs --sparsity in (0, 1), e.g. --sparsity 0.5")
+    from tyrjax.tyr.commands import run_structured
+
+    run_structured(args)
+
+
+def cmd_sds(args: argparse.Namespace) -> None:
+    from tyrjax.sds.commands import run_sds
+
+    run_sds(args)
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

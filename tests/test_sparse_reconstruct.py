@@ -1,0 +1,123 @@
+"""SDS reconstruction: Gram-form loss, re-dense and sparse weight adjustment."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tyrjax.errors import TyrjaxError
+from tyrjax.sparse import (
+    NByM,
+    grams_from_inputs,
+    magnitude_prune,
+    make_optimizer,
+    reconstruction_loss,
+    reconstruction_value_and_grad,
+    redense,
+    sparse_adjust,
+)
+
+
+def _data(d_in=64, d_out=32, n_tokens=512, seed=0):
+    """Dense-model inputs X_d, pruned-model inputs X_s = X_d + drift, LLM-scale dense weights."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(d_in, d_in)) / np.sqrt(d_in)
+    X_d = rng.normal(size=(n_tokens, d_in)) @ A
+    X_s = X_d + 0.1 * rng.normal(size=X_d.shape)
+    W_d = 0.02 * rng.normal(size=(d_in, d_out))
+    return tuple(jnp.asarray(a, jnp.float32) for a in (X_s, X_d, W_d))
+
+
+def _token_loss(W, W_d, X_s, X_d):
+    return jnp.sum((X_d @ W_d - X_s @ W) ** 2) / X_s.shape[0]
+
+
+@pytest.mark.parametrize("dense_input", [False, True])
+def test_gram_loss_and_gradient_equal_token_form(dense_input):
+    X_s, X_d, W_d = _data(d_in=16, d_out=8, n_tokens=40)
+    W = W_d + 0.01 * jax.random.normal(jax.random.key(0), W_d.shape)
+    if dense_input:
+        X_d, grams = X_s, grams_from_inputs(X_s)
+    else:
+        grams = grams_from_inputs(X_s, X_d)
+    expected = _token_loss(W, W_d, X_s, X_d)
+    expected_grad = jax.grad(_token_loss)(W, W_d, X_s, X_d)
+    np.testing.assert_allclose(reconstruction_loss(W, W_d, grams), expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        reconstruction_loss(W, W_d, grams._replace(n_tokens=1), n_tokens=40), expected, rtol=1e-4
+    )
+    loss, grad = reconstruction_value_and_grad(W, W_d, grams)
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+    atol = 1e-6 * float(jnp.abs(expected_grad).max())
+    for g in (grad, jax.grad(reconstruction_loss)(W, W_d, grams)):
+        np.testing.assert_allclose(g, expected_grad, rtol=1e-4, atol=atol)
+
+
+def test_redense_reduces_loss_toward_the_optimum():
+    X_s, X_d, W_d = _data()
+    grams = grams_from_inputs(X_s, X_d)
+    W_pruned, _ = magnitude_prune(W_d, "0.5")
+    W, losses = redense(W_pruned, W_d, grams, l1=0.0, l2=0.0)
+    assert losses.shape == (201,)
+    np.testing.assert_allclose(losses[0], reconstruction_loss(W_pruned, W_d, grams), rtol=1e-5)
+    np.testing.assert_allclose(losses[-1], reconstruction_loss(W, W_d, grams), rtol=1e-5)
+    optimum = reconstruction_loss(jnp.linalg.solve(grams.h_ss, grams.h_sd @ W_d), W_d, grams)
+    assert float(losses[-1]) < 0.2 * float(losses[0])
+    assert float(losses[-1]) < 1.1 * float(optimum)
+
+
+def test_l1_makes_weights_pruning_friendly():
+    X_s, X_d, W_d = _data()
+    grams = grams_from_inputs(X_s, X_d)
+    W_pruned, _ = magnitude_prune(W_d, "0.5")
+    W_plain, _ = redense(W_pruned, W_d, grams, l1=0.0, l2=0.0)
+    W_l1, losses = redense(W_pruned, W_d, grams, l1=3e-3, l2=1e-3)
+
+    def near_zero(W):
+        return int(jnp.sum(jnp.abs(W) < 2e-3))
+
+    assert near_zero(W_l1) > 2 * near_zero(W_plain)
+    assert float(losses[-1]) < float(losses[0])
+
+    def repruned(W):  # re-pruning the regularised weights must lose less than the plain ones
+        return float(reconstruction_loss(magnitude_prune(W, "0.5")[0], W_d, grams))
+
+    assert repruned(W_l1) < repruned(W_plain)
+
+
+@pytest.mark.parametrize("pattern", ["0.5", "2:4"])
+def test_sparse_adjust_respects_pattern_and_beats_repruning(pattern):
+    X_s, X_d, W_d = _data()
+    grams = grams_from_inputs(X_s, X_d)
+    W_re, _ = redense(magnitude_prune(W_d, pattern)[0], W_d, grams, l1=1e-3, l2=0.0)
+    W, mask, losses = sparse_adjust(W_re, W_d, grams, pattern)
+    mask = np.asarray(mask)
+    if pattern == "2:4":
+        assert (mask.reshape(16, 4, 32).sum(axis=1) == 2).all()
+    else:
+        assert int(mask.sum()) == 64 * 32 // 2
+    assert (np.asarray(W)[~mask] == 0).all()
+    plain = float(reconstruction_loss(magnitude_prune(W_re, pattern)[0], W_d, grams))
+    final = float(reconstruction_loss(W, W_d, grams))
+    np.testing.assert_allclose(losses[0], plain, rtol=1e-5)
+    np.testing.assert_allclose(final, float(losses.min()), rtol=1e-5)
+    assert final < 0.9 * plain
+
+
+def test_optimizers_by_name_or_object_and_errors():
+    X_s, X_d, W_d = _data(d_in=16, d_out=8, n_tokens=64)
+    grams = grams_from_inputs(X_s, X_d)
+    W0 = magnitude_prune(W_d, NByM(2, 4))[0]
+    for opt in ("adamw", "sgd", optax.adam(1e-3)):
+        _, losses = redense(W0, W_d, grams, l1=0.0, l2=0.0, steps=50, optimizer=opt,
+                            learning_rate=0.05 if opt == "sgd" else 1e-3)
+        assert float(losses[-1]) < float(losses[0]), opt
+    with pytest.raises(TyrjaxError, match="'rmsprop'"):
+        make_optimizer("rmsprop", 1e-3, 10)
+    with pytest.raises(TyrjaxError, match="steps=0"):
+        redense(W0, W_d, grams, l1=0.0, l2=0.0, steps=0)
+    with pytest.raises(TyrjaxError, match="W_dense"):
+        redense(W0, W_d[:, :4], grams, l1=0.0, l2=0.0)
+    with pytest.raises(TyrjaxError, match="X_d"):
+        grams_from_inputs(X_s, X_d[:10])

@@ -1,0 +1,117 @@
+"""Block-by-block calibration: the inputs of every linear layer of one block, and their statistics.
+
+Pruners work one block at a time: the calibration hidden states `x (n_windows, T, d)` enter
+block l, the inputs of its linear layers are captured, statistics are accumulated in fp32
+(Gram matrices `H = XᵀX`, norms, means, variances), the block is pruned, and the pruned
+block's output becomes the next block's input. Only one block's activations are alive at a
+time, so memory does not grow with depth.
+
+The functions here are shared by the structured (Týr and its baselines) and the unstructured
+(SparseGPT, Wanda, SDS) pipelines.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.layers import attention_heads, attention_output, mlp_hidden, mlp_output, rms_norm, rope_tables
+from tyrjax.model import Params, embed
+
+# Linear layers of a block, grouped by the input they read.
+QKV = ("wq", "wk", "wv")
+GATE_UP = ("w_gate", "w_up")
+
+
+class InputStats(NamedTuple):
+    """fp32 statistics of a linear layer's inputs over all calibration tokens."""
+
+    gram: jax.Array  # (d_in, d_in) XᵀX
+    total: jax.Array  # (d_in,) Σ x
+    n_tokens: int
+
+    @property
+    def sq_norm(self) -> jax.Array:
+        """Σ x² per input channel (Wanda's ||X_j||² is its square root)."""
+        return jnp.diagonal(self.gram)
+
+    @property
+    def mean(self) -> jax.Array:
+        return self.total / self.n_tokens
+
+    @property
+    def var(self) -> jax.Array:
+        """Per-channel variance (FLAP's fluctuation metric)."""
+        return jnp.maximum(self.sq_norm / self.n_tokens - self.mean**2, 0.0)
+
+
+def layer(params: Params, index: int) -> Params:
+    """Layer `index` of the stacked (masked-form) parameters."""
+    return jax.tree_util.tree_map(lambda a: a[index], params["layers"])
+
+
+def embed_windows(params: Params, windows: np.ndarray) -> jax.Array:
+    """The first block's calibration input, fp32: (n_windows, T, d)."""
+    return embed(params, jnp.asarray(windows)).astype(jnp.float32)
+
+
+def _flat(a: jax.Array) -> jax.Array:
+    return a.reshape(-1, a.shape[-1]).astype(jnp.float32)
+
+
+def stats_of(a: jax.Array) -> InputStats:
+    """Statistics of (…, d_in) inputs."""
+    flat = _flat(a)
+    gram = jnp.einsum("ni,nj->ij", flat, flat, precision=jax.lax.Precision.HIGHEST)
+    return InputStats(gram, flat.sum(0), flat.shape[0])
+
+
+def cross_gram(a: jax.Array, b: jax.Array) -> jax.Array:
+    """AᵀB over tokens: (d_in, d_in) between two input streams (e.g. pruned vs dense)."""
+    return jnp.einsum("ni,nj->ij", _flat(a), _flat(b), precision=jax.lax.Precision.HIGHEST)
+
+
+def check_finite(stats: InputStats, where: str) -> None:
+    if not bool(jnp.all(jnp.isfinite(stats.gram))):
+        raise TyrjaxError(
+            f"calibration: NaN or inf in the inputs of {where}; the model overflows on the calibration data "
+            "(try --dtype float32 or other calibration text)"
+        )
+
+
+@partial(jax.jit, static_argnums=1)
+def attention_inputs(p: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(normed x: input of q/k/v, per-head outputs: input of o_proj) for a block input x."""
+    normed = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    cos, sin = rope_tables(cfg, jnp.arange(x.shape[1]))
+    heads, _ = attention_heads(p, cfg, normed, cos, sin, cfg.kv_map(0))
+    return normed, heads
+
+
+@partial(jax.jit, static_argnums=1)
+def mlp_inputs(p: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(normed x: input of gate/up, SwiGLU hidden: input of down_proj) for the MLP's input x."""
+    normed = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    return normed, mlp_hidden(p, normed)
+
+
+@partial(jax.jit, static_argnums=1)
+def attention_residual(p: Params, cfg: ModelConfig, x: jax.Array, heads: jax.Array, head_mask=None) -> jax.Array:
+    """x + o_proj(heads): the attention sub-block output given its per-head outputs."""
+    return x + attention_output(p, heads, head_mask, cfg.head_dim)
+
+
+@jax.jit
+def mlp_residual(p: Params, x: jax.Array, hidden: jax.Array, ffn_mask=None) -> jax.Array:
+    return x + mlp_output(p, hidden, ffn_mask)
+
+
+def map_chunks(fn, x: jax.Array, chunk: int):
+    """Apply `fn` to windows in chunks (bounds peak memory of attention scores); concatenates outputs."""
+    outs = [fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs)
