@@ -1,6 +1,7 @@
 """Tests of tyrjax.search: level grid, level-switch mutation, (1+λ) evolutionary search."""
 
 import json
+import os
 
 import numpy as np
 import pytest
