@@ -34,11 +34,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="parameter dtype (statistics stay fp32)")
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def _data_args(p: argparse.ArgumentParser, calib_default: int | None = 64) -> None:
     g = p.add_argument_group("data (the shakespeare-v1 protocol by default)")
     g.add_argument("--data", default="shakespeare",
                    help="calibration corpus: shakespeare, pydoc, a text file or directory, a .jsonl/.parquet file with a 'text' field, or hf:NAME[:CONFIG[:SPLIT]]")
-    g.add_argument("--calib-windows", type=_positive_int, default=64, help="calibration windows of 512 tokens (default 64)")
+    g.add_argument("--calib-windows", type=_positive_int, default=calib_default,
+                   help="calibration windows of 512 tokens (default: 64, the protocol's; structured prune: the preset's, 16 for quick)")
     g.add_argument("--eval-windows", type=_positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default 16)")
     g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default shakespeare,pydoc)")
     g.add_argument("--batch-size", type=_positive_int, default=1, help="windows scored per batch")
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model (Týr, structured baselines, or one-shot SparseGPT/Wanda/magnitude)",
                        description=PRUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(p)
-    _data_args(p)
+    _data_args(p, calib_default=None)
     _out_arg(p, "prune")
     p.add_argument("--method", required=True, choices=PRUNE_METHODS, help="pruning method (see above)")
     p.add_argument("--sparsity", type=float, default=None, help="structured: fraction of attention+MLP parameters to remove, in (0, 1)")
@@ -150,6 +151,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
             raise TyrjaxError(f"prune: --method {args.method} needs --pattern (e.g. 0.5, 2:4, 4:8)")
         from tyrjax.sds.commands import run_oneshot
 
+        args.calib_windows = args.calib_windows or 64
         run_oneshot(args)
         return
     if args.sparsity is None:

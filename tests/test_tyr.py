@@ -1,0 +1,157 @@
+"""Týr: supernet propagation, resumable builds, batched scoring, the search loop and export."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tyrjax.calibration import attention_inputs, embed_windows, layer, mlp_inputs
+from tyrjax.config import ModelConfig
+from tyrjax.model import compact_from_masked, forward, init_random_params
+from tyrjax.search.levels import centre_genome
+from tyrjax.search.mutation import level_switch
+from tyrjax.tyr.fitness import BatchScorer, kl_topk, score_candidates, teacher_topk
+from tyrjax.tyr.pipeline import TyrConfig, initial_grid, masks_and_weights, run_tyr
+from tyrjax.tyr.supernet import build_supernet, level_weights
+
+CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
+TCFG = TyrConfig(iterations=2, generations=3, offspring=6, stages=((6, 64), (2, 128), (1, 256)), topk=16,
+                 candidate_batch=4, mlp_multiple=4, interval=0.25)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params = init_random_params(CFG, 0, scale=0.2)
+    calib = np.random.default_rng(0).integers(0, 64, (8, 32))
+    grid = initial_grid(CFG, 0.4, TCFG)
+    return params, calib, grid
+
+
+def test_expected_weight_equals_nine_forwards(setup):
+    """The next block's input from one matmul with Σ w_e W_e equals Σ w_e (output of level e)."""
+    params, calib, grid = setup
+    sn = build_supernet(params, CFG, calib, grid, progress=False)
+    x = embed_windows(params, calib)
+    p = layer(params, 0)
+    _, heads = attention_inputs(p, CFG, x)
+    w = level_weights(grid, 0, "expectation", np.random.default_rng(0))
+    outs = [x + (heads.reshape(*heads.shape[:2], 4, 8) * sn.head_keep[0, e][:, None]).reshape(heads.shape) @ sn.wo[0, e]
+            for e in range(grid.n_levels)]
+    x_attn = sum(w[e] * outs[e] for e in range(grid.n_levels))
+    _, hidden = mlp_inputs(p, CFG, x_attn)
+    wm = level_weights(grid, 1, "expectation", np.random.default_rng(0))
+    nine = sum(wm[e] * (x_attn + (hidden * sn.ffn_keep[0, e]) @ sn.w_down[0, e]) for e in range(grid.n_levels))
+    # the supernet's block-1 statistics were taken on exactly this input: rebuild block 1 from it
+    from tyrjax.tyr.supernet import prune_block
+
+    levels, _ = prune_block(layer(params, 1), CFG, nine, grid, 1, "expectation", np.random.default_rng([0, 1]))
+    np.testing.assert_allclose(levels.wo, np.asarray(sn.wo[1]), rtol=2e-4, atol=2e-5)
+    np.testing.assert_array_equal(levels.head_keep, np.asarray(sn.head_keep[1]))
+    assert np.all(w[~grid.valid[0]] == 0) and w.sum() == pytest.approx(1)
+
+
+def test_level_masks_remove_the_grid_counts(setup):
+    params, calib, grid = setup
+    sn = build_supernet(params, CFG, calib, grid, progress=False)
+    for b in range(CFG.n_layers):
+        for e in np.flatnonzero(grid.valid[2 * b]):
+            assert (~np.asarray(sn.head_keep[b, e])).sum() == grid.removed[2 * b, e]
+        for e in np.flatnonzero(grid.valid[2 * b + 1]):
+            assert (~np.asarray(sn.ffn_keep[b, e])).sum() == grid.removed[2 * b + 1, e]
+
+
+def test_batched_scoring_equals_direct_kl_and_compiles_once(setup):
+    params, calib, grid = setup
+    sn = build_supernet(params, CFG, calib, grid, progress=False)
+    teacher = teacher_topk(params, CFG, calib, 16)
+    parent = centre_genome(grid)
+    genomes = np.stack([level_switch(i, parent, grid) for i in range(6)])
+    scorer = BatchScorer(params, CFG, sn, batch=4)
+    before = score_candidates._cache_size()
+    with_prefix = scorer(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2])
+    again = scorer(genomes[::-1], parent, calib[2:4], teacher.idx[2:4], teacher.logp[2:4])
+    without = scorer(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2], use_prefix=False)
+    assert score_candidates._cache_size() - before == 1  # many candidates, one compilation
+    np.testing.assert_allclose(with_prefix, without, rtol=1e-5)
+    for g, s in zip(genomes, with_prefix):
+        p, head, ffn = masks_and_weights(sn, g, params)
+        logits = forward(p, CFG, calib[:2], jnp.asarray(head, jnp.float32), jnp.asarray(ffn, jnp.float32))
+        direct = float(kl_topk(logits, jnp.asarray(teacher.idx[:2]), jnp.asarray(teacher.logp[:2])).mean())
+        assert s == pytest.approx(direct, rel=1e-4)
+    assert len(set(np.round(with_prefix, 6))) > 1
+
+
+def test_kl_is_zero_for_the_teacher_and_positive_otherwise():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 30))
+    top, idx = jax.lax.top_k(logits, 8)
+    t_logp = jax.nn.log_softmax(top, -1)
+    assert float(kl_topk(logits, idx, t_logp).max()) < 1e-6
+    assert float(kl_topk(logits * 0.5, idx, t_logp).min()) > 0
+
+
+def test_search_improves_on_the_centre_and_keeps_the_size(setup):
+    params, calib, grid = setup
+    result = run_tyr(params, CFG, calib, 0.4, TCFG, progress=False)
+    first = result.iterations[0]
+    fits = [h["fitness"] for it in result.iterations for h in it.history]
+    assert all(b <= a + 1e-9 for a, b in zip([h["fitness"] for h in first.history],
+                                             [h["fitness"] for h in first.history][1:]))
+    target = grid.removed_params_table[np.arange(grid.n_layers), centre_genome(grid)].sum()
+    final = result.iterations[-1]
+    removed = final.grid.removed_params_table[np.arange(final.grid.n_layers), final.genome].sum()
+    assert removed == target  # every level switch kept the total exactly
+    assert np.isfinite(fits).all()
+    cparams, ccfg = compact_from_masked(result.params, CFG, result.head_mask, result.ffn_mask)
+    tokens = calib[:2]
+    masked = forward(result.params, CFG, tokens, jnp.asarray(result.head_mask, jnp.float32),
+                     jnp.asarray(result.ffn_mask, jnp.float32))
+    np.testing.assert_allclose(np.asarray(forward(cparams, ccfg, tokens)), np.asarray(masked), rtol=1e-5, atol=1e-5)
+
+
+def test_propagation_ablations_differ(setup):
+    params, calib, grid = setup
+    nets = {p: build_supernet(params, CFG, calib, grid, propagation=p, progress=False)
+            for p in ("expectation", "dense", "uniform")}
+    assert not np.allclose(nets["expectation"].wo[2], nets["dense"].wo[2])
+    assert not np.allclose(nets["expectation"].wo[2], nets["uniform"].wo[2])
+    np.testing.assert_allclose(nets["expectation"].wo[0], nets["dense"].wo[0])  # block 0 sees the same input
+
+
+BUILD_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    import tyrjax.tyr.supernet as sn_mod
+    from tyrjax.config import ModelConfig
+    from tyrjax.model import init_random_params
+    from tyrjax.tyr.pipeline import TyrConfig, initial_grid
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
+    params = init_random_params(cfg, 0, scale=0.2)
+    calib = np.random.default_rng(0).integers(0, 64, (8, 32))
+    grid = initial_grid(cfg, 0.4, TyrConfig(mlp_multiple=4, interval=0.25))
+    kill_after = int(sys.argv[2])
+    save = sn_mod.SupernetStore.save_block
+    def save_then_die(self, block, levels, stream):
+        save(self, block, levels, stream)
+        if block + 1 == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    sn_mod.SupernetStore.save_block = save_then_die
+    net = sn_mod.build_supernet(params, cfg, calib, grid, store_dir=sys.argv[1], progress=False)
+    np.savez(sys.argv[3], *[np.asarray(a) for a in net])
+""")
+
+
+def test_killed_supernet_build_resumes_to_the_same_result(tmp_path):
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_SCRIPT)
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), "2", str(tmp_path / "a.npz")])
+    assert killed.returncode == -9
+    assert json.loads((tmp_path / "store" / "supernet.json").read_text())["completed"] == 2
+    subprocess.run([sys.executable, str(script), str(tmp_path / "store"), "0", str(tmp_path / "resumed.npz")], check=True)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "fresh"), "0", str(tmp_path / "fresh.npz")], check=True)
+    with np.load(tmp_path / "resumed.npz") as a, np.load(tmp_path / "fresh.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])

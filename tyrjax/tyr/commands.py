@@ -1,0 +1,131 @@
+"""`tyrjax prune --sparsity S --method tyr|uniform|wanda-sp|flap|magnitude`: one run directory."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tyrjax import api
+from tyrjax.errors import TyrjaxError
+from tyrjax.export import export_pruned
+from tyrjax.loading import Model, load_model
+from tyrjax.model import compact_from_masked
+from tyrjax.plots import per_layer_sparsity, search_convergence
+from tyrjax.rundir import Timer, default_out, record_command, write_json
+from tyrjax.tyr.pipeline import PRESETS, TyrConfig, apply_distribution, removed_groups, run_tyr, uniform_result
+
+PRESET_CALIB_WINDOWS = {"quick": 16, "paper": 64}
+
+
+def tyr_config(args: argparse.Namespace) -> TyrConfig:
+    tcfg = PRESETS[args.preset]
+    overrides = {k: getattr(args, k) for k in ("iterations", "generations", "offspring") if getattr(args, k, None)}
+    if "offspring" in overrides:
+        n = overrides["offspring"]
+        stages = tuple((min(c, n), t) for c, t in tcfg.stages)
+        overrides["stages"] = ((n, stages[0][1]),) + stages[1:]
+    return dataclasses.replace(tcfg, seed=args.seed, **overrides)
+
+
+def load_distribution(path: Path, model: Model) -> np.ndarray:
+    try:
+        data = json.loads(Path(path).read_text())
+        removed = np.asarray(data["removed_groups"], np.int64)
+    except FileNotFoundError:
+        raise TyrjaxError(f"--distribution {path}: no such file") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise TyrjaxError(f"--distribution {path}: not a tyrjax distribution file ({e}); use RUN_DIR/distribution.json") from None
+    if data.get("n_layers") != model.cfg.n_layers or data.get("n_heads") != model.cfg.n_heads or \
+            data.get("intermediate_size") != model.cfg.intermediate_size:
+        raise TyrjaxError(
+            f"--distribution {path}: made for a model with {data.get('n_layers')} blocks, {data.get('n_heads')} heads and "
+            f"{data.get('intermediate_size')} neurons; this model has {model.cfg.n_layers}, {model.cfg.n_heads} and "
+            f"{model.cfg.intermediate_size}"
+        )
+    return removed
+
+
+def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
+    return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
+
+
+def run_structured(args: argparse.Namespace) -> None:
+    if not 0.0 < args.sparsity < 1.0:
+        raise TyrjaxError(f"--sparsity {args.sparsity}: must lie strictly between 0 and 1 (e.g. 0.5)")
+    out = args.out or default_out(f"prune-{args.method}")
+    timer = Timer()
+    with timer.phase("load"):
+        model = load_model(args.model, args.dtype, args.tokenizer)
+        calib_n = args.calib_windows or PRESET_CALIB_WINDOWS[args.preset]
+        calib = api.calibration_windows(model, args.data, calib_n)
+        sets = api.evaluation_sets(model, args.eval_windows, tuple(c for c in args.eval_data.split(",") if c))
+    record_command(out)
+    with timer.phase("dense_eval"):
+        dense = api.evaluate(model, sets, args.batch_size)
+    tcfg = tyr_config(args)
+    cfg = model.cfg
+    history = None
+    if args.distribution is not None:
+        with timer.phase("prune"):
+            pruned, head, ffn = apply_distribution(model.params, cfg, calib, load_distribution(args.distribution, model), tcfg)
+    elif args.method == "tyr":
+        result = run_tyr(model.params, cfg, calib, args.sparsity, tcfg, work_dir=out / "work")
+        pruned, head, ffn = result.params, result.head_mask, result.ffn_mask
+        timer.wall_s["supernet"] = round(sum(result.supernet_s), 2)
+        timer.wall_s["search"] = round(sum(result.search_s), 2)
+        history = [it.history for it in result.iterations]
+    elif args.method == "uniform":
+        with timer.phase("prune"):
+            pruned, head, ffn = uniform_result(model.params, cfg, calib, args.sparsity, tcfg)
+    else:
+        from tyrjax.tyr.baselines import structured_baseline
+
+        with timer.phase("prune"):
+            pruned, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, args.sparsity, args.method,
+                                                            mlp_multiple=tcfg.mlp_multiple)
+    compact, ccfg = compact_from_masked(pruned, cfg, head, ffn)
+    pruned_model = Model(compact, ccfg, model.tokenizer, f"{model.source} pruned by {args.method}", out / "model")
+    with timer.phase("pruned_eval"):
+        evaluated = api.evaluate(pruned_model, sets, args.batch_size)
+    with timer.phase("export"):
+        written = export_pruned(compact, ccfg, out, model.directory)
+    achieved = 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
+    layers = per_layer(head, ffn)
+    metrics = {
+        "model": model.source,
+        "method": args.method,
+        "preset": args.preset,
+        "sparsity": {"target": args.sparsity, "achieved": round(achieved, 6)},
+        "ppl": evaluated["ppl"],
+        "dense_ppl": dense["ppl"],
+        "params": {"dense": dense["params"], "pruned": evaluated["params"]},
+        "per_layer": layers,
+        "calib_windows": int(len(calib)),
+        "tyr_config": dataclasses.asdict(tcfg) if args.method == "tyr" else None,
+        "wall_s": timer.wall_s,
+        "outputs": written,
+    }
+    write_json(out / "distribution.json", {
+        "removed_groups": removed_groups(head, ffn).tolist(), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+        "intermediate_size": cfg.intermediate_size, "method": args.method, "sparsity": metrics["sparsity"],
+    })
+    per_layer_sparsity(out / "per_layer_sparsity.png", layers["attention"], layers["mlp"],
+                       f"{args.method}: {achieved:.1%} of attention+MLP parameters removed")
+    if history:
+        write_json(out / "search_history.json", history)
+        search_convergence(out / "search_convergence.png", history)
+    write_json(out / "metrics.json", metrics)
+    _print_summary(metrics)
+    print(f"wrote {out}")
+
+
+def _print_summary(m: dict) -> None:
+    print(f"{'':12}{'dense':>12}{m['method']:>14}")
+    for corpus, value in m["ppl"].items():
+        print(f"{'ppl ' + corpus:<12}{m['dense_ppl'][corpus]:>12.3f}{value:>14.3f}")
+    print(f"{'params':<12}{m['params']['dense']['attn_mlp']:>12,}{m['params']['pruned']['attn_mlp']:>14,}  (attention+MLP)")
+    print(f"sparsity: target {m['sparsity']['target']:.3f}, achieved {m['sparsity']['achieved']:.3f}")

@@ -1,0 +1,229 @@
+"""Týr-the-Pruner end to end: supernet → evolutionary search → finer supernet → … (§1.3–§1.5)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import Params
+from tyrjax.search.evolution import SearchConfig, evolve, load_state, save_state
+from tyrjax.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
+from tyrjax.tyr.fitness import BatchScorer, Teacher, teacher_topk
+from tyrjax.tyr.supernet import Supernet, build_supernet
+
+
+@dataclasses.dataclass(frozen=True)
+class TyrConfig:
+    """Týr's knobs; `PRESETS` holds the paper's settings and a CPU-sized one."""
+
+    iterations: int = 4
+    interval: float = 0.125
+    n_levels: int = 9
+    generations: int = 50
+    offspring: int = 128
+    stages: tuple[tuple[int, int], ...] = ((128, 2048), (16, 16384), (4, 131072))
+    max_switches: int = 4
+    topk: int = 8192
+    candidate_batch: int = 8
+    mlp_multiple: int = 32
+    propagation: str = "expectation"
+    saliency: str = "tyr"
+    fitness: str = "kl"
+    seed: int = 0
+
+    def search_config(self) -> SearchConfig:
+        return SearchConfig(generations=self.generations, offspring=self.offspring, stages=self.stages,
+                            max_switches=self.max_switches, seed=self.seed)
+
+
+PRESETS = {
+    # ALGORITHMS.md §1.4–§1.5 as published: for accelerators.
+    "paper": TyrConfig(),
+    # The default model on 2 CPU cores in about half an hour: fewer, smaller generations.
+    "quick": TyrConfig(iterations=2, generations=6, offspring=16, stages=((16, 512), (4, 1024), (3, 2048)),
+                       topk=512, candidate_batch=4),
+}
+
+
+def group_params(cfg: ModelConfig) -> tuple[int, int]:
+    """Parameters removed with one query head (its q columns, bias and o rows) and one neuron."""
+    head = 2 * cfg.hidden_size * cfg.head_dim + (cfg.head_dim if cfg.attention_bias else 0)
+    return head, 3 * cfg.hidden_size
+
+
+def layer_arrays(cfg: ModelConfig, mlp_multiple: int) -> dict[str, np.ndarray]:
+    """Per searchable layer (attention, MLP alternating): groups, parameters per group, type, multiple."""
+    head_p, neuron_p = group_params(cfg)
+    L = cfg.n_layers
+    return {
+        "n_groups": np.tile([cfg.n_heads, cfg.intermediate_size], L),
+        "group_params": np.tile([head_p, neuron_p], L),
+        "module_type": np.tile([ATTENTION, MLP], L),
+        "group_multiple": np.tile([1, mlp_multiple], L),
+    }
+
+
+def _interval_for(arrays: dict[str, np.ndarray], interval: float) -> float:
+    """The interval, raised to one granule where the model is too small for it (documented)."""
+    smallest = float(np.min(arrays["group_multiple"] / arrays["n_groups"]))
+    return max(interval, smallest)
+
+
+def initial_grid(cfg: ModelConfig, sparsity: float, tcfg: TyrConfig) -> LevelGrid:
+    """The first supernet's grid: every layer of a type at the same centre, interval Δ."""
+    if not 0.0 < sparsity < 1.0:
+        raise TyrjaxError(f"--sparsity {sparsity}: must lie strictly between 0 and 1")
+    arrays = layer_arrays(cfg, tcfg.mlp_multiple)
+    if cfg.intermediate_size < 2 * tcfg.mlp_multiple:
+        raise TyrjaxError(
+            f"model: MLP width {cfg.intermediate_size} is too small for neuron steps of {tcfg.mlp_multiple}; "
+            "use a smaller multiple (TyrConfig.mlp_multiple)"
+        )
+    centres = initial_centres(sparsity, arrays["n_groups"], arrays["group_params"], arrays["group_multiple"],
+                              total_params=cfg.attn_mlp_params(), module_type=arrays["module_type"])
+    return make_grid(arrays["n_groups"], arrays["group_params"], arrays["module_type"], centres.sparsity,
+                     _interval_for(arrays, tcfg.interval), arrays["group_multiple"], n_levels=tcfg.n_levels)
+
+
+def masks_and_weights(supernet: Supernet, genome: np.ndarray, params: Params) -> tuple[Params, np.ndarray, np.ndarray]:
+    """The masked model of one candidate: its o_proj/down_proj levels and head/neuron masks."""
+    genome = np.asarray(genome)
+    blocks = np.arange(len(genome) // 2)
+    a, m = genome[0::2], genome[1::2]
+    layers = dict(params["layers"], wo=supernet.wo[blocks, a], w_down=supernet.w_down[blocks, m])
+    head = np.asarray(supernet.head_keep[blocks, a])
+    ffn = np.asarray(supernet.ffn_keep[blocks, m])
+    return dict(params, layers=layers), head, ffn
+
+
+@dataclasses.dataclass
+class IterationResult:
+    grid: LevelGrid
+    genome: np.ndarray
+    fitness: float | None
+    history: list[dict]
+
+
+def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tcfg: TyrConfig,
+                    iteration: int, parent_of: Callable[[], np.ndarray]):
+    """fitness(genomes, stage, generation): fresh, seeded windows per stage and generation."""
+    n_windows, length = calib.shape
+
+    def fitness(genomes: np.ndarray, stage: int, generation: int) -> np.ndarray:
+        want = max(1, math.ceil(tcfg.stages[stage][1] / length))
+        rng = np.random.default_rng([tcfg.seed, iteration, generation, stage])
+        idx = np.sort(rng.choice(n_windows, size=min(want, n_windows), replace=False))
+        return scorer(genomes, parent_of(), calib[idx], teacher.idx[idx], teacher.logp[idx])
+
+    return fitness
+
+
+def search_iteration(
+    params: Params, cfg: ModelConfig, supernet: Supernet, grid: LevelGrid, calib: np.ndarray, teacher: Teacher,
+    tcfg: TyrConfig, iteration: int, state_path: Path | None, progress: bool,
+) -> IterationResult:
+    """One evolutionary search over `grid`, resumable from `state_path`."""
+    search_cfg = tcfg.search_config()
+    state = load_state(state_path) if state_path is not None and state_path.exists() else None
+    parent = {"genome": np.asarray(state.parent) if state else centre_genome(grid)}
+    scorer = BatchScorer(params, cfg, supernet, tcfg.candidate_batch, tcfg.fitness)
+    fitness = make_fitness_fn(scorer, calib, teacher, tcfg, iteration, lambda: parent["genome"])
+    bar = tqdm(total=search_cfg.generations, initial=state.generation if state else 0, desc=f"search {iteration + 1}",
+               unit="gen", disable=not progress)
+
+    def on_generation(s) -> None:
+        parent["genome"] = np.asarray(s.parent)
+        if state_path is not None:
+            save_state(state_path, s)
+        bar.set_postfix(best_kl=f"{s.parent_fitness:.4f}")
+        bar.update(1)
+
+    result = evolve(grid, fitness, search_cfg, start_genome=None if state else parent["genome"], state=state,
+                    on_generation=on_generation)
+    bar.close()
+    history = [{"generation": r.generation, "fitness": r.fitness, "replaced": r.replaced} for r in result.history]
+    return IterationResult(grid, np.asarray(result.genome), result.fitness, history)
+
+
+@dataclasses.dataclass
+class TyrResult:
+    params: Params  # masked form with the chosen o_proj/down_proj weights
+    head_mask: np.ndarray
+    ffn_mask: np.ndarray
+    iterations: list[IterationResult]
+    supernet_s: list[float]
+    search_s: list[float]
+
+
+def run_tyr(
+    params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
+    work_dir: Path | None = None, progress: bool = True,
+) -> TyrResult:
+    """Iterative prune-and-search; `work_dir` holds supernets and search states for resuming."""
+    import time
+
+    teacher = teacher_topk(params, cfg, calib, tcfg.topk)
+    grid = initial_grid(cfg, sparsity, tcfg)
+    arrays = layer_arrays(cfg, tcfg.mlp_multiple)
+    iterations, sn_times, search_times = [], [], []
+    supernet = None
+    for it in range(tcfg.iterations):
+        if it > 0:
+            interval = _interval_for(arrays, tcfg.interval / 2**it)
+            grid = recentre(grid, iterations[-1].genome, interval, arrays["group_multiple"])
+        t0 = time.perf_counter()
+        supernet = build_supernet(params, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
+                                  store_dir=work_dir / f"supernet_{it}" if work_dir else None, seed=tcfg.seed,
+                                  progress=progress)
+        t1 = time.perf_counter()
+        state_path = work_dir / f"search_{it}.json" if work_dir else None
+        iterations.append(search_iteration(params, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress))
+        sn_times.append(t1 - t0)
+        search_times.append(time.perf_counter() - t1)
+    chosen, head, ffn = masks_and_weights(supernet, iterations[-1].genome, params)
+    return TyrResult(chosen, head, ffn, iterations, sn_times, search_times)
+
+
+def uniform_result(params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
+                   progress: bool = True) -> tuple[Params, np.ndarray, np.ndarray]:
+    """The Týr local pruner at the same sparsity in every layer: the centre of the first grid."""
+    grid = initial_grid(cfg, sparsity, tcfg)
+    one_level = LevelGrid(grid.module_type, grid.group_params, grid.n_groups, grid.centre, grid.step, n_levels=1)
+    supernet = build_supernet(params, cfg, calib, one_level, propagation="expectation", saliency=tcfg.saliency,
+                              progress=progress)
+    return masks_and_weights(supernet, np.zeros(one_level.n_layers, np.int64), params)
+
+
+def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray, tcfg: TyrConfig,
+                       progress: bool = True) -> tuple[Params, np.ndarray, np.ndarray]:
+    """Prune each layer at a given number of removed groups (a saved distribution), no search."""
+    arrays = layer_arrays(cfg, tcfg.mlp_multiple)
+    removed = np.asarray(removed, np.int64)
+    if removed.shape != arrays["n_groups"].shape or np.any(removed < 0) or np.any(removed > arrays["n_groups"]):
+        raise TyrjaxError(
+            f"distribution: expected {len(arrays['n_groups'])} per-layer removal counts within the layer sizes "
+            f"of this model ({cfg.n_layers} blocks, {cfg.n_heads} heads, {cfg.intermediate_size} neurons)"
+        )
+    grid = LevelGrid(arrays["module_type"], arrays["group_params"], arrays["n_groups"], removed,
+                     np.ones_like(removed), n_levels=1)
+    supernet = build_supernet(params, cfg, calib, grid, saliency=tcfg.saliency, progress=progress)
+    return masks_and_weights(supernet, np.zeros(grid.n_layers, np.int64), params)
+
+
+def removed_groups(head_mask: np.ndarray, ffn_mask: np.ndarray) -> np.ndarray:
+    """Per searchable layer, the groups removed (the reusable distribution)."""
+    out = np.empty(2 * len(head_mask), np.int64)
+    out[0::2] = (~np.asarray(head_mask, bool)).sum(1)
+    out[1::2] = (~np.asarray(ffn_mask, bool)).sum(1)
+    return out
+
+
+def as_float_masks(head: np.ndarray, ffn: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    return jnp.asarray(head, jnp.float32), jnp.asarray(ffn, jnp.float32)

@@ -1,0 +1,189 @@
+"""Týr's supernet: every layer pruned at E sparsity levels, built block by block.
+
+Searchable layer 2l is block l's attention (groups = query heads, input channels of o_proj),
+layer 2l+1 its MLP (groups = neurons, input channels of down_proj). Only o_proj / down_proj
+weights change between levels; q/k/v/gate/up are only masked.
+
+Propagation (ALGORITHMS.md §1.3): the next block's calibration input is the density-weighted
+expectation of the E pruned copies' outputs. The levels differ only in o_proj/down_proj, and
+the output is linear in that weight, so the expectation equals one matmul with the expected
+weight `Σ_e w_e · W_e` (rows of removed groups are zero in W_e, i.e. `diag(m_e) W_e`).
+The alternatives of the paper's ablation are kept: dense inputs, one random path, uniform weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from tyrjax.calibration import (attention_inputs, check_finite, embed_windows, layer, map_chunks, mlp_inputs,
+                                stats_of)
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import Params
+from tyrjax.rundir import write_atomic, write_json
+from tyrjax.search.levels import LevelGrid
+from tyrjax.structured.local import prune_levels
+
+PROPAGATIONS = ("expectation", "dense", "path", "uniform")
+ATTN_ROUNDS, MLP_ROUNDS = 1, 16  # the reference code: heads in one round, neurons in 16
+
+
+class Supernet(NamedTuple):
+    """Stacked levels: `wo (L, E, H*hd, d)`, `head_keep (L, E, H)`, `w_down (L, E, F, d)`,
+    `ffn_keep (L, E, F)`; a candidate is an integer level per searchable layer (2L)."""
+
+    wo: jax.Array
+    head_keep: jax.Array
+    w_down: jax.Array
+    ffn_keep: jax.Array
+
+
+class BlockLevels(NamedTuple):
+    wo: np.ndarray
+    head_keep: np.ndarray
+    w_down: np.ndarray
+    ffn_keep: np.ndarray
+
+
+def level_weights(grid: LevelGrid, row: int, propagation: str, rng: np.random.Generator) -> np.ndarray:
+    """Weights w_e of the E levels of searchable layer `row` in the propagated input."""
+    valid = grid.valid[row]
+    if propagation == "uniform":
+        w = valid.astype(np.float64)
+    elif propagation == "path":
+        w = np.zeros(grid.n_levels)
+        w[rng.choice(np.flatnonzero(valid))] = 1.0
+    else:
+        density = 1.0 - np.clip(grid.level_sparsity[row], 0.0, 1.0)
+        w = np.where(valid, density, 0.0)
+        if w.sum() == 0:  # every valid level removes everything: the expectation is zero output
+            return w.astype(np.float32)
+    return (w / w.sum()).astype(np.float32)
+
+
+def _removal_counts(grid: LevelGrid, row: int) -> np.ndarray:
+    """Groups removed per level, clipped into range (invalid levels are never used)."""
+    return np.clip(grid.removed[row], 0, grid.n_groups[row]).astype(np.int32)
+
+
+@jax.jit
+def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.einsum("e,eio->io", weights, levels)
+
+
+def prune_block(
+    p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
+    rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8,
+) -> tuple[BlockLevels, jax.Array]:
+    """All levels of block `block`'s attention and MLP, and the next block's calibration input."""
+    heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs)[1], x, chunk)
+    stats = stats_of(heads)
+    check_finite(stats, f"block {block} o_proj")
+    a_row, m_row = 2 * block, 2 * block + 1
+    wo_lv, head_keep = prune_levels(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
+                                    saliency=saliency)
+    wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
+    x = x + heads @ wo_in + (p["bo"] if "bo" in p else 0.0)
+    del heads
+    hidden = map_chunks(lambda xs: mlp_inputs(p, cfg, xs)[1], x, chunk)
+    stats = stats_of(hidden)
+    check_finite(stats, f"block {block} down_proj")
+    wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, _removal_counts(grid, m_row), MLP_ROUNDS,
+                                   saliency=saliency)
+    wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
+    x = x + hidden @ wd_in + (p["b_down"] if "b_down" in p else 0.0)
+    levels = BlockLevels(np.asarray(wo_lv), np.asarray(head_keep), np.asarray(wd_lv), np.asarray(ffn_keep))
+    return levels, x
+
+
+class SupernetStore:
+    """Levels on disk, one file per block, plus the stream entering the next block, so an
+    interrupted build resumes at the first missing block and produces the same supernet."""
+
+    def __init__(self, directory: Path, key: str):
+        self.dir = Path(directory)
+        self.key = key
+
+    def _meta(self) -> Path:
+        return self.dir / "supernet.json"
+
+    def completed(self) -> int:
+        """Number of consecutive blocks already built for this key (0 when stale or absent)."""
+        try:
+            meta = json.loads(self._meta().read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+        if meta.get("key") != self.key:
+            return 0
+        return int(meta["completed"])
+
+    def block_path(self, block: int) -> Path:
+        return self.dir / f"block_{block:04d}.npz"
+
+    def save_block(self, block: int, levels: BlockLevels, stream: jax.Array) -> None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **levels._asdict())
+        write_atomic(self.block_path(block), buf.getvalue())
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(stream))
+        write_atomic(self.dir / "stream.npy", buf.getvalue())
+        write_json(self._meta(), {"key": self.key, "completed": block + 1})
+
+    def load_block(self, block: int) -> BlockLevels:
+        with np.load(self.block_path(block)) as f:
+            return BlockLevels(**{k: f[k] for k in BlockLevels._fields})
+
+    def load_stream(self) -> np.ndarray:
+        return np.load(self.dir / "stream.npy")
+
+
+def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, propagation: str, saliency: str, seed: int) -> str:
+    """Identifies a build: a store with another key is rebuilt, never mixed."""
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg.to_hf(), grid.to_dict(), propagation, saliency, seed], sort_keys=True).encode())
+    h.update(np.ascontiguousarray(windows).tobytes())
+    return h.hexdigest()[:20]
+
+
+def build_supernet(
+    params: Params,
+    cfg: ModelConfig,
+    windows: np.ndarray,
+    grid: LevelGrid,
+    *,
+    propagation: str = "expectation",
+    saliency: str = "tyr",
+    store_dir: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Supernet:
+    """Prune every block at its E levels, propagating calibration inputs per `propagation`.
+
+    With `store_dir`, finished blocks are written there and a rerun resumes after the last one.
+    """
+    if propagation not in PROPAGATIONS:
+        raise TyrjaxError(f"supernet: propagation {propagation!r} unknown; use one of {', '.join(PROPAGATIONS)}")
+    if grid.n_layers != 2 * cfg.n_layers:
+        raise TyrjaxError(f"supernet: the grid has {grid.n_layers} layers, the model needs {2 * cfg.n_layers}")
+    store = SupernetStore(store_dir, supernet_key(cfg, grid, windows, propagation, saliency, seed)) if store_dir else None
+    start = store.completed() if store else 0
+    x = jnp.asarray(store.load_stream()) if start else embed_windows(params, windows)
+    blocks: list[BlockLevels] = [store.load_block(b) for b in range(start)]
+    bar = tqdm(range(start, cfg.n_layers), desc="supernet", unit="block", disable=not progress,
+               initial=start, total=cfg.n_layers)
+    for b in bar:
+        rng = np.random.default_rng([seed, b])
+        levels, x = prune_block(layer(params, b), cfg, x, grid, b, propagation, rng, saliency)
+        if store:
+            store.save_block(b, levels, x)
+        blocks.append(levels)
+    return Supernet(*(jnp.asarray(np.stack([getattr(blk, f) for blk in blocks])) for f in BlockLevels._fields))
