@@ -1,0 +1,83 @@
+"""`tyrjax prune` for structured methods on a tiny saved model: outputs, reuse, export, errors."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hf_reference import torch_logits
+from tyrjax.assets import default_model_dir
+from tyrjax.checkpoint import save_hf
+from tyrjax.cli import main
+from tyrjax.config import ModelConfig
+from tyrjax.export import export_pruned, stock_compatible
+from tyrjax.loading import load_model
+from tyrjax.model import compact_from_masked, forward, init_random_params
+
+CFG = ModelConfig(vocab_size=49152, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                  intermediate_size=128, max_position_embeddings=2048, tie_word_embeddings=True)
+FAST = ["--calib-windows", "2", "--eval-windows", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    save_hf(init_random_params(CFG, 0, scale=0.2), CFG, path, tokenizer_dir=default_model_dir())
+    return path
+
+
+def test_tyr_run_directory(tiny_dir, tmp_path):
+    out = tmp_path / "tyr"
+    args = ["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "0.4", "--iterations", "1",
+            "--generations", "2", "--offspring", "4", "--out", str(out), *FAST]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == "tyr" and m["sparsity"]["target"] == 0.4
+    assert m["sparsity"]["achieved"] >= 0.4 - 0.05
+    assert set(m["ppl"]) == {"shakespeare", "pydoc"} and all(v > 1 for v in m["ppl"].values())
+    assert len(m["per_layer"]["attention"]) == 2 and {"supernet", "search"} <= set(m["wall_s"])
+    for f in ("per_layer_sparsity.png", "search_convergence.png", "distribution.json", "search_history.json"):
+        assert (out / f).stat().st_size > 0
+    pruned = load_model(str(out / "model"))
+    assert pruned.cfg.attn_mlp_params() == m["params"]["pruned"]["attn_mlp"]
+    assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--max-new-tokens", "3"]) == 0
+
+
+def test_distribution_file_is_reused(tiny_dir, tmp_path):
+    assert main(["prune", "--model", str(tiny_dir), "--method", "uniform", "--sparsity", "0.5", "--out",
+                 str(tmp_path / "a"), *FAST]) == 0
+    dist = json.loads((tmp_path / "a" / "distribution.json").read_text())
+    assert main(["prune", "--model", str(tiny_dir), "--method", "uniform", "--sparsity", "0.5", "--distribution",
+                 str(tmp_path / "a" / "distribution.json"), "--out", str(tmp_path / "b"), *FAST]) == 0
+    again = json.loads((tmp_path / "b" / "distribution.json").read_text())
+    assert again["removed_groups"] == dist["removed_groups"]
+
+
+def test_bad_sparsity_and_mismatched_distribution(tiny_dir, tmp_path, capsys):
+    assert main(["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "1.5", *FAST]) == 2
+    assert "--sparsity 1.5" in capsys.readouterr().err
+    bad = tmp_path / "d.json"
+    bad.write_text(json.dumps({"removed_groups": [1, 2], "n_layers": 30, "n_heads": 9, "intermediate_size": 1536}))
+    assert main(["prune", "--model", str(tiny_dir), "--method", "uniform", "--sparsity", "0.5", "--distribution",
+                 str(bad), "--out", str(tmp_path / "x"), *FAST]) == 2
+    assert "30 blocks" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_uniform_width_export_loads_in_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = CFG.replace(vocab_size=70)
+    params = init_random_params(cfg, 3, scale=0.2)
+    head = np.array([[1, 0, 0, 1], [0, 1, 1, 0]], bool)  # one query head per KV head in every layer
+    ffn = np.zeros((2, 128), bool)
+    ffn[:, ::2] = True
+    cparams, ccfg = compact_from_masked(params, cfg, head, ffn)
+    assert stock_compatible(ccfg)
+    written = export_pruned(cparams, ccfg, tmp_path, None)
+    hf = AutoModelForCausalLM.from_pretrained(written["hf_llama"]).eval()
+    tokens = np.arange(9)[None]
+    ref = forward(params, cfg, tokens, jnp.asarray(head, jnp.float32), jnp.asarray(ffn, jnp.float32))
+    np.testing.assert_allclose(torch_logits(hf, tokens), np.asarray(ref), rtol=1e-4, atol=1e-5)
+    uneven = compact_from_masked(params, cfg, np.array([[1, 1, 0, 1], [1, 1, 1, 1]], bool), ffn)[1]
+    assert not stock_compatible(uneven)

@@ -1,0 +1,255 @@
+"""Structured baselines on a whole model: Wanda-sp, magnitude and FLAP (ALGORITHMS.md §3).
+
+They prune the same groups as Týr (query heads = `o_proj` input groups, neurons = `down_proj`
+inputs) and return the masked form, so they are evaluated, exported and compared exactly
+like a Týr result.
+
+- `wanda-sp`, `magnitude`: every layer removes the counts of the uniform distribution (the
+  centre of Týr's first grid, `initial_grid(...).centre`, MLP counts multiples of
+  `mlp_multiple`); the lowest-scoring groups go; no weight changes. Wanda-sp calibrates
+  block by block on the stream of the *already pruned* blocks (attention before the MLP, which
+  sees the pruned attention's output), like the other pruners. Magnitude needs no data.
+- `flap`: one forward pass of the *dense* model (as the FLAP paper) gives every layer's
+  fluctuation scores `Var(X_p)·||W_p||²`; they are standardised per layer and ranked
+  globally across all layers and both module types. Groups are removed lowest first, each
+  costing its parameters (a head its q columns and o rows, plus its KV head's k/v columns when
+  it is the last query head of that KV head; a neuron its gate/up/down weights), and the
+  removed prefix whose total is closest to `sparsity · cfg.attn_mlp_params()` is taken (the
+  FLAP reference's rule; ties: fewer removals), so the total is within half a group's
+  parameters of the budget. Any layer may lose all its heads or all its neurons, and a block
+  both (it then adds only the compensation biases: depth pruning, which FLAP's global ranking
+  can choose); the masked and compact forms handle zero-width layers. Removed channels are
+  compensated by biases `bo`, `b_down` (`flap_bias` with the dense-pass means), added to
+  existing ones, and the returned config has `o_bias=down_bias=True`.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from tyrjax.calibration import (attention_inputs, attention_residual, check_finite, embed_windows, layer, map_chunks,
+                                mlp_inputs, mlp_residual, stats_of)
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import Params, is_stacked, kept_layout
+from tyrjax.structured.baselines import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
+                                         magnitude_scores, wanda_sp_scores)
+from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
+
+METHODS = ("wanda-sp", "magnitude", "flap")
+CHUNK = 8  # calibration windows per attention call (bounds the attention scores' memory)
+
+BaselineResult = tuple[Params, ModelConfig, np.ndarray, np.ndarray, dict[str, Any]]
+
+
+def structured_baseline(
+    params: Params,
+    cfg: ModelConfig,
+    calib_windows: np.ndarray | None,
+    sparsity: float,
+    method: str,
+    *,
+    mlp_multiple: int = 32,
+    progress: bool = True,
+) -> BaselineResult:
+    """Prune the dense masked-form model with a baseline: `(params, cfg, head_mask, ffn_mask, info)`.
+
+    Masks are bool `(L, H)` / `(L, F)`, True = kept. `params`/`cfg` come back unchanged except
+    for FLAP, which adds the compensation biases. `calib_windows` (`(n, T)` token ids) is
+    ignored by `magnitude`. `info` holds the per-layer removed heads/neurons, the removed
+    attention+MLP parameters (KV heads freed by GQA included) and the achieved fraction.
+    """
+    if method not in METHODS:
+        raise TyrjaxError(f"structured baseline: method {method!r} unknown; use one of {', '.join(METHODS)}")
+    _check_model(params, cfg)
+    extra: dict[str, Any] = {}
+    if method == "flap":
+        params_out, cfg_out, head, ffn, extra = _flap(params, cfg, _windows(calib_windows), sparsity, progress)
+    else:
+        counts = initial_grid(cfg, sparsity, TyrConfig(mlp_multiple=mlp_multiple)).centre
+        if method == "magnitude":
+            head, ffn = _magnitude_masks(params, cfg, counts)
+        else:
+            head, ffn = _wanda_sp_masks(params, cfg, _windows(calib_windows), counts, progress)
+        params_out, cfg_out = params, cfg
+    info = {**_info(method, cfg, sparsity, head, ffn), **extra}
+    return params_out, cfg_out, head, ffn, info
+
+
+# --- validation ---------------------------------------------------------------------------
+def _check_model(params: Params, cfg: ModelConfig) -> None:
+    if not is_stacked(params) or cfg.is_compact:
+        raise TyrjaxError("structured baseline: expects a dense model in the masked (stacked) form, not a pruned one")
+
+
+def _windows(calib_windows: np.ndarray | None) -> np.ndarray:
+    windows = None if calib_windows is None else np.asarray(calib_windows)
+    if windows is None or windows.ndim != 2 or windows.size == 0:
+        shape = None if windows is None else windows.shape
+        raise TyrjaxError(f"structured baseline: expected calibration windows (n_windows, length), got {shape}")
+    return windows
+
+
+# --- uniform baselines --------------------------------------------------------------------
+def _magnitude_masks(params: Params, cfg: ModelConfig, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Data-free: the lowest group norms of o_proj / down_proj rows, uniform counts."""
+    lay = params["layers"]
+    head = [keep_lowest_removed(magnitude_scores(lay["wo"][b], cfg.head_dim), int(counts[2 * b]))
+            for b in range(cfg.n_layers)]
+    ffn = [keep_lowest_removed(magnitude_scores(lay["w_down"][b], 1), int(counts[2 * b + 1]))
+           for b in range(cfg.n_layers)]
+    return np.stack([np.asarray(h) for h in head]), np.stack([np.asarray(f) for f in ffn])
+
+
+def _wanda_keep(W: jnp.ndarray, inputs: jnp.ndarray, group_size: int, n_remove: int, where: str) -> jnp.ndarray:
+    """Keep mask of one layer: drop the `n_remove` lowest Wanda-sp scores of its captured inputs."""
+    stats = stats_of(inputs)
+    check_finite(stats, where)
+    return keep_lowest_removed(wanda_sp_scores(W, jnp.sqrt(stats.sq_norm), group_size), n_remove)
+
+
+def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray,
+                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output."""
+    x = embed_windows(params, windows)
+    head, ffn = [], []
+    for b in tqdm(range(cfg.n_layers), desc="wanda-sp", unit="block", disable=not progress):
+        p = layer(params, b)
+        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs)[1], x, CHUNK)
+        keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(counts[2 * b]), f"block {b} o_proj")
+        x = attention_residual(p, cfg, x, heads, keep_h)
+        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs)[1], x, CHUNK)
+        keep_f = _wanda_keep(p["w_down"], hidden, 1, int(counts[2 * b + 1]), f"block {b} down_proj")
+        x = mlp_residual(p, x, hidden, keep_f)
+        head.append(np.asarray(keep_h))
+        ffn.append(np.asarray(keep_f))
+    return np.stack(head), np.stack(ffn)
+
+
+# --- FLAP -----------------------------------------------------------------------------------
+class FlapStats(NamedTuple):
+    """Per block: standardised scores of heads / neurons and the mean o_proj / down_proj inputs."""
+
+    z_heads: np.ndarray  # (L, H)
+    z_neurons: np.ndarray  # (L, F)
+    mean_heads: jnp.ndarray  # (L, H*hd)
+    mean_hidden: jnp.ndarray  # (L, F)
+
+
+def flap_pass(params: Params, cfg: ModelConfig, windows: np.ndarray, progress: bool = False) -> FlapStats:
+    """One forward pass of the dense model collecting FLAP's scores and input means."""
+    x = embed_windows(params, windows)
+    z_h, z_n, m_h, m_n = [], [], [], []
+    for b in tqdm(range(cfg.n_layers), desc="flap", unit="block", disable=not progress):
+        p = layer(params, b)
+        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs)[1], x, CHUNK)
+        stats = stats_of(heads)
+        check_finite(stats, f"block {b} o_proj")
+        z_h.append(flap_standardise(flap_scores(p["wo"], stats.var, cfg.head_dim)))
+        m_h.append(stats.mean)
+        x = attention_residual(p, cfg, x, heads)
+        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs)[1], x, CHUNK)
+        stats = stats_of(hidden)
+        check_finite(stats, f"block {b} down_proj")
+        z_n.append(flap_standardise(flap_scores(p["w_down"], stats.var, 1)))
+        m_n.append(stats.mean)
+        x = mlp_residual(p, x, hidden)
+    return FlapStats(np.stack([np.asarray(z) for z in z_h]), np.stack([np.asarray(z) for z in z_n]),
+                     jnp.stack(m_h), jnp.stack(m_n))
+
+
+def _removal_costs(cfg: ModelConfig, order_rank: np.ndarray) -> np.ndarray:
+    """Parameters freed by removing each head (first L·H entries) and neuron, in the global order.
+
+    A head also frees its KV head's k/v columns when it is the last of that KV head's query
+    heads to go (the highest rank in its group), so prefix sums are the exact removed totals.
+    """
+    L, H, F = cfg.n_layers, cfg.n_heads, cfg.intermediate_size
+    head_p, neuron_p = group_params(cfg)
+    kv_p = 2 * cfg.hidden_size * cfg.head_dim + (2 * cfg.head_dim if cfg.attention_bias else 0)
+    head_cost = np.full((L, cfg.n_kv_heads, cfg.group_size), head_p, np.int64)
+    ranks = order_rank[: L * H].reshape(L, cfg.n_kv_heads, cfg.group_size)
+    last = ranks.argmax(axis=2)
+    np.put_along_axis(head_cost, last[..., None], head_p + kv_p, axis=2)
+    return np.concatenate([head_cost.reshape(-1), np.full(L * F, neuron_p, np.int64)])
+
+
+def flap_select(cfg: ModelConfig, z_heads: np.ndarray, z_neurons: np.ndarray,
+                budget: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Global ranking: remove the lowest standardised scores (heads and neurons of every layer)
+    until the removed parameters are closest to `budget`; returns (head keep, ffn keep, removed).
+
+    Ties in score: heads before neurons, lower block first (stable order).
+    """
+    L, H, F = cfg.n_layers, cfg.n_heads, cfg.intermediate_size
+    scores = np.concatenate([np.ravel(z_heads), np.ravel(z_neurons)]).astype(np.float64)
+    order = np.argsort(scores, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    totals = np.concatenate([[0], np.cumsum(_removal_costs(cfg, rank)[order])])
+    n_remove = int(np.argmin(np.abs(totals - budget)))  # first minimum: fewer removals on ties
+    keep = np.ones(order.size, bool)
+    keep[order[:n_remove]] = False
+    return keep[: L * H].reshape(L, H), keep[L * H:].reshape(L, F), int(totals[n_remove])
+
+
+def _add_bias(layers: Params, name: str, bias: jnp.ndarray, dtype: Any) -> jnp.ndarray:
+    """The stacked bias `name` plus `bias`, in the weights' dtype (zeros where it did not exist)."""
+    old = layers.get(name)
+    return (bias if old is None else old.astype(jnp.float32) + bias).astype(dtype)
+
+
+def flap_compensate(params: Params, cfg: ModelConfig, stats: FlapStats, head: np.ndarray,
+                    ffn: np.ndarray) -> tuple[Params, ModelConfig]:
+    """Add FLAP's biases for the removed channels; the config gains `o_bias`/`down_bias`."""
+    lay = params["layers"]
+    bo = jnp.stack([flap_bias(lay["wo"][b].astype(jnp.float32), stats.mean_heads[b], jnp.asarray(head[b]),
+                              cfg.head_dim) for b in range(cfg.n_layers)])
+    bd = jnp.stack([flap_bias(lay["w_down"][b].astype(jnp.float32), stats.mean_hidden[b], jnp.asarray(ffn[b]), 1)
+                    for b in range(cfg.n_layers)])
+    layers = dict(lay, bo=_add_bias(lay, "bo", bo, lay["wo"].dtype),
+                  b_down=_add_bias(lay, "b_down", bd, lay["w_down"].dtype))
+    return dict(params, layers=layers), cfg.replace(o_bias=True, down_bias=True)
+
+
+def _flap(params: Params, cfg: ModelConfig, windows: np.ndarray, sparsity: float,
+          progress: bool) -> BaselineResult:
+    if not 0.0 < sparsity < 1.0:
+        raise TyrjaxError(f"--sparsity {sparsity}: must lie strictly between 0 and 1")
+    stats = flap_pass(params, cfg, windows, progress)
+    budget = sparsity * cfg.attn_mlp_params()
+    head, ffn, _ = flap_select(cfg, stats.z_heads, stats.z_neurons, budget)
+    params_out, cfg_out = flap_compensate(params, cfg, stats, head, ffn)
+    added = cfg.hidden_size * cfg.n_layers * ((not cfg.o_bias) + (not cfg.down_bias))
+    return params_out, cfg_out, head, ffn, {"budget_params": int(round(budget)), "added_bias_params": int(added)}
+
+
+# --- report ---------------------------------------------------------------------------------
+def kept_attn_mlp_params(cfg: ModelConfig, head: np.ndarray, ffn: np.ndarray) -> int:
+    """Attention+MLP parameters of the compact model these masks give (freed KV heads dropped)."""
+    layouts = [kept_layout(h, cfg.group_size) for h in np.asarray(head, bool)]
+    compact = cfg.replace(
+        layer_heads=tuple(len(lay[0]) for lay in layouts),
+        layer_kv_heads=tuple(len(lay[1]) for lay in layouts),
+        layer_ffn=tuple(int(n) for n in np.asarray(ffn, bool).sum(1)),
+        layer_kv_map=tuple(lay[2] for lay in layouts),
+    )
+    return compact.attn_mlp_params()
+
+
+def _info(method: str, cfg: ModelConfig, sparsity: float, head: np.ndarray, ffn: np.ndarray) -> dict[str, Any]:
+    total = cfg.attn_mlp_params()
+    removed = total - kept_attn_mlp_params(cfg, head, ffn)
+    return {
+        "method": method,
+        "target_sparsity": float(sparsity),
+        "removed_heads": [int(n) for n in (~head).sum(1)],
+        "removed_neurons": [int(n) for n in (~ffn).sum(1)],
+        "removed": removed_groups(head, ffn).tolist(),
+        "removed_params": int(removed),
+        "total_params": int(total),
+        "achieved_sparsity": removed / total,
+    }
