@@ -59,6 +59,34 @@ def evaluate(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, pro
     return {"model": model.source, "ppl": ppl, "params": param_counts(model)}
 
 
+def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1) -> dict[str, Any]:
+    """`evaluate` of an unpruned model, cached on disk: every pruning run compares against it,
+    and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
+    identity, the config and the exact windows; a model not loaded from a directory is not cached."""
+    import hashlib
+    import json
+
+    from tyrjax.cache import cache_dir
+    from tyrjax.rundir import write_json
+
+    if model.directory is None:
+        return evaluate(model, sets, batch_size)
+    h = hashlib.sha256(json.dumps(model.cfg.to_hf(), sort_keys=True).encode())
+    for f in sorted(model.directory.glob("*.safetensors")) + sorted(model.directory.glob("orbax/**/*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(str(model.params["embed"].dtype).encode())
+    for name in sorted(sets):
+        h.update(name.encode() + np.ascontiguousarray(sets[name]).tobytes())
+    path = cache_dir() / "dense_eval" / f"{h.hexdigest()[:24]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = evaluate(model, sets, batch_size)
+    write_json(path, result)
+    return result
+
+
 def generate_text(
     model: Model,
     prompt: str,

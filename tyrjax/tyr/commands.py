@@ -65,7 +65,7 @@ def run_structured(args: argparse.Namespace) -> None:
         sets = api.evaluation_sets(model, args.eval_windows, tuple(c for c in args.eval_data.split(",") if c))
     record_command(out)
     with timer.phase("dense_eval"):
-        dense = api.evaluate(model, sets, args.batch_size)
+        dense = api.dense_reference(model, sets, args.batch_size)
     tcfg = tyr_config(args)
     cfg = model.cfg
     history = None

@@ -1,0 +1,28 @@
+"""The Python API's cached dense reference: reused when nothing changed, recomputed otherwise."""
+import numpy as np
+
+from tyrjax import api
+from tyrjax.checkpoint import save_hf
+from tyrjax.config import ModelConfig
+from tyrjax.loading import Model, load_model
+from tyrjax.model import init_random_params
+
+CFG = ModelConfig(vocab_size=30, hidden_size=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, intermediate_size=8)
+
+
+def test_dense_reference_is_cached_per_weights_and_windows(tmp_path, monkeypatch):
+    monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path / "cache"))
+    save_hf(init_random_params(CFG, 0), CFG, tmp_path / "m")
+    model = load_model(str(tmp_path / "m"))
+    sets = {"a": np.arange(20).reshape(2, 10) % 30}
+    first = api.dense_reference(model, sets)
+    assert first == api.evaluate(model, sets, progress=False)
+    assert api.dense_reference(model, sets) == first
+    assert len(list((tmp_path / "cache" / "dense_eval").glob("*.json"))) == 1
+    other = api.dense_reference(model, {"a": sets["a"][:, ::-1].copy()})
+    assert other["ppl"]["a"] != first["ppl"]["a"]
+    save_hf(init_random_params(CFG, 1), CFG, tmp_path / "m")  # new weights in the same place
+    assert api.dense_reference(load_model(str(tmp_path / "m")), sets)["ppl"] != first["ppl"]
+    in_memory = Model(init_random_params(CFG, 2), CFG, None, "in memory")
+    api.dense_reference(in_memory, sets)
+    assert len(list((tmp_path / "cache" / "dense_eval").glob("*.json"))) == 3
