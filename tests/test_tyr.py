@@ -155,3 +155,43 @@ def test_killed_supernet_build_resumes_to_the_same_result(tmp_path):
     with np.load(tmp_path / "resumed.npz") as a, np.load(tmp_path / "fresh.npz") as b:
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_registered_extensions_drive_the_pipeline(setup):
+    """A custom saliency, fitness and mutation plug in by name (the extension points)."""
+    import dataclasses
+
+    from tyrjax.search.mutation import MUTATIONS, register_mutation
+    from tyrjax.structured.saliency import SALIENCIES, register_saliency
+    from tyrjax.tyr.fitness import FITNESSES, register_fitness
+
+    params, calib, grid = setup
+    calls = {"mutation": 0}
+
+    @register_saliency("test-last-groups-first")
+    def prefer_low_index(W, W_dense, h_inv, H, group_size):
+        return jnp.arange(W.shape[0] // group_size, dtype=jnp.float32)[::-1]  # the last groups score lowest
+
+    @register_fitness("test-mse")
+    def logit_mse(student_logits, t_idx, t_logp):
+        s = jax.nn.log_softmax(jnp.take_along_axis(student_logits, t_idx, axis=-1), axis=-1)
+        return jnp.mean((s - t_logp) ** 2, axis=-1)
+
+    @register_mutation("test-counting")
+    def counting(rng, genome, grid, max_switches=4):
+        calls["mutation"] += 1
+        return MUTATIONS["level_switch"](rng, genome, grid, max_switches)
+
+    try:
+        tcfg = dataclasses.replace(TCFG, iterations=1, generations=2, saliency="test-last-groups-first",
+                                   fitness="test-mse", mutation="test-counting")
+        result = run_tyr(params, CFG, calib, 0.4, tcfg, progress=False)
+        for b in range(CFG.n_layers):
+            kept = result.head_mask[b]
+            assert not kept[kept.sum():].any()  # heads removed from the end, as the saliency says
+        assert calls["mutation"] >= tcfg.offspring
+        assert np.isfinite(result.iterations[0].fitness)
+    finally:
+        SALIENCIES.pop("test-last-groups-first")
+        FITNESSES.pop("test-mse")
+        MUTATIONS.pop("test-counting")

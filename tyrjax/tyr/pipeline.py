@@ -34,13 +34,15 @@ class TyrConfig:
     candidate_batch: int = 8
     mlp_multiple: int = 32
     propagation: str = "expectation"
+    local_pruner: str = "tyr"
     saliency: str = "tyr"
     fitness: str = "kl"
+    mutation: str = "level_switch"
     seed: int = 0
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(generations=self.generations, offspring=self.offspring, stages=self.stages,
-                            max_switches=self.max_switches, seed=self.seed)
+                            max_switches=self.max_switches, seed=self.seed, mutation=self.mutation)
 
 
 PRESETS = {
@@ -180,7 +182,7 @@ def run_tyr(
             grid = recentre(grid, iterations[-1].genome, interval, arrays["group_multiple"])
         t0 = time.perf_counter()
         supernet = build_supernet(params, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
-                                  store_dir=work_dir / f"supernet_{it}" if work_dir else None, seed=tcfg.seed,
+                                  local_pruner=tcfg.local_pruner, store_dir=work_dir / f"supernet_{it}" if work_dir else None, seed=tcfg.seed,
                                   progress=progress)
         t1 = time.perf_counter()
         state_path = work_dir / f"search_{it}.json" if work_dir else None
@@ -197,7 +199,7 @@ def uniform_result(params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity
     grid = initial_grid(cfg, sparsity, tcfg)
     one_level = LevelGrid(grid.module_type, grid.group_params, grid.n_groups, grid.centre, grid.step, n_levels=1)
     supernet = build_supernet(params, cfg, calib, one_level, propagation="expectation", saliency=tcfg.saliency,
-                              progress=progress)
+                              local_pruner=tcfg.local_pruner, progress=progress)
     return masks_and_weights(supernet, np.zeros(one_level.n_layers, np.int64), params)
 
 
@@ -213,7 +215,8 @@ def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, remo
         )
     grid = LevelGrid(arrays["module_type"], arrays["group_params"], arrays["n_groups"], removed,
                      np.ones_like(removed), n_levels=1)
-    supernet = build_supernet(params, cfg, calib, grid, saliency=tcfg.saliency, progress=progress)
+    supernet = build_supernet(params, cfg, calib, grid, saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
+                              progress=progress)
     return masks_and_weights(supernet, np.zeros(grid.n_layers, np.int64), params)
 
 

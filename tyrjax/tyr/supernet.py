@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,25 @@ from tyrjax.search.levels import LevelGrid
 from tyrjax.structured.local import prune_levels
 
 PROPAGATIONS = ("expectation", "dense", "path", "uniform")
+
+# name -> fn(W_dense, H, group_size, n_remove_per_level (E,), rounds, *, saliency) -> (W_levels, keep_levels)
+LOCAL_PRUNERS: dict[str, Callable] = {"tyr": prune_levels}
+
+
+def register_local_pruner(name: str):
+    """Make a local pruner selectable by name (TyrConfig.local_pruner)."""
+
+    def deco(fn: Callable) -> Callable:
+        LOCAL_PRUNERS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_local_pruner(name: str) -> Callable:
+    if name not in LOCAL_PRUNERS:
+        raise TyrjaxError(f"local pruner {name!r} is not registered; known: {', '.join(sorted(LOCAL_PRUNERS))}")
+    return LOCAL_PRUNERS[name]
 ATTN_ROUNDS, MLP_ROUNDS = 1, 16  # the reference code: heads in one round, neurons in 16
 
 
@@ -80,9 +99,10 @@ def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
 
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
-    rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8,
+    rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8, local_pruner: str = "tyr",
 ) -> tuple[BlockLevels, jax.Array]:
     """All levels of block `block`'s attention and MLP, and the next block's calibration input."""
+    prune_levels = get_local_pruner(local_pruner)
     heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs)[1], x, chunk)
     stats = stats_of(heads)
     check_finite(stats, f"block {block} o_proj")
@@ -146,10 +166,10 @@ class SupernetStore:
         return np.load(self.dir / "stream.npy")
 
 
-def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, propagation: str, saliency: str, seed: int) -> str:
+def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, *settings) -> str:
     """Identifies a build: a store with another key is rebuilt, never mixed."""
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.to_hf(), grid.to_dict(), propagation, saliency, seed], sort_keys=True).encode())
+    h.update(json.dumps([cfg.to_hf(), grid.to_dict(), *settings], sort_keys=True).encode())
     h.update(np.ascontiguousarray(windows).tobytes())
     return h.hexdigest()[:20]
 
@@ -162,6 +182,7 @@ def build_supernet(
     *,
     propagation: str = "expectation",
     saliency: str = "tyr",
+    local_pruner: str = "tyr",
     store_dir: Path | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -174,7 +195,9 @@ def build_supernet(
         raise TyrjaxError(f"supernet: propagation {propagation!r} unknown; use one of {', '.join(PROPAGATIONS)}")
     if grid.n_layers != 2 * cfg.n_layers:
         raise TyrjaxError(f"supernet: the grid has {grid.n_layers} layers, the model needs {2 * cfg.n_layers}")
-    store = SupernetStore(store_dir, supernet_key(cfg, grid, windows, propagation, saliency, seed)) if store_dir else None
+    get_local_pruner(local_pruner)
+    key = supernet_key(cfg, grid, windows, propagation, saliency, local_pruner, seed)
+    store = SupernetStore(store_dir, key) if store_dir else None
     start = store.completed() if store else 0
     x = jnp.asarray(store.load_stream()) if start else embed_windows(params, windows)
     blocks: list[BlockLevels] = [store.load_block(b) for b in range(start)]
@@ -182,7 +205,7 @@ def build_supernet(
                initial=start, total=cfg.n_layers)
     for b in bar:
         rng = np.random.default_rng([seed, b])
-        levels, x = prune_block(layer(params, b), cfg, x, grid, b, propagation, rng, saliency)
+        levels, x = prune_block(layer(params, b), cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner)
         if store:
             store.save_block(b, levels, x)
         blocks.append(levels)
