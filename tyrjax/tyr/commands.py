@@ -49,6 +49,41 @@ def load_distribution(path: Path, model: Model) -> np.ndarray:
     return removed
 
 
+@dataclasses.dataclass
+class StructuredOutcome:
+    """A structured method's masked-form result (cfg may gain FLAP's biases)."""
+
+    params: dict
+    cfg: object
+    head_mask: np.ndarray
+    ffn_mask: np.ndarray
+    history: list | None = None
+    phase_s: dict | None = None
+
+
+def prune_structured(model: Model, calib: np.ndarray, sparsity: float, method: str, tcfg: TyrConfig,
+                     work_dir: Path | None = None, distribution: np.ndarray | None = None,
+                     progress: bool = True) -> StructuredOutcome:
+    """Run one structured method (or apply a saved distribution) on a dense model."""
+    cfg = model.cfg
+    if distribution is not None:
+        params, head, ffn = apply_distribution(model.params, cfg, calib, distribution, tcfg, progress)
+        return StructuredOutcome(params, cfg, head, ffn)
+    if method == "tyr":
+        result = run_tyr(model.params, cfg, calib, sparsity, tcfg, work_dir=work_dir, progress=progress)
+        return StructuredOutcome(result.params, cfg, result.head_mask, result.ffn_mask,
+                                 [it.history for it in result.iterations],
+                                 {"supernet": round(sum(result.supernet_s), 2), "search": round(sum(result.search_s), 2)})
+    if method == "uniform":
+        params, head, ffn = uniform_result(model.params, cfg, calib, sparsity, tcfg, progress)
+        return StructuredOutcome(params, cfg, head, ffn)
+    from tyrjax.tyr.baselines import structured_baseline
+
+    params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, sparsity, method,
+                                                    mlp_multiple=tcfg.mlp_multiple, progress=progress)
+    return StructuredOutcome(params, cfg, head, ffn)
+
+
 def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
     return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
 
@@ -63,30 +98,17 @@ def run_structured(args: argparse.Namespace) -> None:
         calib_n = args.calib_windows or PRESET_CALIB_WINDOWS[args.preset]
         calib = api.calibration_windows(model, args.data, calib_n)
         sets = api.evaluation_sets(model, args.eval_windows, tuple(c for c in args.eval_data.split(",") if c))
+        distribution = load_distribution(args.distribution, model) if args.distribution is not None else None
     record_command(out)
     with timer.phase("dense_eval"):
         dense = api.dense_reference(model, sets, args.batch_size)
     tcfg = tyr_config(args)
-    cfg = model.cfg
-    history = None
-    if args.distribution is not None:
-        with timer.phase("prune"):
-            pruned, head, ffn = apply_distribution(model.params, cfg, calib, load_distribution(args.distribution, model), tcfg)
-    elif args.method == "tyr":
-        result = run_tyr(model.params, cfg, calib, args.sparsity, tcfg, work_dir=out / "work")
-        pruned, head, ffn = result.params, result.head_mask, result.ffn_mask
-        timer.wall_s["supernet"] = round(sum(result.supernet_s), 2)
-        timer.wall_s["search"] = round(sum(result.search_s), 2)
-        history = [it.history for it in result.iterations]
-    elif args.method == "uniform":
-        with timer.phase("prune"):
-            pruned, head, ffn = uniform_result(model.params, cfg, calib, args.sparsity, tcfg)
-    else:
-        from tyrjax.tyr.baselines import structured_baseline
-
-        with timer.phase("prune"):
-            pruned, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, args.sparsity, args.method,
-                                                            mlp_multiple=tcfg.mlp_multiple)
+    with timer.phase("prune"):
+        outcome = prune_structured(model, calib, args.sparsity, args.method, tcfg, out / "work", distribution)
+    if outcome.phase_s:
+        del timer.wall_s["prune"]
+        timer.wall_s.update(outcome.phase_s)
+    pruned, cfg, head, ffn, history = outcome.params, outcome.cfg, outcome.head_mask, outcome.ffn_mask, outcome.history
     compact, ccfg = compact_from_masked(pruned, cfg, head, ffn)
     pruned_model = Model(compact, ccfg, model.tokenizer, f"{model.source} pruned by {args.method}", out / "model")
     with timer.phase("pruned_eval"):

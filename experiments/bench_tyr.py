@@ -1,0 +1,105 @@
+"""Týr against the structured baselines on the default model (shakespeare-v1 protocol).
+
+    python experiments/bench_tyr.py [--preset quick] [--sparsities 0.25,0.5] [--calib-windows 16]
+                                    [--eval-windows 16] [--methods magnitude,wanda-sp,flap,uniform,tyr-1,tyr]
+
+For each sparsity and method: perplexity on held-out Shakespeare and pydoc, attention+MLP
+parameters removed, wall time. Then, in the same run, the compact Týr model at the largest
+sparsity against the dense model (prefill latency and decode throughput, ratios) and candidate
+scoring batched against one by one (ratio). Prints markdown tables.
+"""
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+import tyrjax
+from tyrjax.model import compact_from_masked
+from tyrjax.search.levels import centre_genome
+from tyrjax.search.mutation import level_switch
+from tyrjax.speed import measure_speed
+from tyrjax.tyr.commands import prune_structured
+from tyrjax.tyr.fitness import BatchScorer, teacher_topk
+from tyrjax.tyr.pipeline import PRESETS, initial_grid
+from tyrjax.tyr.supernet import build_supernet
+
+
+def run_method(model, calib, sets, sparsity, method, preset):
+    tcfg = PRESETS[preset]
+    if method == "tyr-1":
+        tcfg = dataclasses.replace(tcfg, iterations=1)
+    t0 = time.perf_counter()
+    out = prune_structured(model, calib, sparsity, "tyr" if method.startswith("tyr") else method, tcfg)
+    wall = time.perf_counter() - t0
+    params, cfg = compact_from_masked(out.params, out.cfg, out.head_mask, out.ffn_mask)
+    pruned = tyrjax.Model(params, cfg, model.tokenizer, method)
+    ppl = tyrjax.evaluate(pruned, sets)["ppl"]
+    removed = 1 - cfg.attn_mlp_params() / model.cfg.attn_mlp_params()
+    return pruned, ppl, removed, wall
+
+
+def scoring_ratio(model, calib, preset, sparsity, n_candidates=8):
+    tcfg = PRESETS[preset]
+    grid = initial_grid(model.cfg, sparsity, tcfg)
+    windows = calib[:2]
+    net = build_supernet(model.params, model.cfg, windows, grid, progress=False)
+    teacher = teacher_topk(model.params, model.cfg, windows[:1], tcfg.topk)
+    parent = centre_genome(grid)
+    genomes = np.stack([level_switch(i, parent, grid) for i in range(n_candidates)])
+    rows = {}
+    for name, batch in (("one by one", 1), ("batched", tcfg.candidate_batch)):
+        scorer = BatchScorer(model.params, model.cfg, net, batch)
+        args = (genomes, parent, windows[:1], teacher.idx, teacher.logp)
+        scorer(*args)  # compile
+        t0 = time.perf_counter()
+        scorer(*args)
+        rows[name] = time.perf_counter() - t0
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    ap.add_argument("--sparsities", default="0.25,0.5")
+    ap.add_argument("--methods", default="magnitude,wanda-sp,flap,uniform,tyr-1,tyr")
+    ap.add_argument("--calib-windows", type=int, default=16)
+    ap.add_argument("--eval-windows", type=int, default=16)
+    args = ap.parse_args()
+    model = tyrjax.load_model()
+    calib = tyrjax.calibration_windows(model, calib_windows=args.calib_windows)
+    sets = tyrjax.evaluation_sets(model, args.eval_windows)
+    dense = tyrjax.api.dense_reference(model, sets)["ppl"]
+    rows = [("dense", 0.0, dense, 0.0, 0.0)]
+    best = None
+    for s in (float(x) for x in args.sparsities.split(",")):
+        for method in args.methods.split(","):
+            pruned, ppl, removed, wall = run_method(model, calib, sets, s, method, args.preset)
+            rows.append((method, s, ppl, removed, wall))
+            print(f"{method} @ {s}: {ppl} removed {removed:.3f} in {wall:.0f}s", flush=True)
+            if method == "tyr":
+                best = (s, pruned)
+    print(f"\nmodel {model.source}; calib windows {len(calib)}; eval windows {args.eval_windows}; preset {args.preset}\n")
+    print("| method | target | removed | ppl shakespeare | ppl pydoc | wall s |")
+    print("|---|---|---|---|---|---|")
+    for method, s, ppl, removed, wall in rows:
+        print(f"| {method} | {s:.2f} | {removed:.3f} | {ppl['shakespeare']:.2f} | {ppl['pydoc']:.2f} | {wall:.0f} |")
+    if best is not None:
+        print(f"\nCompact Týr model at {best[0]:.2f} against the dense model (batch 1, prompt 256, 32 new tokens):\n")
+        print("| model | prefill s | decode tok/s |")
+        print("|---|---|---|")
+        d = measure_speed(model.params, model.cfg, 1, 256, 32)
+        p = measure_speed(best[1].params, best[1].cfg, 1, 256, 32)
+        print(f"| dense | {d['ttft_s']:.3f} | {d['decode_tok_s']:.1f} |")
+        print(f"| Týr | {p['ttft_s']:.3f} | {p['decode_tok_s']:.1f} |")
+        print(f"| ratio | {d['ttft_s'] / p['ttft_s']:.2f}x | {p['decode_tok_s'] / d['decode_tok_s']:.2f}x |")
+    r = scoring_ratio(model, calib, args.preset, 0.5)
+    print("\nCandidate scoring, 8 candidates on 512 tokens:\n")
+    print("| scoring | s | ratio |")
+    print("|---|---|---|")
+    print(f"| one by one | {r['one by one']:.2f} | 1.00x |")
+    print(f"| batched | {r['batched']:.2f} | {r['one by one'] / r['batched']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
