@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/tyrjax eval --out runs/default
+	$(BIN)/tyrjax prune --method tyr --sparsity 0.5 --preset quick --out runs/default
 
 test: setup
 	$(BIN)/python -m pytest -q
