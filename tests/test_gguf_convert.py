@@ -316,3 +316,25 @@ def test_llama3_rope_scaling_recovered_from_rope_freqs(tmp_path: Path) -> None:
         "original_max_position_embeddings": 8192,
     }
     assert not any("rope" in name for name in tensors)
+
+
+def test_load_model_takes_a_gguf_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--model file.gguf` converts once into the cache and gives transformers' logits."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from tyrjax.loading import load_model
+    from tyrjax.model import forward
+
+    monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, "qwen2", bias=True, untied=True, seed=2)
+    model = load_model(str(path))
+    assert model.cfg.architecture == "qwen2" and model.tokenizer is not None
+    assert load_model(str(path)).directory == model.directory  # converted once, then reused
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
+    tokens = np.arange(12)[None]
+    with torch.no_grad():
+        expected = reference(torch.as_tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(forward(model.params, model.cfg, tokens)), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())

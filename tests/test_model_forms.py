@@ -60,3 +60,14 @@ def test_full_masks_are_the_dense_model():
     np.testing.assert_allclose(forward(params, CFG, tokens, ones_h, ones_f), forward(params, CFG, tokens), rtol=1e-6)
     cparams, ccfg = compact_from_masked(params, CFG)
     assert ccfg.attn_mlp_params() == CFG.attn_mlp_params()
+
+
+def test_bfloat16_parameters_track_float32():
+    from tyrjax.model import cast_params
+
+    params = init_random_params(CFG, 5)
+    tokens = np.arange(16)[None] % CFG.vocab_size
+    ref = np.asarray(forward(params, CFG, tokens))
+    low = forward(cast_params(params, jnp.bfloat16), CFG, tokens)
+    assert low.dtype == jnp.float32  # logits are always fp32
+    assert np.abs(np.asarray(low) - ref).max() < 0.05 * np.abs(ref).max()
