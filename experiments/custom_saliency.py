@@ -25,8 +25,8 @@ def abs_taylor(W, W_dense, h_inv, H, group_size):
 
 
 @register_fitness("js")
-def jensen_shannon(student_logits, t_idx, t_logp):
-    s_logp = jax.nn.log_softmax(jnp.take_along_axis(student_logits, t_idx, axis=-1), axis=-1)
+def jensen_shannon(student_topk, t_logp):
+    s_logp = jax.nn.log_softmax(student_topk, axis=-1)
     m = jnp.log(0.5 * (jnp.exp(t_logp) + jnp.exp(s_logp)))
     return 0.5 * jnp.sum(jnp.exp(t_logp) * (t_logp - m) + jnp.exp(s_logp) * (s_logp - m), axis=-1)
 

@@ -18,14 +18,16 @@ import numpy as np
 
 from tyrjax.config import ModelConfig
 from tyrjax.layers import decoder_layer, rope_tables
-from tyrjax.model import Params, embed, forward, logits_from_hidden
+from tyrjax.model import Params, embed, final_hidden, forward
 from tyrjax.tyr.supernet import Supernet
 
 FITNESSES: dict[str, Callable] = {}
 
 
 def register_fitness(name: str):
-    """Register `fn(student_logits (B,T,V), teacher: TeacherBatch) -> (B,T)` per-token loss."""
+    """Register `fn(student_logits (B,T,k), teacher_logp (B,T,k)) -> (B,T)` per-token loss, where
+    the student's logits are taken at the teacher's top-k tokens and the teacher's log-probs
+    are renormalised over them."""
 
     def deco(fn):
         FITNESSES[name] = fn
@@ -56,11 +58,31 @@ def teacher_topk(params: Params, cfg: ModelConfig, windows: np.ndarray, k: int, 
 
 
 @register_fitness("kl")
-def kl_topk(student_logits: jax.Array, t_idx: jax.Array, t_logp: jax.Array) -> jax.Array:
+def kl_topk(student_topk: jax.Array, t_logp: jax.Array) -> jax.Array:
     """KL(teacher ‖ student) over the teacher's top-k tokens, both renormalised there."""
-    s = jnp.take_along_axis(student_logits, t_idx, axis=-1)
-    s_logp = jax.nn.log_softmax(s, axis=-1)
+    s_logp = jax.nn.log_softmax(student_topk, axis=-1)
     return jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
+
+
+def topk_logits(params: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array, chunk: int = 64) -> jax.Array:
+    """The student's logits (B, T, k) at the teacher's top-k tokens only.
+
+    Only k of the vocabulary's logits enter the fitness, so the head is evaluated on the
+    gathered rows (k·d per token) instead of the whole vocabulary (V·d): for SmolLM2 with
+    k = 512 that is 96 times less work than the full head, a third of a candidate's cost.
+    """
+    hn = final_hidden(params, cfg, h)
+    rows = params["lm_head"].T if "lm_head" in params else params["embed"]  # (V, d)
+    b, t, k = t_idx.shape
+    c = chunk if t % chunk == 0 else t
+    hn = hn.reshape(b, t // c, c, -1).swapaxes(0, 1)
+    idx = t_idx.reshape(b, t // c, c, k).swapaxes(0, 1)
+
+    def one(args):
+        h_c, i_c = args
+        return jnp.einsum("btd,btkd->btk", h_c, rows[i_c], preferred_element_type=jnp.float32)
+
+    return jax.lax.map(one, (hn, idx)).swapaxes(0, 1).reshape(b, t, k)
 
 
 def parent_block_inputs(params: Params, cfg: ModelConfig, supernet: Supernet, levels: np.ndarray, tokens: jax.Array) -> jax.Array:
@@ -124,7 +146,7 @@ def score_candidates(
     loss_fn = FITNESSES[fitness]
 
     def candidate_loss(hc):
-        return loss_fn(logits_from_hidden(params, cfg, hc), t_idx, t_logp).mean()
+        return loss_fn(topk_logits(params, cfg, hc, t_idx), t_logp).mean()
 
     return jax.lax.map(candidate_loss, h)
 
