@@ -6,8 +6,6 @@ Both run the embedded default in fp32 on the same token batch; compilation and a
 call are excluded; the median of --repeats timed calls is reported, and the ratio.
 """
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -15,16 +13,7 @@ import torch
 
 import tyrjax
 from tyrjax.model import forward_jit
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from tyrjax.speed import median_seconds
 
 
 def main() -> None:

@@ -13,8 +13,9 @@ from tyrjax.generate import decode_step, empty_caches
 from tyrjax.model import Params, to_compact
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation excluded
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls after one warm-up call (compilation excluded)."""
+    fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -42,6 +43,6 @@ def measure_speed(params: Params, cfg: ModelConfig, batch: int, prompt_len: int,
             logits, caches = decode_step(params, cfg, nxt, caches)
         jax.block_until_ready(logits)
 
-    ttft = _median_s(prefill, repeats)
-    total = _median_s(decode, repeats)
+    ttft = median_seconds(prefill, repeats)
+    total = median_seconds(decode, repeats)
     return {"ttft_s": ttft, "decode_tok_s": batch * new_tokens / max(total - ttft, 1e-9)}
