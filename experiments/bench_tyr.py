@@ -1,15 +1,15 @@
 """Týr against the structured baselines on the default model (shakespeare-v1 protocol).
 
     python experiments/bench_tyr.py [--preset quick] [--sparsities 0.25,0.5] [--calib-windows 16]
-                                    [--eval-windows 16] [--methods magnitude,wanda-sp,flap,uniform,tyr-1,tyr]
+                                    [--eval-windows 16] [--methods magnitude,wanda-sp,flap,uniform,tyr]
 
-For each sparsity and method: perplexity on held-out Shakespeare and pydoc, attention+MLP
+For each sparsity and method (Týr reported after its first and after its last iteration, from
+one run): perplexity on held-out Shakespeare and pydoc, attention+MLP
 parameters removed, wall time. Then, in the same run, the compact Týr model at the largest
 sparsity against the dense model (prefill latency and decode throughput, ratios) and candidate
 scoring batched against one by one (ratio). Prints markdown tables.
 """
 import argparse
-import dataclasses
 import time
 
 import numpy as np
@@ -21,22 +21,34 @@ from tyrjax.search.mutation import level_switch
 from tyrjax.speed import measure_speed
 from tyrjax.tyr.commands import prune_structured
 from tyrjax.tyr.fitness import BatchScorer, teacher_topk
-from tyrjax.tyr.pipeline import PRESETS, initial_grid
+from tyrjax.tyr.pipeline import PRESETS, initial_grid, run_tyr
 from tyrjax.tyr.supernet import build_supernet
 
 
-def run_method(model, calib, sets, sparsity, method, preset):
-    tcfg = PRESETS[preset]
-    if method == "tyr-1":
-        tcfg = dataclasses.replace(tcfg, iterations=1)
-    t0 = time.perf_counter()
-    out = prune_structured(model, calib, sparsity, "tyr" if method.startswith("tyr") else method, tcfg)
-    wall = time.perf_counter() - t0
-    params, cfg = compact_from_masked(out.params, out.cfg, out.head_mask, out.ffn_mask)
-    pruned = tyrjax.Model(params, cfg, model.tokenizer, method)
+def evaluate_masked(model, sets, params, cfg, head, ffn, label):
+    """Compact the masked result, score it; returns (model, ppl, fraction removed)."""
+    params, ccfg = compact_from_masked(params, cfg, head, ffn)
+    pruned = tyrjax.Model(params, ccfg, model.tokenizer, label)
     ppl = tyrjax.evaluate(pruned, sets)["ppl"]
-    removed = 1 - cfg.attn_mlp_params() / model.cfg.attn_mlp_params()
-    return pruned, ppl, removed, wall
+    return pruned, ppl, 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
+
+
+def run_method(model, calib, sets, sparsity, method, preset):
+    """Rows of (label, model, ppl, removed, wall s). Týr also reports its first iteration's
+    result (what one iteration alone gives) from the same run, with that iteration's time."""
+    tcfg = PRESETS[preset]
+    if method != "tyr":
+        t0 = time.perf_counter()
+        out = prune_structured(model, calib, sparsity, method, tcfg)
+        wall = time.perf_counter() - t0
+        return [(method, *evaluate_masked(model, sets, out.params, out.cfg, out.head_mask, out.ffn_mask, method), wall)]
+    result = run_tyr(model.params, model.cfg, calib, sparsity, tcfg)
+    rows = []
+    for i, it in enumerate(result.iterations):
+        label = "tyr (1 iteration)" if i == 0 else f"tyr ({i + 1} iterations)"
+        wall = sum(result.supernet_s[: i + 1]) + sum(result.search_s[: i + 1])
+        rows.append((label, *evaluate_masked(model, sets, *it.chosen[:1], model.cfg, *it.chosen[1:], label), wall))
+    return rows
 
 
 def scoring_ratio(model, calib, preset, sparsity, n_candidates=8):
@@ -62,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     ap.add_argument("--sparsities", default="0.25,0.5")
-    ap.add_argument("--methods", default="magnitude,wanda-sp,flap,uniform,tyr-1,tyr")
+    ap.add_argument("--methods", default="magnitude,wanda-sp,flap,uniform,tyr")
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--eval-windows", type=int, default=16)
     args = ap.parse_args()
@@ -74,11 +86,11 @@ def main() -> None:
     best = None
     for s in (float(x) for x in args.sparsities.split(",")):
         for method in args.methods.split(","):
-            pruned, ppl, removed, wall = run_method(model, calib, sets, s, method, args.preset)
-            rows.append((method, s, ppl, removed, wall))
-            print(f"{method} @ {s}: {ppl} removed {removed:.3f} in {wall:.0f}s", flush=True)
-            if method == "tyr":
-                best = (s, pruned)
+            for label, pruned, ppl, removed, wall in run_method(model, calib, sets, s, method, args.preset):
+                rows.append((label, s, ppl, removed, wall))
+                print(f"{label} @ {s}: {ppl} removed {removed:.3f} in {wall:.0f}s", flush=True)
+                if label.startswith("tyr"):
+                    best = (s, pruned)
     print(f"\nmodel {model.source}; calib windows {len(calib)}; eval windows {args.eval_windows}; preset {args.preset}\n")
     print("| method | target | removed | ppl shakespeare | ppl pydoc | wall s |")
     print("|---|---|---|---|---|---|")

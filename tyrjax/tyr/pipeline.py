@@ -111,6 +111,7 @@ class IterationResult:
     genome: np.ndarray
     fitness: float | None
     history: list[dict]
+    chosen: tuple[Params, np.ndarray, np.ndarray] | None = None  # (masked params, head mask, ffn mask)
 
 
 def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tcfg: TyrConfig,
@@ -186,11 +187,12 @@ def run_tyr(
                                   progress=progress)
         t1 = time.perf_counter()
         state_path = work_dir / f"search_{it}.json" if work_dir else None
-        iterations.append(search_iteration(params, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress))
+        found = search_iteration(params, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress)
+        found.chosen = masks_and_weights(supernet, found.genome, params)
+        iterations.append(found)
         sn_times.append(t1 - t0)
         search_times.append(time.perf_counter() - t1)
-    chosen, head, ffn = masks_and_weights(supernet, iterations[-1].genome, params)
-    return TyrResult(chosen, head, ffn, iterations, sn_times, search_times)
+    return TyrResult(*iterations[-1].chosen, iterations, sn_times, search_times)
 
 
 def uniform_result(params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
