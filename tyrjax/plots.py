@@ -34,7 +34,8 @@ def per_layer_sparsity(path: Path, attention: list[float], mlp: list[float], tit
 
 
 def search_convergence(path: Path, histories: list[list[dict]]) -> Path:
-    """Best fitness (KL to the dense model) per generation, one line per iteration."""
+    """The parent's fitness per generation, one line per iteration. Each generation scores on
+    fresh token batches (as the method prescribes), so the curve carries batch-to-batch noise."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     offset = 0
     for i, hist in enumerate(histories):
@@ -42,7 +43,7 @@ def search_convergence(path: Path, histories: list[list[dict]]) -> Path:
         ax.plot(gens, [h["fitness"] for h in hist], marker=".", label=f"iteration {i + 1}")
         offset += len(hist)
     ax.set_xlabel("generation")
-    ax.set_ylabel("KL(dense ‖ pruned)")
-    ax.set_title("Týr search convergence")
+    ax.set_ylabel("KL(dense ‖ parent)")
+    ax.set_title("Týr search: parent's KL on each generation's final-stage tokens", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
