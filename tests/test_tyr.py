@@ -195,3 +195,26 @@ def test_registered_extensions_drive_the_pipeline(setup):
         SALIENCIES.pop("test-last-groups-first")
         FITNESSES.pop("test-mse")
         MUTATIONS.pop("test-counting")
+
+
+def test_final_reprune_keeps_the_distribution_and_fits_the_path_better(setup):
+    """Re-pruning the found distribution along its own path keeps every layer's width and
+    reconstructs the dense model at least as well as the supernet's expectation-calibrated levels."""
+    import dataclasses
+
+    from tyrjax.tyr.pipeline import removed_groups
+
+    params, calib, _ = setup
+    base = dataclasses.replace(TCFG, iterations=1, reprune_final=False)
+    plain = run_tyr(params, CFG, calib, 0.4, base, progress=False)
+    repruned = run_tyr(params, CFG, calib, 0.4, dataclasses.replace(base, reprune_final=True), progress=False)
+    np.testing.assert_array_equal(removed_groups(plain.head_mask, plain.ffn_mask),
+                                  removed_groups(repruned.head_mask, repruned.ffn_mask))
+    dense = forward(params, CFG, calib)
+
+    def error(r):
+        out = forward(r.params, CFG, calib, jnp.asarray(r.head_mask, jnp.float32), jnp.asarray(r.ffn_mask, jnp.float32))
+        return float(jnp.mean((out - dense) ** 2))
+
+    assert error(repruned) <= error(plain) * 1.05
+    assert not np.allclose(np.asarray(plain.params["layers"]["w_down"]), np.asarray(repruned.params["layers"]["w_down"]))
