@@ -1,0 +1,43 @@
+"""SDS (Sparse-Dense-Sparse) and one-shot unstructured pruning of whole models, layer by layer."""
+
+from tyrjax.sds.pipeline import (
+    DEFAULT_SDS_L1,
+    DEFAULT_SDS_L2,
+    DEFAULT_SDS_LR,
+    INPUTS,
+    LINEAR,
+    METHODS,
+    LayerInputs,
+    check_pattern_fits,
+    oneshot_fit,
+    overall_sparsity,
+    pattern_name,
+    process_block,
+    prune_oneshot,
+    prune_weight,
+    run_pipeline,
+    run_sds_pipeline,
+    sds_fit,
+    sds_settings,
+)
+
+__all__ = [
+    "DEFAULT_SDS_L1",
+    "DEFAULT_SDS_L2",
+    "DEFAULT_SDS_LR",
+    "INPUTS",
+    "LINEAR",
+    "METHODS",
+    "LayerInputs",
+    "check_pattern_fits",
+    "oneshot_fit",
+    "overall_sparsity",
+    "pattern_name",
+    "process_block",
+    "prune_oneshot",
+    "prune_weight",
+    "run_pipeline",
+    "run_sds_pipeline",
+    "sds_fit",
+    "sds_settings",
+]

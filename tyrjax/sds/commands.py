@@ -1,0 +1,133 @@
+"""`tyrjax prune --method sparsegpt|wanda|magnitude` and `tyrjax sds`: run, evaluate, write RUN_DIR.
+
+RUN_DIR holds metrics.json (method, pattern, sparsity target/achieved/per layer, perplexities of
+the dense and the pruned model, wall time per step, hyperparameters), layer_losses.json (each
+linear layer's reconstruction loss per step), command.json, the pruned model as orbax
+(`model/`, loadable with --model) and as Hugging Face safetensors with zeros (`hf/`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from tyrjax import api
+from tyrjax.checkpoint import save_hf, save_orbax
+from tyrjax.loading import Model, load_model
+from tyrjax.model import Params
+from tyrjax.rundir import Timer, default_out, record_command, write_json
+from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
+from tyrjax.sparse import parse_pattern
+
+
+def _tokenizer_dir(model: Model, args: argparse.Namespace) -> Path | None:
+    """Where the tokenizer files to copy beside the saved model live."""
+    return Path(args.tokenizer) if args.tokenizer else model.directory
+
+
+def _corpora(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(c for c in args.eval_data.split(",") if c)
+
+
+def _per_layer_sparsity(layers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    return {k: r["sparsity"] for k, r in layers.items()}
+
+
+def _layer_losses(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per layer: the loss (one-shot) or the loss of every step and the kept one (SDS)."""
+    out = {}
+    for key, r in layers.items():
+        if "loss" in r:
+            out[key] = {"loss": r["loss"], **({"chosen": r["chosen"]} if "chosen" in r else {})}
+    return out
+
+
+def _print_comparison(dense: dict[str, float], pruned: dict[str, float], label: str) -> None:
+    rows = [("corpus", "dense ppl", f"{label} ppl", "change")]
+    rows += [(k, f"{dense[k]:.3f}", f"{pruned[k]:.3f}", f"{100 * (pruned[k] / dense[k] - 1):+.1f}%") for k in pruned]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for j, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _run(
+    args: argparse.Namespace,
+    command: str,
+    run: Callable[[Model, Any], tuple[Params, dict[str, Any]]],
+) -> dict[str, Any]:
+    """Shared driver: load, calibrate, dense eval, `run`, pruned eval, save, report."""
+    parse_pattern(args.pattern)  # a bad pattern fails before any loading
+    out = args.out or default_out(command)
+    timer = Timer()
+    with timer.phase("load"):
+        model = load_model(args.model, args.dtype, args.tokenizer)
+        check_pattern_fits(model.params, args.pattern)
+    with timer.phase("data"):
+        calib = api.calibration_windows(model, args.data, args.calib_windows)
+        sets = api.evaluation_sets(model, args.eval_windows, _corpora(args))
+    with timer.phase("dense_eval"):
+        dense = api.dense_reference(model, sets, args.batch_size)
+    with timer.phase("prune"):
+        params, report = run(model, calib)
+    pruned = dataclasses.replace(model, params=params)
+    with timer.phase("eval"):
+        evaluated = api.evaluate(pruned, sets, args.batch_size)
+    with timer.phase("save"):
+        tok_dir = _tokenizer_dir(model, args)
+        save_orbax(params, model.cfg, out / "model", tok_dir)
+        save_hf(params, model.cfg, out / "hf", tok_dir)
+    metrics = {
+        "model": model.source,
+        "method": report["method"],
+        "pattern": report["pattern"],
+        "sparsity": {**report["sparsity"], "per_layer": _per_layer_sparsity(report["layers"])},
+        "ppl": evaluated["ppl"],
+        "dense_ppl": dense["ppl"],
+        "params": evaluated["params"],
+        "hyperparameters": report.get("hyperparameters", {}),
+        "chosen": report.get("chosen"),
+        "data": args.data,
+        "calib_windows": list(calib.shape),
+        "eval_windows": {k: list(v.shape) for k, v in sets.items()},
+        "dtype": args.dtype,
+        "seed": args.seed,
+        "wall_s": {**timer.wall_s, "total": round(sum(timer.wall_s.values()), 3)},
+    }
+    if metrics["chosen"] is None:
+        del metrics["chosen"]
+    record_command(out)
+    write_json(out / "layer_losses.json", _layer_losses(report["layers"]))
+    write_json(out / "metrics.json", metrics)
+    _print_comparison(dense["ppl"], evaluated["ppl"], f"{report['method']} {report['pattern']}")
+    print(f"sparsity: target {report['sparsity']['target']:.4f}, achieved {report['sparsity']['achieved']:.4f} "
+          f"(attention+MLP linear weights); wall {metrics['wall_s']['total']:.1f} s")
+    print(f"wrote {out / 'metrics.json'}")
+    return metrics
+
+
+def run_oneshot(args: argparse.Namespace) -> dict[str, Any]:
+    """`tyrjax prune --method sparsegpt|wanda|magnitude --pattern P`."""
+
+    def run(model: Model, calib: Any) -> tuple[Params, dict[str, Any]]:
+        return prune_oneshot(model.params, model.cfg, calib, args.pattern, args.method)
+
+    return _run(args, "prune", run)
+
+
+def run_sds(args: argparse.Namespace) -> dict[str, Any]:
+    """`tyrjax sds --pruner sparsegpt|wanda --pattern P [--steps --lr --l1 --l2 ...]`."""
+
+    # bad hyperparameters fail before any loading
+    sds_settings(args.steps, args.adjust_steps, args.lr, args.l1, args.l2, args.optimizer, args.inputs)
+
+    def run(model: Model, calib: Any) -> tuple[Params, dict[str, Any]]:
+        return run_sds_pipeline(
+            model.params, model.cfg, calib, args.pattern, args.pruner,
+            steps=args.steps, adjust_steps=args.adjust_steps, lr=args.lr, l1=args.l1, l2=args.l2,
+            optimizer=args.optimizer, inputs=args.inputs,
+        )
+
+    return _run(args, "sds", run)

@@ -1,0 +1,406 @@
+"""Layer-sequential unstructured pruning of a whole model: one-shot pruners and SDS.
+
+Blocks are processed in order, each on the calibration stream produced by the already
+processed blocks (SparseGPT's sequential order). Inside a block: q/k/v from the attention
+input; o_proj from the attention recomputed with the new q/k/v; gate/up from the MLP input;
+down_proj from the hidden of the new gate/up. The new block's output feeds the next block.
+SDS also carries the dense model's stream, whose layer outputs are the reconstruction target.
+
+Both parameter forms are accepted: stacked (masked form, all layers alike) and compact (a list
+of per-layer dicts, e.g. after Týr pruning, each layer with its own widths and `cfg.kv_map(i)`).
+The result has the form of the input. Reports are plain JSON-ready dicts keyed "BLOCK.NAME".
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from tyrjax.calibration import GATE_UP, QKV, InputStats, attention_residual, check_finite, embed_windows, mlp_residual
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import Params, is_stacked, stack_layers, unstack_layers
+from tyrjax.sds.capture import (
+    WINDOW_CHUNK,
+    attention_heads_at,
+    attention_normed,
+    mlp_hidden_of,
+    mlp_normed,
+    objective_grams,
+)
+from tyrjax.sparse import (
+    DEFAULT_LEARNING_RATE,
+    Grams,
+    NByM,
+    Pattern,
+    check_pattern,
+    magnitude_prune,
+    reconstruction_loss,
+    redense,
+    sparse_adjust,
+    sparsegpt_prune,
+    wanda_prune,
+)
+from tyrjax.sparse.reconstruct import OPTIMIZERS
+
+METHODS = ("sparsegpt", "wanda", "magnitude")
+INPUTS = ("pruned", "dense")
+LINEAR = (*QKV, "wo", *GATE_UP, "w_down")
+
+# SDS defaults, chosen on the default model (experiments/sds_hparams.py, RESULTS.md "SDS
+# hyperparameters"): every λ1 or λ2 > 0 tried raised both the layer losses and the held-out
+# perplexity (the sparse adjustment, which re-selects the mask, already does what the penalty
+# was for), and lr 3e-4 vs 1e-3 tied on perplexity while 1e-3 fits the layers better.
+DEFAULT_SDS_LR = DEFAULT_LEARNING_RATE
+DEFAULT_SDS_L1 = 0.0
+DEFAULT_SDS_L2 = 0.0
+
+
+class LayerInputs(NamedTuple):
+    """What one linear layer's fit needs about its calibration inputs."""
+
+    stats: InputStats  # pruned-stream statistics: what SparseGPT / Wanda see
+    grams: Grams  # the objective ||X_d W_d − X_s W||² / n (X_d = X_s in one-shot)
+    fit: Grams  # what re-dense / adjustment optimise (= grams, or dense-only with inputs="dense")
+
+
+LayerFit = Callable[[str, jax.Array, LayerInputs], tuple[jax.Array, dict[str, Any]]]
+
+
+def pattern_name(pattern: Pattern) -> str:
+    """'2:4' or '0.5': the pattern as the command line writes it."""
+    return f"{pattern.n}:{pattern.m}" if isinstance(pattern, NByM) else f"{pattern.sparsity:g}"
+
+
+def prune_weight(method: str, W: jax.Array, stats: InputStats, pattern: Pattern) -> jax.Array:
+    """One-shot prune one linear layer `W (d_in, d_out)` with `method` on its input statistics."""
+    if method == "sparsegpt":
+        return sparsegpt_prune(W, stats.gram, pattern)[0]
+    if method == "wanda":
+        return wanda_prune(W, jnp.sqrt(stats.sq_norm), pattern)[0]
+    if method == "magnitude":
+        return magnitude_prune(W, pattern)[0]
+    raise TyrjaxError(f"pruning method {method!r} is unknown; use one of {', '.join(METHODS)}")
+
+
+def zero_fraction(W: jax.Array) -> float:
+    """Achieved sparsity of one weight: the fraction of exact zeros."""
+    return int(jnp.sum(W == 0)) / W.size if W.size else 0.0
+
+
+def _loss(W: jax.Array, W_dense: jax.Array, grams: Grams) -> float:
+    return float(reconstruction_loss(W, W_dense, grams))
+
+
+# --- per-layer fits --------------------------------------------------------------------------
+def oneshot_fit(method: str, pattern: Pattern) -> LayerFit:
+    """Prune each layer once; record `||X W − X Ŵ||² / n` on its (pruned-stream) inputs."""
+
+    def fit(name: str, W_dense: jax.Array, inputs: LayerInputs) -> tuple[jax.Array, dict[str, Any]]:
+        W = prune_weight(method, W_dense, inputs.stats, pattern)
+        return W, {"loss": _loss(W, W_dense, inputs.grams)}
+
+    return fit
+
+
+def sds_fit(
+    pruner: str,
+    pattern: Pattern,
+    *,
+    steps: int,
+    adjust_steps: int,
+    lr: float,
+    l1: float,
+    l2: float,
+    optimizer: str,
+) -> LayerFit:
+    """SDS on one layer: prune, re-dense with L1/L2, re-prune, adjust; keep the best by the objective.
+
+    The candidates are the step-1 result, the re-pruned re-dense weights and (when
+    `adjust_steps > 0`) the adjusted ones; all satisfy the pattern, so the lowest-loss one is
+    kept, which makes SDS never worse than one-shot layer by layer on the calibration objective.
+    """
+
+    def fit(name: str, W_dense: jax.Array, inputs: LayerInputs) -> tuple[jax.Array, dict[str, Any]]:
+        W1 = prune_weight(pruner, W_dense, inputs.stats, pattern)
+        W_re, _ = redense(W1, W_dense, inputs.fit, l1=l1, l2=l2, steps=steps, learning_rate=lr, optimizer=optimizer)
+        W3 = prune_weight(pruner, W_re, inputs.stats, pattern)
+        candidates = {"oneshot": W1, "repruned": W3}
+        if adjust_steps > 0:
+            candidates["adjusted"] = sparse_adjust(
+                W3, W_dense, inputs.fit, pattern, steps=adjust_steps, learning_rate=lr, optimizer=optimizer
+            )[0]
+        losses = {k: _loss(W, W_dense, inputs.grams) for k, W in candidates.items()}
+        chosen = min(losses, key=losses.get)  # ties keep the earlier (simpler) candidate
+        record = {
+            "loss": {"oneshot": losses["oneshot"], "redense": _loss(W_re, W_dense, inputs.grams),
+                     **{k: v for k, v in losses.items() if k != "oneshot"}, "chosen": losses[chosen]},
+            "chosen": chosen,
+        }
+        return candidates[chosen], record
+
+    return fit
+
+
+# --- the block loop --------------------------------------------------------------------------
+def _layer_inputs(a_s: jax.Array, a_d: jax.Array | None, inputs: str, where: str) -> LayerInputs:
+    stats, grams = objective_grams(a_s, a_d)
+    check_finite(stats, where)
+    if inputs == "dense" and a_d is not None:
+        h_dd = grams.h_dd
+        return LayerInputs(stats, grams, Grams(h_dd, h_dd, h_dd, grams.n_tokens))
+    return LayerInputs(stats, grams, grams)
+
+
+def _fit_group(
+    p: Params, dense: Params, names: tuple[str, ...], inputs: LayerInputs, fit: LayerFit,
+    records: dict[str, dict[str, Any]],
+) -> None:
+    """Fit the layers `names` that read the same inputs, in place in `p`."""
+    for name in names:
+        W_dense = dense[name]
+        if W_dense.size == 0:  # a compact layer with every head / neuron removed
+            records[name] = {"sparsity": None, "numel": 0}
+            continue
+        W, record = fit(name, W_dense, inputs)
+        p[name] = W
+        records[name] = {"sparsity": zero_fraction(W), "numel": int(W.size), **record}
+
+
+def process_block(
+    dense: Params,
+    cfg: ModelConfig,
+    kv_map: tuple[int, ...],
+    x_s: jax.Array,
+    x_d: jax.Array | None,
+    fit: LayerFit,
+    *,
+    block: int = 0,
+    inputs: str = "pruned",
+    chunk: int = WINDOW_CHUNK,
+) -> tuple[Params, jax.Array, jax.Array | None, dict[str, dict[str, Any]]]:
+    """Fit every linear layer of one block in order; returns (new layer, next x_s, next x_d, records).
+
+    `x_s` is the block input on the processed model, `x_d` on the dense model (None when the
+    fit does not need dense targets).
+    """
+    p, records = dict(dense), {}
+
+    def group(names: tuple[str, ...], a_s: jax.Array, a_d: jax.Array | None, what: str) -> None:
+        if all(dense[name].size == 0 for name in names):  # nothing left to prune, no inputs to measure
+            records.update({name: {"sparsity": None, "numel": 0} for name in names})
+            return
+        layer_inputs = _layer_inputs(a_s, a_d, inputs, f"block {block} {what}")
+        _fit_group(p, dense, names, layer_inputs, fit, records)
+
+    normed_s = attention_normed(dense, cfg, x_s)
+    normed_d = None if x_d is None else attention_normed(dense, cfg, x_d)
+    group(QKV, normed_s, normed_d, "q/k/v")
+    heads_s = attention_heads_at(p, cfg, normed_s, kv_map, chunk)
+    heads_d = None if x_d is None else attention_heads_at(dense, cfg, normed_d, kv_map, chunk)
+    del normed_s, normed_d
+    group(("wo",), heads_s, heads_d, "o_proj")
+    mid_s = attention_residual(p, cfg, x_s, heads_s)
+    mid_d = None if x_d is None else attention_residual(dense, cfg, x_d, heads_d)
+    del heads_s, heads_d
+
+    normed_s = mlp_normed(dense, cfg, mid_s)
+    normed_d = None if x_d is None else mlp_normed(dense, cfg, mid_d)
+    group(GATE_UP, normed_s, normed_d, "gate/up")
+    hidden_s = mlp_hidden_of(p, normed_s)
+    hidden_d = None if x_d is None else mlp_hidden_of(dense, normed_d)
+    del normed_s, normed_d
+    group(("w_down",), hidden_s, hidden_d, "down_proj")
+    out_s = mlp_residual(p, mid_s, hidden_s).astype(jnp.float32)
+    out_d = None if x_d is None else mlp_residual(dense, mid_d, hidden_d).astype(jnp.float32)
+    return p, out_s, out_d, records
+
+
+def _check_windows(windows: np.ndarray) -> np.ndarray:
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 1 or not np.issubdtype(windows.dtype, np.integer):
+        raise TyrjaxError(
+            f"calibration windows have shape {windows.shape} and dtype {windows.dtype}; pass a non-empty "
+            "(n_windows, length) integer token array (api.calibration_windows makes one)"
+        )
+    return windows.astype(np.int32)
+
+
+def _layer_list(params: Params) -> list[Params]:
+    return unstack_layers(params["layers"]) if is_stacked(params) else list(params["layers"])
+
+
+def _linear_shapes(params: Params) -> list[dict[str, tuple[int, ...]]]:
+    """Per block, the shape of each linear weight (either form), without copying arrays."""
+    layers = params["layers"]
+    if is_stacked(params):
+        n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+        return [{name: tuple(layers[name].shape[1:]) for name in LINEAR}] * n
+    return [{name: tuple(p[name].shape) for name in LINEAR} for p in layers]
+
+
+def check_pattern_fits(params: Params, pattern: Pattern | str) -> Pattern:
+    """Refuse an N:M pattern whose M does not divide some layer's input width, before any work."""
+    pattern = check_pattern(pattern)
+    if not isinstance(pattern, NByM):
+        return pattern
+    for i, shapes in enumerate(_linear_shapes(params)):
+        for name, shape in shapes.items():
+            if np.prod(shape) and shape[0] % pattern.m:
+                raise TyrjaxError(
+                    f"pattern {pattern_name(pattern)}: block {i} {name} has {shape[0]} inputs, not a multiple of "
+                    f"M={pattern.m}; use an N:M pattern whose M divides every layer's input width, or an "
+                    "unstructured sparsity such as 0.5"
+                )
+    return pattern
+
+
+def _check_method(method: str, what: str) -> None:
+    if method not in METHODS:
+        raise TyrjaxError(f"{what} {method!r} is unknown; use one of {', '.join(METHODS)}")
+
+
+def run_pipeline(
+    params: Params,
+    cfg: ModelConfig,
+    calib_windows: np.ndarray,
+    fit: LayerFit,
+    *,
+    dense_stream: bool,
+    inputs: str = "pruned",
+    pattern: Pattern | None = None,
+    desc: str = "prune",
+    progress: bool = True,
+    chunk: int = WINDOW_CHUNK,
+) -> tuple[Params, dict[str, dict[str, Any]]]:
+    """Apply `fit` to every linear layer, block by block, on the sequential calibration stream.
+
+    `pattern`, when given, is checked against every layer's shape up front. Returns the new
+    parameters (same form as `params`) and per-layer records "BLOCK.NAME".
+    """
+    windows = _check_windows(calib_windows)
+    stacked = is_stacked(params)
+    layers = _layer_list(params)
+    if len(layers) != cfg.n_layers:
+        raise TyrjaxError(f"params have {len(layers)} layers but the config says {cfg.n_layers}; pass the model's own config")
+    if pattern is not None:
+        check_pattern_fits(params, pattern)
+    x_s = embed_windows(params, windows)
+    x_d = x_s if dense_stream else None
+    new_layers, records = [], {}
+    bar = tqdm(range(len(layers)), desc=desc, unit="block", disable=not progress)
+    for i in bar:
+        p, x_s, x_d, block_records = process_block(
+            layers[i], cfg, cfg.kv_map(i), x_s, x_d, fit, block=i, inputs=inputs, chunk=chunk
+        )
+        new_layers.append(p)
+        records.update({f"{i}.{name}": r for name, r in block_records.items()})
+    out = {k: v for k, v in params.items() if k != "layers"}
+    out["layers"] = stack_layers(new_layers) if stacked else new_layers
+    return out, records
+
+
+def overall_sparsity(records: dict[str, dict[str, Any]]) -> float:
+    """Zeros over all pruned linear weights (attention + MLP), weighted by size."""
+    numel = sum(r["numel"] for r in records.values())
+    zeros = sum(round(r["sparsity"] * r["numel"]) for r in records.values() if r["numel"])
+    return zeros / numel if numel else 0.0
+
+
+def _report(method: str, pattern: Pattern, records: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "method": method,
+        "pattern": pattern_name(pattern),
+        "sparsity": {"target": pattern.sparsity, "achieved": overall_sparsity(records)},
+        **extra,
+        "layers": records,
+    }
+
+
+def prune_oneshot(
+    params: Params,
+    cfg: ModelConfig,
+    calib_windows: np.ndarray,
+    pattern: Pattern | str,
+    method: str,
+    *,
+    progress: bool = True,
+) -> tuple[Params, dict[str, Any]]:
+    """One-shot SparseGPT / Wanda / magnitude pruning of every attention and MLP linear layer.
+
+    Sequential: each block is pruned on the inputs produced by the already pruned blocks.
+    The report holds the overall and per-layer achieved sparsity and each layer's
+    reconstruction loss `||X W − X Ŵ||² / n_tokens` on its inputs.
+    """
+    pattern = check_pattern(pattern)
+    _check_method(method, "pruning method")
+    fit = oneshot_fit(method, pattern)
+    new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=False, pattern=pattern,
+                                desc=f"{method} {pattern_name(pattern)}", progress=progress)
+    return new, _report(method, pattern, records)
+
+
+def run_sds_pipeline(
+    params: Params,
+    cfg: ModelConfig,
+    calib_windows: np.ndarray,
+    pattern: Pattern | str,
+    pruner: str,
+    *,
+    steps: int = 200,
+    adjust_steps: int | None = None,
+    lr: float | None = None,
+    l1: float | None = None,
+    l2: float | None = None,
+    optimizer: str = "adam",
+    inputs: str = "pruned",
+    progress: bool = True,
+) -> tuple[Params, dict[str, Any]]:
+    """SDS (Sparse-Dense-Sparse) on every attention and MLP linear layer, block by block.
+
+    Per layer: prune one-shot with `pruner`; re-dense from the pruned weights toward the dense
+    layer's output (`steps` full-batch optimizer steps on the Gram-form loss plus
+    `l1·||W||₁ + l2·||W||₂²`); re-prune with the same pruner; adjust the sparse weights for
+    `adjust_steps` (default `steps`, 0 skips); keep the candidate with the lowest loss
+    `||X_d W_d − X_s W||² / n`. `inputs="pruned"` optimises on the processed model's inputs
+    X_s (the paper's choice), `"dense"` on the dense model's. None means the tuned default.
+    The report gives, per layer, each step's loss and which candidate was kept.
+    """
+    pattern = check_pattern(pattern)
+    _check_method(pruner, "SDS pruner")
+    settings = sds_settings(steps, adjust_steps, lr, l1, l2, optimizer, inputs)
+    fit = sds_fit(pruner, pattern, **{k: v for k, v in settings.items() if k != "inputs"})
+    new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=True, inputs=inputs, pattern=pattern,
+                                desc=f"sds-{pruner} {pattern_name(pattern)}", progress=progress)
+    chosen = [r["chosen"] for r in records.values() if "chosen" in r]
+    counts = {k: chosen.count(k) for k in ("oneshot", "repruned", "adjusted")}
+    return new, _report(f"sds-{pruner}", pattern, records, hyperparameters=settings, chosen=counts)
+
+
+def sds_settings(
+    steps: int, adjust_steps: int | None, lr: float | None, l1: float | None, l2: float | None,
+    optimizer: str, inputs: str,
+) -> dict[str, Any]:
+    """The resolved SDS hyperparameters (defaults filled in), checked."""
+    adjust_steps = steps if adjust_steps is None else adjust_steps
+    lr = DEFAULT_SDS_LR if lr is None else float(lr)
+    l1 = DEFAULT_SDS_L1 if l1 is None else float(l1)
+    l2 = DEFAULT_SDS_L2 if l2 is None else float(l2)
+    if not isinstance(steps, int) or steps < 1:
+        raise TyrjaxError(f"steps={steps!r} must be a positive integer number of re-dense optimizer steps")
+    if not isinstance(adjust_steps, int) or adjust_steps < 0:
+        raise TyrjaxError(f"adjust_steps={adjust_steps!r} must be an integer >= 0 (0 skips the sparse adjustment)")
+    if not (np.isfinite(lr) and lr > 0):
+        raise TyrjaxError(f"lr={lr!r} must be a positive learning rate, e.g. {DEFAULT_SDS_LR}")
+    for name, value in (("l1", l1), ("l2", l2)):
+        if not (np.isfinite(value) and value >= 0):
+            raise TyrjaxError(f"{name}={value!r} must be a finite weight >= 0 (0 disables the penalty)")
+    if optimizer not in OPTIMIZERS:
+        raise TyrjaxError(f"optimizer {optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
+    if inputs not in INPUTS:
+        raise TyrjaxError(f"inputs {inputs!r} is unknown; use 'pruned' (the paper's) or 'dense'")
+    return {"steps": steps, "adjust_steps": adjust_steps, "lr": lr, "l1": l1, "l2": l2,
+            "optimizer": optimizer, "inputs": inputs}
