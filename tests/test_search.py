@@ -304,7 +304,7 @@ def test_reproducible_and_resumable(tmp_path):
     path = tmp_path / "state.json"
 
     class Interrupt(Exception):
-        pass
+        """Stands for a killed process."""
 
     def checkpoint(state):
         save_state(path, state)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Tuple
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from tyrjax.errors import TyrjaxError
 from tyrjax.search.levels import LevelGrid, centre_genome, check_genome, removed_params
+from tyrjax.rundir import write_json
 from tyrjax.search.mutation import get_mutation
 
 __all__ = [
@@ -374,19 +374,7 @@ def save_state(path: str | os.PathLike, state: SearchState) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise TyrjaxError(f"Cannot save the search state to {path!r}: folder {folder!r} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=".search_state.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state.to_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_json(path, state.to_dict())
 
 
 def load_state(path: str | os.PathLike) -> SearchState:
