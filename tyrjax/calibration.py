@@ -85,19 +85,41 @@ def check_finite(stats: InputStats, where: str) -> None:
 
 
 @partial(jax.jit, static_argnums=1)
-def attention_inputs(p: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(normed x: input of q/k/v, per-head outputs: input of o_proj) for a block input x."""
-    normed = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    cos, sin = rope_tables(cfg, jnp.arange(x.shape[1]))
-    heads, _ = attention_heads(p, cfg, normed, cos, sin, cfg.kv_map(0))
-    return normed, heads
+def attention_normed(p: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Input of q/k/v: the attention RMSNorm of the block input x, fp32."""
+    return rms_norm(x, p["attn_norm"], cfg.rms_norm_eps).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnums=(1, 3))
+def heads_of(p: Params, cfg: ModelConfig, normed: jax.Array, kv_map: tuple[int, ...]) -> jax.Array:
+    """Input of o_proj: per-head attention outputs of normed x under this layer's q/k/v, fp32."""
+    cos, sin = rope_tables(cfg, jnp.arange(normed.shape[1]))
+    heads, _ = attention_heads(p, cfg, normed, cos, sin, kv_map)
+    return heads.astype(jnp.float32)
 
 
 @partial(jax.jit, static_argnums=1)
+def mlp_normed(p: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Input of gate/up: the MLP RMSNorm of the attention sub-block's output, fp32."""
+    return rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps).astype(jnp.float32)
+
+
+@jax.jit
+def hidden_of(p: Params, normed: jax.Array) -> jax.Array:
+    """Input of down_proj: the SwiGLU hidden of this layer's gate/up, fp32."""
+    return mlp_hidden(p, normed).astype(jnp.float32)
+
+
+def attention_inputs(p: Params, cfg: ModelConfig, x: jax.Array, kv_map: tuple[int, ...] | None = None):
+    """(input of q/k/v, input of o_proj) for a block input x; `kv_map` defaults to the dense layout's."""
+    normed = attention_normed(p, cfg, x)
+    return normed, heads_of(p, cfg, normed, cfg.kv_map(0) if kv_map is None else kv_map)
+
+
 def mlp_inputs(p: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(normed x: input of gate/up, SwiGLU hidden: input of down_proj) for the MLP's input x."""
-    normed = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-    return normed, mlp_hidden(p, normed)
+    """(input of gate/up, input of down_proj) for the MLP's input x."""
+    normed = mlp_normed(p, cfg, x)
+    return normed, hidden_of(p, normed)
 
 
 @partial(jax.jit, static_argnums=1)

@@ -19,18 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from tyrjax.calibration import GATE_UP, QKV, InputStats, attention_residual, check_finite, embed_windows, mlp_residual
+from tyrjax.calibration import (GATE_UP, QKV, InputStats, attention_normed, attention_residual, check_finite,
+                                embed_windows, hidden_of, mlp_normed, mlp_residual)
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params, is_stacked, stack_layers, unstack_layers
-from tyrjax.sds.capture import (
-    WINDOW_CHUNK,
-    attention_heads_at,
-    attention_normed,
-    mlp_hidden_of,
-    mlp_normed,
-    objective_grams,
-)
+from tyrjax.sds.capture import WINDOW_CHUNK, attention_heads_at, objective_grams
 from tyrjax.sparse import (
     DEFAULT_LEARNING_RATE,
     Grams,
@@ -210,8 +204,8 @@ def process_block(
     normed_s = mlp_normed(dense, cfg, mid_s)
     normed_d = None if x_d is None else mlp_normed(dense, cfg, mid_d)
     group(GATE_UP, normed_s, normed_d, "gate/up")
-    hidden_s = mlp_hidden_of(p, normed_s)
-    hidden_d = None if x_d is None else mlp_hidden_of(dense, normed_d)
+    hidden_s = hidden_of(p, normed_s)
+    hidden_d = None if x_d is None else hidden_of(dense, normed_d)
     del normed_s, normed_d
     group(("w_down",), hidden_s, hidden_d, "down_proj")
     out_s = mlp_residual(p, mid_s, hidden_s).astype(jnp.float32)
