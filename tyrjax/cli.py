@@ -167,18 +167,10 @@ def cmd_sds(args: argparse.Namespace) -> None:
     run_sds(args)
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from tyrjax import api
     from tyrjax.loading import load_model
-    from tyrjax.rundir import default_out, record_command, write_json
+    from tyrjax.rundir import default_out, print_table, record_command, write_json
 
     out = args.out or default_out("eval")
     start = time.perf_counter()
@@ -193,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     write_json(out / "metrics.json", metrics)
     rows = [("corpus", "windows", "perplexity")]
     rows += [(k, str(len(sets[k])), f"{v:.3f}") for k, v in metrics["ppl"].items()]
-    _print_table(rows)
+    print_table(rows)
     print(f"params: {metrics['params']['total']:,} total, {metrics['params']['attn_mlp']:,} attention+MLP")
     print(f"wrote {out / 'metrics.json'}")
 

@@ -40,6 +40,15 @@ def record_command(out: Path) -> None:
     write_json(out / "command.json", {"argv": sys.argv, "cwd": os.getcwd(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Left-aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for j, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 class Timer:
     """Collects wall-clock seconds per named phase for metrics.json."""
 

@@ -16,7 +16,7 @@ from tyrjax import api
 from tyrjax.checkpoint import save_hf, save_orbax
 from tyrjax.loading import Model, load_model
 from tyrjax.model import Params
-from tyrjax.rundir import Timer, default_out, record_command, write_json
+from tyrjax.rundir import Timer, default_out, print_table, record_command, write_json
 from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
 from tyrjax.sparse import parse_pattern
 
@@ -46,11 +46,7 @@ def _layer_losses(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _print_comparison(dense: dict[str, float], pruned: dict[str, float], label: str) -> None:
     rows = [("corpus", "dense ppl", f"{label} ppl", "change")]
     rows += [(k, f"{dense[k]:.3f}", f"{pruned[k]:.3f}", f"{100 * (pruned[k] / dense[k] - 1):+.1f}%") for k in pruned]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows)
 
 
 def _run(
