@@ -123,3 +123,25 @@ def test_wrong_shapes_raise_tyrjax_error():
         magnitude_prune(_weights(60, 8), "4:8")
     with pytest.raises(TyrjaxError, match="2-D"):
         magnitude_prune(jnp.ones(8), "0.5")
+
+
+@pytest.mark.parametrize("seed, n_prune", [(0, 0), (1, 1), (2, 37), (3, 200), (4, 383), (5, 384)])
+def test_prune_lowest_matches_a_stable_sort(seed, n_prune):
+    """Exact counts and stable tie order, on scores full of ties, signed zeros and negatives."""
+    from tyrjax.sparse.patterns import mask_prune_lowest
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 4, size=(24, 16)).astype(np.float32) * rng.choice([1.0, 0.5], size=(24, 16))
+    scores[rng.random((24, 16)) < 0.1] = -0.0
+    order = np.argsort(np.where(scores == 0, 0.0, scores).ravel(), kind="stable")
+    expected = np.ones(scores.size, bool)
+    expected[order[:n_prune]] = False
+    got = np.asarray(mask_prune_lowest(jnp.asarray(scores), n_prune))
+    np.testing.assert_array_equal(got.ravel(), expected)
+
+
+def test_per_output_masks_match_a_stable_sort_with_ties():
+    scores = np.random.default_rng(0).integers(0, 4, size=(40, 12)).astype(np.float32)
+    ranks = np.argsort(np.argsort(scores, axis=0, kind="stable"), axis=0, kind="stable")
+    got = np.asarray(unstructured_mask_per_output(jnp.asarray(scores), 0.3))
+    np.testing.assert_array_equal(got, ranks >= round(0.3 * 40))
