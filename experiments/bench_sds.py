@@ -99,7 +99,7 @@ def main() -> None:
     sds = dict(steps=args.steps, adjust_steps=args.adjust_steps, lr=args.lr, l1=args.l1, l2=args.l2)
     methods = [m for m in args.methods.split(",") if m]
     ablated = [p for p in args.ablation_patterns.split(",") if p]
-    dense = evaluate(model.params, model.cfg, sets)
+    dense = api.dense_reference(model, sets)["ppl"]
     print(f"dense: {dense}", flush=True)
     results = []
     for pattern in (p for p in args.patterns.split(",") if p):

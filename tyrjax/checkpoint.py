@@ -116,14 +116,19 @@ class _TensorReader:
     def has(self, name: str) -> bool:
         return name in self.location
 
-    def get(self, name: str, transpose: bool, expected: tuple[int, ...]) -> np.ndarray:
+    def _handle(self, name: str) -> tuple[Path, object]:
+        """The shard holding `name` and its open handle."""
         if name not in self.location:
             raise TyrjaxError(f"checkpoint lacks tensor {name!r}; the weights do not match config.json")
         f = self.location[name]
         if f not in self._open:
             self._open[f] = safe_open(str(f), framework="numpy")
+        return f, self._open[f]
+
+    def get(self, name: str, transpose: bool, expected: tuple[int, ...]) -> np.ndarray:
+        f, handle = self._handle(name)
         try:
-            a = self._open[f].get_tensor(name)
+            a = handle.get_tensor(name)
         except Exception as e:
             raise TyrjaxError(f"{f}: cannot read tensor {name!r} ({e}); the file is corrupt, re-download it") from None
         a = a.T if transpose else a
@@ -132,6 +137,23 @@ class _TensorReader:
                 f"{f}: tensor {name!r} has shape {a.shape} (tyrjax layout), config.json implies {expected}"
             )
         return a
+
+    def get_slice(self, name: str, transpose: bool, expected: tuple[int, ...], index: tuple[slice, ...]) -> np.ndarray:
+        """Part `index` (tyrjax layout, unit-step slices) of a tensor; only that part is read from disk."""
+        f, handle = self._handle(name)
+        try:
+            view = handle.get_slice(name)
+            shape = tuple(view.get_shape())
+        except Exception as e:
+            raise TyrjaxError(f"{f}: cannot read tensor {name!r} ({e}); the file is corrupt, re-download it") from None
+        shape = shape[::-1] if transpose else shape
+        if shape != tuple(expected):
+            raise TyrjaxError(f"{f}: tensor {name!r} has shape {shape} (tyrjax layout), config.json implies {expected}")
+        try:
+            part = view[index[::-1] if transpose else index]
+        except Exception as e:
+            raise TyrjaxError(f"{f}: cannot read tensor {name!r} ({e}); the file is corrupt, re-download it") from None
+        return part.T if transpose else part
 
     def close(self) -> None:
         for h in self._open.values():

@@ -1,8 +1,11 @@
 """Inference speed: time to first token (prefill) and decode throughput, compiled once, medians."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,36 +16,67 @@ from tyrjax.generate import decode_step, empty_caches
 from tyrjax.model import Params, to_compact
 
 
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of `repeats` calls after one warm-up call (compilation excluded)."""
-    fn()
-    times = []
-    for _ in range(repeats):
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compilations(fun_name: str) -> Iterator[list[float]]:
+    """Collect the XLA compile times of the jitted function `fun_name` inside the block, to
+    check that a timed loop compiles once per shape and never per step."""
+    seen: list[float] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == _BACKEND_COMPILE_EVENT and kwargs.get("fun_name") == f"jit({fun_name})":
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def median_seconds(fn: Callable[..., Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
+    """Median wall time of `repeats` calls after one warm-up call (compilation excluded).
+
+    With `setup`, each call is `fn(setup())` and only `fn` is timed: state the timed work
+    consumes (fresh KV caches, a prefilled cache) is made outside the clock."""
+    def call() -> float:
+        arg = () if setup is None else (setup(),)
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        fn(*arg)
+        return time.perf_counter() - t
+
+    call()
+    return statistics.median(call() for _ in range(repeats))
 
 
 def measure_speed(params: Params, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int,
                   repeats: int = 3, seed: int = 0) -> dict[str, float]:
-    """Prefill latency of a (batch, prompt_len) prompt and greedy-decode tokens/s after it."""
+    """Prefill latency of a (batch, prompt_len) prompt (time to first token) and greedy-decode
+    tokens/s of the `new_tokens` steps after it, each timed alone on fresh KV caches."""
     params, cfg = to_compact(params, cfg)
     prompt = jnp.asarray(np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, prompt_len)), jnp.int32)
     cache_len = prompt_len + new_tokens
     dtype = params["embed"].dtype
 
-    def prefill():
-        logits, caches = decode_step(params, cfg, prompt, empty_caches(cfg, batch, cache_len, dtype))
+    def fresh_caches():
+        return jax.block_until_ready(empty_caches(cfg, batch, cache_len, dtype))
+
+    def prefill(caches):
+        logits, caches = decode_step(params, cfg, prompt, caches)
         return jax.block_until_ready(logits), caches
 
-    def decode():
-        logits, caches = prefill()
+    def prefilled():
+        return prefill(fresh_caches())
+
+    def decode(state):
+        logits, caches = state
         for _ in range(new_tokens):
             nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)[:, None]
             logits, caches = decode_step(params, cfg, nxt, caches)
         jax.block_until_ready(logits)
 
-    ttft = median_seconds(prefill, repeats)
-    total = median_seconds(decode, repeats)
-    return {"ttft_s": ttft, "decode_tok_s": batch * new_tokens / max(total - ttft, 1e-9)}
+    ttft = median_seconds(prefill, repeats, setup=fresh_caches)
+    decode_s = median_seconds(decode, repeats, setup=prefilled)
+    return {"ttft_s": ttft, "decode_tok_s": batch * new_tokens / decode_s}
