@@ -5,6 +5,7 @@
     sets = tyrjax.evaluation_sets(model)             # shakespeare-v1 eval windows
     print(tyrjax.evaluate(model, sets)["ppl"])
     print(tyrjax.generate_text(model, "To be, or not to be"))
+    print(tyrjax.api.zero_shot(model, "offline"))   # {task: {"acc", "acc_norm", "n"}}
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tyrjax.evaluate import perplexity
 from tyrjax.generate import generate
 from tyrjax.loading import Model, require_tokenizer
 from tyrjax.model import count_params
+from tyrjax.zeroshot import zero_shot  # noqa: F401  (part of the API: zero-shot accuracy via lm-evaluation-harness)
 
 DEFAULT_EVAL_CORPORA = ("shakespeare", "pydoc")
 

@@ -11,17 +11,21 @@ The functions here are shared by the structured (Týr and its baselines) and the
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.layers import attention_heads, attention_output, mlp_hidden, mlp_output, rms_norm, rope_tables
 from tyrjax.model import Params, embed
+from tyrjax.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED, axes_of_layer, batch_axes, put_axes,
+                             sharded_call)
 
 # Linear layers of a block, grouped by the input they read.
 QKV = ("wq", "wk", "wv")
@@ -55,25 +59,40 @@ def layer(params: Params, index: int) -> Params:
     return jax.tree_util.tree_map(lambda a: a[index], params["layers"])
 
 
-def embed_windows(params: Params, windows: np.ndarray) -> jax.Array:
-    """The first block's calibration input, fp32: (n_windows, T, d)."""
-    return embed(params, jnp.asarray(windows)).astype(jnp.float32)
+def embed_windows(params: Params, windows: np.ndarray, mesh: Mesh | None = None) -> jax.Array:
+    """The first block's calibration input, fp32: (n_windows, T, d); on a mesh, split by windows."""
+    x = embed(params, jnp.asarray(windows)).astype(jnp.float32)
+    return x if mesh is None else put_axes(x, HIDDEN, mesh)
 
 
 def _flat(a: jax.Array) -> jax.Array:
     return a.reshape(-1, a.shape[-1]).astype(jnp.float32)
 
 
-def stats_of(a: jax.Array) -> InputStats:
-    """Statistics of (…, d_in) inputs."""
+def _sums(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     flat = _flat(a)
-    gram = jnp.einsum("ni,nj->ij", flat, flat, precision=jax.lax.Precision.HIGHEST)
-    return InputStats(gram, flat.sum(0), flat.shape[0])
+    return jnp.einsum("ni,nj->ij", flat, flat, precision=jax.lax.Precision.HIGHEST), flat.sum(0)
 
 
-def cross_gram(a: jax.Array, b: jax.Array) -> jax.Array:
-    """AᵀB over tokens: (d_in, d_in) between two input streams (e.g. pruned vs dense)."""
+def stats_of(a: jax.Array, mesh: Mesh | None = None) -> InputStats:
+    """Statistics of (…, d_in) inputs. On a mesh the windows stay split over the data axes and
+    each device sums its own tokens before one reduction."""
+    if mesh is None:
+        gram, total = _sums(a)
+    else:
+        gram, total = sharded_call(_sums, mesh, {"a": (a, batch_axes(a.ndim))}, REPLICATED)
+    return InputStats(gram, total, math.prod(a.shape[:-1]))
+
+
+def _cross(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("ni,nj->ij", _flat(a), _flat(b), precision=jax.lax.Precision.HIGHEST)
+
+
+def cross_gram(a: jax.Array, b: jax.Array, mesh: Mesh | None = None) -> jax.Array:
+    """AᵀB over tokens: (d_in, d_in) between two input streams (e.g. pruned vs dense)."""
+    if mesh is None:
+        return _cross(a, b)
+    return sharded_call(_cross, mesh, {"a": (a, batch_axes(a.ndim)), "b": (b, batch_axes(b.ndim))}, REPLICATED)
 
 
 def check_finite(stats: InputStats, where: str) -> None:
@@ -110,14 +129,26 @@ def hidden_of(p: Params, normed: jax.Array) -> jax.Array:
     return mlp_hidden(p, normed).astype(jnp.float32)
 
 
-def attention_inputs(p: Params, cfg: ModelConfig, x: jax.Array, kv_map: tuple[int, ...] | None = None):
-    """(input of q/k/v, input of o_proj) for a block input x; `kv_map` defaults to the dense layout's."""
+def attention_inputs(
+    p: Params, cfg: ModelConfig, x: jax.Array, kv_map: tuple[int, ...] | None = None, mesh: Mesh | None = None
+):
+    """(input of q/k/v, input of o_proj) for a block input x; `kv_map` defaults to the dense layout's.
+    On a mesh, windows are split over the data axes and heads over tensor."""
+    kv_map = cfg.kv_map(0) if kv_map is None else kv_map
+    if mesh is not None:
+        inputs = {"p": (p, axes_of_layer(p)), "x": (x, HIDDEN)}
+        return sharded_call(attention_inputs, mesh, inputs, (HIDDEN, HEADS_OUT), head_dim=cfg.head_dim,
+                            static={"cfg": cfg, "kv_map": kv_map})
     normed = attention_normed(p, cfg, x)
-    return normed, heads_of(p, cfg, normed, cfg.kv_map(0) if kv_map is None else kv_map)
+    return normed, heads_of(p, cfg, normed, kv_map)
 
 
-def mlp_inputs(p: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(input of gate/up, input of down_proj) for the MLP's input x."""
+def mlp_inputs(p: Params, cfg: ModelConfig, x: jax.Array, mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
+    """(input of gate/up, input of down_proj) for the MLP's input x; on a mesh, neurons over tensor."""
+    if mesh is not None:
+        inputs = {"p": (p, axes_of_layer(p)), "x": (x, HIDDEN)}
+        return sharded_call(mlp_inputs, mesh, inputs, (HIDDEN, MLP_HIDDEN), head_dim=cfg.head_dim,
+                            static={"cfg": cfg})
     normed = mlp_normed(p, cfg, x)
     return normed, hidden_of(p, normed)
 
@@ -133,7 +164,23 @@ def mlp_residual(p: Params, x: jax.Array, hidden: jax.Array, ffn_mask=None) -> j
     return x + mlp_output(p, hidden, ffn_mask)
 
 
+def _window_split(x: jax.Array) -> int:
+    """Over how many devices the windows (axis 0) of `x` are split."""
+    sharding = getattr(x, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or x.ndim == 0:
+        return 1
+    return x.shape[0] // sharding.shard_shape(x.shape)[0]
+
+
 def map_chunks(fn, x: jax.Array, chunk: int):
-    """Apply `fn` to windows in chunks (bounds peak memory of attention scores); concatenates outputs."""
+    """Apply `fn` to windows in chunks (bounds peak memory of attention scores); concatenates outputs.
+
+    For windows split over devices, `chunk` counts windows per device.
+    """
+    split = _window_split(x)
+    if split > 1:
+        chunk *= split
+        if x.shape[0] <= chunk:
+            return fn(x)
     outs = [fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]
     return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs)

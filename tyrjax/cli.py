@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_ints(text: str) -> list[int]:
+    """A comma-separated list of positive integers, e.g. 1,4."""
+    return [_positive_int(x) for x in text.split(",")]
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF directory, .gguf file, orbax run dir or hub name (default: embedded SmolLM2-135M-Instruct)")
@@ -49,15 +55,55 @@ def _out_arg(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--out", type=Path, default=None, help=f"run directory (default runs/{command}-TIMESTAMP)")
 
 
+def _scale_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale (several devices or hosts)")
+    g.add_argument("--mesh", default=None,
+                   help="device mesh, e.g. data=4,tensor=2 (axes data, fsdp, tensor; data takes the devices the others "
+                        "leave) or auto (every device on data); default: one device, or auto in a multi-host run")
+    g.add_argument("--coordinator", default=None,
+                   help="HOST:PORT of process 0 in a multi-host run, or auto on a TPU pod / SLURM (env TYRJAX_COORDINATOR)")
+    g.add_argument("--num-processes", type=_positive_int, default=None, help="processes in the run (env TYRJAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 writes the run files (env TYRJAX_PROCESS_ID)")
+
+
+@contextlib.contextmanager
+def _scaled(args: argparse.Namespace):
+    """Join the other processes of a multi-host run, then run the command on its mesh."""
+    if not hasattr(args, "mesh"):
+        yield
+        return
+    from tyrjax.distributed import initialize
+    from tyrjax.sharding import mesh_from_flag, use_mesh
+
+    initialize(args.coordinator, args.num_processes, args.process_id)
+    with use_mesh(mesh_from_flag(args.mesh)):
+        yield
+
+
+def _zero_shot_args(p: argparse.ArgumentParser) -> None:
+    from tyrjax.zeroshot import DEFAULT_LIMIT
+
+    g = p.add_argument_group("zero-shot tasks (lm-evaluation-harness; pip install 'tyrjax[eval]')")
+    g.add_argument("--tasks", default=None,
+                   help="comma-separated harness tasks, e.g. arc_easy,hellaswag (data from the Hugging Face hub); "
+                        "`offline` is the BIG-bench multiple-choice suite cached from PyPI")
+    g.add_argument("--limit", type=_positive_int, default=DEFAULT_LIMIT,
+                   help=f"items per task (default {DEFAULT_LIMIT}, which keeps the offline suite near 10 minutes on 2 CPU cores)")
+    g.add_argument("--tasks-batch-size", type=_positive_int, default=16, help="harness requests scored per batch (default 16)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tyrjax", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("eval", help="perplexity of a model on the evaluation corpora",
-                       description="Perplexity (each window scored alone) on held-out Shakespeare and Python docs; writes OUT/metrics.json.")
+    p = sub.add_parser("eval", help="perplexity of a model on the evaluation corpora (and zero-shot accuracy with --tasks)",
+                       description="Perplexity (each window scored alone) on held-out Shakespeare and Python docs, and with "
+                                   "--tasks zero-shot accuracy through lm-evaluation-harness; writes OUT/metrics.json.")
     _model_args(p)
     _data_args(p)
+    _zero_shot_args(p)
     _out_arg(p, "eval")
+    _scale_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("prune", help="prune a model (Týr, structured baselines, or one-shot SparseGPT/Wanda/magnitude)",
@@ -65,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _data_args(p, calib_default=None)
     _out_arg(p, "prune")
+    _scale_args(p)
     p.add_argument("--method", required=True, choices=PRUNE_METHODS, help="pruning method (see above)")
     p.add_argument("--sparsity", type=float, default=None, help="structured: fraction of attention+MLP parameters to remove, in (0, 1)")
     p.add_argument("--pattern", default=None, help="unstructured: a fraction like 0.5, or N:M like 2:4 / 4:8")
@@ -77,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _data_args(p)
     _out_arg(p, "sds")
+    _scale_args(p)
     p.add_argument("--pruner", default="sparsegpt", choices=["sparsegpt", "wanda"], help="one-shot pruner of steps 1 and 3")
     p.add_argument("--pattern", default="0.5", help="a fraction like 0.5, or N:M like 2:4 / 4:8 (default 0.5)")
     p.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps of the re-dense step per layer (the paper's epochs; full batch)")
@@ -105,6 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gguf", type=Path, help="input .gguf file")
     p.add_argument("out", type=Path, help="output directory (must not exist, or be a previous conversion)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("bench", help="time to first token and decode tokens/s, a pruned model against its dense original",
+                       description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    p.add_argument("--against", default=None, metavar="DENSE_MODEL",
+                   help="dense model measured in the same run for the speedups, or 'none' (default: see above)")
+    p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 4], metavar="N,N", help="comma-separated batch sizes (default 1,4)")
+    p.add_argument("--prompt-lengths", type=_positive_ints, default=[128, 512], metavar="T,T", help="comma-separated prompt lengths (default 128,512)")
+    p.add_argument("--new-tokens", type=_positive_int, default=32, help="greedy decode steps after the prompt (default 32)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per shape and model; the median is reported (default 5)")
+    _out_arg(p, "bench")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="compare several runs: one table and one plot of perplexity against sparsity",
+                       description="Read the metrics.json of each RUN_DIR (eval, prune or sds runs) and write OUT/comparison.md "
+                                   "(perplexity and its change against the dense model, achieved sparsity, parameters; also "
+                                   "printed) and OUT/ppl_vs_sparsity.png (one line per method, the dense model as a reference).")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories to compare")
+    _out_arg(p, "report")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -123,6 +191,21 @@ Unstructured / N:M (--pattern 0.5 | 2:4 | 4:8, zeros in dense shapes):
   sparsegpt  SparseGPT (OBS column sweep)
   wanda      Wanda (|W| x input norm)
   magnitude  magnitude (with --pattern)
+"""
+BENCH_DESCRIPTION = """\
+Time to first token (the prefill of a batch of prompts) and greedy decode throughput (tokens/s
+over --new-tokens KV-cached steps) for every --batch-sizes x --prompt-lengths shape. Each shape
+is compiled once, an untimed warm-up call precedes the timed ones, and the medians of --repeats
+runs are reported. Writes OUT/metrics.json ("speed" rows) and OUT/report.md, and prints the table.
+
+The dense model is measured in the same run, shape by shape, and each row of --model gets its
+speedups: dense time to first token / its own, and its decode tokens/s / the dense model's.
+Which dense model:
+  --against DENSE_MODEL  that model
+  --against none         none: --model is measured alone
+  (default)              when --model is a prune or sds output (RUN_DIR/model), the model that
+                         run pruned, as recorded in RUN_DIR/metrics.json; otherwise the
+                         embedded default. When that is --model itself, --model is measured alone.
 """
 SDS_DESCRIPTION = """\
 SDS (Sparse-Dense-Sparse): 1) prune every linear layer one-shot, 2) re-dense: optimise all
@@ -169,25 +252,57 @@ def cmd_sds(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from tyrjax import api
+    from tyrjax.distributed import is_writer
+    from tyrjax.lineage import dense_comparison
     from tyrjax.loading import load_model
+    from tyrjax.report import write_report
     from tyrjax.rundir import default_out, print_table, record_command, write_json
 
     out = args.out or default_out("eval")
     start = time.perf_counter()
+    if args.tasks:
+        from tyrjax.zeroshot import require_lm_eval
+
+        require_lm_eval()
     model = load_model(args.model, args.dtype, args.tokenizer)
     corpora = tuple(c for c in args.eval_data.split(",") if c)
     sets = api.evaluation_sets(model, args.eval_windows, corpora)
     metrics = api.evaluate(model, sets, args.batch_size)
+    metrics.update(dense_comparison(args.model, sets, args.dtype, args.batch_size))
     metrics["eval_windows"] = {k: list(v.shape) for k, v in sets.items()}
     metrics["dtype"] = args.dtype
-    metrics["wall_s"] = {"total": round(time.perf_counter() - start, 2)}
+    tasks_wall_s = {}
+    if args.tasks:
+        tasks_start = time.perf_counter()
+        metrics["tasks"] = api.zero_shot(model, args.tasks, args.limit, args.tasks_batch_size)
+        tasks_wall_s["tasks"] = round(time.perf_counter() - tasks_start, 2)
+    metrics["wall_s"] = {"total": round(time.perf_counter() - start, 2), **tasks_wall_s}
     record_command(out)
     write_json(out / "metrics.json", metrics)
+    if is_writer():
+        write_report(out)
     rows = [("corpus", "windows", "perplexity")]
     rows += [(k, str(len(sets[k])), f"{v:.3f}") for k, v in metrics["ppl"].items()]
     print_table(rows)
+    if args.tasks:
+        rows = [("task", "items", "acc", "acc_norm")]
+        rows += [(k, str(v["n"]), f"{v.get('acc', float('nan')):.4f}", f"{v.get('acc_norm', float('nan')):.4f}")
+                 for k, v in metrics["tasks"].items()]
+        print_table(rows)
     print(f"params: {metrics['params']['total']:,} total, {metrics['params']['attn_mlp']:,} attention+MLP")
     print(f"wrote {out / 'metrics.json'}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from tyrjax.bench import run_bench
+
+    run_bench(args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from tyrjax.report import run_report
+
+    run_report(args)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -211,7 +326,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with _scaled(args):
+            args.func(args)
     except TyrjaxError as e:
         print(f"tyrjax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -7,15 +7,21 @@ import re
 from pathlib import Path
 
 import jax.numpy as jnp
+from jax.sharding import Mesh
 from tokenizers import Tokenizer
 
 from tyrjax.checkpoint import is_orbax_dir, load_hf_params, load_orbax
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params
+from tyrjax.sharding import resolve_mesh
+from tyrjax.streaming import load_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# `Model.source` of the embedded default; run lineage recognises it by this name.
+DEFAULT_SOURCE = "SmolLM2-135M-Instruct (embedded default)"
 
 
 @dataclasses.dataclass
@@ -102,15 +108,21 @@ def check_tokenizer(tok: Tokenizer, cfg: ModelConfig, where: str) -> None:
         )
 
 
-def load_model(spec: str | None = None, dtype: str = "float32", tokenizer: str | None = None) -> Model:
-    """Load `spec` (None = the embedded default SmolLM2-135M-Instruct) in the given dtype."""
+def load_model(spec: str | None = None, dtype: str = "float32", tokenizer: str | None = None,
+               mesh: Mesh | None = None) -> Model:
+    """Load `spec` (None = the embedded default SmolLM2-135M-Instruct) in the given dtype.
+
+    On a mesh (default: the one of `sharding.use_mesh`, if any) a Hugging Face checkpoint is read
+    straight into its sharded layout, each process reading only its own devices' slices.
+    """
     jdtype = parse_dtype(dtype)
     model_dir = resolve_model_dir(spec)
+    mesh = resolve_mesh(mesh)
     if is_orbax_dir(model_dir):
         params, cfg = load_orbax(model_dir, jdtype)
     else:
         cfg = ModelConfig.from_json_file(model_dir / "config.json")
-        params = load_hf_params(model_dir, cfg, jdtype)
+        params = load_hf_params(model_dir, cfg, jdtype) if mesh is None else load_params(model_dir, cfg, jdtype, mesh)
     if tokenizer is not None:
         tok_dir = Path(tokenizer)
         if not (tok_dir / "tokenizer.json").exists():
@@ -118,7 +130,7 @@ def load_model(spec: str | None = None, dtype: str = "float32", tokenizer: str |
         tok = load_tokenizer(tok_dir, cfg)
     else:
         tok = load_tokenizer(model_dir, cfg)
-    return Model(params, cfg, tok, spec or "SmolLM2-135M-Instruct (embedded default)", model_dir)
+    return Model(params, cfg, tok, spec or DEFAULT_SOURCE, model_dir)
 
 
 def require_tokenizer(model: Model) -> Tokenizer:

@@ -9,14 +9,14 @@
 """
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from tyrjax.config import ModelConfig
 from tyrjax.layers import KVCache, decoder_layer, rms_norm, rope_tables
+from tyrjax.sharding import Axes, params_axes_of, sharded_call
 
 Params = dict
 
@@ -104,9 +104,17 @@ def run_layers_compact(
     return x, new_caches
 
 
-@partial(jax.jit, static_argnums=1)
-def forward_jit(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
-    return forward(params, cfg, tokens)
+_forward_compiled = jax.jit(forward, static_argnums=1)
+
+
+def forward_jit(params: Params, cfg: ModelConfig, tokens: jax.Array, mesh: Mesh | None = None) -> jax.Array:
+    """Jitted `forward`. On a mesh, parameters, tokens and logits are laid out by their
+    logical axes (windows over the data axes, heads / neurons / vocabulary over tensor)."""
+    if mesh is None:
+        return _forward_compiled(params, cfg, tokens)
+    inputs = {"params": (params, params_axes_of(params, cfg)), "tokens": (tokens, Axes("batch", "seq"))}
+    return sharded_call(forward, mesh, inputs, Axes("batch", "seq", "vocab"), head_dim=cfg.head_dim,
+                        static={"cfg": cfg})
 
 
 # --- conversions between the forms ---------------------------------------------------------

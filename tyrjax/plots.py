@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tyrjax.rundir import write_atomic  # noqa: E402
@@ -50,13 +51,18 @@ def search_convergence(path: Path, histories: list[list[dict]]) -> Path:
     return _save(fig, path)
 
 
+def _short(value: float) -> str:
+    """A bar's value in a few characters: 6,486 / 39.4 / 0.000221."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def _grouped_bars(ax, groups: list[str], series: dict[str, list[float]]) -> None:
     """Bars of each series side by side within each group, value written on top."""
     width = 0.8 / max(len(series), 1)
     for j, (name, values) in enumerate(series.items()):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
         bars = ax.bar(xs, values, width=width, label=name)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.bar_label(bars, labels=[_short(v) for v in values], fontsize=7)
     ax.set_xticks(range(len(groups)), groups)
     ax.legend(fontsize=8)
 
@@ -102,11 +108,10 @@ def speed_comparison(path: Path, rows: list[dict]) -> Path:
     return _save(fig, path)
 
 
-def perplexity_vs_sparsity(path: Path, points: dict[str, list[tuple[float, dict[str, float]]]],
+def perplexity_vs_sparsity(path: Path, corpora: list[str], points: dict[str, list[tuple[float, dict[str, float]]]],
                            dense: list[dict[str, float]]) -> Path:
     """One panel per corpus: each method's perplexity against its achieved sparsity, the dense
     model(s) as horizontal reference lines. `points`: method -> [(sparsity, {corpus: ppl})]."""
-    corpora = list(dict.fromkeys(c for pts in points.values() for _, ppl in pts for c in ppl))
     fig, axes = plt.subplots(1, len(corpora), figsize=(4.6 * len(corpora), 3.6), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
         for i, ref in enumerate(dense):
@@ -117,8 +122,13 @@ def perplexity_vs_sparsity(path: Path, points: dict[str, list[tuple[float, dict[
             if xy:
                 ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=method)
         ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="both", labelsize=8)
         ax.set_xlabel("achieved sparsity (attention+MLP)")
         ax.set_ylabel(f"perplexity, {corpus}")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle("Perplexity against sparsity (log scale; lower is better)", fontsize=9)
     return _save(fig, path)

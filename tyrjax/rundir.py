@@ -9,10 +9,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tyrjax.distributed import is_writer
+
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write to a temp file beside `path`, fsync, then rename onto it."""
+    """Write to a temp file beside `path`, fsync, then rename onto it.
+
+    In a multi-process run only process 0 writes; the others return the path untouched.
+    """
     path = Path(path)
+    if not is_writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

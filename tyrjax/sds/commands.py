@@ -16,6 +16,7 @@ from tyrjax import api
 from tyrjax.checkpoint import save_hf, save_orbax
 from tyrjax.loading import Model, load_model
 from tyrjax.model import Params
+from tyrjax.report import write_report
 from tyrjax.rundir import Timer, default_out, print_table, record_command, write_json
 from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
 from tyrjax.sparse import parse_pattern
@@ -97,6 +98,7 @@ def _run(
     record_command(out)
     write_json(out / "layer_losses.json", _layer_losses(report["layers"]))
     write_json(out / "metrics.json", metrics)
+    write_report(out)
     _print_comparison(dense["ppl"], evaluated["ppl"], f"{report['method']} {report['pattern']}")
     print(f"sparsity: target {report['sparsity']['target']:.4f}, achieved {report['sparsity']['achieved']:.4f} "
           f"(attention+MLP linear weights); wall {metrics['wall_s']['total']:.1f} s")

@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from tyrjax.calibration import (GATE_UP, QKV, InputStats, attention_normed, attention_residual, check_finite,
@@ -38,7 +39,8 @@ from tyrjax.sparse import (
     sparsegpt_prune,
     wanda_prune,
 )
-from tyrjax.sparse.reconstruct import OPTIMIZERS
+from tyrjax.sharding import LAYER_PARAM_AXES, Axes, local_tree, resolve_mesh
+from tyrjax.sparse.reconstruct import OPTIMIZERS, reconstruct_on_mesh
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
 INPUTS = ("pruned", "dense")
@@ -110,22 +112,34 @@ def sds_fit(
     l1: float,
     l2: float,
     optimizer: str,
+    mesh: Mesh | None = None,
+    head_dim: int = 1,
 ) -> LayerFit:
     """SDS on one layer: prune, re-dense with L1/L2, re-prune, adjust; keep the best by the objective.
 
     The candidates are the step-1 result, the re-pruned re-dense weights and (when
     `adjust_steps > 0`) the adjusted ones; all satisfy the pattern, so the lowest-loss one is
     kept, which makes SDS never worse than one-shot layer by layer on the calibration objective.
+    On a mesh the re-dense and adjustment steps run with each layer's weights split by its
+    logical axes (`head_dim` lets head columns split in whole heads).
     """
+
+    def reconstruct(step, name: str, W_init: jax.Array, W_dense: jax.Array, grams: Grams, **settings: Any):
+        if mesh is None:
+            return step(W_init, W_dense, grams, **settings)
+        axes = Axes(*LAYER_PARAM_AXES[name])
+        return reconstruct_on_mesh(step, mesh, W_init, W_dense, grams, axes, head_dim, **settings)
 
     def fit(name: str, W_dense: jax.Array, inputs: LayerInputs) -> tuple[jax.Array, dict[str, Any]]:
         W1 = prune_weight(pruner, W_dense, inputs.stats, pattern)
-        W_re, _ = redense(W1, W_dense, inputs.fit, l1=l1, l2=l2, steps=steps, learning_rate=lr, optimizer=optimizer)
+        W_re, _ = reconstruct(redense, name, W1, W_dense, inputs.fit, l1=l1, l2=l2, steps=steps, learning_rate=lr,
+                              optimizer=optimizer)
         W3 = prune_weight(pruner, W_re, inputs.stats, pattern)
         candidates = {"oneshot": W1, "repruned": W3}
         if adjust_steps > 0:
-            candidates["adjusted"] = sparse_adjust(
-                W3, W_dense, inputs.fit, pattern, steps=adjust_steps, learning_rate=lr, optimizer=optimizer
+            candidates["adjusted"] = reconstruct(
+                sparse_adjust, name, W3, W_dense, inputs.fit, pattern=pattern, steps=adjust_steps, learning_rate=lr,
+                optimizer=optimizer,
             )[0]
         losses = {k: _loss(W, W_dense, inputs.grams) for k, W in candidates.items()}
         chosen = min(losses, key=losses.get)  # ties keep the earlier (simpler) candidate
@@ -269,11 +283,13 @@ def run_pipeline(
     desc: str = "prune",
     progress: bool = True,
     chunk: int = WINDOW_CHUNK,
+    mesh: Mesh | None = None,
 ) -> tuple[Params, dict[str, dict[str, Any]]]:
     """Apply `fit` to every linear layer, block by block, on the sequential calibration stream.
 
     `pattern`, when given, is checked against every layer's shape up front. Returns the new
-    parameters (same form as `params`) and per-layer records "BLOCK.NAME".
+    parameters (same form as `params`) and per-layer records "BLOCK.NAME". On a mesh the
+    calibration streams are split by windows over the data axes.
     """
     windows = _check_windows(calib_windows)
     stacked = is_stacked(params)
@@ -282,7 +298,7 @@ def run_pipeline(
         raise TyrjaxError(f"params have {len(layers)} layers but the config says {cfg.n_layers}; pass the model's own config")
     if pattern is not None:
         check_pattern_fits(params, pattern)
-    x_s = embed_windows(params, windows)
+    x_s = embed_windows(params, windows, mesh)
     x_d = x_s if dense_stream else None
     new_layers, records = [], {}
     bar = tqdm(range(len(layers)), desc=desc, unit="block", disable=not progress)
@@ -322,19 +338,23 @@ def prune_oneshot(
     method: str,
     *,
     progress: bool = True,
+    mesh: Mesh | None = None,
 ) -> tuple[Params, dict[str, Any]]:
     """One-shot SparseGPT / Wanda / magnitude pruning of every attention and MLP linear layer.
 
     Sequential: each block is pruned on the inputs produced by the already pruned blocks.
     The report holds the overall and per-layer achieved sparsity and each layer's
-    reconstruction loss `||X W − X Ŵ||² / n_tokens` on its inputs.
+    reconstruction loss `||X W − X Ŵ||² / n_tokens` on its inputs. On a mesh (default: the one
+    of `sharding.use_mesh`, if any) the stream is split by windows; the result comes back on
+    this process's default device.
     """
     pattern = check_pattern(pattern)
     _check_method(method, "pruning method")
+    mesh = resolve_mesh(mesh)
     fit = oneshot_fit(method, pattern)
     new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=False, pattern=pattern,
-                                desc=f"{method} {pattern_name(pattern)}", progress=progress)
-    return new, _report(method, pattern, records)
+                                desc=f"{method} {pattern_name(pattern)}", progress=progress, mesh=mesh)
+    return (new if mesh is None else local_tree(new)), _report(method, pattern, records)
 
 
 def run_sds_pipeline(
@@ -352,6 +372,7 @@ def run_sds_pipeline(
     optimizer: str = "adam",
     inputs: str = "pruned",
     progress: bool = True,
+    mesh: Mesh | None = None,
 ) -> tuple[Params, dict[str, Any]]:
     """SDS (Sparse-Dense-Sparse) on every attention and MLP linear layer, block by block.
 
@@ -362,13 +383,20 @@ def run_sds_pipeline(
     `||X_d W_d − X_s W||² / n`. `inputs="pruned"` optimises on the processed model's inputs
     X_s (the paper's choice), `"dense"` on the dense model's. None means the tuned default.
     The report gives, per layer, each step's loss and which candidate was kept.
+    On a mesh (default: the one of `sharding.use_mesh`, if any) the streams are split by
+    windows and the reconstructions by their weights' logical axes; the result comes back on
+    this process's default device and equals the one-device result.
     """
     pattern = check_pattern(pattern)
     _check_method(pruner, "SDS pruner")
     settings = sds_settings(steps, adjust_steps, lr, l1, l2, optimizer, inputs)
-    fit = sds_fit(pruner, pattern, **{k: v for k, v in settings.items() if k != "inputs"})
+    mesh = resolve_mesh(mesh)
+    fit = sds_fit(pruner, pattern, **{k: v for k, v in settings.items() if k != "inputs"}, mesh=mesh,
+                  head_dim=cfg.head_dim)
     new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=True, inputs=inputs, pattern=pattern,
-                                desc=f"sds-{pruner} {pattern_name(pattern)}", progress=progress)
+                                desc=f"sds-{pruner} {pattern_name(pattern)}", progress=progress, mesh=mesh)
+    if mesh is not None:
+        new = local_tree(new)
     chosen = [r["chosen"] for r in records.values() if "chosen" in r]
     counts = {k: chosen.count(k) for k in ("oneshot", "repruned", "adjusted")}
     return new, _report(f"sds-{pruner}", pattern, records, hyperparameters=settings, chosen=counts)

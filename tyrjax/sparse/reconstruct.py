@@ -14,15 +14,18 @@ learning rates and the λ's do not depend on how much calibration data was used.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import Mesh
 
 from tyrjax.errors import TyrjaxError
+from tyrjax.sharding import REPLICATED, Axes, sharded_call
 from tyrjax.sparse.patterns import (
     NByM,
     Pattern,
@@ -256,3 +259,17 @@ def sparse_adjust(
     W_best, mask_best, _ = keep_best(best, W, mask, final)
     chex.assert_equal_shape([W_best, mask_best, W_init])
     return W_best.astype(W_init.dtype), mask_best, jnp.append(losses, final)
+
+
+def reconstruct_on_mesh(
+    step: Callable, mesh: Mesh, W_init: jax.Array, W_dense: jax.Array, grams: Grams, w_axes: Axes,
+    head_dim: int = 1, **settings: Any,
+) -> Any:
+    """`redense` or `sparse_adjust` (`step`) on a mesh, `settings` being its keyword arguments.
+
+    The weights are laid out by `w_axes` (the layer's logical axes): their output columns never
+    interact in the loss or its gradient, so each device steps its own columns (only the
+    unstructured projection's global top-k spans them); the Grams and the result are replicated.
+    """
+    inputs = {"W_init": (W_init, w_axes), "W_dense": (W_dense, w_axes), "grams": (grams, REPLICATED)}
+    return sharded_call(step, mesh, inputs, REPLICATED, head_dim=head_dim, static=settings)

@@ -19,8 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from tyrjax.errors import TyrjaxError
+from tyrjax.sharding import REPLICATED, Axes, axis_size, round_up, sharded_call, spec
 from tyrjax.structured.saliency import get_saliency
 
 
@@ -233,12 +236,17 @@ def prune_levels(
     *,
     saliency: str = "tyr",
     damp: float = 0.01,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """All sparsity levels of one layer in one vmapped, jitted call of `prune_groups`.
 
     Each level is pruned independently from the dense weights with the same `H` (which is
     damped and inverted once, shared by all levels). Returns `W_levels (E, d_in, d_out)` and
     `keep_levels (E, n_groups)` for `n_remove_per_level (E,)`.
+
+    On a mesh the levels are spread over the `level` mesh axes (padded to a multiple of their
+    size with copies of the last level), each device pruning its own; the result is replicated
+    on every device.
     """
     n_groups = _validate(W_dense, H, group_size, rounds, saliency)
     n_remove = jnp.asarray(n_remove_per_level)
@@ -248,6 +256,46 @@ def prune_levels(
             f"shape {n_remove.shape}"
         )
     _check_counts(n_remove_per_level, n_groups)
+    if mesh is not None:
+        return _prune_levels_sharded(W_dense, H, n_remove.astype(jnp.int32), group_size, rounds, saliency, damp, mesh)
     return _prune_levels_jit(
         W_dense, H, n_remove.astype(jnp.int32), group_size, rounds, saliency, jnp.float32(damp)
     )
+
+
+def _prune_levels_sharded(
+    W_dense: jax.Array, H: jax.Array, n_remove: jax.Array, group_size: int, rounds: int, saliency: str,
+    damp: float, mesh: Mesh,
+) -> tuple[jax.Array, jax.Array]:
+    """`prune_levels` with the levels split over the mesh's `level` axes."""
+    n_levels = n_remove.shape[0]
+    padded = round_up(n_levels, axis_size(mesh, "level"))
+    n_remove = jnp.concatenate([n_remove, jnp.repeat(n_remove[-1:], padded - n_levels)])
+    inputs = {
+        "W_dense": (W_dense, REPLICATED),
+        "H": (H, REPLICATED),
+        "n_remove": (n_remove, Axes("level")),
+        "damp": (jnp.float32(damp), REPLICATED),
+    }
+    W_levels, keep = sharded_call(_levels_per_device, mesh, inputs, REPLICATED, static={
+        "group_size": group_size, "rounds": rounds, "saliency": saliency, "mesh": mesh})
+    return W_levels[:n_levels], keep[:n_levels]
+
+
+def _levels_per_device(
+    W_dense: jax.Array, H: jax.Array, n_remove: jax.Array, damp: jax.Array, *, group_size: int, rounds: int,
+    saliency: str, mesh: Mesh,
+) -> tuple[jax.Array, jax.Array]:
+    """Each device prunes its own levels one after another (`lax.map`, not `vmap`): the CPU
+    LAPACK kernels of jaxlib 0.10 fan a batched factorisation out to the thread pool the
+    devices themselves run on and can deadlock when every device does so at once."""
+    levels = spec(Axes("level"), n_remove.shape, mesh)
+
+    def local(W: jax.Array, H: jax.Array, n: jax.Array, damp: jax.Array) -> tuple[jax.Array, jax.Array]:
+        core = functools.partial(_prune_core, W, H, group_size=group_size, rounds=rounds, saliency=saliency,
+                                 damp=damp)
+        return jax.lax.map(core, n)
+
+    spread = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), levels, P()), out_specs=(levels, levels),
+                           check_vma=False)
+    return spread(W_dense, H, n_remove, damp)

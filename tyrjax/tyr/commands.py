@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from tyrjax import api
+from tyrjax.distributed import is_writer
 from tyrjax.errors import TyrjaxError
 from tyrjax.export import export_pruned
 from tyrjax.loading import Model, load_model
 from tyrjax.model import compact_from_masked
 from tyrjax.plots import per_layer_sparsity, search_convergence
+from tyrjax.report import write_report
 from tyrjax.rundir import Timer, default_out, record_command, write_json
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig, apply_distribution, removed_groups, run_tyr, uniform_result
 
@@ -114,7 +116,7 @@ def run_structured(args: argparse.Namespace) -> None:
     with timer.phase("pruned_eval"):
         evaluated = api.evaluate(pruned_model, sets, args.batch_size)
     with timer.phase("export"):
-        written = export_pruned(compact, ccfg, out, model.directory)
+        written = export_pruned(compact, ccfg, out, model.directory) if is_writer() else {}
     achieved = 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
     layers = per_layer(head, ffn)
     metrics = {
@@ -141,6 +143,8 @@ def run_structured(args: argparse.Namespace) -> None:
         write_json(out / "search_history.json", history)
         search_convergence(out / "search_convergence.png", history)
     write_json(out / "metrics.json", metrics)
+    if is_writer():
+        write_report(out)
     _print_summary(metrics)
     print(f"wrote {out}")
 

@@ -15,11 +15,14 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from tyrjax.config import ModelConfig
 from tyrjax.layers import decoder_layer, rope_tables
 from tyrjax.model import Params, embed, final_hidden, forward
-from tyrjax.tyr.supernet import Supernet
+from tyrjax.sharding import (HIDDEN, REPLICATED, Axes, axis_size, params_axes_of, put_axes, round_up, shard_params,
+                             sharded_call)
+from tyrjax.tyr.supernet import SUPERNET_AXES, Supernet
 
 FITNESSES: dict[str, Callable] = {}
 
@@ -50,11 +53,25 @@ def _teacher_batch(params: Params, cfg: ModelConfig, tokens: jax.Array, k: int):
     return idx.astype(jnp.int32), jax.nn.log_softmax(top, axis=-1)
 
 
-def teacher_topk(params: Params, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = 2) -> Teacher:
-    """Dense logits computed once; only the top-k per position are kept (ALGORITHMS.md §1.4)."""
+def teacher_topk(
+    params: Params, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = 2, mesh: Mesh | None = None
+) -> Teacher:
+    """Dense logits computed once; only the top-k per position are kept (ALGORITHMS.md §1.4).
+
+    On a mesh, `batch` windows per device are scored at once, split over the data axes."""
     k = min(k, cfg.vocab_size)
-    parts = [_teacher_batch(params, cfg, jnp.asarray(windows[i:i + batch]), k) for i in range(0, len(windows), batch)]
+    if mesh is not None:
+        batch *= axis_size(mesh, "batch")
+    parts = [_teacher_on(params, cfg, jnp.asarray(windows[i:i + batch]), k, mesh)
+             for i in range(0, len(windows), batch)]
     return Teacher(np.concatenate([np.asarray(p[0]) for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts]))
+
+
+def _teacher_on(params: Params, cfg: ModelConfig, tokens: jax.Array, k: int, mesh: Mesh | None):
+    if mesh is None:
+        return _teacher_batch(params, cfg, tokens, k)
+    inputs = {"params": (params, params_axes_of(params, cfg)), "tokens": (tokens, Axes("batch", "seq"))}
+    return sharded_call(_teacher_batch, mesh, inputs, REPLICATED, head_dim=cfg.head_dim, static={"cfg": cfg, "k": k})
 
 
 @register_fitness("kl")
@@ -160,11 +177,22 @@ def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
 
 
 class BatchScorer:
-    """Scores genomes on a token batch with the parent-prefix cache, `batch` candidates per call."""
+    """Scores genomes on a token batch with the parent-prefix cache, `batch` candidates per call.
 
-    def __init__(self, params: Params, cfg: ModelConfig, supernet: Supernet, batch: int, fitness: str = "kl"):
-        self.params, self.cfg, self.supernet = params, cfg, supernet
-        self.batch, self.fitness = batch, fitness
+    On a mesh the candidates of a call are split over the `candidate` mesh axes (`batch` is
+    rounded up to a multiple of their size), the token windows over the remaining data axes,
+    heads and neurons over tensor; the scores come back replicated.
+    """
+
+    def __init__(self, params: Params, cfg: ModelConfig, supernet: Supernet, batch: int, fitness: str = "kl",
+                 mesh: Mesh | None = None):
+        self.cfg, self.fitness, self.mesh = cfg, fitness, mesh
+        if mesh is None:
+            self.params, self.supernet, self.batch = params, supernet, batch
+        else:
+            self.params = shard_params(params, cfg, mesh)
+            self.supernet = put_axes(supernet, SUPERNET_AXES, mesh, cfg.head_dim)
+            self.batch = round_up(batch, axis_size(mesh, "candidate"))
 
     def __call__(self, genomes: np.ndarray, parent: np.ndarray, tokens: np.ndarray, t_idx: np.ndarray,
                  t_logp: np.ndarray, use_prefix: bool = True) -> np.ndarray:
@@ -172,7 +200,7 @@ class BatchScorer:
         tokens, t_idx, t_logp = jnp.asarray(tokens), jnp.asarray(t_idx), jnp.asarray(t_logp)
         if use_prefix:
             starts = first_changed_block(genomes, np.asarray(parent))
-            inputs = parent_block_inputs(self.params, self.cfg, self.supernet, parent, tokens)
+            inputs = self._parent_inputs(np.asarray(parent, np.int32), tokens)
         else:
             starts = np.zeros(len(genomes), np.int64)
             inputs = embed(self.params, tokens)[None]
@@ -184,7 +212,37 @@ class BatchScorer:
             if len(idx) < self.batch:  # pad with copies so every call has one shape
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - len(idx), 0)])
             start = int(starts[idx].min())
-            out = score_candidates(self.params, self.cfg, self.supernet, jnp.asarray(chunk), tokens, t_idx, t_logp,
-                                   jnp.int32(start), inputs[start if use_prefix else 0], fitness=self.fitness)
+            out = self._score(jnp.asarray(chunk), tokens, t_idx, t_logp, jnp.int32(start),
+                              inputs[start if use_prefix else 0])
             scores[idx] = np.asarray(out)[: len(idx)]
         return scores
+
+    def _parent_inputs(self, parent: np.ndarray, tokens: jax.Array) -> jax.Array:
+        if self.mesh is None:
+            return parent_block_inputs(self.params, self.cfg, self.supernet, parent, tokens)
+        inputs = {
+            "params": (self.params, params_axes_of(self.params, self.cfg)),
+            "supernet": (self.supernet, SUPERNET_AXES),
+            "levels": (jnp.asarray(parent), REPLICATED),
+            "tokens": (tokens, Axes("batch", "seq")),
+        }
+        return sharded_call(_parent_block_inputs, self.mesh, inputs, Axes(None, "batch", "seq", "embed"),
+                            head_dim=self.cfg.head_dim, static={"cfg": self.cfg})
+
+    def _score(self, levels: jax.Array, tokens: jax.Array, t_idx: jax.Array, t_logp: jax.Array, start: jax.Array,
+               h_start: jax.Array) -> jax.Array:
+        if self.mesh is None:
+            return score_candidates(self.params, self.cfg, self.supernet, levels, tokens, t_idx, t_logp, start, h_start,
+                                    fitness=self.fitness)
+        inputs = {
+            "params": (self.params, params_axes_of(self.params, self.cfg)),
+            "supernet": (self.supernet, SUPERNET_AXES),
+            "levels": (levels, Axes("candidate")),
+            "tokens": (tokens, Axes("batch", "seq")),
+            "t_idx": (t_idx, Axes("batch", "seq")),
+            "t_logp": (t_logp, Axes("batch", "seq")),
+            "start": (start, REPLICATED),
+            "h_start": (h_start, HIDDEN),
+        }
+        return sharded_call(score_candidates, self.mesh, inputs, REPLICATED, head_dim=self.cfg.head_dim,
+                            static={"cfg": self.cfg, "fitness": self.fitness})

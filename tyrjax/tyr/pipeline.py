@@ -8,13 +8,16 @@ from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from tyrjax.config import ModelConfig
+from tyrjax.distributed import agree, is_writer
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params
 from tyrjax.search.evolution import SearchConfig, evolve, load_state, save_state
 from tyrjax.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
+from tyrjax.sharding import host_array, local_tree, resolve_mesh, shard_params
 from tyrjax.tyr.fitness import BatchScorer, Teacher, teacher_topk
 from tyrjax.tyr.supernet import Supernet, build_supernet
 
@@ -101,8 +104,8 @@ def masks_and_weights(supernet: Supernet, genome: np.ndarray, params: Params) ->
     blocks = np.arange(len(genome) // 2)
     a, m = genome[0::2], genome[1::2]
     layers = dict(params["layers"], wo=supernet.wo[blocks, a], w_down=supernet.w_down[blocks, m])
-    head = np.asarray(supernet.head_keep[blocks, a])
-    ffn = np.asarray(supernet.ffn_keep[blocks, m])
+    head = host_array(supernet.head_keep[blocks, a])
+    ffn = host_array(supernet.ffn_keep[blocks, m])
     return dict(params, layers=layers), head, ffn
 
 
@@ -131,20 +134,21 @@ def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tc
 
 def search_iteration(
     params: Params, cfg: ModelConfig, supernet: Supernet, grid: LevelGrid, calib: np.ndarray, teacher: Teacher,
-    tcfg: TyrConfig, iteration: int, state_path: Path | None, progress: bool,
+    tcfg: TyrConfig, iteration: int, state_path: Path | None, progress: bool, mesh: Mesh | None = None,
 ) -> IterationResult:
-    """One evolutionary search over `grid`, resumable from `state_path`."""
+    """One evolutionary search over `grid`, resumable from `state_path`; candidates scored on `mesh`."""
     search_cfg = tcfg.search_config()
     state = load_state(state_path) if state_path is not None and state_path.exists() else None
+    agree(state.generation if state else 0, f"search state {state_path}")
     parent = {"genome": np.asarray(state.parent) if state else centre_genome(grid)}
-    scorer = BatchScorer(params, cfg, supernet, tcfg.candidate_batch, tcfg.fitness)
+    scorer = BatchScorer(params, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh)
     fitness = make_fitness_fn(scorer, calib, teacher, tcfg, iteration, lambda: parent["genome"])
     bar = tqdm(total=search_cfg.generations, initial=state.generation if state else 0, desc=f"search {iteration + 1}",
                unit="gen", disable=not progress)
 
     def on_generation(s) -> None:
         parent["genome"] = np.asarray(s.parent)
-        if state_path is not None:
+        if state_path is not None and is_writer():
             save_state(state_path, s)
         bar.set_postfix(best_kl=f"{s.parent_fitness:.4f}")
         bar.update(1)
@@ -168,12 +172,19 @@ class TyrResult:
 
 def run_tyr(
     params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
-    work_dir: Path | None = None, progress: bool = True,
+    work_dir: Path | None = None, progress: bool = True, mesh: Mesh | None = None,
 ) -> TyrResult:
-    """Iterative prune-and-search; `work_dir` holds supernets and search states for resuming."""
+    """Iterative prune-and-search; `work_dir` holds supernets and search states for resuming.
+
+    On a mesh (default: the one of `sharding.use_mesh`, if any) every phase runs sharded and
+    the result comes back on this process's default device, the same on every process.
+    """
     import time
 
-    teacher = teacher_topk(params, cfg, calib, tcfg.topk)
+    mesh = resolve_mesh(mesh)
+    if mesh is not None:
+        params = shard_params(params, cfg, mesh)
+    teacher = teacher_topk(params, cfg, calib, tcfg.topk, mesh=mesh)
     grid = initial_grid(cfg, sparsity, tcfg)
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     iterations, sn_times, search_times = [], [], []
@@ -185,10 +196,10 @@ def run_tyr(
         t0 = time.perf_counter()
         supernet = build_supernet(params, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
                                   local_pruner=tcfg.local_pruner, store_dir=work_dir / f"supernet_{it}" if work_dir else None, seed=tcfg.seed,
-                                  progress=progress)
+                                  progress=progress, mesh=mesh)
         t1 = time.perf_counter()
         state_path = work_dir / f"search_{it}.json" if work_dir else None
-        found = search_iteration(params, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress)
+        found = search_iteration(params, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress, mesh)
         found.chosen = masks_and_weights(supernet, found.genome, params)
         iterations.append(found)
         sn_times.append(t1 - t0)
@@ -199,23 +210,30 @@ def run_tyr(
         # one path, and pruning it once more along that path calibrates every layer on the
         # inputs it will really see (the "ideal single path" of the paper's ablation).
         t0 = time.perf_counter()
-        chosen = apply_distribution(params, cfg, calib, removed_groups(*chosen[1:]), tcfg, progress)
+        chosen = apply_distribution(params, cfg, calib, removed_groups(*chosen[1:]), tcfg, progress, mesh)
         sn_times.append(time.perf_counter() - t0)
+    if mesh is not None:
+        chosen = local_tree(chosen)
     return TyrResult(*chosen, iterations, sn_times, search_times)
 
 
 def uniform_result(params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
-                   progress: bool = True) -> tuple[Params, np.ndarray, np.ndarray]:
+                   progress: bool = True, mesh: Mesh | None = None) -> tuple[Params, np.ndarray, np.ndarray]:
     """The Týr local pruner at the same sparsity in every layer: the centre of the first grid."""
     grid = initial_grid(cfg, sparsity, tcfg)
     one_level = LevelGrid(grid.module_type, grid.group_params, grid.n_groups, grid.centre, grid.step, n_levels=1)
     supernet = build_supernet(params, cfg, calib, one_level, propagation="expectation", saliency=tcfg.saliency,
-                              local_pruner=tcfg.local_pruner, progress=progress)
-    return masks_and_weights(supernet, np.zeros(one_level.n_layers, np.int64), params)
+                              local_pruner=tcfg.local_pruner, progress=progress, mesh=mesh)
+    return _on_this_process(masks_and_weights(supernet, np.zeros(one_level.n_layers, np.int64), params), mesh)
+
+
+def _on_this_process(chosen: tuple[Params, np.ndarray, np.ndarray], mesh: Mesh | None):
+    """A result computed on a mesh, gathered onto this process's default device."""
+    return chosen if resolve_mesh(mesh) is None else local_tree(chosen)
 
 
 def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray, tcfg: TyrConfig,
-                       progress: bool = True) -> tuple[Params, np.ndarray, np.ndarray]:
+                       progress: bool = True, mesh: Mesh | None = None) -> tuple[Params, np.ndarray, np.ndarray]:
     """Prune each layer at a given number of removed groups (a saved distribution), no search."""
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     removed = np.asarray(removed, np.int64)
@@ -227,8 +245,8 @@ def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, remo
     grid = LevelGrid(arrays["module_type"], arrays["group_params"], arrays["n_groups"], removed,
                      np.ones_like(removed), n_levels=1)
     supernet = build_supernet(params, cfg, calib, grid, saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
-                              progress=progress)
-    return masks_and_weights(supernet, np.zeros(grid.n_layers, np.int64), params)
+                              progress=progress, mesh=mesh)
+    return _on_this_process(masks_and_weights(supernet, np.zeros(grid.n_layers, np.int64), params), mesh)
 
 
 def removed_groups(head_mask: np.ndarray, ffn_mask: np.ndarray) -> np.ndarray:

@@ -20,20 +20,24 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from tyrjax.calibration import (attention_inputs, check_finite, embed_windows, layer, map_chunks, mlp_inputs,
                                 stats_of)
 from tyrjax.config import ModelConfig
+from tyrjax.distributed import agree
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params
 from tyrjax.rundir import write_atomic, write_json
 from tyrjax.search.levels import LevelGrid
+from tyrjax.sharding import HIDDEN, Axes, host_array, put_axes, resolve_mesh, shard_layer
 from tyrjax.structured.local import prune_levels
 
 PROPAGATIONS = ("expectation", "dense", "path", "uniform")
 
-# name -> fn(W_dense, H, group_size, n_remove_per_level (E,), rounds, *, saliency) -> (W_levels, keep_levels)
+# name -> fn(W_dense, H, group_size, n_remove_per_level (E,), rounds, *, saliency[, mesh]) -> (W_levels, keep_levels);
+# `mesh` is passed only when the supernet is built on one.
 LOCAL_PRUNERS: dict[str, Callable] = {"tyr": prune_levels}
 
 
@@ -62,6 +66,14 @@ class Supernet(NamedTuple):
     head_keep: jax.Array
     w_down: jax.Array
     ffn_keep: jax.Array
+
+
+SUPERNET_AXES = Supernet(
+    wo=Axes("layers", "level", "heads", "embed"),
+    head_keep=Axes("layers", "level"),
+    w_down=Axes("layers", "level", "mlp", "embed"),
+    ffn_keep=Axes("layers", "level"),
+)
 
 
 class BlockLevels(NamedTuple):
@@ -100,23 +112,28 @@ def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
     rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8, local_pruner: str = "tyr",
+    mesh: Mesh | None = None,
 ) -> tuple[BlockLevels, jax.Array]:
-    """All levels of block `block`'s attention and MLP, and the next block's calibration input."""
+    """All levels of block `block`'s attention and MLP, and the next block's calibration input.
+
+    On a mesh, windows are split over the data axes, heads and neurons over tensor, and the
+    local pruner receives the mesh (its levels spread over devices)."""
     prune_levels = get_local_pruner(local_pruner)
-    heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs)[1], x, chunk)
-    stats = stats_of(heads)
+    on_mesh = {} if mesh is None else {"mesh": mesh}
+    heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
+    stats = stats_of(heads, mesh)
     check_finite(stats, f"block {block} o_proj")
     a_row, m_row = 2 * block, 2 * block + 1
     wo_lv, head_keep = prune_levels(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
-                                    saliency=saliency)
+                                    saliency=saliency, **on_mesh)
     wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
     x = x + heads @ wo_in + (p["bo"] if "bo" in p else 0.0)
     del heads
-    hidden = map_chunks(lambda xs: mlp_inputs(p, cfg, xs)[1], x, chunk)
-    stats = stats_of(hidden)
+    hidden = map_chunks(lambda xs: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
+    stats = stats_of(hidden, mesh)
     check_finite(stats, f"block {block} down_proj")
     wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, _removal_counts(grid, m_row), MLP_ROUNDS,
-                                   saliency=saliency)
+                                   saliency=saliency, **on_mesh)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
     x = x + hidden @ wd_in + (p["b_down"] if "b_down" in p else 0.0)
     levels = BlockLevels(np.asarray(wo_lv), np.asarray(head_keep), np.asarray(wd_lv), np.asarray(ffn_keep))
@@ -154,7 +171,7 @@ class SupernetStore:
         np.savez(buf, **levels._asdict())
         write_atomic(self.block_path(block), buf.getvalue())
         buf = io.BytesIO()
-        np.save(buf, np.asarray(stream))
+        np.save(buf, host_array(stream))
         write_atomic(self.dir / "stream.npy", buf.getvalue())
         write_json(self._meta(), {"key": self.key, "completed": block + 1})
 
@@ -186,11 +203,15 @@ def build_supernet(
     store_dir: Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    mesh: Mesh | None = None,
 ) -> Supernet:
     """Prune every block at its E levels, propagating calibration inputs per `propagation`.
 
     With `store_dir`, finished blocks are written there and a rerun resumes after the last one.
+    On a mesh (default: the one of `sharding.use_mesh`, if any) every block runs sharded and
+    the supernet comes back laid out by `SUPERNET_AXES`; the result equals the one-device one.
     """
+    mesh = resolve_mesh(mesh)
     if propagation not in PROPAGATIONS:
         raise TyrjaxError(f"supernet: propagation {propagation!r} unknown; use one of {', '.join(PROPAGATIONS)}")
     if grid.n_layers != 2 * cfg.n_layers:
@@ -198,15 +219,23 @@ def build_supernet(
     get_local_pruner(local_pruner)
     key = supernet_key(cfg, grid, windows, propagation, saliency, local_pruner, seed)
     store = SupernetStore(store_dir, key) if store_dir else None
-    start = store.completed() if store else 0
-    x = jnp.asarray(store.load_stream()) if start else embed_windows(params, windows)
+    start = agree(store.completed(), f"supernet store {store.dir}") if store else 0
+    if start:
+        stream = jnp.asarray(store.load_stream())
+        x = stream if mesh is None else put_axes(stream, HIDDEN, mesh)
+    else:
+        x = embed_windows(params, windows, mesh)
     blocks: list[BlockLevels] = [store.load_block(b) for b in range(start)]
     bar = tqdm(range(start, cfg.n_layers), desc="supernet", unit="block", disable=not progress,
                initial=start, total=cfg.n_layers)
     for b in bar:
         rng = np.random.default_rng([seed, b])
-        levels, x = prune_block(layer(params, b), cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner)
+        p = layer(params, b) if mesh is None else shard_layer(layer(params, b), cfg, mesh)
+        levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh)
         if store:
             store.save_block(b, levels, x)
         blocks.append(levels)
-    return Supernet(*(jnp.asarray(np.stack([getattr(blk, f) for blk in blocks])) for f in BlockLevels._fields))
+    stacked = Supernet(*(np.stack([getattr(blk, f) for blk in blocks]) for f in BlockLevels._fields))
+    if mesh is None:
+        return Supernet(*(jnp.asarray(a) for a in stacked))
+    return put_axes(stacked, SUPERNET_AXES, mesh, cfg.head_dim)

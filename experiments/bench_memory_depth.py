@@ -1,0 +1,72 @@
+"""Peak resident memory and wall time of `tyrjax prune` against model depth.
+
+    python experiments/make_random_checkpoints.py --out /tmp/tyrjax-depth
+    python experiments/bench_memory_depth.py --checkpoints /tmp/tyrjax-depth [--layers 4,8,16,32] [--out runs/depth]
+
+Runs `tyrjax prune --method tyr` on each OUT/layers-L checkpoint in its own process, with settings
+small enough for 2 CPU cores (one iteration, one generation of 4 offspring, 2 calibration windows,
+one evaluation window), and measures that process's peak RSS and CPU time (`os.wait4`) and its
+wall time. Prints a markdown table with ratios to the shallowest model: memory should stay flat
+with depth (at most 1.3x) while time grows linearly. CPU time is the measure of work that other
+processes on a shared machine do not inflate.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tyrjax.config import ModelConfig
+
+PRUNE_ARGS = ["--method", "tyr", "--preset", "quick", "--sparsity", "0.5", "--iterations", "1", "--generations", "1",
+              "--offspring", "4", "--calib-windows", "2", "--eval-windows", "1", "--eval-data", "pydoc"]
+
+
+def run_prune(model_dir: Path, out: Path) -> tuple[float, float, float]:
+    """(peak RSS in MB, CPU seconds, wall seconds) of `tyrjax prune` on `model_dir`, in its own process."""
+    command = [sys.executable, "-m", "tyrjax.cli", "prune", "--model", str(model_dir), "--out", str(out), *PRUNE_ARGS]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    with child.stderr:
+        stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)  # the rusage of this child alone (RUSAGE_CHILDREN would be the max of all)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = stderr.decode(errors="replace")[-2000:]
+        raise SystemExit(f"tyrjax prune failed on {model_dir}:\n{tail}")
+    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, wall  # Linux reports ru_maxrss in kB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", type=Path, required=True, help="the --out of make_random_checkpoints.py")
+    ap.add_argument("--layers", default="4,8,16,32", help="comma-separated depths (default 4,8,16,32)")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-memory-depth"), help="run directories go here")
+    args = ap.parse_args()
+    rows = []
+    for n in (int(x) for x in args.layers.split(",")):
+        model_dir = args.checkpoints / f"layers-{n}"
+        if not (model_dir / "config.json").exists():
+            raise SystemExit(f"{model_dir}: missing; run experiments/make_random_checkpoints.py --out {args.checkpoints}")
+        rss, cpu, wall = run_prune(model_dir, args.out / f"layers-{n}")
+        phases = json.loads((args.out / f"layers-{n}" / "metrics.json").read_text())["wall_s"]
+        cfg = ModelConfig.from_json_file(model_dir / "config.json")
+        rows.append((n, cfg.total_params() / 1e6, rss, cpu, wall, phases))
+        print(f"{n} layers: peak RSS {rss:.0f} MB, CPU {cpu:.1f} s, wall {wall:.1f} s", file=sys.stderr)
+    rss0, cpu0 = rows[0][2], rows[0][3]
+    print("| layers | parameters (M) | peak RSS (MB) | RSS / shallowest | CPU (s) | CPU / shallowest | wall (s) | "
+          "supernet wall (s) | search wall (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, params, rss, cpu, wall, phases in rows:
+        print(f"| {n} | {params:.1f} | {rss:.0f} | {rss / rss0:.2f} | {cpu:.0f} | {cpu / cpu0:.2f} | {wall:.0f} | "
+              f"{phases.get('supernet', float('nan')):.0f} | {phases.get('search', float('nan')):.0f} |")
+    worst = max(r[2] for r in rows) / rss0
+    print(f"\npeak RSS, deepest against shallowest: {rows[-1][2] / rss0:.2f}x (largest {worst:.2f}x; target at most 1.30x)")
+
+
+if __name__ == "__main__":
+    main()

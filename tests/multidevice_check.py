@@ -1,0 +1,54 @@
+"""Run the sharded phases on simulated CPU devices, and on one device, and save both.
+
+    python tests/multidevice_check.py OUT.npz MESH [MESH ...]   (XLA_FLAGS from the caller)
+
+For one device ("one") and each mesh: the supernet, the teacher, the searched genome and its
+fitness, the SDS weights and the forward logits go into OUT.npz as "LABEL/NAME"; OUT.json
+holds the PartitionSpecs the sharded arrays really had.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from scale_fixtures import CFG, SPARSITY, tiny_model, tyr_config
+from tyrjax.model import forward_jit
+from tyrjax.sds.pipeline import run_sds_pipeline
+from tyrjax.sharding import make_mesh
+from tyrjax.tyr.fitness import teacher_topk
+from tyrjax.tyr.pipeline import initial_grid, search_iteration
+from tyrjax.tyr.supernet import build_supernet
+
+
+def phases(params, calib, mesh) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    tcfg = tyr_config()
+    grid = initial_grid(CFG, SPARSITY, tcfg)
+    supernet = build_supernet(params, CFG, calib, grid, progress=False, mesh=mesh)
+    teacher = teacher_topk(params, CFG, calib, tcfg.topk, mesh=mesh)
+    found = search_iteration(params, CFG, supernet, grid, calib, teacher, tcfg, 0, None, False, mesh)
+    sds, _ = run_sds_pipeline(params, CFG, calib, "2:4", "sparsegpt", steps=4, adjust_steps=4, progress=False,
+                              mesh=mesh)
+    logits = forward_jit(params, CFG, calib, mesh)
+    out = {f"supernet.{k}": np.asarray(v) for k, v in supernet._asdict().items()}
+    out.update({f"sds.{k}": np.asarray(v) for k, v in sds["layers"].items()})
+    out.update(teacher_idx=teacher.idx, teacher_logp=teacher.logp, genome=found.genome,
+               fitness=np.float64(found.fitness), logits=np.asarray(logits))
+    specs = {"supernet.wo": str(supernet.wo.sharding.spec), "logits": str(logits.sharding.spec)} if mesh else {}
+    return out, specs
+
+
+def main() -> None:
+    out_path, meshes = Path(sys.argv[1]), sys.argv[2:]
+    params, calib = tiny_model()
+    arrays, specs = {}, {}
+    for label in ["one", *meshes]:
+        mesh = None if label == "one" else make_mesh(label)
+        values, specs[label] = phases(params, calib, mesh)
+        arrays.update({f"{label}/{k}": v for k, v in values.items()})
+    np.savez(out_path, **arrays)
+    out_path.with_suffix(".json").write_text(json.dumps(specs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""A tiny model, its calibration windows and Týr settings for the multi-device, multi-host and
+resume checks, which run as scripts in their own processes (XLA_FLAGS must be set before jax
+is imported, so each check sets it first and then imports this module)."""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from tyrjax.config import ModelConfig
+from tyrjax.model import init_random_params
+from tyrjax.tyr.pipeline import TyrConfig
+
+jax.config.update("jax_default_matmul_precision", "highest")
+# One-device programs run on the calling thread: the same results, without a thread hand-off per
+# program, which dominates these tiny checks on a busy 2-core machine.
+jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, intermediate_size=64)
+TCFG = TyrConfig(iterations=1, generations=2, offspring=6, stages=((6, 32), (2, 64), (1, 128)), topk=8,
+                 candidate_batch=4, mlp_multiple=8, interval=0.25, reprune_final=False)
+SPARSITY = 0.4
+HERE = Path(__file__).parent
+
+
+def tiny_model():
+    """(params, calibration windows): eight windows of 16 tokens, so windows split over 8 devices."""
+    params = init_random_params(CFG, 0, scale=0.2)
+    calib = np.random.default_rng(0).integers(0, CFG.vocab_size, (8, 16)).astype(np.int32)
+    return params, calib
+
+
+def tyr_config(**changes) -> TyrConfig:
+    return dataclasses.replace(TCFG, **changes)
+
+
+def device_env(n_devices: int) -> dict[str, str]:
+    """The environment of a child process that sees `n_devices` simulated CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_check(script: str, args: list[str], n_devices: int, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `tests/script` in a fresh process with `n_devices` CPU devices; its output is captured."""
+    return subprocess.run([sys.executable, str(HERE / script), *args], env=device_env(n_devices),
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,167 @@
+"""report.md of one run and `tyrjax report` across runs: the values of metrics.json appear in
+the tables, the plots exist and are valid PNGs, bad run directories fail with one message."""
+import json
+
+import pytest
+from PIL import Image
+
+from tyrjax import plots
+from tyrjax.assets import default_model_dir
+from tyrjax.checkpoint import save_hf
+from tyrjax.cli import main
+from tyrjax.config import ModelConfig
+from tyrjax.errors import TyrjaxError
+from tyrjax.model import init_random_params
+from tyrjax.report import block_sparsity, write_report
+
+TYR_METRICS = {
+    "model": "SmolLM2-135M-Instruct (embedded default)",
+    "method": "tyr",
+    "preset": "quick",
+    "sparsity": {"target": 0.5, "achieved": 0.503125},
+    "ppl": {"shakespeare": 71.2345, "pydoc": 20.5},
+    "dense_ppl": {"shakespeare": 39.35, "pydoc": 12.88},
+    "params": {"dense": {"total": 134515008, "attn_mlp": 106168320}, "pruned": {"total": 81432128, "attn_mlp": 52768000}},
+    "per_layer": {"attention": [0.0, 0.333, 0.667], "mlp": [0.25, 0.5, 0.75]},
+    "calib_windows": 16,
+    "wall_s": {"load": 3.2, "supernet": 612.0, "search": 901.5},
+}
+
+
+def png_size(path) -> tuple[int, int]:
+    """Width and height of a file that must decode as a PNG image."""
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.verify()
+        return im.size
+
+
+def make_run(path, metrics: dict, argv: list[str] | None = None):
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    if argv is not None:
+        (path / "command.json").write_text(json.dumps({"argv": argv, "cwd": str(path.parent), "time": "2026-01-01T00:00:00"}))
+    return path
+
+
+def test_report_of_a_structured_run(tmp_path):
+    metrics = {**TYR_METRICS,
+               "tasks": {"social_iqa": {"acc": 0.41, "acc_norm": 0.43, "n": 200}, "winowhy": {"acc": 0.52, "acc_norm": 0.5, "n": 100}},
+               "dense_tasks": {"social_iqa": {"acc": 0.45, "acc_norm": 0.47, "n": 200}}}
+    run = make_run(tmp_path / "prune-tyr", metrics, ["/venv/bin/tyrjax", "prune", "--method", "tyr", "--sparsity", "0.5"])
+    plots.per_layer_sparsity(run / "per_layer_sparsity.png", [0.0, 0.333, 0.667], [0.25, 0.5, 0.75], "tyr")
+    plots.search_convergence(run / "search_convergence.png", [[{"generation": 0, "fitness": 0.9}, {"generation": 1, "fitness": 0.7}]])
+    text = write_report(run).read_text()
+    assert "tyrjax prune --method tyr --sparsity 0.5" in text
+    assert "| shakespeare | 39.350 | 71.234 | +81.0% |" in text and "| pydoc | 12.880 | 20.500 | +59.2% |" in text
+    assert "| sparsity achieved | 0.5031 |" in text and "| pruned attention+MLP parameters | 52,768,000 |" in text
+    assert "| social_iqa | 200 | 0.4100 | 0.4300 | 0.4500 | 0.4700 |" in text and "| winowhy | 100 | 0.5200 | 0.5000 |  |  |" in text
+    assert "| search | 901.5 |" in text
+    for name in ("per_layer_sparsity.png", "search_convergence.png", "perplexity_vs_dense.png", "accuracy_vs_dense.png"):
+        assert f"]({name})" in text
+        width, height = png_size(run / name)
+        assert width > 200 and height > 100
+    assert "speed.png" not in text and not (run / "speed.png").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    cfg = ModelConfig(vocab_size=49152, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                      intermediate_size=64, max_position_embeddings=2048, tie_word_embeddings=True)
+    return save_hf(init_random_params(cfg, 1, scale=0.2), cfg, tmp_path_factory.mktemp("tiny") / "model",
+                   tokenizer_dir=default_model_dir())
+
+
+def test_prune_and_eval_commands_write_reports(tiny_dir, tmp_path):
+    fast = ["--eval-windows", "1", "--eval-data", "pydoc"]
+    run = tmp_path / "magnitude"
+    assert main(["prune", "--model", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.5", "--calib-windows", "1",
+                 *fast, "--out", str(run)]) == 0
+    pruned = json.loads((run / "metrics.json").read_text())
+    text = (run / "report.md").read_text()
+    assert f"| pydoc | {pruned['dense_ppl']['pydoc']:.3f} | {pruned['ppl']['pydoc']:.3f} |" in text
+    assert "![Per-layer sparsity](per_layer_sparsity.png)" in text and png_size(run / "per_layer_sparsity.png")[0] > 200
+
+    # evaluating the pruned model finds the run that wrote it and the dense model that run pruned
+    ev = tmp_path / "eval"
+    assert main(["eval", "--model", str(run / "model"), *fast, "--out", str(ev)]) == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["pruned_by"] == {"run": str(run), "method": "magnitude", "sparsity": pruned["sparsity"]["achieved"]}
+    assert m["dense_ppl"] == pruned["dense_ppl"] and m["dense_model"] == str(tiny_dir)
+    assert m["ppl"]["pydoc"] == pytest.approx(pruned["ppl"]["pydoc"], rel=1e-5)
+    text = (ev / "report.md").read_text()
+    assert f"| pydoc | {m['dense_ppl']['pydoc']:.3f} | {m['ppl']['pydoc']:.3f} |" in text
+    assert png_size(ev / "perplexity_vs_dense.png")[0] > 200
+
+
+SPARSEGPT_METRICS = {
+    "model": "SmolLM2-135M-Instruct (embedded default)", "method": "sparsegpt", "pattern": "2:4",
+    "sparsity": {"target": 0.5, "achieved": 0.5, "per_layer": {"0.wq": 0.5}},
+    "ppl": {"shakespeare": 95.5, "pydoc": 30.25}, "dense_ppl": {"shakespeare": 39.35, "pydoc": 12.88},
+    "params": {"total": 134515008, "attn_mlp": 106168320},
+}
+
+
+def test_report_command_compares_runs(tmp_path, capsys):
+    tyr = make_run(tmp_path / "tyr", TYR_METRICS)
+    sgpt = make_run(tmp_path / "sgpt", SPARSEGPT_METRICS)
+    ev = make_run(tmp_path / "ev", {"model": "runs/x/model", "ppl": {"shakespeare": 50.0, "pydoc": 15.0},
+                                    "params": {"total": 1, "attn_mlp": 4000},
+                                    "pruned_by": {"run": "runs/x", "method": "flap", "sparsity": 0.3}})
+    plain = make_run(tmp_path / "plain", {"model": "m", "ppl": {"shakespeare": 39.0}, "params": {"total": 1, "attn_mlp": 2}})
+    out = tmp_path / "cmp"
+    assert main(["report", str(tyr), str(sgpt), str(ev), str(plain), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    text = (out / "comparison.md").read_text()
+    assert text.count("| dense (of ") == 1  # both prune runs share one dense reference
+    assert f"| dense (of {tyr}) | dense |  | 0 | 39.350 |  | 12.880 |  |  |" in text
+    assert f"| {tyr} | tyr | 0.5 | 0.5031 | 71.234 | +81.0% | 20.500 | +59.2% | 52,768,000 |" in text
+    assert f"| {sgpt} | sparsegpt | 2:4 | 0.5000 | 95.500 | +142.7% | 30.250 | +134.9% | 106,168,320 |" in text
+    assert f"| {ev} | flap |  | 0.3000 | 50.000 |  | 15.000 |  | 4,000 |" in text
+    assert f"| {plain} | model |  | – | 39.000 |  |  |  | 2 |" in text and f"Not plotted (achieved sparsity unknown): {plain}" in text
+    assert str(sgpt) in printed and "+142.7%" in printed
+    width, height = png_size(out / "ppl_vs_sparsity.png")
+    assert width > 400 and height > 100
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "no metrics.json"),
+    ("{not json", "unreadable"),
+    ("[1, 2]", "holds a list"),
+    (json.dumps({"model": "m", "speed": []}), "no perplexities"),
+    (json.dumps({"model": "m", "ppl": {"pydoc": "high"}}), "'ppl' is not a {name: number} map"),
+])
+def test_report_command_rejects_bad_run_dirs(tmp_path, capsys, content, says):
+    good = make_run(tmp_path / "good", TYR_METRICS)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    if content is not None:
+        (bad / "metrics.json").write_text(content)
+    out = tmp_path / "cmp"
+    assert main(["report", str(good), str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and says in err and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["report", str(good), str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing: no such run directory" in capsys.readouterr().err
+
+
+def test_unstructured_run_gets_a_per_block_sparsity_plot(tmp_path):
+    per_linear = {f"{b}.{n}": 0.5 for b in range(2) for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")}
+    per_linear.update({"1.wq": 0.7, "1.wo": None, "1.w_down": 0.8})
+    assert block_sparsity(per_linear, 2) == ([0.5, (0.7 + 0.5 + 0.5 + 1.0) / 4], [0.5, (0.5 + 0.5 + 0.8) / 3])
+    metrics = {**SPARSEGPT_METRICS, "method": "sds-sparsegpt", "sparsity": {"target": 0.5, "achieved": 0.52, "per_layer": per_linear},
+               "hyperparameters": {"steps": 200, "lr": 0.0001}, "chosen": {"oneshot": 3, "repruned": 4, "adjusted": 7}}
+    run = make_run(tmp_path / "sds", metrics)
+    text = write_report(run).read_text()
+    assert text.startswith("# tyrjax sds: sds\n")
+    assert "| hyperparameters | steps=200, lr=0.0001 |" in text and "| chosen | oneshot=3, repruned=4, adjusted=7 |" in text
+    assert "| shakespeare | 39.350 | 95.500 | +142.7% |" in text
+    assert "![Per-layer sparsity](per_layer_sparsity.png)" in text and png_size(run / "per_layer_sparsity.png")[0] > 200
+
+
+def test_report_of_a_run_with_malformed_tasks_names_the_file(tmp_path):
+    run = make_run(tmp_path / "ev", {"model": "m", "ppl": {"pydoc": 12.0}, "tasks": {"winowhy": {"accuracy": 0.5}}})
+    with pytest.raises(TyrjaxError, match=f"{run / 'metrics.json'}: 'tasks' is not a"):
+        write_report(run)
+    assert sorted(f.name for f in run.iterdir()) == ["metrics.json"]
