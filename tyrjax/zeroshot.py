@@ -34,7 +34,11 @@ results, acc / acc_norm vs guess rate (n):
           at the constant-answer rate: entailed_polarity, sports_understanding, anachronisms,
           implicatures, winowhy, sentence_ambiguity, irony_identification
 
-`DEFAULT_LIMIT` (200 items per task) keeps the suite at about ten minutes on two CPU cores.
+With `DEFAULT_LIMIT` (200 items per task; 745 items, 3,334 scored continuations in all) the
+dense default model scores movie_recommendation 0.62 / 0.60 and ruin_names 0.475 / 0.455 on
+200 items, the other tasks as above on all their items; `tyrjax eval --tasks offline` took
+5.4 CPU-minutes on two cores (user + system time, model loading included), well within ten
+minutes of wall time on an idle machine.
 """
 from __future__ import annotations
 
