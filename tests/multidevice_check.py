@@ -3,8 +3,8 @@
     python tests/multidevice_check.py OUT.npz MESH [MESH ...]   (XLA_FLAGS from the caller)
 
 For one device ("one") and each mesh: the supernet, the teacher, the searched genome and its
-fitness, the SDS weights and the forward logits go into OUT.npz as "LABEL/NAME"; OUT.json
-holds the PartitionSpecs the sharded arrays really had.
+fitness, the SDS weights of the first block and the forward logits go into OUT.npz as
+"LABEL/NAME"; OUT.json holds the PartitionSpecs the sharded arrays really had.
 """
 import json
 import sys
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scale_fixtures import CFG, SPARSITY, tiny_model, tyr_config
+from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config
 from tyrjax.model import forward_jit
 from tyrjax.sds.pipeline import run_sds_pipeline
 from tyrjax.sharding import make_mesh
@@ -27,8 +27,9 @@ def phases(params, calib, mesh) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     supernet = build_supernet(params, CFG, calib, grid, progress=False, mesh=mesh)
     teacher = teacher_topk(params, CFG, calib, tcfg.topk, mesh=mesh)
     found = search_iteration(params, CFG, supernet, grid, calib, teacher, tcfg, 0, None, False, mesh)
-    sds, _ = run_sds_pipeline(params, CFG, calib, "2:4", "sparsegpt", steps=4, adjust_steps=4, progress=False,
-                              mesh=mesh)
+    first_block = dict(params, layers={k: v[:1] for k, v in params["layers"].items()})
+    sds, _ = run_sds_pipeline(first_block, CFG.replace(n_layers=1), calib, "2:4", "sparsegpt", steps=4, adjust_steps=4,
+                              progress=False, mesh=mesh)
     logits = forward_jit(params, CFG, calib, mesh)
     out = {f"supernet.{k}": np.asarray(v) for k, v in supernet._asdict().items()}
     out.update({f"sds.{k}": np.asarray(v) for k, v in sds["layers"].items()})
@@ -39,6 +40,7 @@ def phases(params, calib, mesh) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def main() -> None:
+    configure_jax()
     out_path, meshes = Path(sys.argv[1]), sys.argv[2:]
     params, calib = tiny_model()
     arrays, specs = {}, {}

@@ -19,7 +19,7 @@ from tyrjax.distributed import initialize, is_writer
 PORT, PROCESS_ID, ROOT = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 initialize(f"127.0.0.1:{PORT}", 2, PROCESS_ID)
 
-from scale_fixtures import CFG, SPARSITY, tiny_model, tyr_config  # noqa: E402
+from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config  # noqa: E402
 from tyrjax.evaluate import perplexity  # noqa: E402
 from tyrjax.rundir import record_command, write_json  # noqa: E402
 from tyrjax.sharding import make_mesh, shard_params  # noqa: E402
@@ -27,6 +27,7 @@ from tyrjax.tyr.pipeline import run_tyr  # noqa: E402
 
 
 def main() -> None:
+    configure_jax()
     mesh = make_mesh("data=2,tensor=2")
     assert mesh.devices.size == 4 and len(jax.local_devices()) == 2
     params, calib = tiny_model()

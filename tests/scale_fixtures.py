@@ -1,6 +1,6 @@
 """A tiny model, its calibration windows and Týr settings for the multi-device, multi-host and
-resume checks, which run as scripts in their own processes (XLA_FLAGS must be set before jax
-is imported, so each check sets it first and then imports this module)."""
+resume checks. The checks run as scripts in child processes because the simulated device count
+(XLA_FLAGS) must be in the environment before jax is imported; `run_check` starts them."""
 import dataclasses
 import os
 import subprocess
@@ -14,16 +14,19 @@ from tyrjax.config import ModelConfig
 from tyrjax.model import init_random_params
 from tyrjax.tyr.pipeline import TyrConfig
 
-jax.config.update("jax_default_matmul_precision", "highest")
-# One-device programs run on the calling thread: the same results, without a thread hand-off per
-# program, which dominates these tiny checks on a busy 2-core machine.
-jax.config.update("jax_cpu_enable_async_dispatch", False)
-
-CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, intermediate_size=64)
-TCFG = TyrConfig(iterations=1, generations=2, offspring=6, stages=((6, 32), (2, 64), (1, 128)), topk=8,
+CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, intermediate_size=32)
+TCFG = TyrConfig(iterations=1, generations=2, offspring=6, stages=((6, 32), (2, 32), (1, 32)), topk=8,
                  candidate_batch=4, mlp_multiple=8, interval=0.25, reprune_final=False)
 SPARSITY = 0.4
 HERE = Path(__file__).parent
+
+
+def configure_jax() -> None:
+    """What a check process sets before computing: the suite's matmul precision, and one-device
+    programs run on the calling thread (the same results, without a thread hand-off per program,
+    which dominates these tiny checks on a busy 2-core machine)."""
+    jax.config.update("jax_default_matmul_precision", "highest")
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 def tiny_model():
@@ -42,7 +45,7 @@ def device_env(n_devices: int) -> dict[str, str]:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     return env
 
 

@@ -1,48 +1,64 @@
-"""Fault tolerance: a run killed mid-supernet or mid-search resumes to the uninterrupted result,
-on one device and on a 4-device mesh (each run is a process killed with SIGKILL)."""
+"""Fault tolerance: a run stopped mid-search resumes to the uninterrupted result, and on a 4-device
+mesh a run killed (SIGKILL) in the supernet build and again in the search resumes each time from
+the last completed block / generation to the uninterrupted result."""
 import json
 
 import numpy as np
 import pytest
 
-from scale_fixtures import run_check
+import tyrjax.tyr.pipeline as pipeline
+from scale_fixtures import CFG, SPARSITY, run_check, tiny_model, tyr_config
+
+RESULTS = ("genome", "fitness", "head", "ffn", "wo", "w_down")
 
 
-def _kill(work_dir, mesh: str, mode: str, n: int, n_devices: int) -> None:
-    killed = run_check("resume_check.py", [str(work_dir), mesh, mode, str(n)], n_devices)
-    assert killed.returncode == -9, killed.stderr[-3000:]
+class Preempted(Exception):
+    pass
 
 
-def _finish(work_dir, mesh: str, n_devices: int, out) -> dict[str, np.ndarray]:
-    done = run_check("resume_check.py", [str(work_dir), mesh, "finish", str(out)], n_devices)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as f:
-        return dict(f)
+def test_stopped_search_resumes_from_its_last_generation_to_the_same_result(tmp_path, monkeypatch):
+    params, calib = tiny_model()
+    tcfg = tyr_config(generations=3)
+    save, saved, stop_after = pipeline.save_state, [], [2]
+
+    def save_then_stop(path, state):
+        save(path, state)
+        saved.append(state.generation)
+        if state.generation in stop_after:
+            raise Preempted
+
+    monkeypatch.setattr(pipeline, "save_state", save_then_stop)
+    with pytest.raises(Preempted):
+        pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=tmp_path / "work", progress=False)
+    saved.clear()
+    stop_after.clear()
+    resumed = pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=tmp_path / "work", progress=False)
+    assert saved == [3]  # only the generation left to do was run
+    fresh = pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=tmp_path / "fresh", progress=False)
+    assert resumed.iterations[0].history == fresh.iterations[0].history
+    np.testing.assert_array_equal(resumed.iterations[0].genome, fresh.iterations[0].genome)
+    np.testing.assert_array_equal(resumed.head_mask, fresh.head_mask)
+    np.testing.assert_array_equal(resumed.params["layers"]["wo"], fresh.params["layers"]["wo"])
 
 
-def _assert_same(results: dict[str, np.ndarray]) -> None:
-    names = [k.split("/", 1)[1] for k in results if k.startswith("fresh/")]
-    for name in names:
-        np.testing.assert_array_equal(results[f"resumed/{name}"], results[f"fresh/{name}"], err_msg=name)
+def _run(work_dir, mesh: str, *args: str) -> None:
+    done = run_check("resume_check.py", [str(work_dir), mesh, *args], 4)
+    expected = 0 if args[0] == "finish" else -9
+    assert done.returncode == expected, done.stderr[-3000:]
 
 
-def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path):
-    work = tmp_path / "work"
-    _kill(work, "none", "kill-generation", 1, 1)
-    state = json.loads((work / "search_0.json").read_text())
-    assert state["generation"] == 2  # killed after two of the three generations were saved
-    results = _finish(work, "none", 1, tmp_path / "out.npz")
-    assert len(results["fresh/fitness"]) == 3
-    _assert_same(results)
-
-
-@pytest.mark.parametrize("mesh", ["data=2,tensor=2"])
-def test_killed_sharded_run_resumes_in_the_supernet_and_in_the_search(tmp_path, mesh):
-    work = tmp_path / "work"
-    _kill(work, mesh, "kill-block", 0, 4)
+def test_killed_sharded_run_resumes_in_the_supernet_and_in_the_search(tmp_path):
+    work, mesh = tmp_path / "work", "data=2,tensor=2"
+    _run(work, mesh, "kill-block", "0")
     assert json.loads((work / "supernet_0" / "supernet.json").read_text())["completed"] == 1
     assert not (work / "search_0.json").exists()
-    _kill(work, mesh, "kill-generation", 0, 4)
+    _run(work, mesh, "kill-generation", "0")
     assert json.loads((work / "supernet_0" / "supernet.json").read_text())["completed"] == 2
     assert json.loads((work / "search_0.json").read_text())["generation"] == 1
-    _assert_same(_finish(work, mesh, 4, tmp_path / "out.npz"))
+    _run(work, mesh, "finish", str(tmp_path / "out.npz"))
+    with np.load(tmp_path / "out.npz") as f:
+        r = dict(f)
+    assert r["resumed/built_blocks"].tolist() == [] and r["resumed/saved_generations"].tolist() == [1, 2]
+    assert r["fresh/built_blocks"].tolist() == [0, 1] and r["fresh/saved_generations"].tolist() == [0, 1, 2]
+    for name in RESULTS:
+        np.testing.assert_array_equal(r[f"resumed/{name}"], r[f"fresh/{name}"], err_msg=name)

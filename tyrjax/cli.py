@@ -254,6 +254,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from tyrjax import api
     from tyrjax.distributed import is_writer
     from tyrjax.lineage import dense_comparison
+    from tyrjax.sharding import on_active_mesh
     from tyrjax.loading import load_model
     from tyrjax.report import write_report
     from tyrjax.rundir import default_out, print_table, record_command, write_json
@@ -267,7 +268,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model = load_model(args.model, args.dtype, args.tokenizer)
     corpora = tuple(c for c in args.eval_data.split(",") if c)
     sets = api.evaluation_sets(model, args.eval_windows, corpora)
-    metrics = api.evaluate(model, sets, args.batch_size)
+    metrics = api.evaluate(on_active_mesh(model), sets, args.batch_size)
     metrics.update(dense_comparison(args.model, sets, args.dtype, args.batch_size))
     metrics["eval_windows"] = {k: list(v.shape) for k, v in sets.items()}
     metrics["dtype"] = args.dtype

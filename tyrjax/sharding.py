@@ -15,6 +15,7 @@ Without a mesh nothing here is used and every phase runs as on one device.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -94,7 +95,8 @@ def is_axes(x: Any) -> bool:
 
 
 def batch_axes(ndim: int) -> Axes:
-    """Inputs (batch, [seq,] features) split by windows only: what statistics sum over."""
+    """Axes of inputs (windows, [tokens,] features) split by windows only, as statistics that sum
+    over every token see them."""
     return Axes("batch", *(["seq"] if ndim > 2 else []))
 
 
@@ -369,6 +371,15 @@ def resolve_mesh(mesh: Mesh | None) -> Mesh | None:
     if mesh is not None:
         return mesh
     return _ACTIVE[-1] if _ACTIVE else None
+
+
+def on_active_mesh(model: Any) -> Any:
+    """A loaded model (`loading.Model`) with its parameters laid out on the mesh of `use_mesh`,
+    so evaluation runs sharded; unchanged when no mesh is active."""
+    mesh = resolve_mesh(None)
+    if mesh is None:
+        return model
+    return dataclasses.replace(model, params=shard_params(model.params, model.cfg, mesh))
 
 
 def mesh_from_flag(text: str | None) -> Mesh | None:

@@ -18,6 +18,7 @@ from tyrjax.model import compact_from_masked
 from tyrjax.plots import per_layer_sparsity, search_convergence
 from tyrjax.report import write_report
 from tyrjax.rundir import Timer, default_out, record_command, write_json
+from tyrjax.sharding import on_active_mesh
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig, apply_distribution, removed_groups, run_tyr, uniform_result
 
 PRESET_CALIB_WINDOWS = {"quick": 16, "paper": 64}
@@ -103,7 +104,7 @@ def run_structured(args: argparse.Namespace) -> None:
         distribution = load_distribution(args.distribution, model) if args.distribution is not None else None
     record_command(out)
     with timer.phase("dense_eval"):
-        dense = api.dense_reference(model, sets, args.batch_size)
+        dense = api.dense_reference(on_active_mesh(model), sets, args.batch_size)
     tcfg = tyr_config(args)
     with timer.phase("prune"):
         outcome = prune_structured(model, calib, args.sparsity, args.method, tcfg, out / "work", distribution)
@@ -114,7 +115,7 @@ def run_structured(args: argparse.Namespace) -> None:
     compact, ccfg = compact_from_masked(pruned, cfg, head, ffn)
     pruned_model = Model(compact, ccfg, model.tokenizer, f"{model.source} pruned by {args.method}", out / "model")
     with timer.phase("pruned_eval"):
-        evaluated = api.evaluate(pruned_model, sets, args.batch_size)
+        evaluated = api.evaluate(on_active_mesh(pruned_model), sets, args.batch_size)
     with timer.phase("export"):
         written = export_pruned(compact, ccfg, out, model.directory) if is_writer() else {}
     achieved = 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()

@@ -221,8 +221,8 @@ def build_supernet(
     store = SupernetStore(store_dir, key) if store_dir else None
     start = agree(store.completed(), f"supernet store {store.dir}") if store else 0
     if start:
-        stream = jnp.asarray(store.load_stream())
-        x = stream if mesh is None else put_axes(stream, HIDDEN, mesh)
+        stream = store.load_stream()
+        x = jnp.asarray(stream) if mesh is None else put_axes(stream, HIDDEN, mesh)
     else:
         x = embed_windows(params, windows, mesh)
     blocks: list[BlockLevels] = [store.load_block(b) for b in range(start)]
