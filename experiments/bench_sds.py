@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=None, help="prune only the first N blocks")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--adjust-steps", type=int, default=None)
+    ap.add_argument("--adjust", default="paper", choices=["paper", "always"])
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--l1", type=float, default=None)
     ap.add_argument("--l2", type=float, default=None)
@@ -96,7 +97,7 @@ def main() -> None:
     model = tyrjax.load_model()
     calib = api.calibration_windows(model, "shakespeare", args.calib_windows)
     sets = api.evaluation_sets(model, args.eval_windows)
-    sds = dict(steps=args.steps, adjust_steps=args.adjust_steps, lr=args.lr, l1=args.l1, l2=args.l2)
+    sds = dict(steps=args.steps, adjust_steps=args.adjust_steps, adjust=args.adjust, lr=args.lr, l1=args.l1, l2=args.l2)
     methods = [m for m in args.methods.split(",") if m]
     ablated = [p for p in args.ablation_patterns.split(",") if p]
     dense = api.dense_reference(model, sets)["ppl"]

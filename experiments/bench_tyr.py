@@ -4,7 +4,7 @@
                                     [--eval-windows 16] [--methods magnitude,wanda-sp,flap,uniform,tyr]
 
 For each sparsity and method (Týr reported after its first and after its last iteration, from
-one run): perplexity on held-out Shakespeare and pydoc, attention+MLP
+one run, each re-pruned along its found path as `tyrjax prune` outputs it): perplexity on held-out Shakespeare and pydoc, attention+MLP
 parameters removed, wall time. Then, in the same run, the compact Týr model at the largest
 sparsity against the dense model (prefill latency and decode throughput, ratios) and candidate
 scoring batched against one by one (ratio). Prints markdown tables.
@@ -21,7 +21,7 @@ from tyrjax.search.mutation import level_switch
 from tyrjax.speed import measure_speed
 from tyrjax.tyr.commands import prune_structured
 from tyrjax.tyr.fitness import BatchScorer, teacher_topk
-from tyrjax.tyr.pipeline import PRESETS, initial_grid, run_tyr
+from tyrjax.tyr.pipeline import PRESETS, apply_distribution, initial_grid, removed_groups, run_tyr
 from tyrjax.tyr.supernet import build_supernet
 
 
@@ -47,7 +47,15 @@ def run_method(model, calib, sets, sparsity, method, preset):
     for i, it in enumerate(result.iterations):
         label = "tyr (1 iteration)" if i == 0 else f"tyr ({i + 1} iterations)"
         wall = sum(result.supernet_s[: i + 1]) + sum(result.search_s[: i + 1])
-        rows.append((label, *evaluate_masked(model, sets, *it.chosen[:1], model.cfg, *it.chosen[1:], label), wall))
+        if i == len(result.iterations) - 1:  # the command's output: re-pruned along the found path
+            chosen = result.params, result.head_mask, result.ffn_mask
+            wall += sum(result.supernet_s[i + 1:])
+        else:  # what this iteration alone would have output
+            t0 = time.perf_counter()
+            chosen = apply_distribution(model.params, model.cfg, calib, removed_groups(it.head_mask, it.ffn_mask),
+                                        tcfg, progress=False)
+            wall += time.perf_counter() - t0
+        rows.append((label, *evaluate_masked(model, sets, chosen[0], model.cfg, *chosen[1:], label), wall))
     return rows
 
 

@@ -2,9 +2,10 @@
 
     python tests/multidevice_check.py OUT.npz MESH [MESH ...]   (XLA_FLAGS from the caller)
 
-For one device ("one") and each mesh: the supernet, the teacher, the searched genome and its
-fitness, the SDS weights of the first block and the forward logits go into OUT.npz as
-"LABEL/NAME"; OUT.json holds the PartitionSpecs the sharded arrays really had.
+For one device ("one") and each mesh: the supernet (its blocks' levels stacked), the teacher,
+the searched genome and its fitness, the SDS weights of the first block and the forward logits
+go into OUT.npz as "LABEL/NAME"; OUT.json holds the PartitionSpecs the sharded arrays really had
+(the levels as the scorer lays out a batch of candidates' block).
 """
 import json
 import sys
@@ -16,9 +17,9 @@ from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config
 from tyrjax.model import forward_jit
 from tyrjax.sds.pipeline import run_sds_pipeline
 from tyrjax.sharding import make_mesh
-from tyrjax.tyr.fitness import teacher_topk
+from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import initial_grid, search_iteration
-from tyrjax.tyr.supernet import build_supernet
+from tyrjax.tyr.supernet import BlockLevels, build_supernet
 
 
 def phases(params, calib, mesh) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -29,13 +30,18 @@ def phases(params, calib, mesh) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     found = search_iteration(params, CFG, supernet, grid, calib, teacher, tcfg, 0, None, False, mesh)
     first_block = dict(params, layers={k: v[:1] for k, v in params["layers"].items()})
     sds, _ = run_sds_pipeline(first_block, CFG.replace(n_layers=1), calib, "2:4", "sparsegpt", steps=4, adjust_steps=4,
-                              progress=False, mesh=mesh)
+                              adjust="always", progress=False, mesh=mesh)
     logits = forward_jit(params, CFG, calib, mesh)
-    out = {f"supernet.{k}": np.asarray(v) for k, v in supernet._asdict().items()}
+    blocks = [supernet.block(b) for b in range(supernet.n_blocks)]
+    out = {f"supernet.{f}": np.stack([getattr(levels, f) for levels in blocks]) for f in BlockLevels._fields}
     out.update({f"sds.{k}": np.asarray(v) for k, v in sds["layers"].items()})
     out.update(teacher_idx=teacher.idx, teacher_logp=teacher.logp, genome=found.genome,
                fitness=np.float64(found.fitness), logits=np.asarray(logits))
-    specs = {"supernet.wo": str(supernet.wo.sharding.spec), "logits": str(logits.sharding.spec)} if mesh else {}
+    specs = {}
+    if mesh:
+        scorer = BatchScorer(params, CFG, supernet, tcfg.candidate_batch, mesh=mesh)
+        placed = scorer.candidate_levels(0, CFG.n_layers, np.repeat(found.genome[None], scorer.batch, 0))
+        specs = {"candidate_levels.wo": str(placed.wo.sharding.spec), "logits": str(logits.sharding.spec)}
     return out, specs
 
 

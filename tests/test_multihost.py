@@ -33,7 +33,7 @@ def test_two_processes_share_one_mesh_and_process_zero_writes(tmp_path):
         for name in ("genome", "head", "ffn", "wo", "w_down", "ppl"):
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
         assert np.isfinite(a["ppl"]) and a["ppl"] > 1
-    assert (tmp_path / "work0" / "supernet_0" / "block_0001.npz").is_file()
+    assert (tmp_path / "work0" / "supernet_0" / "block_0001.w_down.npy").is_file()
     assert (tmp_path / "work0" / "search_0.json").is_file()
     assert (tmp_path / "run0" / "metrics.json").is_file() and (tmp_path / "run0" / "command.json").is_file()
     assert not (tmp_path / "work1").exists() and not (tmp_path / "run1").exists()

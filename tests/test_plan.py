@@ -39,9 +39,10 @@ def test_memory_lines_counted_by_hand():
     assert got["supernet", "pruner state of the 3 levels"] == 2 * (2 * 64 + 32) * 4
     # 4 windows x 3 tokens x d=4, fp32, windows over data=2
     assert got["supernet", "calibration stream"] == 4 * 3 * 4 * 4 / 2
-    # o_proj levels 2x3x4x4 with heads over tensor, down_proj levels 2x3x8x4 with neurons over tensor;
-    # 3 levels do not divide over data=2 and stay whole; fp32
-    assert got["search", "supernet levels of all blocks"] == (2 * 3 * 4 * 4 + 2 * 3 * 8 * 4) * 4 / 2
+    # one call runs both blocks (a level of a block is 48 fp32 weights + 10 mask bytes, far below the
+    # per-call budget) for 2 candidates, split over data=2: o_proj levels 2x2x4x4 with heads over
+    # tensor, down_proj levels 2x2x8x4 with neurons over tensor; fp32
+    assert got["search", "supernet levels of one call"] == (2 * 2 * 4 * 4 + 2 * 2 * 8 * 4) * 4 / 2 / 2
     # one window (not split over data=2): 3 block inputs (2 + final) x 3 tokens x 4, bf16
     assert got["search", "parent's input of every block"] == 3 * 3 * 4 * 2
     # one window x 3-token chunk x top-5 rows of width 4, bf16

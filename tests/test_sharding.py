@@ -123,4 +123,5 @@ def test_sharded_phases_match_one_device(tmp_path):
             if name.startswith("sds."):
                 np.testing.assert_array_equal(got == 0, ref == 0, err_msg=f"{mesh} {name} mask")
         assert "data" in specs[mesh]["logits"]  # windows split over the data axis
-        assert ("tensor" in specs[mesh]["supernet.wo"]) == ("tensor" in mesh)  # heads split over tensor
+        assert "data" in specs[mesh]["candidate_levels.wo"]  # a batch's candidates split over the data axis
+        assert ("tensor" in specs[mesh]["candidate_levels.wo"]) == ("tensor" in mesh)  # heads split over tensor

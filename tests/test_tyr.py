@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +15,9 @@ from tyrjax.config import ModelConfig
 from tyrjax.model import compact_from_masked, forward, init_random_params
 from tyrjax.search.levels import centre_genome
 from tyrjax.search.mutation import level_switch
-from tyrjax.tyr.fitness import BatchScorer, kl_topk, score_candidates, teacher_topk
+from tyrjax.tyr.fitness import BatchScorer, candidate_blocks, candidate_fitness, kl_topk, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, masks_and_weights, run_tyr
-from tyrjax.tyr.supernet import build_supernet, level_weights
+from tyrjax.tyr.supernet import BlockLevels, build_supernet, level_weights
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
 TCFG = TyrConfig(iterations=2, generations=3, offspring=6, stages=((6, 64), (2, 128), (1, 256)), topk=16,
@@ -39,18 +40,19 @@ def test_expected_weight_equals_nine_forwards(setup):
     p = layer(params, 0)
     _, heads = attention_inputs(p, CFG, x)
     w = level_weights(grid, 0, "expectation", np.random.default_rng(0))
-    outs = [x + (heads.reshape(*heads.shape[:2], 4, 8) * sn.head_keep[0, e][:, None]).reshape(heads.shape) @ sn.wo[0, e]
+    first, second = sn.block(0), sn.block(1)
+    outs = [x + (heads.reshape(*heads.shape[:2], 4, 8) * first.head_keep[e][:, None]).reshape(heads.shape) @ first.wo[e]
             for e in range(grid.n_levels)]
     x_attn = sum(w[e] * outs[e] for e in range(grid.n_levels))
     _, hidden = mlp_inputs(p, CFG, x_attn)
     wm = level_weights(grid, 1, "expectation", np.random.default_rng(0))
-    nine = sum(wm[e] * (x_attn + (hidden * sn.ffn_keep[0, e]) @ sn.w_down[0, e]) for e in range(grid.n_levels))
+    nine = sum(wm[e] * (x_attn + (hidden * first.ffn_keep[e]) @ first.w_down[e]) for e in range(grid.n_levels))
     # the supernet's block-1 statistics were taken on exactly this input: rebuild block 1 from it
     from tyrjax.tyr.supernet import prune_block
 
     levels, _ = prune_block(layer(params, 1), CFG, nine, grid, 1, "expectation", np.random.default_rng([0, 1]))
-    np.testing.assert_allclose(levels.wo, np.asarray(sn.wo[1]), rtol=2e-4, atol=2e-5)
-    np.testing.assert_array_equal(levels.head_keep, np.asarray(sn.head_keep[1]))
+    np.testing.assert_allclose(levels.wo, second.wo, rtol=2e-4, atol=2e-5)
+    np.testing.assert_array_equal(levels.head_keep, second.head_keep)
     assert np.all(w[~grid.valid[0]] == 0) and w.sum() == pytest.approx(1)
 
 
@@ -59,31 +61,96 @@ def test_level_masks_remove_the_grid_counts(setup):
     sn = build_supernet(params, CFG, calib, grid, progress=False)
     for b in range(CFG.n_layers):
         for e in np.flatnonzero(grid.valid[2 * b]):
-            assert (~np.asarray(sn.head_keep[b, e])).sum() == grid.removed[2 * b, e]
+            assert (~sn.block(b).head_keep[e]).sum() == grid.removed[2 * b, e]
         for e in np.flatnonzero(grid.valid[2 * b + 1]):
-            assert (~np.asarray(sn.ffn_keep[b, e])).sum() == grid.removed[2 * b + 1, e]
+            assert (~sn.block(b).ffn_keep[e]).sum() == grid.removed[2 * b + 1, e]
 
 
-def test_batched_scoring_equals_direct_kl_and_compiles_once(setup):
+def stacked(supernet) -> BlockLevels:
+    """Every block's levels stacked (L, E, ...) in memory: the plain form the tests compare with."""
+    blocks = [supernet.block(b) for b in range(supernet.n_blocks)]
+    return BlockLevels(*(np.stack([getattr(b, f) for b in blocks]) for f in BlockLevels._fields))
+
+
+def reference_kl(params, net: BlockLevels, genome, tokens, t_idx, t_logp) -> float:
+    """A candidate's KL from the full-vocabulary logits of the stacked model with its levels."""
+    blocks, a, m = np.arange(CFG.n_layers), genome[0::2], genome[1::2]
+    p = dict(params, layers=dict(params["layers"], wo=net.wo[blocks, a], w_down=net.w_down[blocks, m]))
+    logits = forward(p, CFG, tokens, jnp.asarray(net.head_keep[blocks, a], jnp.float32),
+                     jnp.asarray(net.ffn_keep[blocks, m], jnp.float32))
+    student = jnp.take_along_axis(logits, jnp.asarray(t_idx), axis=-1)
+    return float(kl_topk(student, jnp.asarray(t_logp)).mean())
+
+
+def last_block_offspring(parent: np.ndarray, grid, n: int) -> np.ndarray:
+    """`n` genomes that differ from `parent` in the last block only, each at other valid levels."""
+    last = 2 * (CFG.n_layers - 1)
+    genomes = np.repeat(parent[None], n, 0)
+    genomes[:, last] = np.flatnonzero(grid.valid[last])[:n]
+    genomes[:, last + 1] = np.flatnonzero(grid.valid[last + 1])[-n:]
+    return genomes
+
+
+def test_disk_backed_scoring_equals_the_stacked_model_and_compiles_once(setup, tmp_path):
     params, calib, grid = setup
-    sn = build_supernet(params, CFG, calib, grid, progress=False)
+    sn = build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "store", progress=False)
+    ref = stacked(sn)
+    for a, b in zip(ref, stacked(build_supernet(params, CFG, calib, grid, progress=False))):
+        np.testing.assert_array_equal(a, b)  # the same levels on disk as in memory
     teacher = teacher_topk(params, CFG, calib, 16)
     parent = centre_genome(grid)
-    genomes = np.stack([level_switch(i, parent, grid) for i in range(6)])
+    # one batch from an early block, one from the last block (starting from the parent's cached state)
+    genomes = np.concatenate([np.stack([level_switch(i, parent, grid) for i in range(4)]),
+                              last_block_offspring(parent, grid, 4)])
     scorer = BatchScorer(params, CFG, sn, batch=4)
-    before = score_candidates._cache_size()
+    assert scorer.blocks_per_call == CFG.n_layers
     with_prefix = scorer(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2])
-    again = scorer(genomes[::-1], parent, calib[2:4], teacher.idx[2:4], teacher.logp[2:4])
+    compiled = candidate_blocks._cache_size(), candidate_fitness._cache_size()
+    scorer(genomes[::-1], parent, calib[2:4], teacher.idx[2:4], teacher.logp[2:4])
+    scorer(np.stack([level_switch(i, genomes[0], grid) for i in range(7)]), genomes[0], calib[4:6],
+           teacher.idx[4:6], teacher.logp[4:6])
     without = scorer(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2], use_prefix=False)
-    assert score_candidates._cache_size() - before == 1  # many candidates, one compilation
+    assert (candidate_blocks._cache_size(), candidate_fitness._cache_size()) == compiled  # other candidates, no compilation
+    two_per_call = BatchScorer(params, CFG, sn, batch=4, blocks_per_call=2)(genomes, parent, calib[:2], teacher.idx[:2],
+                                                                          teacher.logp[:2])
     np.testing.assert_allclose(with_prefix, without, rtol=1e-5)
+    np.testing.assert_allclose(with_prefix, two_per_call, rtol=1e-5)
     for g, s in zip(genomes, with_prefix):
-        p, head, ffn = masks_and_weights(sn, g, params)
-        logits = forward(p, CFG, calib[:2], jnp.asarray(head, jnp.float32), jnp.asarray(ffn, jnp.float32))
-        student = jnp.take_along_axis(logits, jnp.asarray(teacher.idx[:2]), axis=-1)
-        direct = float(kl_topk(student, jnp.asarray(teacher.logp[:2])).mean())
-        assert s == pytest.approx(direct, rel=1e-4)
+        assert s == pytest.approx(reference_kl(params, ref, g, calib[:2], teacher.idx[:2], teacher.logp[:2]), rel=1e-5)
     assert len(set(np.round(with_prefix, 6))) > 1
+    chosen, head, ffn = masks_and_weights(sn, genomes[0], params)
+    blocks, a, m = np.arange(CFG.n_layers), genomes[0][0::2], genomes[0][1::2]
+    np.testing.assert_array_equal(chosen["layers"]["wo"], ref.wo[blocks, a])
+    np.testing.assert_array_equal(chosen["layers"]["w_down"], ref.w_down[blocks, m])
+    np.testing.assert_array_equal(head, ref.head_keep[blocks, a])
+    np.testing.assert_array_equal(ffn, ref.ffn_keep[blocks, m])
+
+
+def test_scorer_reads_only_the_levels_its_candidates_use(setup, tmp_path):
+    """A stored supernet holds no levels in memory, only its files; scoring offspring that differ
+    from the parent in the last block reads the parent's level of each earlier block once and,
+    in the last block, only the levels the candidates use."""
+    params, calib, grid = setup
+    store = tmp_path / "store"
+    sn = build_supernet(params, CFG, calib, grid, store_dir=store, progress=False)
+    assert sn.held == (None,) * CFG.n_layers
+    for b in range(CFG.n_layers):
+        for field, a in sn.block(b)._asdict().items():
+            assert isinstance(a, np.memmap) and Path(a.filename) == store / f"block_{b:04d}.{field}.npy"
+    read, gather = [], sn.gather
+
+    def recording_gather(block, attn_levels, mlp_levels, out=None):
+        read.append((block, sorted(set(attn_levels.tolist())), sorted(set(mlp_levels.tolist()))))
+        return gather(block, attn_levels, mlp_levels, out)
+
+    sn.gather = recording_gather
+    parent = centre_genome(grid)
+    genomes = last_block_offspring(parent, grid, 3)
+    teacher = teacher_topk(params, CFG, calib[:2], 16)
+    BatchScorer(params, CFG, sn, batch=3)(genomes, parent, calib[:2], teacher.idx, teacher.logp)
+    last = 2 * (CFG.n_layers - 1)
+    assert read == [(b, [parent[2 * b]], [parent[2 * b + 1]]) for b in range(CFG.n_layers - 1)] + \
+        [(CFG.n_layers - 1, sorted(genomes[:, last]), sorted(genomes[:, last + 1]))]
 
 
 def test_kl_is_zero_for_the_teacher_and_positive_otherwise():
@@ -117,9 +184,10 @@ def test_propagation_ablations_differ(setup):
     params, calib, grid = setup
     nets = {p: build_supernet(params, CFG, calib, grid, propagation=p, progress=False)
             for p in ("expectation", "dense", "uniform")}
-    assert not np.allclose(nets["expectation"].wo[2], nets["dense"].wo[2])
-    assert not np.allclose(nets["expectation"].wo[2], nets["uniform"].wo[2])
-    np.testing.assert_allclose(nets["expectation"].wo[0], nets["dense"].wo[0])  # block 0 sees the same input
+    wo = {p: [net.block(b).wo for b in range(net.n_blocks)] for p, net in nets.items()}
+    assert not np.allclose(wo["expectation"][2], wo["dense"][2])
+    assert not np.allclose(wo["expectation"][2], wo["uniform"][2])
+    np.testing.assert_allclose(wo["expectation"][0], wo["dense"][0])  # block 0 sees the same input
 
 
 BUILD_SCRIPT = textwrap.dedent("""
@@ -141,7 +209,7 @@ BUILD_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
     sn_mod.SupernetStore.save_block = save_then_die
     net = sn_mod.build_supernet(params, cfg, calib, grid, store_dir=sys.argv[1], progress=False)
-    np.savez(sys.argv[3], *[np.asarray(a) for a in net])
+    np.savez(sys.argv[3], *[a for b in range(net.n_blocks) for a in net.block(b)])
 """)
 
 

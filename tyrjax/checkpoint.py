@@ -1,21 +1,23 @@
 """Hugging Face directories (config.json + safetensors) and orbax checkpoints.
 
-Tensors are read one at a time into preallocated arrays, so the checkpoint is never held
-twice in memory. HF stores linear weights as (out, in); tyrjax uses (in, out).
+Tensors are read one at a time into preallocated arrays and written one at a time, so a
+checkpoint is never held twice in memory. HF stores linear weights as (out, in); tyrjax uses (in, out).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
@@ -192,21 +194,55 @@ def load_hf_params(model_dir: str | Path, cfg: ModelConfig, dtype=jnp.float32) -
 
 
 # --- writing -------------------------------------------------------------------------------
-def _hf_tensors(params: Params, cfg: ModelConfig, dtype) -> dict[str, np.ndarray]:
-    np_dtype = np.dtype(jnp.dtype(dtype))
+class _FileTensor(NamedTuple):
+    """A tensor to write: read from `source()` (an array of the params) when its turn comes."""
+
+    source: Callable[[], Any]
+    transpose: bool
+    shape: tuple[int, ...]  # as stored in the file
+
+
+def _hf_tensors(params: Params, cfg: ModelConfig) -> dict[str, _FileTensor]:
+    """The HF tensors of `params`, by name, in file order; nothing is copied until written."""
     out = {}
+
+    def add(name: str, get: Callable[[], Any], shape: tuple[int, ...], t: bool) -> None:
+        out[name] = _FileTensor(get, t, tuple(reversed(shape)) if t else tuple(shape))
+
     for key, (name, t) in GLOBAL_TENSORS.items():
         if key in params:
-            a = np.asarray(params[key], np_dtype)
-            out[name] = np.ascontiguousarray(a.T if t else a)
+            add(name, lambda key=key: params[key], params[key].shape, t)
     layers = params["layers"]
     for i in range(cfg.n_layers):
-        layer = jax.tree_util.tree_map(lambda a, i=i: a[i], layers) if is_stacked(params) else layers[i]
-        for key, a in layer.items():
+        keys = layers.keys() if is_stacked(params) else layers[i].keys()
+        for key in keys:
             name, t = LAYER_TENSORS[key]
-            a = np.asarray(a, np_dtype)
-            out[name.format(i)] = np.ascontiguousarray(a.T if t else a)
+            if is_stacked(params):
+                add(name.format(i), lambda key=key, i=i: layers[key][i], layers[key].shape[1:], t)
+            else:
+                add(name.format(i), lambda key=key, i=i: layers[i][key], layers[i][key].shape, t)
     return out
+
+
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, _FileTensor], dtype: np.dtype, metadata: dict[str, str]) -> None:
+    """A safetensors file written tensor by tensor: one tensor is in host memory at a time."""
+    itemsize, offset, header = dtype.itemsize, 0, {"__metadata__": metadata}
+    for name, t in tensors.items():
+        size = math.prod(t.shape) * itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype.name], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as the format's writers do
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for t in tensors.values():
+            a = np.asarray(t.source(), dtype)
+            f.write(np.ascontiguousarray(a.T if t.transpose else a).data)
 
 
 def atomic_dir(target: Path):
@@ -247,28 +283,31 @@ def save_hf(
 ) -> Path:
     """Write config.json + safetensors (sharded beyond `max_shard_bytes`) + tokenizer files."""
     out_dir = Path(out_dir)
-    tensors = _hf_tensors(params, cfg, dtype)
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    tensors = _hf_tensors(params, cfg)
+    metadata = {"format": "pt"}
     with atomic_dir(out_dir) as tmp:
         hf = cfg.to_hf()
         hf["torch_dtype"] = str(jnp.dtype(dtype))
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         shards, current, size = [], {}, 0
-        for name, a in tensors.items():
-            if current and size + a.nbytes > max_shard_bytes:
+        for name, t in tensors.items():
+            nbytes = math.prod(t.shape) * np_dtype.itemsize
+            if current and size + nbytes > max_shard_bytes:
                 shards.append(current)
                 current, size = {}, 0
-            current[name] = a
-            size += a.nbytes
+            current[name] = t
+            size += nbytes
         shards.append(current)
         if len(shards) == 1:
-            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            write_safetensors(tmp / "model.safetensors", shards[0], np_dtype, metadata)
         else:
             weight_map = {}
             for j, shard in enumerate(shards):
                 fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+                write_safetensors(tmp / fname, shard, np_dtype, metadata)
                 weight_map.update({k: fname for k in shard})
-            total = sum(a.nbytes for a in tensors.values())
+            total = sum(math.prod(t.shape) for t in tensors.values()) * np_dtype.itemsize
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         if tokenizer_dir is not None:

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default="0.5", help="a fraction like 0.5, or N:M like 2:4 / 4:8 (default 0.5)")
     p.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps of the re-dense step per layer (the paper's epochs; full batch)")
     p.add_argument("--adjust-steps", type=int, default=None, help="steps of the sparse weight adjustment (default: --steps; 0 skips it)")
+    p.add_argument("--adjust", default="paper", choices=["paper", "always"],
+                   help="where the adjustment runs: 'paper' (default) only in layers where re-pruning did not beat "
+                        "the one-shot weights, as the paper; 'always' in every layer, each keeping its lowest-loss result")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's tuned default)")
     p.add_argument("--l1", type=float, default=None, help="L1 weight of the re-dense objective, per token (default 0: see experiments/RESULTS.md, SDS hyperparameters)")
     p.add_argument("--l2", type=float, default=None, help="L2 weight of the re-dense objective, per token (default 0: see experiments/RESULTS.md, SDS hyperparameters)")

@@ -5,8 +5,9 @@ for the arrays tyrjax holds in each phase. Each array is split over the mesh exa
 `tyrjax.sharding` lays it out (its logical axes through `LOGICAL_AXIS_RULES`): weights over
 `fsdp` and `tensor`, calibration windows over `data` and `fsdp`, a layer's sparsity levels
 over `data` while Týr's local pruner runs; Gram and inverse-Hessian matrices are whole on
-every device. The search keeps the model and every block's levels resident (a candidate's
-level is a gather), and scores a stage's windows in forwards of `forward_windows` windows.
+every device. The search keeps the model resident and reads from the supernet on disk only
+the levels one call uses (`tyr.fitness.blocks_per_call` blocks of one batch of candidates),
+and scores a stage's windows in forwards of `forward_windows` windows.
 Statistics are fp32, weights in the run's dtype, levels in `level_bytes` (fp32 as the local
 pruner returns them).
 
@@ -27,6 +28,7 @@ from tyrjax.checkpoint import abstract_params, layer_shapes
 from tyrjax.config import ModelConfig
 from tyrjax.sharding import (HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, layer_axes,
                              param_axes, round_up, spec)
+from tyrjax.tyr.fitness import blocks_per_call
 from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS
 
 GB = 1e9
@@ -167,8 +169,10 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
         return per_device(shape, axes, itemsize, mesh, head_dim)
 
     model = tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh, hd)
-    levels_all = (dev((L, E, q_width(cfg), d), Axes("layers", "level", "heads", "embed"), lb, hd)
-                  + dev((L, E, f, d), Axes("layers", "level", "mlp", "embed"), lb))
+    level_masks = cfg.n_heads + cfg.intermediate_size  # bool
+    per_call = blocks_per_call(level_params(cfg) * lb + level_masks, C, L)
+    levels_of_call = (dev((per_call, C, q_width(cfg), d), Axes(None, "candidate", "heads", "embed"), lb, hd)
+                      + dev((per_call, C, f, d), Axes(None, "candidate", "mlp", "embed"), lb))
     return [
         Line("teacher", "model weights", model),
         Line("teacher", "logits of one forward (fp32)", dev((B, T, cfg.vocab_size), Axes("batch", "seq", "vocab"), F32)),
@@ -181,7 +185,8 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
         Line("supernet", "calibration stream (fp32)", dev((N, T, d), HIDDEN, F32)),
         Line("supernet", "captured input of the widest layer (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
         Line("search", "model weights", model),
-        Line("search", "supernet levels of all blocks", levels_all),
+        Line("search", f"supernet levels of one call ({C} candidates x {per_call} blocks, read from disk)",
+             levels_of_call),
         Line("search", "parent's input of every block", dev((L + 1, B, T, d), Axes("layers", *HIDDEN), wb)),
         Line("search", f"{C} candidates' hidden states (in, out)",
              2 * dev((C, B, T, d), Axes("candidate", *HIDDEN), wb)),

@@ -14,11 +14,13 @@ from typing import Any, Callable
 
 from tyrjax import api
 from tyrjax.checkpoint import save_hf, save_orbax
+from tyrjax.distributed import is_writer
 from tyrjax.loading import Model, load_model
 from tyrjax.model import Params
 from tyrjax.report import write_report
 from tyrjax.rundir import Timer, default_out, print_table, record_command, write_json
 from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
+from tyrjax.sharding import on_active_mesh
 from tyrjax.sparse import parse_pattern
 
 
@@ -66,16 +68,17 @@ def _run(
         calib = api.calibration_windows(model, args.data, args.calib_windows)
         sets = api.evaluation_sets(model, args.eval_windows, _corpora(args))
     with timer.phase("dense_eval"):
-        dense = api.dense_reference(model, sets, args.batch_size)
+        dense = api.dense_reference(on_active_mesh(model), sets, args.batch_size)
     with timer.phase("prune"):
         params, report = run(model, calib)
     pruned = dataclasses.replace(model, params=params)
     with timer.phase("eval"):
-        evaluated = api.evaluate(pruned, sets, args.batch_size)
+        evaluated = api.evaluate(on_active_mesh(pruned), sets, args.batch_size)
     with timer.phase("save"):
-        tok_dir = _tokenizer_dir(model, args)
-        save_orbax(params, model.cfg, out / "model", tok_dir)
-        save_hf(params, model.cfg, out / "hf", tok_dir)
+        if is_writer():  # in a multi-process run, process 0 writes the run directory
+            tok_dir = _tokenizer_dir(model, args)
+            save_orbax(params, model.cfg, out / "model", tok_dir)
+            save_hf(params, model.cfg, out / "hf", tok_dir)
     metrics = {
         "model": model.source,
         "method": report["method"],
@@ -98,7 +101,8 @@ def _run(
     record_command(out)
     write_json(out / "layer_losses.json", _layer_losses(report["layers"]))
     write_json(out / "metrics.json", metrics)
-    write_report(out)
+    if is_writer():
+        write_report(out)
     _print_comparison(dense["ppl"], evaluated["ppl"], f"{report['method']} {report['pattern']}")
     print(f"sparsity: target {report['sparsity']['target']:.4f}, achieved {report['sparsity']['achieved']:.4f} "
           f"(attention+MLP linear weights); wall {metrics['wall_s']['total']:.1f} s")
@@ -119,12 +123,12 @@ def run_sds(args: argparse.Namespace) -> dict[str, Any]:
     """`tyrjax sds --pruner sparsegpt|wanda --pattern P [--steps --lr --l1 --l2 ...]`."""
 
     # bad hyperparameters fail before any loading
-    sds_settings(args.steps, args.adjust_steps, args.lr, args.l1, args.l2, args.optimizer, args.inputs)
+    sds_settings(args.steps, args.adjust_steps, args.lr, args.l1, args.l2, args.optimizer, args.inputs, args.adjust)
 
     def run(model: Model, calib: Any) -> tuple[Params, dict[str, Any]]:
         return run_sds_pipeline(
             model.params, model.cfg, calib, args.pattern, args.pruner,
-            steps=args.steps, adjust_steps=args.adjust_steps, lr=args.lr, l1=args.l1, l2=args.l2,
+            steps=args.steps, adjust_steps=args.adjust_steps, adjust=args.adjust, lr=args.lr, l1=args.l1, l2=args.l2,
             optimizer=args.optimizer, inputs=args.inputs,
         )
 

@@ -44,6 +44,7 @@ from tyrjax.sparse.reconstruct import OPTIMIZERS, reconstruct_on_mesh
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
 INPUTS = ("pruned", "dense")
+ADJUST_MODES = ("paper", "always")  # where the sparse adjustment runs: see `sds_fit`
 LINEAR = (*QKV, "wo", *GATE_UP, "w_down")
 
 # SDS defaults, chosen on the default model (experiments/sds_hparams.py, RESULTS.md "SDS
@@ -108,6 +109,7 @@ def sds_fit(
     *,
     steps: int,
     adjust_steps: int,
+    adjust: str,
     lr: float,
     l1: float,
     l2: float,
@@ -117,9 +119,11 @@ def sds_fit(
 ) -> LayerFit:
     """SDS on one layer: prune, re-dense with L1/L2, re-prune, adjust; keep the best by the objective.
 
-    The candidates are the step-1 result, the re-pruned re-dense weights and (when
-    `adjust_steps > 0`) the adjusted ones; all satisfy the pattern, so the lowest-loss one is
-    kept, which makes SDS never worse than one-shot layer by layer on the calibration objective.
+    The candidates are the step-1 result, the re-pruned re-dense weights and the adjusted ones.
+    The adjustment (`adjust_steps > 0`) runs where re-pruning did not beat step 1
+    (`adjust="paper"`, ALGORITHMS.md §2) or in every layer (`"always"`). All candidates satisfy
+    the pattern, so the lowest-loss one is kept, which makes SDS never worse than one-shot
+    layer by layer on the calibration objective.
     On a mesh the re-dense and adjustment steps run with each layer's weights split by its
     logical axes (`head_dim` lets head columns split in whole heads).
     """
@@ -136,12 +140,13 @@ def sds_fit(
                               optimizer=optimizer)
         W3 = prune_weight(pruner, W_re, inputs.stats, pattern)
         candidates = {"oneshot": W1, "repruned": W3}
-        if adjust_steps > 0:
+        losses = {k: _loss(W, W_dense, inputs.grams) for k, W in candidates.items()}
+        if adjust_steps > 0 and (adjust == "always" or losses["repruned"] >= losses["oneshot"]):
             candidates["adjusted"] = reconstruct(
                 sparse_adjust, name, W3, W_dense, inputs.fit, pattern=pattern, steps=adjust_steps, learning_rate=lr,
                 optimizer=optimizer,
             )[0]
-        losses = {k: _loss(W, W_dense, inputs.grams) for k, W in candidates.items()}
+            losses["adjusted"] = _loss(candidates["adjusted"], W_dense, inputs.grams)
         chosen = min(losses, key=losses.get)  # ties keep the earlier (simpler) candidate
         record = {
             "loss": {"oneshot": losses["oneshot"], "redense": _loss(W_re, W_dense, inputs.grams),
@@ -366,6 +371,7 @@ def run_sds_pipeline(
     *,
     steps: int = 200,
     adjust_steps: int | None = None,
+    adjust: str = "paper",
     lr: float | None = None,
     l1: float | None = None,
     l2: float | None = None,
@@ -378,7 +384,8 @@ def run_sds_pipeline(
 
     Per layer: prune one-shot with `pruner`; re-dense from the pruned weights toward the dense
     layer's output (`steps` full-batch optimizer steps on the Gram-form loss plus
-    `l1·||W||₁ + l2·||W||₂²`); re-prune with the same pruner; adjust the sparse weights for
+    `l1·||W||₁ + l2·||W||₂²`); re-prune with the same pruner; where that did not beat
+    the one-shot weights (or everywhere, with `adjust="always"`) adjust the sparse weights for
     `adjust_steps` (default `steps`, 0 skips); keep the candidate with the lowest loss
     `||X_d W_d − X_s W||² / n`. `inputs="pruned"` optimises on the processed model's inputs
     X_s (the paper's choice), `"dense"` on the dense model's. None means the tuned default.
@@ -389,7 +396,7 @@ def run_sds_pipeline(
     """
     pattern = check_pattern(pattern)
     _check_method(pruner, "SDS pruner")
-    settings = sds_settings(steps, adjust_steps, lr, l1, l2, optimizer, inputs)
+    settings = sds_settings(steps, adjust_steps, lr, l1, l2, optimizer, inputs, adjust)
     mesh = resolve_mesh(mesh)
     fit = sds_fit(pruner, pattern, **{k: v for k, v in settings.items() if k != "inputs"}, mesh=mesh,
                   head_dim=cfg.head_dim)
@@ -404,7 +411,7 @@ def run_sds_pipeline(
 
 def sds_settings(
     steps: int, adjust_steps: int | None, lr: float | None, l1: float | None, l2: float | None,
-    optimizer: str, inputs: str,
+    optimizer: str, inputs: str, adjust: str = "paper",
 ) -> dict[str, Any]:
     """The resolved SDS hyperparameters (defaults filled in), checked."""
     adjust_steps = steps if adjust_steps is None else adjust_steps
@@ -424,5 +431,8 @@ def sds_settings(
         raise TyrjaxError(f"optimizer {optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
     if inputs not in INPUTS:
         raise TyrjaxError(f"inputs {inputs!r} is unknown; use 'pruned' (the paper's) or 'dense'")
-    return {"steps": steps, "adjust_steps": adjust_steps, "lr": lr, "l1": l1, "l2": l2,
+    if adjust not in ADJUST_MODES:
+        raise TyrjaxError(f"adjust {adjust!r} is unknown; use 'paper' (only where re-pruning did not beat one-shot) "
+                          "or 'always'")
+    return {"steps": steps, "adjust_steps": adjust_steps, "adjust": adjust, "lr": lr, "l1": l1, "l2": l2,
             "optimizer": optimizer, "inputs": inputs}

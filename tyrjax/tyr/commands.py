@@ -111,8 +111,11 @@ def run_structured(args: argparse.Namespace) -> None:
     if outcome.phase_s:
         del timer.wall_s["prune"]
         timer.wall_s.update(outcome.phase_s)
-    pruned, cfg, head, ffn, history = outcome.params, outcome.cfg, outcome.head_mask, outcome.ffn_mask, outcome.history
-    compact, ccfg = compact_from_masked(pruned, cfg, head, ffn)
+    cfg, head, ffn, history = outcome.cfg, outcome.head_mask, outcome.ffn_mask, outcome.history
+    compact, ccfg = compact_from_masked(outcome.params, cfg, head, ffn)
+    # Only the compact model is needed from here on: free the dense and the masked weights.
+    del outcome
+    model = dataclasses.replace(model, params=None)
     pruned_model = Model(compact, ccfg, model.tokenizer, f"{model.source} pruned by {args.method}", out / "model")
     with timer.phase("pruned_eval"):
         evaluated = api.evaluate(on_active_mesh(pruned_model), sets, args.batch_size)

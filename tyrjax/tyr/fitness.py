@@ -1,11 +1,12 @@
 """Search fitness: KL(dense ‖ candidate) of next-token distributions, candidates scored in batches.
 
-A candidate is one level per searchable layer (2 per block). Its model is assembled by a
-gather from the supernet's stacked levels, inside one compiled function that `vmap`s over a
-batch of candidates: changing the candidate never recompiles. Offspring differ from their
-parent in a few layers, so the parent's hidden states at every block input are computed once
-per token batch, and each candidate batch starts from the first block any of its members
-changes (exact: earlier blocks are identical).
+A candidate is one level per searchable layer (2 per block). A batch of candidates runs block
+by block: per block, the levels the batch uses are gathered from the supernet (which may live
+on disk) and one compiled function, `vmap`ped over the batch, runs the block; the block index
+and the levels are arguments, so neither another block nor another candidate recompiles.
+Offspring differ from their parent in a few layers, so the parent's hidden state entering the
+blocks where batches start is computed once per token batch, and each candidate batch starts
+from the first block any of its members changes (exact: earlier blocks are identical).
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from jax.sharding import Mesh
 from tyrjax.config import ModelConfig
 from tyrjax.layers import decoder_layer, rope_tables
 from tyrjax.model import Params, embed, final_hidden, forward
-from tyrjax.sharding import (HIDDEN, REPLICATED, Axes, axis_size, params_axes_of, put_axes, round_up, shard_params,
+from tyrjax.sharding import (REPLICATED, Axes, axis_size, params_axes_of, put_axes, round_up, shard_params,
                              sharded_call)
-from tyrjax.tyr.supernet import SUPERNET_AXES, Supernet
+from tyrjax.tyr.supernet import BlockLevels, Supernet
 
 FITNESSES: dict[str, Callable] = {}
 
@@ -102,70 +103,99 @@ def topk_logits(params: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array
     return jax.lax.map(one, (hn, idx)).swapaxes(0, 1).reshape(b, t, k)
 
 
-def parent_block_inputs(params: Params, cfg: ModelConfig, supernet: Supernet, levels: np.ndarray, tokens: jax.Array) -> jax.Array:
-    """The parent's hidden state entering every block, plus the final one: (L+1, B, T, d)."""
-    return _parent_block_inputs(params, cfg, supernet, jnp.asarray(levels, jnp.int32), tokens)
+CANDIDATE_LEVELS = BlockLevels(wo=Axes(None, "candidate", "heads", "embed"), head_keep=Axes(None, "candidate"),
+                               w_down=Axes(None, "candidate", "mlp", "embed"), ffn_keep=Axes(None, "candidate"))
+CANDIDATE_HIDDEN = Axes("candidate", "batch", "seq", "embed")  # (C, B, T, d): each candidate's hidden states
+BLOCK_STATES = Axes(None, "candidate", "batch", "seq", "embed")  # (k + 1, C, B, T, d)
+
+# Each call of a compiled function costs about a tenth of a SmolLM2 block on CPU (its buffers
+# are set up afresh), so small blocks share a call: up to MAX_BLOCKS_PER_CALL of them, as many as
+# keep the levels of one call within LEVEL_BYTES_PER_CALL.
+MAX_BLOCKS_PER_CALL = 8
+LEVEL_BYTES_PER_CALL = 256 * 2**20
 
 
-def _candidate_layer(p: Params, sn_block, attn_level, mlp_level) -> tuple[Params, jax.Array, jax.Array]:
-    wo, head_keep, w_down, ffn_keep = sn_block
-    p = dict(p, wo=wo[attn_level], w_down=w_down[mlp_level])
-    return p, head_keep[attn_level].astype(jnp.float32), ffn_keep[mlp_level].astype(jnp.float32)
-
-
-@partial(jax.jit, static_argnums=1)
-def _parent_block_inputs(params, cfg, supernet, levels, tokens):
-    x = embed(params, tokens)
-    cos, sin = rope_tables(cfg, jnp.arange(tokens.shape[1]))
+def _candidate_block(p: Params, cfg: ModelConfig, levels: BlockLevels, h: jax.Array) -> jax.Array:
+    """One block of C candidates: `h (C, B, T, d)` through each candidate's own o_proj/down_proj
+    level and head/neuron masks (`levels`, one entry per candidate)."""
+    cos, sin = rope_tables(cfg, jnp.arange(h.shape[2]))
     kv_map = cfg.kv_map(0)
 
-    def step(h, xs):
-        p, sn_block, a_lv, m_lv = xs
-        p, hm, fm = _candidate_layer(p, sn_block, a_lv, m_lv)
-        out, _ = decoder_layer(p, cfg, h, cos, sin, kv_map, hm, fm)
-        return out, h
+    def one(wo, head_keep, w_down, ffn_keep, x):
+        q = dict(p, wo=wo, w_down=w_down)
+        return decoder_layer(q, cfg, x, cos, sin, kv_map, head_keep.astype(jnp.float32), ffn_keep.astype(jnp.float32))[0]
 
-    final, inputs = jax.lax.scan(step, x, (params["layers"], tuple(supernet), levels[0::2], levels[1::2]))
-    return jnp.concatenate([inputs, final[None]])
+    return jax.vmap(one)(*levels, h)
+
+
+@partial(jax.jit, static_argnames=("cfg", "with_states"))
+def candidate_blocks(layers: Params, cfg: ModelConfig, first: jax.Array, stop: jax.Array, levels: BlockLevels,
+                     h: jax.Array, with_states: bool = False) -> jax.Array:
+    """Blocks `first`, `first + 1`, … (one per entry of `levels (k, C, ...)`) of a batch of C
+    candidates, each block with the candidates' own levels; blocks from `stop` on pass `h`
+    through. Returns the output (C, B, T, d), or with `with_states` the state entering each of
+    the k blocks and the output (k + 1, C, B, T, d).
+
+    The block indices are traced, so every stretch of blocks of the stacked model (and every
+    batch of the same size) runs one compiled function."""
+
+    def step(x, xs):
+        i, block_levels = xs
+        b = first + i
+        p = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, jnp.minimum(b, cfg.n_layers - 1),
+                                                                          keepdims=False), layers)
+        out = jax.lax.cond(b < stop, lambda x: _candidate_block(p, cfg, block_levels, x), lambda x: x, x)
+        return out, x if with_states else None
+
+    k = levels.wo.shape[0]
+    out, entering = jax.lax.scan(step, h, (jnp.arange(k), levels))
+    return jnp.concatenate([entering, out[None]]) if with_states else out
+
+
+@jax.jit
+def parent_embedding(head: Params, tokens: jax.Array) -> jax.Array:
+    """The hidden state entering block 0, as a batch of one candidate (1, B, T, d)."""
+    return embed(head, tokens)[None]
+
+
+@partial(jax.jit, static_argnames="n")
+def repeat_candidates(h: jax.Array, n: int) -> jax.Array:
+    """One hidden state (1, B, T, d) as the starting state of `n` candidates (n, B, T, d)."""
+    return jnp.broadcast_to(h, (n, *h.shape[1:]))
 
 
 @partial(jax.jit, static_argnames=("cfg", "fitness"))
-def score_candidates(
-    params: Params,
-    cfg: ModelConfig,
-    supernet: Supernet,
-    levels: jax.Array,  # (C, 2L) int32
-    tokens: jax.Array,  # (B, T)
-    t_idx: jax.Array,  # (B, T, k)
-    t_logp: jax.Array,
-    start: jax.Array,  # () int32: first block that differs from the parent
-    h_start: jax.Array,  # (B, T, d): the parent's input of block `start`
-    fitness: str = "kl",
-) -> jax.Array:
-    """Mean per-token fitness (C,) of each candidate; blocks before `start` are skipped."""
-    n_cand = levels.shape[0]
-    cos, sin = rope_tables(cfg, jnp.arange(tokens.shape[1]))
-    kv_map = cfg.kv_map(0)
-    h0 = jnp.broadcast_to(h_start, (n_cand, *h_start.shape))
-    blocks = jnp.arange(cfg.n_layers)
-
-    def one_candidate(p, sn_block, a_lv, m_lv, h):
-        p, hm, fm = _candidate_layer(p, sn_block, a_lv, m_lv)
-        return decoder_layer(p, cfg, h, cos, sin, kv_map, hm, fm)[0]
-
-    def step(h, xs):
-        b, p, sn_block, a_lv, m_lv = xs
-        run = lambda h: jax.vmap(one_candidate, in_axes=(None, None, 0, 0, 0))(p, sn_block, a_lv, m_lv, h)  # noqa: E731
-        return jax.lax.cond(b >= start, run, lambda h: h, h), None
-
-    xs = (blocks, params["layers"], tuple(supernet), levels[:, 0::2].T, levels[:, 1::2].T)
-    h, _ = jax.lax.scan(step, h0, xs)
+def candidate_fitness(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array,
+                      fitness: str = "kl") -> jax.Array:
+    """Mean per-token fitness (C,) of each candidate from its last block's output `h (C, B, T, d)`;
+    `head` holds the embedding / LM head and the final norm."""
     loss_fn = FITNESSES[fitness]
 
     def candidate_loss(hc):
-        return loss_fn(topk_logits(params, cfg, hc, t_idx), t_logp).mean()
+        return loss_fn(topk_logits(head, cfg, hc, t_idx), t_logp).mean()
 
     return jax.lax.map(candidate_loss, h)
+
+
+def host_buffer(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised host array whose data starts on an `align`-byte boundary: the CPU backend
+    uses such an array in place (`jax.device_put` without a copy), which for the levels of a
+    batch is most of the cost of moving them."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    offset = -raw.ctypes.data % align
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def blocks_per_call(level_bytes: int, batch: int, n_blocks: int) -> int:
+    """How many blocks one call of `candidate_blocks` runs for a batch of `batch` candidates,
+    where one level of one block (o_proj, down_proj and their masks) takes `level_bytes`."""
+    fit = LEVEL_BYTES_PER_CALL // (batch * level_bytes)
+    return int(np.clip(fit, 1, min(MAX_BLOCKS_PER_CALL, n_blocks)))
+
+
+def default_blocks_per_call(supernet: Supernet, batch: int) -> int:
+    return blocks_per_call(sum(a[0].nbytes for a in supernet.block(0)), batch, supernet.n_blocks)
 
 
 def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
@@ -179,70 +209,114 @@ def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
 class BatchScorer:
     """Scores genomes on a token batch with the parent-prefix cache, `batch` candidates per call.
 
+    Block by block: for each batch of candidates, from the first block any of them changes, the
+    levels the batch uses are gathered on the host from the supernet (memory-mapped when it
+    lives on disk) and `candidate_blocks` runs them, `blocks_per_call` blocks at a time (default:
+    `default_blocks_per_call`); no more than that many blocks' levels of one batch are held at once.
     On a mesh the candidates of a call are split over the `candidate` mesh axes (`batch` is
     rounded up to a multiple of their size), the token windows over the remaining data axes,
     heads and neurons over tensor; the scores come back replicated.
     """
 
     def __init__(self, params: Params, cfg: ModelConfig, supernet: Supernet, batch: int, fitness: str = "kl",
-                 mesh: Mesh | None = None):
-        self.cfg, self.fitness, self.mesh = cfg, fitness, mesh
+                 mesh: Mesh | None = None, blocks_per_call: int | None = None):
+        self.cfg, self.fitness, self.mesh, self.supernet = cfg, fitness, mesh, supernet
         if mesh is None:
-            self.params, self.supernet, self.batch = params, supernet, batch
+            self.params, self.batch = params, batch
         else:
             self.params = shard_params(params, cfg, mesh)
-            self.supernet = put_axes(supernet, SUPERNET_AXES, mesh, cfg.head_dim)
             self.batch = round_up(batch, axis_size(mesh, "candidate"))
+        if blocks_per_call is None:
+            blocks_per_call = default_blocks_per_call(supernet, self.batch)
+        self.blocks_per_call = max(1, min(blocks_per_call, cfg.n_layers))
+        self.layers = self.params["layers"]
+        self.head = {k: v for k, v in self.params.items() if k != "layers"}
+        axes = params_axes_of(self.params, cfg)
+        self.layer_axes = axes["layers"]
+        self.head_axes = {k: v for k, v in axes.items() if k != "layers"}
 
     def __call__(self, genomes: np.ndarray, parent: np.ndarray, tokens: np.ndarray, t_idx: np.ndarray,
                  t_logp: np.ndarray, use_prefix: bool = True) -> np.ndarray:
-        genomes = np.asarray(genomes, np.int32)
+        genomes, parent = np.asarray(genomes, np.int32), np.asarray(parent, np.int32)
         tokens, t_idx, t_logp = jnp.asarray(tokens), jnp.asarray(t_idx), jnp.asarray(t_logp)
-        if use_prefix:
-            starts = first_changed_block(genomes, np.asarray(parent))
-            inputs = self._parent_inputs(np.asarray(parent, np.int32), tokens)
-        else:
-            starts = np.zeros(len(genomes), np.int64)
-            inputs = embed(self.params, tokens)[None]
+        starts = first_changed_block(genomes, parent) if use_prefix else np.zeros(len(genomes), np.int64)
         order = np.argsort(starts, kind="stable")
+        batches = [order[i:i + self.batch] for i in range(0, len(order), self.batch)]
+        batch_starts = [int(starts[idx].min()) for idx in batches]
+        entering = self.parent_inputs(parent, tokens, set(batch_starts))
         scores = np.empty(len(genomes), np.float64)
-        for i in range(0, len(order), self.batch):
-            idx = order[i:i + self.batch]
+        for idx, start in zip(batches, batch_starts):
             chunk = genomes[idx]
             if len(idx) < self.batch:  # pad with copies so every call has one shape
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - len(idx), 0)])
-            start = int(starts[idx].min())
-            out = self._score(jnp.asarray(chunk), tokens, t_idx, t_logp, jnp.int32(start),
-                              inputs[start if use_prefix else 0])
-            scores[idx] = np.asarray(out)[: len(idx)]
+            h = self._repeat(entering[start])
+            for first in range(start, self.cfg.n_layers, self.blocks_per_call):
+                h = self._blocks(first, self.cfg.n_layers, chunk, h)
+            scores[idx] = np.asarray(self._fitness(h, t_idx, t_logp))[: len(idx)]
         return scores
 
-    def _parent_inputs(self, parent: np.ndarray, tokens: jax.Array) -> jax.Array:
+    def parent_inputs(self, parent: np.ndarray, tokens: jax.Array, blocks: set[int]) -> dict[int, jax.Array]:
+        """The parent's hidden state (1, B, T, d) entering each of `blocks` (n_layers: its last
+        block's output), computed block by block up to the last one asked for."""
         if self.mesh is None:
-            return parent_block_inputs(self.params, self.cfg, self.supernet, parent, tokens)
-        inputs = {
-            "params": (self.params, params_axes_of(self.params, self.cfg)),
-            "supernet": (self.supernet, SUPERNET_AXES),
-            "levels": (jnp.asarray(parent), REPLICATED),
-            "tokens": (tokens, Axes("batch", "seq")),
-        }
-        return sharded_call(_parent_block_inputs, self.mesh, inputs, Axes(None, "batch", "seq", "embed"),
-                            head_dim=self.cfg.head_dim, static={"cfg": self.cfg})
+            h = parent_embedding(self.head, tokens)
+        else:
+            inputs = {"head": (self.head, self.head_axes), "tokens": (tokens, Axes("batch", "seq"))}
+            h = sharded_call(parent_embedding, self.mesh, inputs, CANDIDATE_HIDDEN, head_dim=self.cfg.head_dim)
+        out = {0: h} if 0 in blocks else {}
+        stop = max(blocks)
+        for first in range(0, stop, self.blocks_per_call):
+            states = self._blocks(first, stop, parent[None], h, with_states=True)
+            out.update({b: states[b - first] for b in blocks if first < b <= first + self.blocks_per_call})
+            h = states[-1]
+        return out
 
-    def _score(self, levels: jax.Array, tokens: jax.Array, t_idx: jax.Array, t_logp: jax.Array, start: jax.Array,
-               h_start: jax.Array) -> jax.Array:
+    def candidate_levels(self, first: int, stop: int, genomes: np.ndarray) -> BlockLevels:
+        """The levels `genomes (C, 2L)` use in blocks `first`, …, `first + blocks_per_call - 1`,
+        stacked (k, C, ...) on the device(s) that run them; blocks from `stop` on (which are not
+        run) repeat the last block before it, so only the levels run are read."""
+        blocks = [min(b, stop - 1) for b in range(first, first + self.blocks_per_call)]
+        shapes = self.supernet.block(blocks[0])
+        levels = BlockLevels(*(host_buffer((len(blocks), len(genomes), *a.shape[1:]), a.dtype) for a in shapes))
+        for j, b in enumerate(blocks):
+            if j and b == blocks[j - 1]:  # past `stop`: a copy of the block before, not read again
+                for a in levels:
+                    a[j] = a[j - 1]
+            else:
+                self.supernet.gather(b, genomes[:, 2 * b], genomes[:, 2 * b + 1], out=BlockLevels(*(a[j] for a in levels)))
         if self.mesh is None:
-            return score_candidates(self.params, self.cfg, self.supernet, levels, tokens, t_idx, t_logp, start, h_start,
-                                    fitness=self.fitness)
+            return jax.device_put(levels)
+        return put_axes(levels, CANDIDATE_LEVELS, self.mesh, self.cfg.head_dim)
+
+    def _blocks(self, first: int, stop: int, genomes: np.ndarray, h: jax.Array, with_states: bool = False) -> jax.Array:
+        levels = self.candidate_levels(first, stop, genomes)
+        if self.mesh is None:
+            return candidate_blocks(self.layers, self.cfg, jnp.int32(first), jnp.int32(stop), levels, h,
+                                    with_states=with_states)
         inputs = {
-            "params": (self.params, params_axes_of(self.params, self.cfg)),
-            "supernet": (self.supernet, SUPERNET_AXES),
-            "levels": (levels, Axes("candidate")),
-            "tokens": (tokens, Axes("batch", "seq")),
+            "layers": (self.layers, self.layer_axes),
+            "first": (jnp.int32(first), REPLICATED),
+            "stop": (jnp.int32(stop), REPLICATED),
+            "levels": (levels, CANDIDATE_LEVELS),
+            "h": (h, CANDIDATE_HIDDEN),
+        }
+        return sharded_call(candidate_blocks, self.mesh, inputs, BLOCK_STATES if with_states else CANDIDATE_HIDDEN,
+                            head_dim=self.cfg.head_dim, static={"cfg": self.cfg, "with_states": with_states})
+
+    def _repeat(self, h: jax.Array) -> jax.Array:
+        if self.mesh is None:
+            return repeat_candidates(h, self.batch)
+        return sharded_call(repeat_candidates, self.mesh, {"h": (h, CANDIDATE_HIDDEN)}, CANDIDATE_HIDDEN,
+                            head_dim=self.cfg.head_dim, static={"n": self.batch})
+
+    def _fitness(self, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array) -> jax.Array:
+        if self.mesh is None:
+            return candidate_fitness(self.head, self.cfg, h, t_idx, t_logp, fitness=self.fitness)
+        inputs = {
+            "head": (self.head, self.head_axes),
+            "h": (h, CANDIDATE_HIDDEN),
             "t_idx": (t_idx, Axes("batch", "seq")),
             "t_logp": (t_logp, Axes("batch", "seq")),
-            "start": (start, REPLICATED),
-            "h_start": (h_start, HIDDEN),
         }
-        return sharded_call(score_candidates, self.mesh, inputs, REPLICATED, head_dim=self.cfg.head_dim,
+        return sharded_call(candidate_fitness, self.mesh, inputs, REPLICATED, head_dim=self.cfg.head_dim,
                             static={"cfg": self.cfg, "fitness": self.fitness})

@@ -17,7 +17,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params
 from tyrjax.search.evolution import SearchConfig, evolve, load_state, save_state
 from tyrjax.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
-from tyrjax.sharding import host_array, local_tree, resolve_mesh, shard_params
+from tyrjax.sharding import local_tree, resolve_mesh, shard_params
 from tyrjax.tyr.fitness import BatchScorer, Teacher, teacher_topk
 from tyrjax.tyr.supernet import Supernet, build_supernet
 
@@ -99,14 +99,11 @@ def initial_grid(cfg: ModelConfig, sparsity: float, tcfg: TyrConfig) -> LevelGri
 
 
 def masks_and_weights(supernet: Supernet, genome: np.ndarray, params: Params) -> tuple[Params, np.ndarray, np.ndarray]:
-    """The masked model of one candidate: its o_proj/down_proj levels and head/neuron masks."""
-    genome = np.asarray(genome)
-    blocks = np.arange(len(genome) // 2)
-    a, m = genome[0::2], genome[1::2]
-    layers = dict(params["layers"], wo=supernet.wo[blocks, a], w_down=supernet.w_down[blocks, m])
-    head = host_array(supernet.head_keep[blocks, a])
-    ffn = host_array(supernet.ffn_keep[blocks, m])
-    return dict(params, layers=layers), head, ffn
+    """The masked model of one candidate: its o_proj/down_proj levels and head/neuron masks,
+    gathered block by block from the supernet."""
+    chosen = supernet.candidate(np.asarray(genome))
+    layers = dict(params["layers"], wo=jnp.asarray(chosen.wo), w_down=jnp.asarray(chosen.w_down))
+    return dict(params, layers=layers), chosen.head_keep, chosen.ffn_keep
 
 
 @dataclasses.dataclass
@@ -115,7 +112,8 @@ class IterationResult:
     genome: np.ndarray
     fitness: float | None
     history: list[dict]
-    chosen: tuple[Params, np.ndarray, np.ndarray] | None = None  # (masked params, head mask, ffn mask)
+    head_mask: np.ndarray | None = None  # (L, H) bool: the found model's heads kept
+    ffn_mask: np.ndarray | None = None  # (L, F) bool: its neurons kept
 
 
 def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tcfg: TyrConfig,
@@ -200,18 +198,21 @@ def run_tyr(
         t1 = time.perf_counter()
         state_path = work_dir / f"search_{it}.json" if work_dir else None
         found = search_iteration(params, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress, mesh)
-        found.chosen = masks_and_weights(supernet, found.genome, params)
+        found.head_mask, found.ffn_mask = supernet.masks(found.genome)
         iterations.append(found)
         sn_times.append(t1 - t0)
         search_times.append(time.perf_counter() - t1)
-    chosen = iterations[-1].chosen
+    last = iterations[-1]
     if tcfg.reprune_final:
         # The supernet's levels were calibrated on the expectation stream; the found model is
         # one path, and pruning it once more along that path calibrates every layer on the
         # inputs it will really see (the "ideal single path" of the paper's ablation).
         t0 = time.perf_counter()
-        chosen = apply_distribution(params, cfg, calib, removed_groups(*chosen[1:]), tcfg, progress, mesh)
+        chosen = apply_distribution(params, cfg, calib, removed_groups(last.head_mask, last.ffn_mask), tcfg,
+                                    progress, mesh)
         sn_times.append(time.perf_counter() - t0)
+    else:
+        chosen = masks_and_weights(supernet, last.genome, params)
     if mesh is not None:
         chosen = local_tree(chosen)
     return TyrResult(*chosen, iterations, sn_times, search_times)

@@ -9,13 +9,18 @@ expectation of the E pruned copies' outputs. The levels differ only in o_proj/do
 the output is linear in that weight, so the expectation equals one matmul with the expected
 weight `Σ_e w_e · W_e` (rows of removed groups are zero in W_e, i.e. `diag(m_e) W_e`).
 The alternatives of the paper's ablation are kept: dense inputs, one random path, uniform weights.
+
+Storage (ALGORITHMS.md §1.3: 415 GB for a 70B model): a build with a store writes each block's
+levels as one `.npy` file per field and keeps none of them in memory; the search reads the
+levels its candidates use from memory maps of those files, a block at a time.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +36,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params
 from tyrjax.rundir import write_atomic, write_json
 from tyrjax.search.levels import LevelGrid
-from tyrjax.sharding import HIDDEN, Axes, host_array, put_axes, resolve_mesh, shard_layer
+from tyrjax.sharding import HIDDEN, host_array, put_axes, resolve_mesh, shard_layer
 from tyrjax.structured.local import prune_levels
 
 PROPAGATIONS = ("expectation", "dense", "path", "uniform")
@@ -58,29 +63,68 @@ def get_local_pruner(name: str) -> Callable:
 ATTN_ROUNDS, MLP_ROUNDS = 1, 16  # the reference code: heads in one round, neurons in 16
 
 
-class Supernet(NamedTuple):
-    """Stacked levels: `wo (L, E, H*hd, d)`, `head_keep (L, E, H)`, `w_down (L, E, F, d)`,
-    `ffn_keep (L, E, F)`; a candidate is an integer level per searchable layer (2L)."""
-
-    wo: jax.Array
-    head_keep: jax.Array
-    w_down: jax.Array
-    ffn_keep: jax.Array
-
-
-SUPERNET_AXES = Supernet(
-    wo=Axes("layers", "level", "heads", "embed"),
-    head_keep=Axes("layers", "level"),
-    w_down=Axes("layers", "level", "mlp", "embed"),
-    ffn_keep=Axes("layers", "level"),
-)
-
-
 class BlockLevels(NamedTuple):
+    """One block's levels: `wo (E, H*hd, d)`, `head_keep (E, H)`, `w_down (E, F, d)`, `ffn_keep (E, F)`;
+    gathered for a batch of candidates, the leading axis holds one entry per candidate instead."""
+
     wo: np.ndarray
     head_keep: np.ndarray
     w_down: np.ndarray
     ffn_keep: np.ndarray
+
+
+class Supernet:
+    """Every block's levels, block by block and never stacked. A block of a build with a store
+    is read from its files when a level is needed: each read maps them afresh and unmaps them
+    when done, so the levels read do not stay in the process's memory. A block of a build
+    without a store (`held[b]` not None) stays in memory. A candidate is an integer level per
+    searchable layer (2 per block)."""
+
+    def __init__(self, held: Sequence[BlockLevels | None], store: SupernetStore | None = None):
+        if store is None and any(levels is None for levels in held):
+            raise TyrjaxError("supernet: a block that is not held in memory needs the store it was written to")
+        self.held = tuple(held)
+        self.store = store
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.held)
+
+    def block(self, block: int) -> BlockLevels:
+        """Block `block`'s levels: the held arrays, or memory maps of its files (nothing read yet)."""
+        levels = self.held[block]
+        return self.store.load_block(block) if levels is None else levels
+
+    def gather(self, block: int, attn_levels: np.ndarray, mlp_levels: np.ndarray,
+               out: BlockLevels | None = None) -> BlockLevels:
+        """Block `block`'s levels for a batch of candidates, in memory (C, ...), written into `out`
+        when given: only the levels named are read."""
+        a, m = np.asarray(attn_levels), np.asarray(mlp_levels)
+        levels = self.block(block)
+        if out is None:
+            out = BlockLevels(*(np.empty((len(i), *x.shape[1:]), x.dtype) for x, i in zip(levels, (a, a, m, m))))
+        for source, chosen, target in zip(levels, (a, a, m, m), out):
+            for c, level in enumerate(chosen):
+                target[c] = source[level]
+        return out
+
+    def candidate(self, genome: np.ndarray) -> BlockLevels:
+        """One candidate's levels in every block, stacked on a leading block axis (L, ...)."""
+        genome = np.asarray(genome)
+        first = self.block(0)
+        out = BlockLevels(*(np.empty((self.n_blocks, *x.shape[1:]), x.dtype) for x in first))
+        for b in range(self.n_blocks):
+            self.gather(b, genome[2 * b:2 * b + 1], genome[2 * b + 1:2 * b + 2],
+                        out=BlockLevels(*(x[b:b + 1] for x in out)))
+        return out
+
+    def masks(self, genome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One candidate's head and neuron keep masks (L, H), (L, F), read without its weights."""
+        genome = np.asarray(genome)
+        blocks = [self.block(b) for b in range(self.n_blocks)]
+        head = np.stack([levels.head_keep[genome[2 * b]] for b, levels in enumerate(blocks)])
+        ffn = np.stack([levels.ffn_keep[genome[2 * b + 1]] for b, levels in enumerate(blocks)])
+        return head, ffn
 
 
 def level_weights(grid: LevelGrid, row: int, propagation: str, rng: np.random.Generator) -> np.ndarray:
@@ -140,9 +184,17 @@ def prune_block(
     return levels, x
 
 
+def _npy_bytes(array: np.ndarray) -> memoryview:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getbuffer()
+
+
 class SupernetStore:
-    """Levels on disk, one file per block, plus the stream entering the next block, so an
-    interrupted build resumes at the first missing block and produces the same supernet."""
+    """Levels on disk, one `.npy` file per block and field, plus the stream entering the next
+    block, so an interrupted build resumes at the first missing block and produces the same
+    supernet. `supernet.json` names the build's key and the blocks completed: a block's files
+    count only once it lists them (files of a stale or unfinished build are rewritten)."""
 
     def __init__(self, directory: Path, key: str):
         self.dir = Path(directory)
@@ -161,23 +213,18 @@ class SupernetStore:
             return 0
         return int(meta["completed"])
 
-    def block_path(self, block: int) -> Path:
-        return self.dir / f"block_{block:04d}.npz"
+    def field_path(self, block: int, field: str) -> Path:
+        return self.dir / f"block_{block:04d}.{field}.npy"
 
     def save_block(self, block: int, levels: BlockLevels, stream: jax.Array) -> None:
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **levels._asdict())
-        write_atomic(self.block_path(block), buf.getvalue())
-        buf = io.BytesIO()
-        np.save(buf, host_array(stream))
-        write_atomic(self.dir / "stream.npy", buf.getvalue())
+        for field, array in levels._asdict().items():
+            write_atomic(self.field_path(block, field), _npy_bytes(np.asarray(array)))
+        write_atomic(self.dir / "stream.npy", _npy_bytes(host_array(stream)))
         write_json(self._meta(), {"key": self.key, "completed": block + 1})
 
     def load_block(self, block: int) -> BlockLevels:
-        with np.load(self.block_path(block)) as f:
-            return BlockLevels(**{k: f[k] for k in BlockLevels._fields})
+        """Block `block`'s levels as read-only memory maps of its files."""
+        return BlockLevels(*(np.load(self.field_path(block, f), mmap_mode="r") for f in BlockLevels._fields))
 
     def load_stream(self) -> np.ndarray:
         return np.load(self.dir / "stream.npy")
@@ -207,9 +254,11 @@ def build_supernet(
 ) -> Supernet:
     """Prune every block at its E levels, propagating calibration inputs per `propagation`.
 
-    With `store_dir`, finished blocks are written there and a rerun resumes after the last one.
-    On a mesh (default: the one of `sharding.use_mesh`, if any) every block runs sharded and
-    the supernet comes back laid out by `SUPERNET_AXES`; the result equals the one-device one.
+    With `store_dir`, finished blocks are written there, the supernet reads them from disk (its
+    memory does not grow with depth) and a rerun resumes after the last one; without, the levels
+    stay in memory. On a mesh (default: the one of `sharding.use_mesh`, if any) every block runs
+    sharded; the levels come back on the host, equal to the one-device ones, and the scorer lays
+    out the ones a batch of candidates uses.
     """
     mesh = resolve_mesh(mesh)
     if propagation not in PROPAGATIONS:
@@ -225,7 +274,7 @@ def build_supernet(
         x = jnp.asarray(stream) if mesh is None else put_axes(stream, HIDDEN, mesh)
     else:
         x = embed_windows(params, windows, mesh)
-    blocks: list[BlockLevels] = [store.load_block(b) for b in range(start)]
+    held: list[BlockLevels | None] = [None] * start
     bar = tqdm(range(start, cfg.n_layers), desc="supernet", unit="block", disable=not progress,
                initial=start, total=cfg.n_layers)
     for b in bar:
@@ -234,8 +283,8 @@ def build_supernet(
         levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh)
         if store:
             store.save_block(b, levels, x)
-        blocks.append(levels)
-    stacked = Supernet(*(np.stack([getattr(blk, f) for blk in blocks]) for f in BlockLevels._fields))
-    if mesh is None:
-        return Supernet(*(jnp.asarray(a) for a in stacked))
-    return put_axes(stacked, SUPERNET_AXES, mesh, cfg.head_dim)
+            agree(b, f"supernet store {store.dir}")  # process 0 has written block b before anyone maps it
+        # Only process 0 writes: another process reads the files where it shares the store's
+        # directory and otherwise keeps its own copy of the levels.
+        held.append(None if store and store.completed() > b else levels)
+    return Supernet(held, store)
