@@ -205,7 +205,7 @@ def test_sds_command_records_hyperparameters(tiny_model_dir, tmp_path):
     hp = metrics["hyperparameters"]
     assert hp["steps"] == hp["adjust_steps"] == 5 and hp["l2"] == 0.001 and hp["inputs"] == "pruned"
     assert hp["adjust"] == "always"
-    assert hp["l1"] == DEFAULT_SDS_L1 and hp["lr"] == DEFAULT_SDS_LR
+    assert hp["l1"] == DEFAULT_SDS_L1 and hp["lr"] == DEFAULT_SDS_LR["wanda"] == 1e-3
     losses = json.loads((out / "layer_losses.json").read_text())
     assert set(losses["0.wq"]["loss"]) == {"oneshot", "redense", "repruned", "adjusted", "chosen"}
     assert (out / "hf" / "model.safetensors").exists() and (out / "model" / "orbax").is_dir()

@@ -29,6 +29,7 @@ from tyrjax.config import ModelConfig
 from tyrjax.sharding import (HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, layer_axes,
                              param_axes, round_up, spec)
 from tyrjax.tyr.fitness import blocks_per_call
+from tyrjax.tyr.pipeline import PRESETS
 from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS
 
 GB = 1e9
@@ -63,6 +64,9 @@ class MeshSpec:
         return ",".join(f"{a}={self.shape[a]}" for a in MESH_AXES if self.shape[a] > 1) or "auto"
 
 
+PAPER = PRESETS["paper"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TyrRun:
     """Týr's settings that size memory and time (defaults: `--preset paper`)."""
@@ -71,12 +75,12 @@ class TyrRun:
     window: int = 512
     weight_bytes: int = 2
     level_bytes: int = 4
-    n_levels: int = 9
-    topk: int = 8192
-    candidate_batch: int = 8
-    stages: tuple[tuple[int, int], ...] = ((128, 2048), (16, 16384), (4, 131072))
-    generations: int = 50
-    iterations: int = 4
+    n_levels: int = PAPER.n_levels
+    topk: int = PAPER.topk
+    candidate_batch: int = PAPER.candidate_batch
+    stages: tuple[tuple[int, int], ...] = PAPER.stages
+    generations: int = PAPER.generations
+    iterations: int = PAPER.iterations
     head_chunk: int = 64  # tokens per step of the student's top-k head (tyr.fitness.topk_logits)
     forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
     utilisation: float = 0.4

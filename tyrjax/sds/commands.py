@@ -123,7 +123,7 @@ def run_sds(args: argparse.Namespace) -> dict[str, Any]:
     """`tyrjax sds --pruner sparsegpt|wanda --pattern P [--steps --lr --l1 --l2 ...]`."""
 
     # bad hyperparameters fail before any loading
-    sds_settings(args.steps, args.adjust_steps, args.lr, args.l1, args.l2, args.optimizer, args.inputs, args.adjust)
+    sds_settings(args.pruner, args.steps, args.adjust_steps, args.lr, args.l1, args.l2, args.optimizer, args.inputs, args.adjust)
 
     def run(model: Model, calib: Any) -> tuple[Params, dict[str, Any]]:
         return run_sds_pipeline(
