@@ -55,9 +55,11 @@ def test_one_block_reads_only_that_block(sharded_dir):
 def test_compact_checkpoint_blocks_keep_their_widths(tmp_path):
     dense_cfg = CFG.replace(attention_bias=False, o_bias=False)
     params = init_random_params(dense_cfg, 1)
-    head = np.array([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]], bool)
+    head = np.array([[0, 0, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]], bool)  # block 0 keeps no head
     ffn = np.random.default_rng(0).random((3, 24)) < 0.5
+    ffn[2] = False  # and block 2 no neuron: zero-size tensors
     compact, ccfg = compact_from_masked(params, dense_cfg, head, ffn)
+    assert compact["layers"][0]["wq"].shape == (16, 0) and compact["layers"][2]["w_down"].shape == (0, 16)
     save_hf(compact, ccfg, tmp_path / "c")
     with BlockSource(tmp_path / "c") as source:
         assert source.cfg == ccfg

@@ -151,6 +151,8 @@ class _TensorReader:
         shape = shape[::-1] if transpose else shape
         if shape != tuple(expected):
             raise TyrjaxError(f"{f}: tensor {name!r} has shape {shape} (tyrjax layout), config.json implies {expected}")
+        if 0 in shape:  # a compact layer with every head or neuron removed: nothing to read
+            return np.zeros(tuple(len(range(*s.indices(n))) for s, n in zip(index, shape)), np.float32)
         try:
             part = view[index[::-1] if transpose else index]
         except Exception as e:
