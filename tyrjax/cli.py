@@ -213,7 +213,8 @@ Which dense model:
 SDS_DESCRIPTION = """\
 SDS (Sparse-Dense-Sparse): 1) prune every linear layer one-shot, 2) re-dense: optimise all
 weights toward the dense layer's outputs with an L1/L2 penalty (optax, full batch through Gram
-matrices), 3) prune again with the same pruner and pattern, then adjust the sparse weights.
+matrices), 3) prune again with the same pruner and pattern and, in layers where that did not
+beat step 1, adjust the sparse weights. Each layer keeps its lowest-loss result.
 """
 
 
