@@ -3,8 +3,8 @@
     python tests/multidevice_check.py OUT.npz MESH [MESH ...]   (XLA_FLAGS from the caller)
 
 For one device ("one") and each mesh: the supernet (its blocks' levels stacked), the teacher,
-the searched genome and its fitness, the SDS weights of the first block and the forward logits
-go into OUT.npz as "LABEL/NAME"; OUT.json holds the PartitionSpecs the sharded arrays really had
+the searched genome and its fitness, the SDS weights of the first block, the Wanda-sp and FLAP
+masks (and FLAP's biases) and the forward logits go into OUT.npz as "LABEL/NAME"; OUT.json holds the PartitionSpecs the sharded arrays really had
 (the levels as the scorer lays out a batch of candidates' block).
 """
 import json
@@ -17,6 +17,7 @@ from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config
 from tyrjax.model import forward_jit
 from tyrjax.sds.pipeline import run_sds_pipeline
 from tyrjax.sharding import make_mesh
+from tyrjax.tyr.baselines import structured_baseline
 from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import initial_grid, search_iteration
 from tyrjax.tyr.supernet import BlockLevels, build_supernet
@@ -32,9 +33,15 @@ def phases(params, calib, mesh) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     sds, _ = run_sds_pipeline(first_block, CFG.replace(n_layers=1), calib, "2:4", "sparsegpt", steps=4, adjust_steps=4,
                               adjust="always", progress=False, mesh=mesh)
     logits = forward_jit(params, CFG, calib, mesh)
+    baselines = {}
+    for method in ("wanda-sp", "flap"):
+        pruned, _, head, ffn, _ = structured_baseline(params, CFG, calib, SPARSITY, method,
+                                                      mlp_multiple=tcfg.mlp_multiple, progress=False, mesh=mesh)
+        baselines.update({f"{method}.head_keep": head, f"{method}.ffn_keep": ffn})
+    baselines["flap.bo"] = np.asarray(pruned["layers"]["bo"])  # the compensation biases
     blocks = [supernet.block(b) for b in range(supernet.n_blocks)]
     out = {f"supernet.{f}": np.stack([getattr(levels, f) for levels in blocks]) for f in BlockLevels._fields}
-    out.update({f"sds.{k}": np.asarray(v) for k, v in sds["layers"].items()})
+    out.update({f"sds.{k}": np.asarray(v) for k, v in sds["layers"].items()}, **baselines)
     out.update(teacher_idx=teacher.idx, teacher_logp=teacher.logp, genome=found.genome,
                fitness=np.float64(found.fitness), logits=np.asarray(logits))
     specs = {}

@@ -105,7 +105,7 @@ def test_cli_rejects_a_mesh_the_devices_cannot_form(capsys):
 
 def test_sharded_phases_match_one_device(tmp_path):
     """On 8 simulated devices, for each mesh shape: the same supernet, teacher, search result,
-    SDS weights and logits as on one device, with the arrays really laid out over the mesh."""
+    SDS weights, structured baselines and logits as on one device, with the arrays really laid out over the mesh."""
     out = tmp_path / "phases.npz"
     done = run_check("multidevice_check.py", [str(out), *MESHES], 8)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from tyrjax.calibration import (attention_inputs, attention_residual, check_finite, embed_windows, layer, map_chunks,
@@ -35,6 +36,7 @@ from tyrjax.calibration import (attention_inputs, attention_residual, check_fini
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params, is_stacked, kept_layout
+from tyrjax.sharding import host_array, resolve_mesh, shard_layer
 from tyrjax.structured.baselines import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
                                          magnitude_scores, wanda_sp_scores)
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
@@ -54,6 +56,7 @@ def structured_baseline(
     *,
     mlp_multiple: int = 32,
     progress: bool = True,
+    mesh: Mesh | None = None,
 ) -> BaselineResult:
     """Prune the dense masked-form model with a baseline: `(params, cfg, head_mask, ffn_mask, info)`.
 
@@ -61,19 +64,23 @@ def structured_baseline(
     for FLAP, which adds the compensation biases. `calib_windows` (`(n, T)` token ids) is
     ignored by `magnitude`. `info` holds the per-layer removed heads/neurons, the removed
     attention+MLP parameters (KV heads freed by GQA included) and the achieved fraction.
+    On a mesh (default: the one of `sharding.use_mesh`, if any) the calibration passes run
+    sharded, windows over the data axes, heads and neurons over tensor; the result equals the
+    one-device one and comes back on this process.
     """
     if method not in METHODS:
         raise TyrjaxError(f"structured baseline: method {method!r} unknown; use one of {', '.join(METHODS)}")
     _check_model(params, cfg)
+    mesh = resolve_mesh(mesh)
     extra: dict[str, Any] = {}
     if method == "flap":
-        params_out, cfg_out, head, ffn, extra = _flap(params, cfg, _windows(calib_windows), sparsity, progress)
+        params_out, cfg_out, head, ffn, extra = _flap(params, cfg, _windows(calib_windows), sparsity, progress, mesh)
     else:
         counts = initial_grid(cfg, sparsity, TyrConfig(mlp_multiple=mlp_multiple)).centre
         if method == "magnitude":
             head, ffn = _magnitude_masks(params, cfg, counts)
         else:
-            head, ffn = _wanda_sp_masks(params, cfg, _windows(calib_windows), counts, progress)
+            head, ffn = _wanda_sp_masks(params, cfg, _windows(calib_windows), counts, progress, mesh)
         params_out, cfg_out = params, cfg
     info = {**_info(method, cfg, sparsity, head, ffn), **extra}
     return params_out, cfg_out, head, ffn, info
@@ -104,28 +111,34 @@ def _magnitude_masks(params: Params, cfg: ModelConfig, counts: np.ndarray) -> tu
     return np.stack([np.asarray(h) for h in head]), np.stack([np.asarray(f) for f in ffn])
 
 
-def _wanda_keep(W: jnp.ndarray, inputs: jnp.ndarray, group_size: int, n_remove: int, where: str) -> jnp.ndarray:
+def _wanda_keep(W: jnp.ndarray, inputs: jnp.ndarray, group_size: int, n_remove: int, where: str,
+                mesh: Mesh | None) -> jnp.ndarray:
     """Keep mask of one layer: drop the `n_remove` lowest Wanda-sp scores of its captured inputs."""
-    stats = stats_of(inputs)
+    stats = stats_of(inputs, mesh)
     check_finite(stats, where)
     return keep_lowest_removed(wanda_sp_scores(W, jnp.sqrt(stats.sq_norm), group_size), n_remove)
 
 
+def _block(params: Params, cfg: ModelConfig, b: int, mesh: Mesh | None) -> Params:
+    p = layer(params, b)
+    return p if mesh is None else shard_layer(p, cfg, mesh)
+
+
 def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray,
-                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                    progress: bool, mesh: Mesh | None) -> tuple[np.ndarray, np.ndarray]:
     """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output."""
-    x = embed_windows(params, windows)
+    x = embed_windows(params, windows, mesh)
     head, ffn = [], []
     for b in tqdm(range(cfg.n_layers), desc="wanda-sp", unit="block", disable=not progress):
-        p = layer(params, b)
-        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs)[1], x, CHUNK)
-        keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(counts[2 * b]), f"block {b} o_proj")
+        p = _block(params, cfg, b, mesh)
+        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
+        keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(counts[2 * b]), f"block {b} o_proj", mesh)
         x = attention_residual(p, cfg, x, heads, keep_h)
-        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs)[1], x, CHUNK)
-        keep_f = _wanda_keep(p["w_down"], hidden, 1, int(counts[2 * b + 1]), f"block {b} down_proj")
+        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
+        keep_f = _wanda_keep(p["w_down"], hidden, 1, int(counts[2 * b + 1]), f"block {b} down_proj", mesh)
         x = mlp_residual(p, x, hidden, keep_f)
-        head.append(np.asarray(keep_h))
-        ffn.append(np.asarray(keep_f))
+        head.append(host_array(keep_h))
+        ffn.append(host_array(keep_f))
     return np.stack(head), np.stack(ffn)
 
 
@@ -139,26 +152,27 @@ class FlapStats(NamedTuple):
     mean_hidden: jnp.ndarray  # (L, F)
 
 
-def flap_pass(params: Params, cfg: ModelConfig, windows: np.ndarray, progress: bool = False) -> FlapStats:
+def flap_pass(params: Params, cfg: ModelConfig, windows: np.ndarray, progress: bool = False,
+              mesh: Mesh | None = None) -> FlapStats:
     """One forward pass of the dense model collecting FLAP's scores and input means."""
-    x = embed_windows(params, windows)
+    x = embed_windows(params, windows, mesh)
     z_h, z_n, m_h, m_n = [], [], [], []
     for b in tqdm(range(cfg.n_layers), desc="flap", unit="block", disable=not progress):
-        p = layer(params, b)
-        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs)[1], x, CHUNK)
-        stats = stats_of(heads)
+        p = _block(params, cfg, b, mesh)
+        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
+        stats = stats_of(heads, mesh)
         check_finite(stats, f"block {b} o_proj")
         z_h.append(flap_standardise(flap_scores(p["wo"], stats.var, cfg.head_dim)))
         m_h.append(stats.mean)
         x = attention_residual(p, cfg, x, heads)
-        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs)[1], x, CHUNK)
-        stats = stats_of(hidden)
+        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
+        stats = stats_of(hidden, mesh)
         check_finite(stats, f"block {b} down_proj")
         z_n.append(flap_standardise(flap_scores(p["w_down"], stats.var, 1)))
         m_n.append(stats.mean)
         x = mlp_residual(p, x, hidden)
-    return FlapStats(np.stack([np.asarray(z) for z in z_h]), np.stack([np.asarray(z) for z in z_n]),
-                     jnp.stack(m_h), jnp.stack(m_n))
+    return FlapStats(np.stack([host_array(z) for z in z_h]), np.stack([host_array(z) for z in z_n]),
+                     jnp.asarray(np.stack([host_array(m) for m in m_h])), jnp.asarray(np.stack([host_array(m) for m in m_n])))
 
 
 def _removal_costs(cfg: ModelConfig, order_rank: np.ndarray) -> np.ndarray:
@@ -216,10 +230,10 @@ def flap_compensate(params: Params, cfg: ModelConfig, stats: FlapStats, head: np
 
 
 def _flap(params: Params, cfg: ModelConfig, windows: np.ndarray, sparsity: float,
-          progress: bool) -> BaselineResult:
+          progress: bool, mesh: Mesh | None) -> BaselineResult:
     if not 0.0 < sparsity < 1.0:
         raise TyrjaxError(f"--sparsity {sparsity}: must lie strictly between 0 and 1")
-    stats = flap_pass(params, cfg, windows, progress)
+    stats = flap_pass(params, cfg, windows, progress, mesh)
     budget = sparsity * cfg.attn_mlp_params()
     head, ffn, _ = flap_select(cfg, stats.z_heads, stats.z_neurons, budget)
     params_out, cfg_out = flap_compensate(params, cfg, stats, head, ffn)
