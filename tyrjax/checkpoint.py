@@ -84,7 +84,8 @@ def abstract_params(cfg: ModelConfig, dtype=jnp.float32) -> Params:
 
 
 # --- reading -------------------------------------------------------------------------------
-def _weight_files(model_dir: Path) -> list[Path]:
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a Hugging Face model directory (one, or the shards its index names)."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -101,8 +102,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
     )
 
 
-class _TensorReader:
-    """Lazily opened safetensors shards; one tensor at a time."""
+class TensorReader:
+    """Lazily opened safetensors shards; one tensor, or one slice of one, at a time (the loaders
+    here and `tyrjax.streaming` read through it)."""
 
     def __init__(self, files: list[Path]):
         self.location: dict[str, Path] = {}
@@ -168,7 +170,7 @@ class _TensorReader:
 def load_hf_params(model_dir: str | Path, cfg: ModelConfig, dtype=jnp.float32) -> Params:
     """Parameters from safetensors, read tensor by tensor into the form `cfg` describes."""
     model_dir = Path(model_dir)
-    reader = _TensorReader(_weight_files(model_dir))
+    reader = TensorReader(weight_files(model_dir))
     np_dtype = np.dtype(jnp.dtype(dtype))
     try:
         params: Params = {}

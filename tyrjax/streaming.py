@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, Sharding, SingleDeviceSharding
 
-from tyrjax.checkpoint import GLOBAL_TENSORS, LAYER_TENSORS, _TensorReader, _weight_files, global_shapes, layer_shapes
+from tyrjax.checkpoint import GLOBAL_TENSORS, LAYER_TENSORS, TensorReader, global_shapes, layer_shapes, weight_files
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params
@@ -53,7 +53,7 @@ class BlockSource:
         self.dtype = jnp.dtype(dtype)
         self.mesh = mesh
         self.bytes_read = 0  # bytes taken from the checkpoint files so far, in their stored dtype
-        self._reader = _TensorReader(_weight_files(self.directory))
+        self._reader = TensorReader(weight_files(self.directory))
 
     def __enter__(self) -> "BlockSource":
         return self
