@@ -1,5 +1,7 @@
 """Saving and loading: HF directories (sharded, bf16, compact), orbax, and clear errors."""
 import json
+import os
+import stat
 
 import jax.numpy as jnp
 import numpy as np
@@ -114,3 +116,15 @@ def test_failed_write_leaves_nothing(tmp_path):
             (tmp / "partial.bin").write_bytes(b"x")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_directory_has_the_mode_of_a_new_directory(tmp_path):
+    """The directory is built under a private temp name; once renamed, others may read it as
+    they could any directory this process creates."""
+    umask = os.umask(0o022)
+    try:
+        save_hf(init_random_params(CFG, 0), CFG, tmp_path / "m")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o755

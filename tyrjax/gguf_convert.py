@@ -11,13 +11,12 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tyrjax.checkpoint import atomic_dir
 from tyrjax.errors import TyrjaxError
 
 SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -470,26 +469,6 @@ def _write_model_dir(
     )
 
 
-def _chmod_like_umask(directory: Path) -> None:
-    """Give the (mkdtemp-private) directory and its files the permissions of ordinary new files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for child in directory.iterdir():
-        child.chmod(0o666 & ~umask)
-
-
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move the finished `tmp` directory to `out_dir`, replacing a previous conversion there."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rename(out_dir, trash / "old")
-    os.rename(tmp, out_dir)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write `out_dir` = config.json + model.safetensors (float32) + tokenizer files from a GGUF file.
 
@@ -504,12 +483,6 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
         )
     config, tensors, tok = read_gguf(gguf_path)
     tokenizer = build_tokenizer(tok, source=f"GGUF file {gguf_path}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         _write_model_dir(tmp, gguf_path, config, tensors, tok, tokenizer)
-        _chmod_like_umask(tmp)
-        _install(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
