@@ -25,7 +25,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.layers import attention_heads, attention_output, mlp_hidden, mlp_output, rms_norm, rope_tables
 from tyrjax.model import Params, embed
 from tyrjax.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED, axes_of_layer, batch_axes, put_axes,
-                             sharded_call)
+                             shard_layer, sharded_call)
 
 # Linear layers of a block, grouped by the input they read.
 QKV = ("wq", "wk", "wv")
@@ -54,9 +54,11 @@ class InputStats(NamedTuple):
         return jnp.maximum(self.sq_norm / self.n_tokens - self.mean**2, 0.0)
 
 
-def layer(params: Params, index: int) -> Params:
-    """Layer `index` of the stacked (masked-form) parameters."""
-    return jax.tree_util.tree_map(lambda a: a[index], params["layers"])
+def layer(params: Params, index: int, cfg: ModelConfig | None = None, mesh: Mesh | None = None) -> Params:
+    """Layer `index` of the stacked (masked-form) parameters; on a mesh (with `cfg`), laid out
+    over it by the layer's logical axes."""
+    p = jax.tree_util.tree_map(lambda a: a[index], params["layers"])
+    return p if mesh is None else shard_layer(p, cfg, mesh)
 
 
 def embed_windows(params: Params, windows: np.ndarray, mesh: Mesh | None = None) -> jax.Array:

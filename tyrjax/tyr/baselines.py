@@ -36,7 +36,7 @@ from tyrjax.calibration import (attention_inputs, attention_residual, check_fini
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params, is_stacked, kept_layout
-from tyrjax.sharding import host_array, resolve_mesh, shard_layer
+from tyrjax.sharding import host_array, resolve_mesh
 from tyrjax.structured.baselines import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
                                          magnitude_scores, wanda_sp_scores)
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
@@ -119,18 +119,13 @@ def _wanda_keep(W: jnp.ndarray, inputs: jnp.ndarray, group_size: int, n_remove: 
     return keep_lowest_removed(wanda_sp_scores(W, jnp.sqrt(stats.sq_norm), group_size), n_remove)
 
 
-def _block(params: Params, cfg: ModelConfig, b: int, mesh: Mesh | None) -> Params:
-    p = layer(params, b)
-    return p if mesh is None else shard_layer(p, cfg, mesh)
-
-
 def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray,
                     progress: bool, mesh: Mesh | None) -> tuple[np.ndarray, np.ndarray]:
     """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output."""
     x = embed_windows(params, windows, mesh)
     head, ffn = [], []
     for b in tqdm(range(cfg.n_layers), desc="wanda-sp", unit="block", disable=not progress):
-        p = _block(params, cfg, b, mesh)
+        p = layer(params, b, cfg, mesh)
         heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
         keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(counts[2 * b]), f"block {b} o_proj", mesh)
         x = attention_residual(p, cfg, x, heads, keep_h)
@@ -158,7 +153,7 @@ def flap_pass(params: Params, cfg: ModelConfig, windows: np.ndarray, progress: b
     x = embed_windows(params, windows, mesh)
     z_h, z_n, m_h, m_n = [], [], [], []
     for b in tqdm(range(cfg.n_layers), desc="flap", unit="block", disable=not progress):
-        p = _block(params, cfg, b, mesh)
+        p = layer(params, b, cfg, mesh)
         heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
         stats = stats_of(heads, mesh)
         check_finite(stats, f"block {b} o_proj")

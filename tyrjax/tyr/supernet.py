@@ -36,7 +36,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params
 from tyrjax.rundir import write_atomic, write_json
 from tyrjax.search.levels import LevelGrid
-from tyrjax.sharding import HIDDEN, host_array, put_axes, resolve_mesh, shard_layer
+from tyrjax.sharding import HIDDEN, host_array, put_axes, resolve_mesh
 from tyrjax.structured.local import prune_levels
 
 PROPAGATIONS = ("expectation", "dense", "path", "uniform")
@@ -279,7 +279,7 @@ def build_supernet(
                initial=start, total=cfg.n_layers)
     for b in bar:
         rng = np.random.default_rng([seed, b])
-        p = layer(params, b) if mesh is None else shard_layer(layer(params, b), cfg, mesh)
+        p = layer(params, b, cfg, mesh)
         levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh)
         if store:
             store.save_block(b, levels, x)
