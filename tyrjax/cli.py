@@ -194,6 +194,10 @@ Unstructured / N:M (--pattern 0.5 | 2:4 | 4:8, zeros in dense shapes):
   sparsegpt  SparseGPT (OBS column sweep)
   wanda      Wanda (|W| x input norm)
   magnitude  magnitude (with --pattern)
+
+Týr keeps its supernets (every level of every block) and search states on disk in RUN_DIR/work;
+rerunning the same command resumes there. experiments/memory_plan.py prints their size for a
+large model (about 90 GB per supernet of an 8B model, with fp32 levels).
 """
 BENCH_DESCRIPTION = """\
 Time to first token (the prefill of a batch of prompts) and greedy decode throughput (tokens/s

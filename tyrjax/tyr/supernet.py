@@ -104,8 +104,7 @@ class Supernet:
         if out is None:
             out = BlockLevels(*(np.empty((len(i), *x.shape[1:]), x.dtype) for x, i in zip(levels, (a, a, m, m))))
         for source, chosen, target in zip(levels, (a, a, m, m), out):
-            for c, level in enumerate(chosen):
-                target[c] = source[level]
+            np.take(source, chosen, axis=0, out=target)  # from a memory map, reads only these levels
         return out
 
     def candidate(self, genome: np.ndarray) -> BlockLevels:
