@@ -15,19 +15,17 @@ import time
 import numpy as np
 
 import tyrjax
-from tyrjax.model import compact_from_masked
 from tyrjax.search.levels import centre_genome
 from tyrjax.search.mutation import level_switch
 from tyrjax.speed import measure_speed
 from tyrjax.tyr.commands import prune_structured
 from tyrjax.tyr.fitness import BatchScorer, teacher_topk
-from tyrjax.tyr.pipeline import PRESETS, apply_distribution, initial_grid, removed_groups, run_tyr
+from tyrjax.tyr.pipeline import PRESETS, distribution_selection, initial_grid, removed_groups, run_tyr
 from tyrjax.tyr.supernet import build_supernet
 
 
-def evaluate_masked(model, sets, params, cfg, head, ffn, label):
-    """Compact the masked result, score it; returns (model, ppl, fraction removed)."""
-    params, ccfg = compact_from_masked(params, cfg, head, ffn)
+def evaluate_compact(model, sets, params, ccfg, label):
+    """Score a compact result; returns (model, ppl, fraction removed)."""
     pruned = tyrjax.Model(params, ccfg, model.tokenizer, label)
     ppl = tyrjax.evaluate(pruned, sets)["ppl"]
     return pruned, ppl, 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
@@ -41,21 +39,21 @@ def run_method(model, calib, sets, sparsity, method, preset):
         t0 = time.perf_counter()
         out = prune_structured(model, calib, sparsity, method, tcfg)
         wall = time.perf_counter() - t0
-        return [(method, *evaluate_masked(model, sets, out.params, out.cfg, out.head_mask, out.ffn_mask, method), wall)]
+        return [(method, *evaluate_compact(model, sets, out.compact, out.cfg, method), wall)]
     result = run_tyr(model.params, model.cfg, calib, sparsity, tcfg)
     rows = []
     for i, it in enumerate(result.iterations):
         label = "tyr (1 iteration)" if i == 0 else f"tyr ({i + 1} iterations)"
         wall = sum(result.supernet_s[: i + 1]) + sum(result.search_s[: i + 1])
         if i == len(result.iterations) - 1:  # the command's output: re-pruned along the found path
-            chosen = result.params, result.head_mask, result.ffn_mask
+            selection = result.selection
             wall += sum(result.supernet_s[i + 1:])
         else:  # what this iteration alone would have output
             t0 = time.perf_counter()
-            chosen = apply_distribution(model.params, model.cfg, calib, removed_groups(it.head_mask, it.ffn_mask),
-                                        tcfg, progress=False)
+            selection = distribution_selection(model.params, model.cfg, calib,
+                                               removed_groups(it.head_mask, it.ffn_mask), tcfg, progress=False)
             wall += time.perf_counter() - t0
-        rows.append((label, *evaluate_masked(model, sets, chosen[0], model.cfg, *chosen[1:], label), wall))
+        rows.append((label, *evaluate_compact(model, sets, *selection.compact(), label), wall))
     return rows
 
 

@@ -43,6 +43,21 @@ def test_tyr_run_directory(tiny_dir, tmp_path):
     assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--max-new-tokens", "3"]) == 0
 
 
+def test_streamed_run_gives_the_same_model_and_metrics(tiny_dir, tmp_path, capsys):
+    common = ["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "0.4", "--iterations", "1",
+              "--generations", "1", "--offspring", "4", *FAST]
+    assert main([*common, "--out", str(tmp_path / "held")]) == 0
+    assert main([*common, "--stream", "--out", str(tmp_path / "streamed")]) == 0
+    held, streamed = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("held", "streamed"))
+    assert streamed["sparsity"] == held["sparsity"] and streamed["per_layer"] == held["per_layer"]
+    assert streamed["params"] == held["params"]
+    for corpus in ("shakespeare", "pydoc"):
+        assert streamed["ppl"][corpus] == pytest.approx(held["ppl"][corpus], rel=1e-4)
+    assert main(["prune", "--model", str(tiny_dir), "--method", "wanda-sp", "--sparsity", "0.4", "--stream",
+                 "--out", str(tmp_path / "w"), *FAST]) == 2
+    assert "--stream: --method wanda-sp needs the model in memory" in capsys.readouterr().err
+
+
 def test_distribution_file_is_reused(tiny_dir, tmp_path):
     assert main(["prune", "--model", str(tiny_dir), "--method", "uniform", "--sparsity", "0.5", "--out",
                  str(tmp_path / "a"), *FAST]) == 0

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from tyrjax.evaluate import perplexity
+from tyrjax.blocks import ModelBlocks
+from tyrjax.evaluate import perplexity, perplexity_blockwise
 from tyrjax.generate import generate
 from tyrjax.loading import Model, require_tokenizer
 from tyrjax.model import count_params
@@ -49,15 +50,20 @@ def calibration_windows(model: Model, data: str = "shakespeare", calib_windows: 
 
 
 def param_counts(model: Model) -> dict[str, int]:
-    return {"total": count_params(model.params), "attn_mlp": model.cfg.attn_mlp_params()}
+    streamed = isinstance(model.params, ModelBlocks)
+    total = model.cfg.total_params() if streamed else count_params(model.params)
+    return {"total": total, "attn_mlp": model.cfg.attn_mlp_params()}
 
 
 def evaluate(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Perplexity on each evaluation set, plus parameter counts: the core of metrics.json."""
-    ppl = {
-        name: perplexity(model.params, model.cfg, windows, batch_size, desc=f"ppl {name}", progress=progress)
-        for name, windows in sets.items()
-    }
+    """Perplexity on each evaluation set, plus parameter counts: the core of metrics.json. A
+    model whose `params` are `ModelBlocks` is evaluated block by block."""
+    ppl = {}
+    for name, windows in sets.items():
+        if isinstance(model.params, ModelBlocks):
+            ppl[name] = perplexity_blockwise(model.params, windows, batch_size, desc=f"ppl {name}", progress=progress)
+        else:
+            ppl[name] = perplexity(model.params, model.cfg, windows, batch_size, desc=f"ppl {name}", progress=progress)
     return {"model": model.source, "ppl": ppl, "params": param_counts(model)}
 
 
@@ -78,7 +84,8 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
         if f.is_file():
             st = f.stat()
             h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(str(model.params["embed"].dtype).encode())
+    head = model.params.head if isinstance(model.params, ModelBlocks) else model.params
+    h.update(str(head["embed"].dtype).encode())
     for name in sorted(sets):
         h.update(name.encode() + np.ascontiguousarray(sets[name]).tobytes())
     path = cache_dir() / "dense_eval" / f"{h.hexdigest()[:24]}.json"

@@ -197,7 +197,9 @@ Unstructured / N:M (--pattern 0.5 | 2:4 | 4:8, zeros in dense shapes):
 
 Týr keeps its supernets (every level of every block) and search states on disk in RUN_DIR/work;
 rerunning the same command resumes there. experiments/memory_plan.py prints their size for a
-large model (about 90 GB per supernet of an 8B model, with fp32 levels).
+large model (about 90 GB per supernet of an 8B model, with fp32 levels). With --stream they
+hold only the embedding and head in memory and read decoder blocks from the checkpoint as
+needed: for models larger than memory.
 """
 BENCH_DESCRIPTION = """\
 Time to first token (the prefill of a batch of prompts) and greedy decode throughput (tokens/s
@@ -227,6 +229,10 @@ def _structured_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default="quick", choices=["quick", "paper"],
                    help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for accelerators")
     g.add_argument("--distribution", type=Path, default=None, help="apply a searched distribution file instead of searching")
+    g.add_argument("--stream", action="store_true",
+                   help="hold only the embedding and head; read each decoder block from the checkpoint when a phase "
+                        "needs it, so memory does not grow with depth (tyr, uniform and --distribution; "
+                        "safetensors checkpoints)")
     g.add_argument("--iterations", type=_positive_int, default=None, help="Týr prune-and-search iterations (preset default)")
     g.add_argument("--generations", type=_positive_int, default=None, help="search generations per iteration (preset default)")
     g.add_argument("--offspring", type=_positive_int, default=None, help="offspring per generation (preset default)")

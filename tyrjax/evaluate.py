@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from tyrjax.blocks import ModelBlocks, run_blocks
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import Params, forward
+from tyrjax.model import Params, forward, logits_from_hidden
 
 
 def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -34,14 +35,7 @@ def perplexity(
     progress: bool = True,
 ) -> float:
     """exp(mean next-token NLL over all windows), each window scored alone."""
-    windows = np.asarray(windows, np.int32)
-    if windows.ndim != 2 or len(windows) == 0:
-        raise TyrjaxError(f"{desc}: expected a non-empty (n_windows, length) token array, got shape {windows.shape}")
-    if windows.shape[1] > cfg.max_position_embeddings:
-        raise TyrjaxError(
-            f"{desc}: windows of {windows.shape[1]} tokens exceed the model's "
-            f"{cfg.max_position_embeddings} positions; use shorter windows"
-        )
+    windows = checked_windows(windows, cfg, desc)
     total = 0.0
     pad = (-len(windows)) % batch_size
     padded = np.concatenate([windows, windows[:pad]]) if pad else windows
@@ -50,7 +44,44 @@ def perplexity(
         sums = np.asarray(window_nll_sums(params, cfg, jnp.asarray(padded[start:start + batch_size])))
         n_real = min(batch_size, len(windows) - start)
         total += float(sums[:n_real].sum())
-    mean = total / (windows.shape[0] * (windows.shape[1] - 1))
+    return ppl_of(total, windows, desc)
+
+
+def checked_windows(windows: np.ndarray, cfg: ModelConfig, desc: str) -> np.ndarray:
+    windows = np.asarray(windows, np.int32)
+    if windows.ndim != 2 or len(windows) == 0:
+        raise TyrjaxError(f"{desc}: expected a non-empty (n_windows, length) token array, got shape {windows.shape}")
+    if windows.shape[1] > cfg.max_position_embeddings:
+        raise TyrjaxError(
+            f"{desc}: windows of {windows.shape[1]} tokens exceed the model's "
+            f"{cfg.max_position_embeddings} positions; use shorter windows"
+        )
+    return windows
+
+
+def ppl_of(total_nll: float, windows: np.ndarray, desc: str) -> float:
+    mean = total_nll / (windows.shape[0] * (windows.shape[1] - 1))
     if not np.isfinite(mean):
         raise TyrjaxError(f"{desc}: the loss is not finite; the model produced NaN or inf logits")
     return float(np.exp(mean))
+
+
+@partial(jax.jit, static_argnames="cfg")
+def nll_sums_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Summed NLL of each window (B,) from the last block's output `h (B, T, d)`."""
+    return token_nll(logits_from_hidden(head, cfg, h), tokens).sum(axis=1)
+
+
+def perplexity_blockwise(
+    model: ModelBlocks, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity", progress: bool = True
+) -> float:
+    """`perplexity` computed block by block: all windows go through one block before the next
+    block is read, so only one block of the model is needed at a time (the hidden states of
+    the windows are held instead: n_windows × length × hidden_size)."""
+    windows = checked_windows(windows, model.cfg, desc)
+    h = run_blocks(model, windows, batch_size, desc=desc if progress else None)
+    total = 0.0
+    for start in range(0, len(windows), batch_size):
+        part = slice(start, start + batch_size)
+        total += float(np.asarray(nll_sums_from_hidden(model.head, model.cfg, h[part], jnp.asarray(windows[part]))).sum())
+    return ppl_of(total, windows, desc)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from tokenizers import Tokenizer
 
+from tyrjax.blocks import StreamedBlocks
 from tyrjax.checkpoint import is_orbax_dir, load_hf_params, load_orbax
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
@@ -109,17 +110,25 @@ def check_tokenizer(tok: Tokenizer, cfg: ModelConfig, where: str) -> None:
 
 
 def load_model(spec: str | None = None, dtype: str = "float32", tokenizer: str | None = None,
-               mesh: Mesh | None = None) -> Model:
+               mesh: Mesh | None = None, streamed: bool = False) -> Model:
     """Load `spec` (None = the embedded default SmolLM2-135M-Instruct) in the given dtype.
 
     On a mesh (default: the one of `sharding.use_mesh`, if any) a Hugging Face checkpoint is read
-    straight into its sharded layout, each process reading only its own devices' slices.
+    straight into its sharded layout, each process reading only its own devices' slices. With
+    `streamed`, only the parameters outside the decoder blocks are read now: `params` is a
+    `blocks.StreamedBlocks` that reads each block from the checkpoint when it is needed.
     """
     jdtype = parse_dtype(dtype)
     model_dir = resolve_model_dir(spec)
     mesh = resolve_mesh(mesh)
+    if streamed and is_orbax_dir(model_dir):
+        raise TyrjaxError(f"--stream: {model_dir} is an orbax checkpoint; streaming reads Hugging Face "
+                          "safetensors checkpoints: drop --stream")
     if is_orbax_dir(model_dir):
         params, cfg = load_orbax(model_dir, jdtype)
+    elif streamed:
+        cfg = ModelConfig.from_json_file(model_dir / "config.json")
+        params = StreamedBlocks(model_dir, cfg, jdtype, mesh)
     else:
         cfg = ModelConfig.from_json_file(model_dir / "config.json")
         params = load_hf_params(model_dir, cfg, jdtype) if mesh is None else load_params(model_dir, cfg, jdtype, mesh)

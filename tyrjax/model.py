@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,24 +161,32 @@ def compact_from_masked(
     params: Params, cfg: ModelConfig, head_mask: np.ndarray | None = None, ffn_mask: np.ndarray | None = None
 ) -> tuple[Params, ModelConfig]:
     """The compact model equal to the masked model under these masks."""
+    head = {k: v for k, v in params.items() if k != "layers"}
+    return compact_from_blocks(head, unstack_layers(params["layers"]), cfg, head_mask, ffn_mask)
+
+
+def compact_from_blocks(
+    head: Params, layers: Iterable[Params], cfg: ModelConfig, head_mask: np.ndarray | None = None,
+    ffn_mask: np.ndarray | None = None,
+) -> tuple[Params, ModelConfig]:
+    """The compact model of dense-width blocks `layers` (consumed one at a time) under these masks;
+    `head` holds the parameters outside the blocks."""
     head_mask = np.ones((cfg.n_layers, cfg.n_heads), bool) if head_mask is None else np.asarray(head_mask) > 0
     ffn_mask = np.ones((cfg.n_layers, cfg.intermediate_size), bool) if ffn_mask is None else np.asarray(ffn_mask) > 0
-    layers, widths = [], ([], [], [], [])
-    for i, p in enumerate(unstack_layers(params["layers"])):
+    compact, widths = [], ([], [], [], [])
+    for i, p in enumerate(layers):
         heads, kv_heads, kv_map = kept_layout(head_mask[i], cfg.group_size)
         neurons = np.flatnonzero(ffn_mask[i]).astype(np.int32)
-        layers.append(compact_layer(p, heads, kv_heads, neurons, cfg.head_dim))
+        compact.append(compact_layer(p, heads, kv_heads, neurons, cfg.head_dim))
         for w, v in zip(widths, (len(heads), len(kv_heads), len(neurons), kv_map)):
             w.append(v)
-    out = {k: v for k, v in params.items() if k != "layers"}
-    out["layers"] = layers
     compact_cfg = cfg.replace(
         layer_heads=tuple(widths[0]),
         layer_kv_heads=tuple(widths[1]),
-        layer_ffn=tuple(widths[2]),
         layer_kv_map=tuple(widths[3]),
+        layer_ffn=tuple(widths[2]),
     )
-    return out, compact_cfg
+    return {**head, "layers": compact}, compact_cfg
 
 
 def to_compact(params: Params, cfg: ModelConfig) -> tuple[Params, ModelConfig]:

@@ -174,7 +174,7 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
 
     model = tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh, hd)
     level_masks = cfg.n_heads + cfg.intermediate_size  # bool
-    per_call = blocks_per_call(level_params(cfg) * lb + level_masks, C, L)
+    per_call = blocks_per_call(level_params(cfg) * lb + level_masks, C, L, block_per_device(cfg, wb, mesh))
     levels_of_call = (dev((per_call, C, q_width(cfg), d), Axes(None, "candidate", "heads", "embed"), lb, hd)
                       + dev((per_call, C, f, d), Axes(None, "candidate", "mlp", "embed"), lb))
     return [

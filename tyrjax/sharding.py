@@ -375,9 +375,10 @@ def resolve_mesh(mesh: Mesh | None) -> Mesh | None:
 
 def on_active_mesh(model: Any) -> Any:
     """A loaded model (`loading.Model`) with its parameters laid out on the mesh of `use_mesh`,
-    so evaluation runs sharded; unchanged when no mesh is active."""
+    so evaluation runs sharded; unchanged when no mesh is active or when its parameters are
+    served block by block (`blocks.ModelBlocks` lay blocks out as they serve them)."""
     mesh = resolve_mesh(None)
-    if mesh is None:
+    if mesh is None or not isinstance(model.params, dict):
         return model
     return dataclasses.replace(model, params=shard_params(model.params, model.cfg, mesh))
 

@@ -13,13 +13,15 @@ from tyrjax import api
 from tyrjax.distributed import is_writer
 from tyrjax.errors import TyrjaxError
 from tyrjax.export import export_pruned
+from tyrjax.blocks import HeldBlocks, ModelBlocks
 from tyrjax.loading import Model, load_model
 from tyrjax.model import compact_from_masked
 from tyrjax.plots import per_layer_sparsity, search_convergence
 from tyrjax.report import write_report
 from tyrjax.rundir import Timer, default_out, record_command, write_json
-from tyrjax.sharding import on_active_mesh
-from tyrjax.tyr.pipeline import PRESETS, TyrConfig, apply_distribution, removed_groups, run_tyr, uniform_result
+from tyrjax.sharding import on_active_mesh, resolve_mesh
+from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
+                                 uniform_selection)
 
 PRESET_CALIB_WINDOWS = {"quick": 16, "paper": 64}
 
@@ -54,9 +56,9 @@ def load_distribution(path: Path, model: Model) -> np.ndarray:
 
 @dataclasses.dataclass
 class StructuredOutcome:
-    """A structured method's masked-form result (cfg may gain FLAP's biases)."""
+    """A structured method's result: the compact model (cfg may carry FLAP's biases) and its masks."""
 
-    params: dict
+    compact: dict
     cfg: object
     head_mask: np.ndarray
     ffn_mask: np.ndarray
@@ -64,27 +66,41 @@ class StructuredOutcome:
     phase_s: dict | None = None
 
 
+STREAMED_METHODS = ("tyr", "uniform")
+
+
+def _outcome(selection: Selection, **extra) -> StructuredOutcome:
+    compact, ccfg = selection.compact()
+    return StructuredOutcome(compact, ccfg, *selection.masks(), **extra)
+
+
 def prune_structured(model: Model, calib: np.ndarray, sparsity: float, method: str, tcfg: TyrConfig,
                      work_dir: Path | None = None, distribution: np.ndarray | None = None,
                      progress: bool = True) -> StructuredOutcome:
-    """Run one structured method (or apply a saved distribution) on a dense model."""
+    """Run one structured method (or apply a saved distribution) on a dense model.
+
+    Týr, uniform and a saved distribution work block by block: `model.params` may be
+    `blocks.StreamedBlocks`. The other baselines need the parameters in memory."""
     cfg = model.cfg
     if distribution is not None:
-        params, head, ffn = apply_distribution(model.params, cfg, calib, distribution, tcfg, progress)
-        return StructuredOutcome(params, cfg, head, ffn)
+        return _outcome(distribution_selection(model.params, cfg, calib, distribution, tcfg, progress,
+                                               store_dir=work_dir / "supernet_distribution" if work_dir else None))
     if method == "tyr":
         result = run_tyr(model.params, cfg, calib, sparsity, tcfg, work_dir=work_dir, progress=progress)
-        return StructuredOutcome(result.params, cfg, result.head_mask, result.ffn_mask,
-                                 [it.history for it in result.iterations],
-                                 {"supernet": round(sum(result.supernet_s), 2), "search": round(sum(result.search_s), 2)})
+        return _outcome(result.selection, history=[it.history for it in result.iterations],
+                        phase_s={"supernet": round(sum(result.supernet_s), 2), "search": round(sum(result.search_s), 2)})
     if method == "uniform":
-        params, head, ffn = uniform_result(model.params, cfg, calib, sparsity, tcfg, progress)
-        return StructuredOutcome(params, cfg, head, ffn)
+        return _outcome(uniform_selection(model.params, cfg, calib, sparsity, tcfg, progress,
+                                          store_dir=work_dir / "supernet_uniform" if work_dir else None))
     from tyrjax.tyr.baselines import structured_baseline
 
+    if isinstance(model.params, ModelBlocks):
+        raise TyrjaxError(f"--stream: --method {method} needs the model in memory; drop --stream "
+                          f"(it applies to {' and '.join(STREAMED_METHODS)} and to --distribution)")
     params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, sparsity, method,
                                                     mlp_multiple=tcfg.mlp_multiple, progress=progress)
-    return StructuredOutcome(params, cfg, head, ffn)
+    compact, ccfg = compact_from_masked(params, cfg, head, ffn)
+    return StructuredOutcome(compact, ccfg, head, ffn)
 
 
 def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
@@ -97,7 +113,7 @@ def run_structured(args: argparse.Namespace) -> None:
     out = args.out or default_out(f"prune-{args.method}")
     timer = Timer()
     with timer.phase("load"):
-        model = load_model(args.model, args.dtype, args.tokenizer)
+        model = load_model(args.model, args.dtype, args.tokenizer, streamed=args.stream)
         calib_n = args.calib_windows or PRESET_CALIB_WINDOWS[args.preset]
         calib = api.calibration_windows(model, args.data, calib_n)
         sets = api.evaluation_sets(model, args.eval_windows, tuple(c for c in args.eval_data.split(",") if c))
@@ -111,12 +127,15 @@ def run_structured(args: argparse.Namespace) -> None:
     if outcome.phase_s:
         del timer.wall_s["prune"]
         timer.wall_s.update(outcome.phase_s)
-    cfg, head, ffn, history = outcome.cfg, outcome.head_mask, outcome.ffn_mask, outcome.history
-    compact, ccfg = compact_from_masked(outcome.params, cfg, head, ffn)
-    # Only the compact model is needed from here on: free the dense and the masked weights.
+    cfg, compact, ccfg = model.cfg, outcome.compact, outcome.cfg
+    head, ffn, history = outcome.head_mask, outcome.ffn_mask, outcome.history
+    # Only the compact model is needed from here on: free the dense weights.
     del outcome
     model = dataclasses.replace(model, params=None)
-    pruned_model = Model(compact, ccfg, model.tokenizer, f"{model.source} pruned by {args.method}", out / "model")
+    # Streamed, the compact model is evaluated block by block too (the hidden states of the
+    # windows are held instead of the whole forward's activations).
+    served = HeldBlocks(compact, ccfg, resolve_mesh(None)) if args.stream else compact
+    pruned_model = Model(served, ccfg, model.tokenizer, f"{model.source} pruned by {args.method}", out / "model")
     with timer.phase("pruned_eval"):
         evaluated = api.evaluate(on_active_mesh(pruned_model), sets, args.batch_size)
     with timer.phase("export"):

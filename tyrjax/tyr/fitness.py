@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from tyrjax.blocks import ModelBlocks, as_blocks, run_blocks, stacked_axes
+from tyrjax.calibration import map_chunks
 from tyrjax.config import ModelConfig
 from tyrjax.layers import decoder_layer, rope_tables
-from tyrjax.model import Params, embed, final_hidden, forward
-from tyrjax.sharding import (REPLICATED, Axes, axis_size, params_axes_of, put_axes, round_up, shard_params,
-                             sharded_call)
+from tyrjax.model import Params, embed, final_hidden, logits_from_hidden
+from tyrjax.sharding import HIDDEN, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, sharded_call
 from tyrjax.tyr.supernet import BlockLevels, Supernet
 
 FITNESSES: dict[str, Callable] = {}
@@ -47,32 +48,32 @@ class Teacher(NamedTuple):
     logp: np.ndarray  # (N, T, k) float32
 
 
-@partial(jax.jit, static_argnums=(1, 3))
-def _teacher_batch(params: Params, cfg: ModelConfig, tokens: jax.Array, k: int):
-    logits = forward(params, cfg, tokens)
-    top, idx = jax.lax.top_k(logits, k)
+@partial(jax.jit, static_argnames=("cfg", "k"))
+def _teacher_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, k: int):
+    top, idx = jax.lax.top_k(logits_from_hidden(head, cfg, h), k)
     return idx.astype(jnp.int32), jax.nn.log_softmax(top, axis=-1)
 
 
 def teacher_topk(
-    params: Params, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = 2, mesh: Mesh | None = None
+    params: Params | ModelBlocks, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = 2, mesh: Mesh | None = None
 ) -> Teacher:
     """Dense logits computed once; only the top-k per position are kept (ALGORITHMS.md §1.4).
 
-    On a mesh, `batch` windows per device are scored at once, split over the data axes."""
+    The windows run block by block (`blocks.run_blocks`), `batch` windows per device at a time;
+    on a mesh they are split over the data axes."""
+    blocks = as_blocks(params, cfg, mesh)
     k = min(k, cfg.vocab_size)
-    if mesh is not None:
-        batch *= axis_size(mesh, "batch")
-    parts = [_teacher_on(params, cfg, jnp.asarray(windows[i:i + batch]), k, mesh)
-             for i in range(0, len(windows), batch)]
-    return Teacher(np.concatenate([np.asarray(p[0]) for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts]))
+    h = run_blocks(blocks, windows, batch)
 
+    def top(hc: jax.Array):
+        if blocks.mesh is None:
+            return _teacher_from_hidden(blocks.head, cfg, hc, k)
+        inputs = {"head": (blocks.head, blocks.head_axes()), "h": (hc, HIDDEN)}
+        return sharded_call(_teacher_from_hidden, blocks.mesh, inputs, REPLICATED, head_dim=cfg.head_dim,
+                            static={"cfg": cfg, "k": k})
 
-def _teacher_on(params: Params, cfg: ModelConfig, tokens: jax.Array, k: int, mesh: Mesh | None):
-    if mesh is None:
-        return _teacher_batch(params, cfg, tokens, k)
-    inputs = {"params": (params, params_axes_of(params, cfg)), "tokens": (tokens, Axes("batch", "seq"))}
-    return sharded_call(_teacher_batch, mesh, inputs, REPLICATED, head_dim=cfg.head_dim, static={"cfg": cfg, "k": k})
+    idx, logp = map_chunks(top, h, batch)
+    return Teacher(host_array(idx), host_array(logp))
 
 
 @register_fitness("kl")
@@ -110,9 +111,9 @@ BLOCK_STATES = Axes(None, "candidate", "batch", "seq", "embed")  # (k + 1, C, B,
 
 # Each call of a compiled function costs about a tenth of a SmolLM2 block on CPU (its buffers
 # are set up afresh), so small blocks share a call: up to MAX_BLOCKS_PER_CALL of them, as many as
-# keep the levels of one call within LEVEL_BYTES_PER_CALL.
+# keep the levels and the block parameters of one call within BYTES_PER_CALL.
 MAX_BLOCKS_PER_CALL = 8
-LEVEL_BYTES_PER_CALL = 256 * 2**20
+BYTES_PER_CALL = 128 * 2**20
 
 
 def _candidate_block(p: Params, cfg: ModelConfig, levels: BlockLevels, h: jax.Array) -> jax.Array:
@@ -129,26 +130,23 @@ def _candidate_block(p: Params, cfg: ModelConfig, levels: BlockLevels, h: jax.Ar
 
 
 @partial(jax.jit, static_argnames=("cfg", "with_states"))
-def candidate_blocks(layers: Params, cfg: ModelConfig, first: jax.Array, stop: jax.Array, levels: BlockLevels,
-                     h: jax.Array, with_states: bool = False) -> jax.Array:
-    """Blocks `first`, `first + 1`, … (one per entry of `levels (k, C, ...)`) of a batch of C
-    candidates, each block with the candidates' own levels; blocks from `stop` on pass `h`
-    through. Returns the output (C, B, T, d), or with `with_states` the state entering each of
-    the k blocks and the output (k + 1, C, B, T, d).
+def candidate_blocks(layers: Params, cfg: ModelConfig, n_run: jax.Array, levels: BlockLevels, h: jax.Array,
+                     with_states: bool = False) -> jax.Array:
+    """k consecutive blocks of a batch of C candidates: block i has the parameters `layers[i]`
+    (stacked, k, ...) and the candidates' own levels `levels[i]` (k, C, ...); blocks from
+    `n_run` on pass `h` through. Returns the output (C, B, T, d), or with `with_states` the state
+    entering each of the k blocks and the output (k + 1, C, B, T, d).
 
-    The block indices are traced, so every stretch of blocks of the stacked model (and every
-    batch of the same size) runs one compiled function."""
+    How many blocks run is traced, so every stretch of k blocks of the model (and every batch of
+    the same size) runs one compiled function."""
 
     def step(x, xs):
-        i, block_levels = xs
-        b = first + i
-        p = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, jnp.minimum(b, cfg.n_layers - 1),
-                                                                          keepdims=False), layers)
-        out = jax.lax.cond(b < stop, lambda x: _candidate_block(p, cfg, block_levels, x), lambda x: x, x)
+        i, p, block_levels = xs
+        out = jax.lax.cond(i < n_run, lambda x: _candidate_block(p, cfg, block_levels, x), lambda x: x, x)
         return out, x if with_states else None
 
     k = levels.wo.shape[0]
-    out, entering = jax.lax.scan(step, h, (jnp.arange(k), levels))
+    out, entering = jax.lax.scan(step, h, (jnp.arange(k), layers, levels))
     return jnp.concatenate([entering, out[None]]) if with_states else out
 
 
@@ -187,15 +185,17 @@ def host_buffer(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
-def blocks_per_call(level_bytes: int, batch: int, n_blocks: int) -> int:
+def blocks_per_call(level_bytes: int, batch: int, n_blocks: int, block_bytes: int = 0) -> int:
     """How many blocks one call of `candidate_blocks` runs for a batch of `batch` candidates,
-    where one level of one block (o_proj, down_proj and their masks) takes `level_bytes`."""
-    fit = LEVEL_BYTES_PER_CALL // (batch * level_bytes)
+    where one level of one block (o_proj, down_proj and their masks) takes `level_bytes` and
+    the block's parameters `block_bytes`."""
+    fit = BYTES_PER_CALL // (batch * level_bytes + block_bytes)
     return int(np.clip(fit, 1, min(MAX_BLOCKS_PER_CALL, n_blocks)))
 
 
-def default_blocks_per_call(supernet: Supernet, batch: int) -> int:
-    return blocks_per_call(sum(a[0].nbytes for a in supernet.block(0)), batch, supernet.n_blocks)
+def default_blocks_per_call(supernet: Supernet, model: ModelBlocks, batch: int) -> int:
+    block_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(model.block(0)))
+    return blocks_per_call(sum(a[0].nbytes for a in supernet.block(0)), batch, supernet.n_blocks, block_bytes)
 
 
 def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
@@ -218,22 +218,16 @@ class BatchScorer:
     heads and neurons over tensor; the scores come back replicated.
     """
 
-    def __init__(self, params: Params, cfg: ModelConfig, supernet: Supernet, batch: int, fitness: str = "kl",
-                 mesh: Mesh | None = None, blocks_per_call: int | None = None):
-        self.cfg, self.fitness, self.mesh, self.supernet = cfg, fitness, mesh, supernet
-        if mesh is None:
-            self.params, self.batch = params, batch
-        else:
-            self.params = shard_params(params, cfg, mesh)
-            self.batch = round_up(batch, axis_size(mesh, "candidate"))
+    def __init__(self, params: Params | ModelBlocks, cfg: ModelConfig, supernet: Supernet, batch: int,
+                 fitness: str = "kl", mesh: Mesh | None = None, blocks_per_call: int | None = None):
+        self.cfg, self.fitness, self.supernet = cfg, fitness, supernet
+        self.model = as_blocks(params, cfg, mesh)
+        self.mesh = self.model.mesh
+        self.batch = batch if self.mesh is None else round_up(batch, axis_size(self.mesh, "candidate"))
         if blocks_per_call is None:
-            blocks_per_call = default_blocks_per_call(supernet, self.batch)
+            blocks_per_call = default_blocks_per_call(supernet, self.model, self.batch)
         self.blocks_per_call = max(1, min(blocks_per_call, cfg.n_layers))
-        self.layers = self.params["layers"]
-        self.head = {k: v for k, v in self.params.items() if k != "layers"}
-        axes = params_axes_of(self.params, cfg)
-        self.layer_axes = axes["layers"]
-        self.head_axes = {k: v for k, v in axes.items() if k != "layers"}
+        self.head = self.model.head
 
     def __call__(self, genomes: np.ndarray, parent: np.ndarray, tokens: np.ndarray, t_idx: np.ndarray,
                  t_logp: np.ndarray, use_prefix: bool = True) -> np.ndarray:
@@ -261,7 +255,7 @@ class BatchScorer:
         if self.mesh is None:
             h = parent_embedding(self.head, tokens)
         else:
-            inputs = {"head": (self.head, self.head_axes), "tokens": (tokens, Axes("batch", "seq"))}
+            inputs = {"head": (self.head, self.model.head_axes()), "tokens": (tokens, Axes("batch", "seq"))}
             h = sharded_call(parent_embedding, self.mesh, inputs, CANDIDATE_HIDDEN, head_dim=self.cfg.head_dim)
         out = {0: h} if 0 in blocks else {}
         stop = max(blocks)
@@ -271,15 +265,18 @@ class BatchScorer:
             h = states[-1]
         return out
 
-    def candidate_levels(self, first: int, stop: int, genomes: np.ndarray) -> BlockLevels:
-        """The levels `genomes (C, 2L)` use in blocks `first`, …, `first + blocks_per_call - 1`,
-        stacked (k, C, ...) on the device(s) that run them; blocks from `stop` on (which are not
-        run) repeat the last block before it, so only the levels run are read."""
-        blocks = [min(b, stop - 1) for b in range(first, first + self.blocks_per_call)]
+    def call_blocks(self, first: int, stop: int) -> list[int]:
+        """The blocks of the call starting at `first`: blocks from `stop` on (which are not run)
+        repeat the last block before it, so only blocks that run are read."""
+        return [min(b, stop - 1) for b in range(first, first + self.blocks_per_call)]
+
+    def candidate_levels(self, blocks: list[int], genomes: np.ndarray) -> BlockLevels:
+        """The levels `genomes (C, 2L)` use in `blocks`, stacked (k, C, ...) on the device(s)
+        that run them."""
         shapes = self.supernet.block(blocks[0])
         levels = BlockLevels(*(host_buffer((len(blocks), len(genomes), *a.shape[1:]), a.dtype) for a in shapes))
         for j, b in enumerate(blocks):
-            if j and b == blocks[j - 1]:  # past `stop`: a copy of the block before, not read again
+            if j and b == blocks[j - 1]:  # a repeated block: a copy of the one before, not read again
                 for a in levels:
                     a[j] = a[j - 1]
             else:
@@ -289,14 +286,15 @@ class BatchScorer:
         return put_axes(levels, CANDIDATE_LEVELS, self.mesh, self.cfg.head_dim)
 
     def _blocks(self, first: int, stop: int, genomes: np.ndarray, h: jax.Array, with_states: bool = False) -> jax.Array:
-        levels = self.candidate_levels(first, stop, genomes)
+        blocks = self.call_blocks(first, stop)
+        levels = self.candidate_levels(blocks, genomes)
+        layers = self.model.stacked(blocks)
+        n_run = jnp.int32(stop - first)
         if self.mesh is None:
-            return candidate_blocks(self.layers, self.cfg, jnp.int32(first), jnp.int32(stop), levels, h,
-                                    with_states=with_states)
+            return candidate_blocks(layers, self.cfg, n_run, levels, h, with_states=with_states)
         inputs = {
-            "layers": (self.layers, self.layer_axes),
-            "first": (jnp.int32(first), REPLICATED),
-            "stop": (jnp.int32(stop), REPLICATED),
+            "layers": (layers, stacked_axes(layers)),
+            "n_run": (n_run, REPLICATED),
             "levels": (levels, CANDIDATE_LEVELS),
             "h": (h, CANDIDATE_HIDDEN),
         }
@@ -313,7 +311,7 @@ class BatchScorer:
         if self.mesh is None:
             return candidate_fitness(self.head, self.cfg, h, t_idx, t_logp, fitness=self.fitness)
         inputs = {
-            "head": (self.head, self.head_axes),
+            "head": (self.head, self.model.head_axes()),
             "h": (h, CANDIDATE_HIDDEN),
             "t_idx": (t_idx, Axes("batch", "seq")),
             "t_logp": (t_logp, Axes("batch", "seq")),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Callable
@@ -11,13 +12,14 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from tyrjax.blocks import HeldBlocks, ModelBlocks, as_blocks
 from tyrjax.config import ModelConfig
 from tyrjax.distributed import agree, is_writer
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import Params
+from tyrjax.model import Params, compact_from_blocks
 from tyrjax.search.evolution import SearchConfig, evolve, load_state, save_state
 from tyrjax.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
-from tyrjax.sharding import local_tree, resolve_mesh, shard_params
+from tyrjax.sharding import local_tree, resolve_mesh
 from tyrjax.tyr.fitness import BatchScorer, Teacher, teacher_topk
 from tyrjax.tyr.supernet import Supernet, build_supernet
 
@@ -107,6 +109,40 @@ def masks_and_weights(supernet: Supernet, genome: np.ndarray, params: Params) ->
 
 
 @dataclasses.dataclass
+class Selection:
+    """A pruned model as one level per searchable layer of a supernet built on `model`."""
+
+    model: ModelBlocks
+    supernet: Supernet
+    genome: np.ndarray
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Head and neuron keep masks (L, H), (L, F)."""
+        return self.supernet.masks(self.genome)
+
+    def masked(self) -> tuple[Params, np.ndarray, np.ndarray]:
+        """The whole masked model in memory (on this process's default device) and its masks."""
+        if not isinstance(self.model, HeldBlocks):
+            raise TyrjaxError("selection: the masked form needs the model in memory; use compact() for a streamed one")
+        chosen = masks_and_weights(self.supernet, self.genome, self.model.params)
+        return chosen if self.model.mesh is None else local_tree(chosen)
+
+    def compact(self) -> tuple[Params, ModelConfig]:
+        """The compact model, built block by block (never more than one dense block at a time)."""
+        head_mask, ffn_mask = self.masks()
+        g = np.asarray(self.genome)
+
+        def layers():
+            for b in range(self.model.n_layers):
+                level = self.supernet.gather(b, g[2 * b:2 * b + 1], g[2 * b + 1:2 * b + 2])
+                p = dict(self.model.block(b), wo=jnp.asarray(level.wo[0]), w_down=jnp.asarray(level.w_down[0]))
+                yield p if self.model.mesh is None else local_tree(p)
+
+        head = self.model.head if self.model.mesh is None else local_tree(self.model.head)
+        return compact_from_blocks(head, layers(), self.model.cfg, head_mask, ffn_mask)
+
+
+@dataclasses.dataclass
 class IterationResult:
     grid: LevelGrid
     genome: np.ndarray
@@ -131,15 +167,15 @@ def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tc
 
 
 def search_iteration(
-    params: Params, cfg: ModelConfig, supernet: Supernet, grid: LevelGrid, calib: np.ndarray, teacher: Teacher,
-    tcfg: TyrConfig, iteration: int, state_path: Path | None, progress: bool, mesh: Mesh | None = None,
+    model: Params | ModelBlocks, cfg: ModelConfig, supernet: Supernet, grid: LevelGrid, calib: np.ndarray,
+    teacher: Teacher, tcfg: TyrConfig, iteration: int, state_path: Path | None, progress: bool, mesh: Mesh | None = None,
 ) -> IterationResult:
     """One evolutionary search over `grid`, resumable from `state_path`; candidates scored on `mesh`."""
     search_cfg = tcfg.search_config()
     state = load_state(state_path) if state_path is not None and state_path.exists() else None
     agree(state.generation if state else 0, f"search state {state_path}")
     parent = {"genome": np.asarray(state.parent) if state else centre_genome(grid)}
-    scorer = BatchScorer(params, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh)
+    scorer = BatchScorer(model, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh)
     fitness = make_fitness_fn(scorer, calib, teacher, tcfg, iteration, lambda: parent["genome"])
     bar = tqdm(total=search_cfg.generations, initial=state.generation if state else 0, desc=f"search {iteration + 1}",
                unit="gen", disable=not progress)
@@ -160,29 +196,48 @@ def search_iteration(
 
 @dataclasses.dataclass
 class TyrResult:
-    params: Params  # masked form with the chosen o_proj/down_proj weights
-    head_mask: np.ndarray
-    ffn_mask: np.ndarray
+    selection: Selection  # the found model
     iterations: list[IterationResult]
     supernet_s: list[float]
     search_s: list[float]
 
+    @functools.cached_property
+    def _masked(self) -> tuple[Params, np.ndarray, np.ndarray]:
+        return self.selection.masked()
+
+    @property
+    def params(self) -> Params:
+        """Masked form with the chosen o_proj/down_proj weights (the model held in memory)."""
+        return self._masked[0]
+
+    @functools.cached_property
+    def _masks(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.selection.masks()
+
+    @property
+    def head_mask(self) -> np.ndarray:
+        return self._masks[0]
+
+    @property
+    def ffn_mask(self) -> np.ndarray:
+        return self._masks[1]
+
 
 def run_tyr(
-    params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
+    params: Params | ModelBlocks, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
     work_dir: Path | None = None, progress: bool = True, mesh: Mesh | None = None,
 ) -> TyrResult:
     """Iterative prune-and-search; `work_dir` holds supernets and search states for resuming.
 
-    On a mesh (default: the one of `sharding.use_mesh`, if any) every phase runs sharded and
-    the result comes back on this process's default device, the same on every process.
+    `params` may be `blocks.StreamedBlocks`: then no phase holds more than a few blocks of the
+    model. On a mesh (default: the one of `sharding.use_mesh`, if any) every phase runs sharded
+    and the result comes back on this process's default device, the same on every process.
     """
     import time
 
     mesh = resolve_mesh(mesh)
-    if mesh is not None:
-        params = shard_params(params, cfg, mesh)
-    teacher = teacher_topk(params, cfg, calib, tcfg.topk, mesh=mesh)
+    model = as_blocks(params, cfg, mesh)
+    teacher = teacher_topk(model, cfg, calib, tcfg.topk)
     grid = initial_grid(cfg, sparsity, tcfg)
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     iterations, sn_times, search_times = [], [], []
@@ -192,12 +247,12 @@ def run_tyr(
             interval = _interval_for(arrays, tcfg.interval / 2**it)
             grid = recentre(grid, iterations[-1].genome, interval, arrays["group_multiple"])
         t0 = time.perf_counter()
-        supernet = build_supernet(params, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
+        supernet = build_supernet(model, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
                                   local_pruner=tcfg.local_pruner, store_dir=work_dir / f"supernet_{it}" if work_dir else None, seed=tcfg.seed,
                                   progress=progress, mesh=mesh)
         t1 = time.perf_counter()
         state_path = work_dir / f"search_{it}.json" if work_dir else None
-        found = search_iteration(params, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress, mesh)
+        found = search_iteration(model, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress, mesh)
         found.head_mask, found.ffn_mask = supernet.masks(found.genome)
         iterations.append(found)
         sn_times.append(t1 - t0)
@@ -208,34 +263,36 @@ def run_tyr(
         # one path, and pruning it once more along that path calibrates every layer on the
         # inputs it will really see (the "ideal single path" of the paper's ablation).
         t0 = time.perf_counter()
-        chosen = apply_distribution(params, cfg, calib, removed_groups(last.head_mask, last.ffn_mask), tcfg,
-                                    progress, mesh)
+        selection = distribution_selection(model, cfg, calib, removed_groups(last.head_mask, last.ffn_mask), tcfg,
+                                           progress, mesh, work_dir / "supernet_final" if work_dir else None)
         sn_times.append(time.perf_counter() - t0)
     else:
-        chosen = masks_and_weights(supernet, last.genome, params)
-    if mesh is not None:
-        chosen = local_tree(chosen)
-    return TyrResult(*chosen, iterations, sn_times, search_times)
+        selection = Selection(model, supernet, last.genome)
+    return TyrResult(selection, iterations, sn_times, search_times)
+
+
+def uniform_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib: np.ndarray, sparsity: float,
+                      tcfg: TyrConfig, progress: bool = True, mesh: Mesh | None = None,
+                      store_dir: Path | None = None) -> Selection:
+    """The Týr local pruner at the same sparsity in every layer: the centre of the first grid."""
+    model = as_blocks(params, cfg, resolve_mesh(mesh))
+    grid = initial_grid(cfg, sparsity, tcfg)
+    one_level = LevelGrid(grid.module_type, grid.group_params, grid.n_groups, grid.centre, grid.step, n_levels=1)
+    supernet = build_supernet(model, cfg, calib, one_level, propagation="expectation", saliency=tcfg.saliency,
+                              local_pruner=tcfg.local_pruner, store_dir=store_dir, progress=progress, mesh=model.mesh)
+    return Selection(model, supernet, np.zeros(one_level.n_layers, np.int64))
 
 
 def uniform_result(params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
                    progress: bool = True, mesh: Mesh | None = None) -> tuple[Params, np.ndarray, np.ndarray]:
-    """The Týr local pruner at the same sparsity in every layer: the centre of the first grid."""
-    grid = initial_grid(cfg, sparsity, tcfg)
-    one_level = LevelGrid(grid.module_type, grid.group_params, grid.n_groups, grid.centre, grid.step, n_levels=1)
-    supernet = build_supernet(params, cfg, calib, one_level, propagation="expectation", saliency=tcfg.saliency,
-                              local_pruner=tcfg.local_pruner, progress=progress, mesh=mesh)
-    return _on_this_process(masks_and_weights(supernet, np.zeros(one_level.n_layers, np.int64), params), mesh)
+    """`uniform_selection` as a masked model and its masks."""
+    return uniform_selection(params, cfg, calib, sparsity, tcfg, progress, mesh).masked()
 
 
-def _on_this_process(chosen: tuple[Params, np.ndarray, np.ndarray], mesh: Mesh | None):
-    """A result computed on a mesh, gathered onto this process's default device."""
-    return chosen if resolve_mesh(mesh) is None else local_tree(chosen)
-
-
-def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray, tcfg: TyrConfig,
-                       progress: bool = True, mesh: Mesh | None = None) -> tuple[Params, np.ndarray, np.ndarray]:
-    """Prune each layer at a given number of removed groups (a saved distribution), no search."""
+def distribution_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray,
+                           tcfg: TyrConfig, progress: bool = True, mesh: Mesh | None = None,
+                           store_dir: Path | None = None) -> Selection:
+    """Each layer pruned at a given number of removed groups (a saved distribution), no search."""
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     removed = np.asarray(removed, np.int64)
     if removed.shape != arrays["n_groups"].shape or np.any(removed < 0) or np.any(removed > arrays["n_groups"]):
@@ -243,11 +300,18 @@ def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, remo
             f"distribution: expected {len(arrays['n_groups'])} per-layer removal counts within the layer sizes "
             f"of this model ({cfg.n_layers} blocks, {cfg.n_heads} heads, {cfg.intermediate_size} neurons)"
         )
+    model = as_blocks(params, cfg, resolve_mesh(mesh))
     grid = LevelGrid(arrays["module_type"], arrays["group_params"], arrays["n_groups"], removed,
                      np.ones_like(removed), n_levels=1)
-    supernet = build_supernet(params, cfg, calib, grid, saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
-                              progress=progress, mesh=mesh)
-    return _on_this_process(masks_and_weights(supernet, np.zeros(grid.n_layers, np.int64), params), mesh)
+    supernet = build_supernet(model, cfg, calib, grid, saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
+                              store_dir=store_dir, progress=progress, mesh=model.mesh)
+    return Selection(model, supernet, np.zeros(grid.n_layers, np.int64))
+
+
+def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray, tcfg: TyrConfig,
+                       progress: bool = True, mesh: Mesh | None = None) -> tuple[Params, np.ndarray, np.ndarray]:
+    """`distribution_selection` as a masked model and its masks."""
+    return distribution_selection(params, cfg, calib, removed, tcfg, progress, mesh).masked()
 
 
 def removed_groups(head_mask: np.ndarray, ffn_mask: np.ndarray) -> np.ndarray:

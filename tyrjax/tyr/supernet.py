@@ -28,7 +28,8 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration import (attention_inputs, check_finite, embed_windows, layer, map_chunks, mlp_inputs,
+from tyrjax.blocks import ModelBlocks, as_blocks
+from tyrjax.calibration import (attention_inputs, check_finite, embed_windows, map_chunks, mlp_inputs,
                                 stats_of)
 from tyrjax.config import ModelConfig
 from tyrjax.distributed import agree
@@ -238,7 +239,7 @@ def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, *settin
 
 
 def build_supernet(
-    params: Params,
+    params: Params | ModelBlocks,
     cfg: ModelConfig,
     windows: np.ndarray,
     grid: LevelGrid,
@@ -260,6 +261,7 @@ def build_supernet(
     out the ones a batch of candidates uses.
     """
     mesh = resolve_mesh(mesh)
+    model = as_blocks(params, cfg, mesh)
     if propagation not in PROPAGATIONS:
         raise TyrjaxError(f"supernet: propagation {propagation!r} unknown; use one of {', '.join(PROPAGATIONS)}")
     if grid.n_layers != 2 * cfg.n_layers:
@@ -272,13 +274,13 @@ def build_supernet(
         stream = store.load_stream()
         x = jnp.asarray(stream) if mesh is None else put_axes(stream, HIDDEN, mesh)
     else:
-        x = embed_windows(params, windows, mesh)
+        x = embed_windows(model.head, windows, mesh)
     held: list[BlockLevels | None] = [None] * start
     bar = tqdm(range(start, cfg.n_layers), desc="supernet", unit="block", disable=not progress,
                initial=start, total=cfg.n_layers)
     for b in bar:
         rng = np.random.default_rng([seed, b])
-        p = layer(params, b, cfg, mesh)
+        p = model.block(b)
         levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh)
         if store:
             store.save_block(b, levels, x)

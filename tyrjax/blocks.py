@@ -1,0 +1,139 @@
+"""A model's parameters one decoder block at a time, and the model run block by block.
+
+Týr touches one block at a time (calibration, supernet, re-pruning) or a few (one scoring call
+of the search), and a model's hidden states for a set of windows are small next to its
+weights. So the pipeline takes `ModelBlocks`: the parameters outside the blocks (`head`:
+embedding, final norm, LM head), which stay resident, and `block(i)`.
+
+- `HeldBlocks` serves blocks from parameters in memory (either form).
+- `StreamedBlocks` reads each block from the checkpoint when it is asked for and lets it go
+  afterwards, so what a run holds does not grow with the model's depth.
+
+`run_blocks` takes the hidden states of a set of windows through every block, one block (and
+a few windows) at a time; the teacher of the search and `evaluate.perplexity_blockwise` use it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from tyrjax.calibration import map_chunks
+from tyrjax.config import ModelConfig
+from tyrjax.layers import decoder_layer, rope_tables
+from tyrjax.model import Params, embed, is_stacked
+from tyrjax.sharding import (HIDDEN, LAYER_PARAM_AXES, MODEL_PARAM_AXES, Axes, axes_of_layer, put_axes, shard_layer,
+                             shard_params, sharded_call)
+from tyrjax.streaming import BlockSource
+
+
+class ModelBlocks:
+    """A model as `head` (the parameters outside the blocks) and `block(i)` (laid out on `mesh`
+    when there is one)."""
+
+    cfg: ModelConfig
+    head: Params
+    mesh: Mesh | None
+
+    @property
+    def n_layers(self) -> int:
+        return self.cfg.n_layers
+
+    def block(self, index: int) -> Params:
+        raise NotImplementedError
+
+    def stacked(self, indices: Sequence[int]) -> Params:
+        """Blocks `indices` of a dense-width model stacked on a leading axis (k, ...)."""
+        wanted = {i: self.block(i) for i in sorted(set(indices))}
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(wanted[i] for i in indices))
+
+    def head_axes(self) -> dict[str, Axes]:
+        return {k: Axes(*MODEL_PARAM_AXES[k]) for k in self.head}
+
+
+class HeldBlocks(ModelBlocks):
+    """Blocks of parameters held in memory: the masked (stacked) or the compact (list) form."""
+
+    def __init__(self, params: Params, cfg: ModelConfig, mesh: Mesh | None = None):
+        self.params = params if mesh is None else shard_params(params, cfg, mesh)
+        self.cfg, self.mesh = cfg, mesh
+        self.head = {k: v for k, v in self.params.items() if k != "layers"}
+
+    def block(self, index: int) -> Params:
+        layers = self.params["layers"]
+        if not is_stacked(self.params):
+            return layers[index]
+        p = jax.tree_util.tree_map(lambda a: a[index], layers)
+        return p if self.mesh is None else shard_layer(p, self.cfg, self.mesh)
+
+    def stacked(self, indices: Sequence[int]) -> Params:
+        if not is_stacked(self.params):
+            return super().stacked(indices)
+        idx = np.asarray(indices)
+        return jax.tree_util.tree_map(lambda a: a[idx], self.params["layers"])
+
+
+class StreamedBlocks(ModelBlocks):
+    """Blocks read from a safetensors checkpoint on every request; only the head stays resident.
+
+    The checkpoint's files are closed after each block, so the pages read do not stay mapped
+    into the process either."""
+
+    def __init__(self, model_dir: str | Path, cfg: ModelConfig, dtype=jnp.float32, mesh: Mesh | None = None):
+        self.source = BlockSource(model_dir, cfg, dtype, mesh)
+        self.cfg, self.mesh = cfg, mesh
+        self.head = self.source.global_params()
+        self.source.close()
+
+    def block(self, index: int) -> Params:
+        p = self.source.block(index)
+        self.source.close()  # drops the open files only: the next read reopens them
+        return p
+
+
+def as_blocks(params: Params | ModelBlocks, cfg: ModelConfig, mesh: Mesh | None = None) -> ModelBlocks:
+    """`params` as `ModelBlocks` (parameters in memory are served by `HeldBlocks`)."""
+    return params if isinstance(params, ModelBlocks) else HeldBlocks(params, cfg, mesh)
+
+
+@partial(jax.jit, static_argnames=("cfg", "kv_map"))
+def block_output(p: Params, cfg: ModelConfig, x: jax.Array, kv_map: tuple[int, ...]) -> jax.Array:
+    """One unmasked block applied to hidden states x (B, T, d)."""
+    cos, sin = rope_tables(cfg, jnp.arange(x.shape[1]))
+    return decoder_layer(p, cfg, x, cos, sin, kv_map)[0]
+
+
+def _block_on(p: Params, cfg: ModelConfig, x: jax.Array, kv_map: tuple[int, ...], mesh: Mesh | None) -> jax.Array:
+    if mesh is None:
+        return block_output(p, cfg, x, kv_map)
+    inputs = {"p": (p, axes_of_layer(p)), "x": (x, HIDDEN)}
+    return sharded_call(block_output, mesh, inputs, HIDDEN, head_dim=cfg.head_dim, static={"cfg": cfg, "kv_map": kv_map})
+
+
+def embedded(blocks: ModelBlocks, windows: np.ndarray) -> jax.Array:
+    """The hidden states entering block 0 (n_windows, T, d) in the model's dtype; on a mesh,
+    split by windows."""
+    x = embed(blocks.head, jnp.asarray(windows))
+    return x if blocks.mesh is None else put_axes(x, HIDDEN, blocks.mesh)
+
+
+def run_blocks(blocks: ModelBlocks, windows: np.ndarray, chunk: int = 2, desc: str | None = None) -> jax.Array:
+    """The last block's output (n_windows, T, d) for token `windows`, computed block by block,
+    `chunk` windows (per device) at a time; `desc` shows a progress bar over the blocks."""
+    cfg = blocks.cfg
+    x = embedded(blocks, windows)
+    for i in tqdm(range(cfg.n_layers), desc=desc, unit="block", disable=desc is None, leave=False):
+        p = blocks.block(i)
+        x = map_chunks(lambda h, p=p, i=i: _block_on(p, cfg, h, cfg.kv_map(i), blocks.mesh), x, chunk)
+    return x
+
+
+def stacked_axes(layers: Params) -> dict[str, Axes]:
+    """Logical axes of blocks stacked on a leading axis (`ModelBlocks.stacked`)."""
+    return {k: Axes("layers", *LAYER_PARAM_AXES[k]) for k in layers}
