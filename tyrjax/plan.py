@@ -180,6 +180,7 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     return [
         Line("teacher", "model weights", model),
         Line("teacher", "logits of one forward (fp32)", dev((B, T, cfg.vocab_size), Axes("batch", "seq", "vocab"), F32)),
+        Line("teacher", "hidden states of all calibration windows (run block by block)", dev((N, T, d), HIDDEN, wb)),
         Line("teacher", "top-k of all calibration tokens", dev((N, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
         Line("supernet", "weights of one block", block_per_device(cfg, wb, mesh)),
         Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
