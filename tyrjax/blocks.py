@@ -14,6 +14,8 @@ a few windows) at a time; the teacher of the search and `evaluate.perplexity_blo
 """
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -24,16 +26,16 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration import map_chunks
+from tyrjax.calibration import layer, map_chunks
 from tyrjax.config import ModelConfig
 from tyrjax.layers import decoder_layer, rope_tables
 from tyrjax.model import Params, embed, is_stacked
-from tyrjax.sharding import (HIDDEN, LAYER_PARAM_AXES, MODEL_PARAM_AXES, Axes, axes_of_layer, put_axes, shard_layer,
-                             shard_params, sharded_call)
+from tyrjax.sharding import (HIDDEN, LAYER_PARAM_AXES, MODEL_PARAM_AXES, Axes, axes_of_layer, put_axes, shard_params,
+                             sharded_call)
 from tyrjax.streaming import BlockSource
 
 
-class ModelBlocks:
+class ModelBlocks(abc.ABC):
     """A model as `head` (the parameters outside the blocks) and `block(i)` (laid out on `mesh`
     when there is one)."""
 
@@ -45,8 +47,9 @@ class ModelBlocks:
     def n_layers(self) -> int:
         return self.cfg.n_layers
 
+    @abc.abstractmethod
     def block(self, index: int) -> Params:
-        raise NotImplementedError
+        """Decoder block `index`'s parameters."""
 
     def stacked(self, indices: Sequence[int]) -> Params:
         """Blocks `indices` of a dense-width model stacked on a leading axis (k, ...)."""
@@ -66,11 +69,9 @@ class HeldBlocks(ModelBlocks):
         self.head = {k: v for k, v in self.params.items() if k != "layers"}
 
     def block(self, index: int) -> Params:
-        layers = self.params["layers"]
         if not is_stacked(self.params):
-            return layers[index]
-        p = jax.tree_util.tree_map(lambda a: a[index], layers)
-        return p if self.mesh is None else shard_layer(p, self.cfg, self.mesh)
+            return self.params["layers"][index]
+        return layer(self.params, index, self.cfg, self.mesh)
 
     def stacked(self, indices: Sequence[int]) -> Params:
         if not is_stacked(self.params):
