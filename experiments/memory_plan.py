@@ -117,7 +117,7 @@ def main() -> None:
         fp32 = supernet_disk_bytes(cfg, base)
         bf16 = supernet_disk_bytes(cfg, dataclasses.replace(base, level_bytes=2))
         disk_rows.append([model, gb(fp32), gb(base.iterations * fp32), gb(bf16)])
-    print(table(["model", "one supernet, fp32 levels", f"all {base.iterations} iterations' supernets",
+    print(table(["model", "one supernet, fp32 levels", f"all {base.iterations} iterations' supernets (--keep-supernets)",
                  "one supernet, bf16 levels"], disk_rows))
 
 

@@ -41,6 +41,35 @@ def test_stopped_search_resumes_from_its_last_generation_to_the_same_result(tmp_
     np.testing.assert_array_equal(resumed.params["layers"]["wo"], fresh.params["layers"]["wo"])
 
 
+@pytest.mark.parametrize("reprune_final", [True, False])
+def test_finished_iterations_drop_their_supernets_and_resume_without_them(tmp_path, monkeypatch, reprune_final):
+    params, calib = tiny_model()
+    tcfg = tyr_config(iterations=2, reprune_final=reprune_final)
+    work = tmp_path / "work"
+    first = pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=work, progress=False)
+    assert (work / "found_0.npz").exists() and (work / "found_1.npz").exists()
+    assert not (work / "supernet_0").exists()
+    assert (work / "supernet_1").exists() == (not reprune_final)  # read by the result when not re-pruned
+    builds, build = [], pipeline.build_supernet
+
+    def counting_build(*args, **kwargs):
+        builds.append(kwargs["store_dir"].name)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_supernet", counting_build)
+    again = pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=work, progress=False)
+    assert builds == (["supernet_final"] if reprune_final else ["supernet_1"])  # reopened from disk, not searched again
+    for a, b in zip(first.iterations, again.iterations):
+        np.testing.assert_array_equal(a.genome, b.genome)
+        np.testing.assert_array_equal(a.head_mask, b.head_mask)
+        assert a.history == b.history and a.fitness == b.fitness
+    np.testing.assert_array_equal(first.params["layers"]["wo"], again.params["layers"]["wo"])
+    kept = pipeline.run_tyr(params, CFG, calib, SPARSITY, tyr_config(iterations=2, keep_supernets=True),
+                            work_dir=tmp_path / "kept", progress=False)
+    assert (tmp_path / "kept" / "supernet_0").exists()
+    np.testing.assert_array_equal(kept.iterations[-1].genome, first.iterations[-1].genome)
+
+
 def _run(work_dir, mesh: str, *args: str) -> None:
     done = run_check("resume_check.py", [str(work_dir), mesh, *args], 4)
     expected = 0 if args[0] == "finish" else -9

@@ -195,9 +195,11 @@ Unstructured / N:M (--pattern 0.5 | 2:4 | 4:8, zeros in dense shapes):
   wanda      Wanda (|W| x input norm)
   magnitude  magnitude (with --pattern)
 
-Týr keeps its supernets (every level of every block) and search states on disk in RUN_DIR/work;
-rerunning the same command resumes there. experiments/memory_plan.py prints their size for a
-large model (about 90 GB per supernet of an 8B model, with fp32 levels). With --stream they
+Týr keeps its supernet (every level of every block) and search state on disk in RUN_DIR/work;
+rerunning the same command resumes there. Once an iteration's search is done, its result is
+saved and its supernet deleted (--keep-supernets keeps them), so the disk holds one supernet
+at a time: experiments/memory_plan.py prints its size for a large model (about 90 GB for an
+8B model, with fp32 levels). With --stream they
 hold only the embedding and head in memory and read decoder blocks from the checkpoint as
 needed: for models larger than memory.
 """
@@ -229,6 +231,8 @@ def _structured_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default="quick", choices=["quick", "paper"],
                    help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for accelerators")
     g.add_argument("--distribution", type=Path, default=None, help="apply a searched distribution file instead of searching")
+    g.add_argument("--keep-supernets", action="store_true",
+                   help="keep every iteration's supernet in RUN_DIR/work (default: delete each once its search is done)")
     g.add_argument("--stream", action="store_true",
                    help="hold only the embedding and head; read each decoder block from the checkpoint when a phase "
                         "needs it, so memory does not grow with depth (tyr, uniform and --distribution; "

@@ -33,7 +33,7 @@ def tyr_config(args: argparse.Namespace) -> TyrConfig:
         n = overrides["offspring"]
         stages = tuple((min(c, n), t) for c, t in tcfg.stages)
         overrides["stages"] = ((n, stages[0][1]),) + stages[1:]
-    return dataclasses.replace(tcfg, seed=args.seed, **overrides)
+    return dataclasses.replace(tcfg, seed=args.seed, keep_supernets=args.keep_supernets, **overrides)
 
 
 def load_distribution(path: Path, model: Model) -> np.ndarray:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import json
 import math
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +20,7 @@ from tyrjax.config import ModelConfig
 from tyrjax.distributed import agree, is_writer
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import Params, compact_from_blocks
+from tyrjax.rundir import write_atomic
 from tyrjax.search.evolution import SearchConfig, evolve, load_state, save_state
 from tyrjax.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
 from tyrjax.sharding import local_tree, resolve_mesh
@@ -44,6 +48,7 @@ class TyrConfig:
     fitness: str = "kl"
     mutation: str = "level_switch"
     reprune_final: bool = True
+    keep_supernets: bool = False
     seed: int = 0
 
     def search_config(self) -> SearchConfig:
@@ -152,6 +157,24 @@ class IterationResult:
     ffn_mask: np.ndarray | None = None  # (L, F) bool: its neurons kept
 
 
+def save_found(path: Path, found: IterationResult, seconds: tuple[float, float]) -> None:
+    """A finished iteration's result (and its supernet and search seconds): what the next
+    iteration and a resumed run need once the iteration's supernet is gone."""
+    buf = io.BytesIO()
+    np.savez(buf, genome=found.genome, fitness=np.float64(np.nan if found.fitness is None else found.fitness),
+             head_mask=found.head_mask, ffn_mask=found.ffn_mask, history=np.asarray(json.dumps(found.history)),
+             seconds=np.asarray(seconds, np.float64))
+    write_atomic(path, buf.getvalue())
+
+
+def load_found(path: Path, grid: LevelGrid) -> tuple[IterationResult, tuple[float, float]]:
+    with np.load(path) as f:
+        fitness = float(f["fitness"])
+        found = IterationResult(grid, f["genome"], None if np.isnan(fitness) else fitness, json.loads(str(f["history"])),
+                                f["head_mask"], f["ffn_mask"])
+        return found, tuple(f["seconds"].tolist())
+
+
 def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tcfg: TyrConfig,
                     iteration: int, parent_of: Callable[[], np.ndarray]):
     """fitness(genomes, stage, generation): fresh, seeded windows per stage and generation."""
@@ -229,6 +252,10 @@ def run_tyr(
 ) -> TyrResult:
     """Iterative prune-and-search; `work_dir` holds supernets and search states for resuming.
 
+    Once an iteration's search has finished, its result is saved (`found_{it}.npz`) and its
+    supernet deleted unless `tcfg.keep_supernets` (the last one stays when the result is read
+    from it, without the final re-prune); a resumed run reads finished iterations back.
+
     `params` may be `blocks.StreamedBlocks`: then no phase holds more than a few blocks of the
     model. On a mesh (default: the one of `sharding.use_mesh`, if any) every phase runs sharded
     and the result comes back on this process's default device, the same on every process.
@@ -237,7 +264,7 @@ def run_tyr(
 
     mesh = resolve_mesh(mesh)
     model = as_blocks(params, cfg, mesh)
-    teacher = teacher_topk(model, cfg, calib, tcfg.topk)
+    teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk))  # not needed on a full resume
     grid = initial_grid(cfg, sparsity, tcfg)
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     iterations, sn_times, search_times = [], [], []
@@ -246,17 +273,29 @@ def run_tyr(
         if it > 0:
             interval = _interval_for(arrays, tcfg.interval / 2**it)
             grid = recentre(grid, iterations[-1].genome, interval, arrays["group_multiple"])
-        t0 = time.perf_counter()
-        supernet = build_supernet(model, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
-                                  local_pruner=tcfg.local_pruner, store_dir=work_dir / f"supernet_{it}" if work_dir else None, seed=tcfg.seed,
-                                  progress=progress, mesh=mesh)
-        t1 = time.perf_counter()
-        state_path = work_dir / f"search_{it}.json" if work_dir else None
-        found = search_iteration(model, cfg, supernet, grid, calib, teacher, tcfg, it, state_path, progress, mesh)
-        found.head_mask, found.ffn_mask = supernet.masks(found.genome)
+        found_path = work_dir / f"found_{it}.npz" if work_dir else None
+        store = work_dir / f"supernet_{it}" if work_dir else None
+        if agree(int(found_path is not None and found_path.exists()), f"iteration result {found_path}"):
+            found, (supernet_s, search_s) = load_found(found_path, grid)
+        else:
+            t0 = time.perf_counter()
+            supernet = build_supernet(model, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
+                                      local_pruner=tcfg.local_pruner, store_dir=store, seed=tcfg.seed,
+                                      progress=progress, mesh=mesh)
+            t1 = time.perf_counter()
+            state_path = work_dir / f"search_{it}.json" if work_dir else None
+            found = search_iteration(model, cfg, supernet, grid, calib, teacher(), tcfg, it, state_path, progress, mesh)
+            found.head_mask, found.ffn_mask = supernet.masks(found.genome)
+            supernet_s, search_s = t1 - t0, time.perf_counter() - t1
+            if found_path is not None:
+                save_found(found_path, found, (supernet_s, search_s))
+        if store is not None and not tcfg.keep_supernets and (tcfg.reprune_final or it < tcfg.iterations - 1):
+            agree(it, f"iteration result {found_path}")  # every process is done with the supernet
+            if is_writer():
+                shutil.rmtree(store, ignore_errors=True)  # the next phases need only the found masks
         iterations.append(found)
-        sn_times.append(t1 - t0)
-        search_times.append(time.perf_counter() - t1)
+        sn_times.append(supernet_s)
+        search_times.append(search_s)
     last = iterations[-1]
     if tcfg.reprune_final:
         # The supernet's levels were calibrated on the expectation stream; the found model is
@@ -267,6 +306,11 @@ def run_tyr(
                                            progress, mesh, work_dir / "supernet_final" if work_dir else None)
         sn_times.append(time.perf_counter() - t0)
     else:
+        if supernet is None:  # every iteration was read back: rebuild (or reopen) the last supernet
+            supernet = build_supernet(model, cfg, calib, last.grid, propagation=tcfg.propagation,
+                                      saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
+                                      store_dir=work_dir / f"supernet_{len(iterations) - 1}", seed=tcfg.seed,
+                                      progress=progress, mesh=mesh)
         selection = Selection(model, supernet, last.genome)
     return TyrResult(selection, iterations, sn_times, search_times)
 
