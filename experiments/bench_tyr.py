@@ -1,6 +1,6 @@
 """Týr against the structured baselines on the default model (shakespeare-v1 protocol).
 
-    python experiments/bench_tyr.py [--preset quick] [--sparsities 0.25,0.5] [--calib-windows 16]
+    python experiments/bench_tyr.py [--preset quick] [--sparsities 0.25,0.5] [--calib-windows 64]
                                     [--eval-windows 16] [--methods magnitude,wanda-sp,flap,uniform,tyr]
 
 For each sparsity and method (Týr reported after its first and after its last iteration, from
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     ap.add_argument("--sparsities", default="0.25,0.5")
     ap.add_argument("--methods", default="magnitude,wanda-sp,flap,uniform,tyr")
-    ap.add_argument("--calib-windows", type=int, default=16)
+    ap.add_argument("--calib-windows", type=int, default=64)
     ap.add_argument("--eval-windows", type=int, default=16)
     args = ap.parse_args()
     model = tyrjax.load_model()

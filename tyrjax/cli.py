@@ -45,7 +45,7 @@ def _data_args(p: argparse.ArgumentParser, calib_default: int | None = 64) -> No
     g.add_argument("--data", default="shakespeare",
                    help="calibration corpus: shakespeare, pydoc, a text file or directory, a .jsonl/.parquet file with a 'text' field, or hf:NAME[:CONFIG[:SPLIT]]")
     g.add_argument("--calib-windows", type=_positive_int, default=calib_default,
-                   help="calibration windows of 512 tokens (default: 64, the protocol's; structured prune: the preset's, 16 for quick)")
+                   help="calibration windows of 512 tokens (default: 64, the protocol's; structured prune: the preset's, 64 for quick and 256 for paper)")
     g.add_argument("--eval-windows", type=_positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default 16)")
     g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default shakespeare,pydoc)")
     g.add_argument("--batch-size", type=_positive_int, default=1, help="windows scored per batch")

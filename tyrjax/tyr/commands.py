@@ -23,7 +23,9 @@ from tyrjax.sharding import on_active_mesh, resolve_mesh
 from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
                                  uniform_selection)
 
-PRESET_CALIB_WINDOWS = {"quick": 16, "paper": 64}
+# quick: the protocol's reference size; paper: enough 512-token windows for the last selection
+# stage's 131,072 tokens.
+PRESET_CALIB_WINDOWS = {"quick": 64, "paper": 256}
 
 
 def tyr_config(args: argparse.Namespace) -> TyrConfig:
