@@ -199,9 +199,9 @@ Týr keeps its supernet (every level of every block) and search state on disk in
 rerunning the same command resumes there. Once an iteration's search is done, its result is
 saved and its supernet deleted (--keep-supernets keeps them), so the disk holds one supernet
 at a time: experiments/memory_plan.py prints its size for a large model (about 90 GB for an
-8B model, with fp32 levels). With --stream they
-hold only the embedding and head in memory and read decoder blocks from the checkpoint as
-needed: for models larger than memory.
+8B model, with fp32 levels). With --stream, tyr, uniform and --distribution hold only the
+embedding and head in memory and read each decoder block from the checkpoint when needed: for
+models larger than memory.
 """
 BENCH_DESCRIPTION = """\
 Time to first token (the prefill of a batch of prompts) and greedy decode throughput (tokens/s
