@@ -15,7 +15,6 @@ a few windows) at a time; the teacher of the search and `evaluate.perplexity_blo
 from __future__ import annotations
 
 import abc
-
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path

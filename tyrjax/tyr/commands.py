@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +70,11 @@ class StructuredOutcome:
 STREAMED_METHODS = ("tyr", "uniform")
 
 
+def not_streamable(method: str) -> TyrjaxError:
+    return TyrjaxError(f"--stream: --method {method} needs the model in memory; drop --stream "
+                       f"(it applies to {' and '.join(STREAMED_METHODS)} and to --distribution)")
+
+
 def _outcome(selection: Selection, **extra) -> StructuredOutcome:
     compact, ccfg = selection.compact()
     return StructuredOutcome(compact, ccfg, *selection.masks(), **extra)
@@ -97,8 +101,7 @@ def prune_structured(model: Model, calib: np.ndarray, sparsity: float, method: s
     from tyrjax.tyr.baselines import structured_baseline
 
     if isinstance(model.params, ModelBlocks):
-        raise TyrjaxError(f"--stream: --method {method} needs the model in memory; drop --stream "
-                          f"(it applies to {' and '.join(STREAMED_METHODS)} and to --distribution)")
+        raise not_streamable(method)
     params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, sparsity, method,
                                                     mlp_multiple=tcfg.mlp_multiple, progress=progress)
     compact, ccfg = compact_from_masked(params, cfg, head, ffn)
@@ -112,6 +115,8 @@ def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
 def run_structured(args: argparse.Namespace) -> None:
     if not 0.0 < args.sparsity < 1.0:
         raise TyrjaxError(f"--sparsity {args.sparsity}: must lie strictly between 0 and 1 (e.g. 0.5)")
+    if args.stream and args.method not in STREAMED_METHODS and args.distribution is None:
+        raise not_streamable(args.method)  # before anything is loaded or written
     out = args.out or default_out(f"prune-{args.method}")
     timer = Timer()
     with timer.phase("load"):
