@@ -2,19 +2,24 @@
 
     python experiments/bench_tyr.py [--preset quick] [--sparsities 0.25,0.5] [--calib-windows 64]
                                     [--eval-windows 16] [--methods magnitude,wanda-sp,flap,uniform,tyr]
+                                    [--iterations N] [--generations N] [--ppl-only]
 
 For each sparsity and method (Týr reported after its first and after its last iteration, from
 one run, each re-pruned along its found path as `tyrjax prune` outputs it): perplexity on held-out Shakespeare and pydoc, attention+MLP
 parameters removed, wall time. Then, in the same run, the compact Týr model at the largest
 sparsity against the dense model (prefill latency and decode throughput, ratios) and candidate
-scoring batched against one by one (ratio). Prints markdown tables.
+scoring batched against one by one (ratio); --ppl-only leaves these two out. Full Týr is
+also compared window by window with its first iteration and with uniform (the perplexity
+change with a 95 % paired-bootstrap interval over the evaluation windows). Prints markdown tables.
 """
 import argparse
+import dataclasses
 import time
 
 import numpy as np
 
 import tyrjax
+from tyrjax.paired import format_ratio, paired_ratio
 from tyrjax.search.levels import centre_genome
 from tyrjax.search.mutation import level_switch
 from tyrjax.speed import measure_speed
@@ -25,16 +30,14 @@ from tyrjax.tyr.supernet import build_supernet
 
 
 def evaluate_compact(model, sets, params, ccfg, label):
-    """Score a compact result; returns (model, ppl, fraction removed)."""
+    """Score a compact result; returns (model, `tyrjax.evaluate`'s metrics, fraction removed)."""
     pruned = tyrjax.Model(params, ccfg, model.tokenizer, label)
-    ppl = tyrjax.evaluate(pruned, sets)["ppl"]
-    return pruned, ppl, 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
+    return pruned, tyrjax.evaluate(pruned, sets), 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
 
 
-def run_method(model, calib, sets, sparsity, method, preset):
-    """Rows of (label, model, ppl, removed, wall s). Týr also reports its first iteration's
+def run_method(model, calib, sets, sparsity, method, tcfg):
+    """Rows of (label, model, metrics, removed, wall s). Týr also reports its first iteration's
     result (what one iteration alone gives) from the same run, with that iteration's time."""
-    tcfg = PRESETS[preset]
     if method != "tyr":
         t0 = time.perf_counter()
         out = prune_structured(model, calib, sparsity, method, tcfg)
@@ -57,8 +60,20 @@ def run_method(model, calib, sets, sparsity, method, preset):
     return rows
 
 
-def scoring_ratio(model, calib, preset, sparsity, n_candidates=8):
-    tcfg = PRESETS[preset]
+def paired_rows(rows):
+    """Full Týr against its first iteration and against uniform, window by window."""
+    out = []
+    for s in dict.fromkeys(r[1] for r in rows if r[1] > 0):
+        at = {label: metrics for label, sparsity, metrics, _, _ in rows if sparsity == s}
+        tyr = [label for label in at if label.startswith("tyr") and label != "tyr (1 iteration)"]
+        for base in ("tyr (1 iteration)", "uniform"):
+            if tyr and base in at:
+                out.append((s, tyr[-1], base, {c: paired_ratio(at[base]["window_nll"][c], at[tyr[-1]]["window_nll"][c])
+                                               for c in at[base]["window_nll"]}))
+    return out
+
+
+def scoring_ratio(model, calib, tcfg, sparsity, n_candidates=8):
     grid = initial_grid(model.cfg, sparsity, tcfg)
     windows = calib[:2]
     net = build_supernet(model.params, model.cfg, windows, grid, progress=False)
@@ -83,25 +98,42 @@ def main() -> None:
     ap.add_argument("--methods", default="magnitude,wanda-sp,flap,uniform,tyr")
     ap.add_argument("--calib-windows", type=int, default=64)
     ap.add_argument("--eval-windows", type=int, default=16)
+    ap.add_argument("--iterations", type=int, default=None, help="Týr iterations (preset default)")
+    ap.add_argument("--generations", type=int, default=None, help="search generations per iteration (preset default)")
+    ap.add_argument("--ppl-only", action="store_true", help="leave out the speed and scoring-ratio tables")
     args = ap.parse_args()
+    overrides = {k: getattr(args, k) for k in ("iterations", "generations") if getattr(args, k) is not None}
+    tcfg = dataclasses.replace(PRESETS[args.preset], **overrides)
     model = tyrjax.load_model()
     calib = tyrjax.calibration_windows(model, calib_windows=args.calib_windows)
     sets = tyrjax.evaluation_sets(model, args.eval_windows)
-    dense = tyrjax.api.dense_reference(model, sets)["ppl"]
+    dense = tyrjax.api.dense_reference(model, sets)
     rows = [("dense", 0.0, dense, 0.0, 0.0)]
     best = None
     for s in (float(x) for x in args.sparsities.split(",")):
         for method in args.methods.split(","):
-            for label, pruned, ppl, removed, wall in run_method(model, calib, sets, s, method, args.preset):
-                rows.append((label, s, ppl, removed, wall))
-                print(f"{label} @ {s}: {ppl} removed {removed:.3f} in {wall:.0f}s", flush=True)
+            for label, pruned, metrics, removed, wall in run_method(model, calib, sets, s, method, tcfg):
+                rows.append((label, s, metrics, removed, wall))
+                print(f"{label} @ {s}: {metrics['ppl']} removed {removed:.3f} in {wall:.0f}s", flush=True)
                 if label.startswith("tyr"):
                     best = (s, pruned)
-    print(f"\nmodel {model.source}; calib windows {len(calib)}; eval windows {args.eval_windows}; preset {args.preset}\n")
+    print(f"\nmodel {model.source}; calib windows {len(calib)}; eval windows {args.eval_windows}; preset {args.preset} "
+          f"{overrides or ''}\n")
     print("| method | target | removed | ppl shakespeare | ppl pydoc | wall s |")
     print("|---|---|---|---|---|---|")
-    for method, s, ppl, removed, wall in rows:
+    for method, s, metrics, removed, wall in rows:
+        ppl = metrics["ppl"]
         print(f"| {method} | {s:.2f} | {removed:.3f} | {ppl['shakespeare']:.2f} | {ppl['pydoc']:.2f} | {wall:.0f} |")
+    paired = paired_rows(rows)
+    if paired:
+        print("\nWindow by window (perplexity change, 95 % paired-bootstrap interval, windows better):\n")
+        print("| target | model | against | shakespeare | pydoc |")
+        print("|---|---|---|---|---|")
+        for s, label, base, by_corpus in paired:
+            cells = " | ".join(f"{format_ratio(r)}, {r.b_better}/{r.n_windows}" for r in by_corpus.values())
+            print(f"| {s:.2f} | {label} | {base} | {cells} |")
+    if args.ppl_only:
+        return
     if best is not None:
         print(f"\nCompact Týr model at {best[0]:.2f} against the dense model (batch 1, prompt 256, 32 new tokens):\n")
         print("| model | prefill s | decode tok/s |")
@@ -111,7 +143,7 @@ def main() -> None:
         print(f"| dense | {d['ttft_s']:.3f} | {d['decode_tok_s']:.1f} |")
         print(f"| Týr | {p['ttft_s']:.3f} | {p['decode_tok_s']:.1f} |")
         print(f"| ratio | {d['ttft_s'] / p['ttft_s']:.2f}x | {p['decode_tok_s'] / d['decode_tok_s']:.2f}x |")
-    r = scoring_ratio(model, calib, args.preset, 0.5)
+    r = scoring_ratio(model, calib, tcfg, 0.5)
     print("\nCandidate scoring, 8 candidates on 512 tokens:\n")
     print("| scoring | s | ratio |")
     print("|---|---|---|")

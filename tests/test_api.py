@@ -1,4 +1,6 @@
 """The Python API's cached dense reference: reused when nothing changed, recomputed otherwise."""
+import json
+
 import numpy as np
 
 from tyrjax import api
@@ -19,6 +21,12 @@ def test_dense_reference_is_cached_per_weights_and_windows(tmp_path, monkeypatch
     assert first == api.evaluate(model, sets, progress=False)
     assert api.dense_reference(model, sets) == first
     assert len(list((tmp_path / "cache" / "dense_eval").glob("*.json"))) == 1
+    # an entry from before per-window losses were recorded is recomputed, not served without them
+    cached = next((tmp_path / "cache" / "dense_eval").glob("*.json"))
+    old = {k: v for k, v in first.items() if k not in ("window_nll", "window_digest")}
+    cached.write_text(json.dumps(old))
+    assert api.dense_reference(model, sets) == first
+    assert json.loads(cached.read_text()) == json.loads(json.dumps(first))
     other = api.dense_reference(model, {"a": sets["a"][:, ::-1].copy()})
     assert other["ppl"]["a"] != first["ppl"]["a"]
     save_hf(init_random_params(CFG, 1), CFG, tmp_path / "m")  # new weights in the same place

@@ -7,7 +7,7 @@ import pytest
 from tyrjax.blocks import HeldBlocks, StreamedBlocks, run_blocks
 from tyrjax.checkpoint import save_hf
 from tyrjax.config import ModelConfig
-from tyrjax.evaluate import perplexity, perplexity_blockwise
+from tyrjax.evaluate import perplexity, perplexity_blockwise, window_nlls, window_nlls_blockwise
 from tyrjax.model import compact_from_masked, forward, init_random_params, logits_from_hidden
 from tyrjax.tyr.fitness import teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, run_tyr
@@ -53,6 +53,10 @@ def test_block_by_block_forward_teacher_and_perplexity_equal_the_whole_model(mod
     for batch in (1, 2):
         assert perplexity_blockwise(streamed, windows, batch, progress=False) == pytest.approx(
             perplexity(params, CFG, windows, batch, progress=False), rel=1e-5)
+        per_window = window_nlls(params, CFG, windows, batch, progress=False)
+        np.testing.assert_allclose(window_nlls_blockwise(streamed, windows, batch, progress=False), per_window, rtol=1e-5)
+    alone = [np.log(perplexity(params, CFG, windows[i:i + 1], progress=False)) * (windows.shape[1] - 1) for i in range(len(windows))]
+    np.testing.assert_allclose(per_window, alone, rtol=1e-5)
 
 
 def test_compact_model_evaluates_block_by_block(model):

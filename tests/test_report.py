@@ -2,6 +2,7 @@
 the tables, the plots exist and are valid PNGs, bad run directories fail with one message."""
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -12,6 +13,7 @@ from tyrjax.cli import main
 from tyrjax.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model import init_random_params
+from tyrjax.paired import format_ratio, paired_ratio
 from tyrjax.report import block_sparsity, write_report
 
 TYR_METRICS = {
@@ -89,6 +91,10 @@ def test_prune_and_eval_commands_write_reports(tiny_dir, tmp_path):
     assert m["pruned_by"] == {"run": str(run), "method": "magnitude", "sparsity": pruned["sparsity"]["achieved"]}
     assert m["dense_ppl"] == pruned["dense_ppl"] and m["dense_model"] == str(tiny_dir)
     assert m["ppl"]["pydoc"] == pytest.approx(pruned["ppl"]["pydoc"], rel=1e-5)
+    for metrics, key, ppl in ((pruned, "window_nll", "ppl"), (pruned, "dense_window_nll", "dense_ppl"), (m, "window_nll", "ppl")):
+        assert len(metrics[key]["pydoc"]) == 1  # one window per corpus, its mean NLL is log(ppl)
+        assert np.exp(metrics[key]["pydoc"][0]) == pytest.approx(metrics[ppl]["pydoc"], rel=1e-5)
+    assert m["window_digest"] == pruned["window_digest"]
     text = (ev / "report.md").read_text()
     assert f"| pydoc | {m['dense_ppl']['pydoc']:.3f} | {m['ppl']['pydoc']:.3f} |" in text
     assert png_size(ev / "perplexity_vs_dense.png")[0] > 200
@@ -165,3 +171,39 @@ def test_report_of_a_run_with_malformed_tasks_names_the_file(tmp_path):
     with pytest.raises(TyrjaxError, match=f"{run / 'metrics.json'}: 'tasks' is not a"):
         write_report(run)
     assert sorted(f.name for f in run.iterdir()) == ["metrics.json"]
+
+
+def with_windows(metrics: dict, losses: dict[str, list[float]], digest: str = "d1") -> dict:
+    return {**metrics, "window_nll": losses, "window_digest": {c: digest for c in losses}}
+
+
+def test_report_compares_runs_window_by_window(tmp_path, capsys):
+    base = [4.0, 4.2, 3.9, 4.1]
+    better = [x - 0.02 for x in base]  # the same gain on every window: a decided difference
+    noisy = [4.05, 4.15, 3.95, 4.05]
+    a = make_run(tmp_path / "a", with_windows(TYR_METRICS, {"shakespeare": base, "pydoc": base}))
+    b = make_run(tmp_path / "b", with_windows(TYR_METRICS, {"shakespeare": better, "pydoc": noisy}))
+    other = make_run(tmp_path / "c", with_windows(TYR_METRICS, {"shakespeare": better}, digest="d2"))
+    old = make_run(tmp_path / "old", TYR_METRICS)
+    out = tmp_path / "cmp"
+    assert main(["report", str(a), str(b), str(other), str(old), "--out", str(out)]) == 0
+    text = (out / "comparison.md").read_text()
+    noise = paired_ratio(base, noisy)
+    assert noise.low < 1 < noise.high
+    assert f"| {b} | -1.98 % [-1.98, -1.98] | 4/4 | {format_ratio(noise)} | 2/4 |" in text
+    assert f"| {other} | – | – | – | – |" in text  # other windows: not paired
+    assert f"| {old} | – | – | – | – |" in text  # no per-window losses recorded
+    assert f"against {a}, window by window" in capsys.readouterr().out
+
+    out2 = tmp_path / "cmp2"
+    assert main(["report", str(old), str(a), "--out", str(out2)]) == 0
+    assert "window by window" not in (out2 / "comparison.md").read_text()
+
+
+def test_run_report_gives_the_change_against_dense_with_its_interval(tmp_path):
+    dense = [3.6, 3.7, 3.5, 3.8]
+    pruned = [4.2, 4.4, 4.0, 4.3]
+    metrics = {**with_windows(TYR_METRICS, {"shakespeare": pruned}), "dense_window_nll": {"shakespeare": dense}}
+    text = write_report(make_run(tmp_path / "run", metrics)).read_text()
+    assert f"| shakespeare | 39.350 | 71.234 | +81.0% | {format_ratio(paired_ratio(dense, pruned))} |" in text
+    assert "| pydoc | 12.880 | 20.500 | +59.2% |  |" in text

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tyrjax.blocks import ModelBlocks
-from tyrjax.evaluate import perplexity, perplexity_blockwise
+from tyrjax.evaluate import ppl_of, window_nlls, window_nlls_blockwise
 from tyrjax.generate import generate
 from tyrjax.loading import Model, require_tokenizer
 from tyrjax.model import count_params
@@ -56,15 +56,28 @@ def param_counts(model: Model) -> dict[str, int]:
 
 
 def evaluate(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Perplexity on each evaluation set, plus parameter counts: the core of metrics.json. A
-    model whose `params` are `ModelBlocks` is evaluated block by block."""
-    ppl = {}
+    """Perplexity on each evaluation set, each window's mean next-token NLL and a digest of the
+    windows' tokens (for paired comparisons of models scored on the same windows,
+    `tyrjax.paired`), and parameter counts: the core of metrics.json. A model whose `params`
+    are `ModelBlocks` is evaluated block by block."""
+    ppl, window_nll = {}, {}
     for name, windows in sets.items():
+        desc = f"ppl {name}"
         if isinstance(model.params, ModelBlocks):
-            ppl[name] = perplexity_blockwise(model.params, windows, batch_size, desc=f"ppl {name}", progress=progress)
+            sums = window_nlls_blockwise(model.params, windows, batch_size, desc=desc, progress=progress)
         else:
-            ppl[name] = perplexity(model.params, model.cfg, windows, batch_size, desc=f"ppl {name}", progress=progress)
-    return {"model": model.source, "ppl": ppl, "params": param_counts(model)}
+            sums = window_nlls(model.params, model.cfg, windows, batch_size, desc=desc, progress=progress)
+        ppl[name] = ppl_of(float(sums.sum()), windows, desc)
+        window_nll[name] = [float(x) for x in sums / (np.shape(windows)[1] - 1)]
+    return {"model": model.source, "ppl": ppl, "window_nll": window_nll,
+            "window_digest": {name: windows_digest(windows) for name, windows in sets.items()}, "params": param_counts(model)}
+
+
+def windows_digest(windows: np.ndarray) -> str:
+    """A short fingerprint of a set of token windows: equal digests, equal windows."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(windows, np.int32).tobytes()).hexdigest()[:16]
 
 
 def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1) -> dict[str, Any]:
@@ -90,7 +103,9 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
         h.update(name.encode() + np.ascontiguousarray(sets[name]).tobytes())
     path = cache_dir() / "dense_eval" / f"{h.hexdigest()[:24]}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if "window_nll" in cached:
+            return cached
     result = evaluate(model, sets, batch_size)
     write_json(path, result)
     return result

@@ -172,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="compare several runs: one table and one plot of perplexity against sparsity",
                        description="Read the metrics.json of each RUN_DIR (eval, prune or sds runs) and write OUT/comparison.md "
                                    "(perplexity and its change against the dense model, achieved sparsity, parameters; also "
-                                   "printed) and OUT/ppl_vs_sparsity.png (one line per method, the dense model as a reference).")
+                                   "printed) and OUT/ppl_vs_sparsity.png (one line per method, the dense model as a reference). "
+                                   "Runs scored on the same evaluation windows are also compared window by window with the "
+                                   "first RUN_DIR: the perplexity change with a 95 % paired-bootstrap interval, which tells a "
+                                   "real difference from window sampling noise.")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories to compare")
     _out_arg(p, "report")
     p.set_defaults(func=cmd_report)

@@ -26,25 +26,27 @@ def window_nll_sums(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.
     return token_nll(forward(params, cfg, tokens), tokens).sum(axis=1)
 
 
-def perplexity(
+def window_nlls(
     params: Params,
     cfg: ModelConfig,
     windows: np.ndarray,
     batch_size: int = 1,
     desc: str = "perplexity",
     progress: bool = True,
-) -> float:
-    """exp(mean next-token NLL over all windows), each window scored alone."""
+) -> np.ndarray:
+    """Summed next-token NLL of each window (n_windows,), each window scored alone."""
     windows = checked_windows(windows, cfg, desc)
-    total = 0.0
     pad = (-len(windows)) % batch_size
     padded = np.concatenate([windows, windows[:pad]]) if pad else windows
     bar = tqdm(range(0, len(padded), batch_size), desc=desc, unit="batch", disable=not progress, leave=False)
-    for start in bar:
-        sums = np.asarray(window_nll_sums(params, cfg, jnp.asarray(padded[start:start + batch_size])))
-        n_real = min(batch_size, len(windows) - start)
-        total += float(sums[:n_real].sum())
-    return ppl_of(total, windows, desc)
+    sums = [np.asarray(window_nll_sums(params, cfg, jnp.asarray(padded[start:start + batch_size]))) for start in bar]
+    return np.concatenate(sums)[: len(windows)].astype(np.float64)
+
+
+def perplexity(params: Params, cfg: ModelConfig, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity",
+               progress: bool = True) -> float:
+    """exp(mean next-token NLL over all windows), each window scored alone."""
+    return ppl_of(float(window_nlls(params, cfg, windows, batch_size, desc, progress).sum()), windows, desc)
 
 
 def checked_windows(windows: np.ndarray, cfg: ModelConfig, desc: str) -> np.ndarray:
@@ -72,16 +74,22 @@ def nll_sums_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, tokens: j
     return token_nll(logits_from_hidden(head, cfg, h), tokens).sum(axis=1)
 
 
-def perplexity_blockwise(
+def window_nlls_blockwise(
     model: ModelBlocks, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity", progress: bool = True
-) -> float:
-    """`perplexity` computed block by block: all windows go through one block before the next
+) -> np.ndarray:
+    """`window_nlls` computed block by block: all windows go through one block before the next
     block is read, so only one block of the model is needed at a time (the hidden states of
     the windows are held instead: n_windows × length × hidden_size)."""
     windows = checked_windows(windows, model.cfg, desc)
     h = run_blocks(model, windows, batch_size, desc=desc if progress else None)
-    total = 0.0
-    for start in range(0, len(windows), batch_size):
-        part = slice(start, start + batch_size)
-        total += float(np.asarray(nll_sums_from_hidden(model.head, model.cfg, h[part], jnp.asarray(windows[part]))).sum())
-    return ppl_of(total, windows, desc)
+    sums = [np.asarray(nll_sums_from_hidden(model.head, model.cfg, h[start:start + batch_size],
+                                            jnp.asarray(windows[start:start + batch_size])))
+            for start in range(0, len(windows), batch_size)]
+    return np.concatenate(sums).astype(np.float64)
+
+
+def perplexity_blockwise(
+    model: ModelBlocks, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity", progress: bool = True
+) -> float:
+    """`perplexity` computed block by block (see `window_nlls_blockwise`)."""
+    return ppl_of(float(window_nlls_blockwise(model, windows, batch_size, desc, progress).sum()), windows, desc)

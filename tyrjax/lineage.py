@@ -88,5 +88,6 @@ def dense_comparison(model_spec: str | None, sets: dict, dtype: str, batch_size:
         print(f"no dense reference ({e}); metrics and report show this model alone", file=sys.stderr)
         return fields
     reference = api.dense_reference(load_model(dense, dtype), sets, batch_size)
-    fields.update(dense_model=reference["model"], dense_ppl=reference["ppl"], dense_params=reference["params"])
+    fields.update(dense_model=reference["model"], dense_ppl=reference["ppl"], dense_window_nll=reference["window_nll"],
+                  dense_params=reference["params"])
     return fields

@@ -12,6 +12,7 @@ from typing import Any
 
 from tyrjax import plots
 from tyrjax.errors import TyrjaxError
+from tyrjax.paired import format_ratio, paired_ratio
 from tyrjax.rundir import default_out, print_table, record_command, write_atomic
 
 # The plots a run directory may hold, in report order: (file, caption).
@@ -171,12 +172,16 @@ def _settings_table(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _ppl_section(ppl: dict[str, float], dense: dict[str, float] | None, label: str) -> str:
+def _ppl_section(ppl: dict[str, float], dense: dict[str, float] | None, label: str,
+                 losses: dict[str, list[float]] | None = None, dense_losses: dict[str, list[float]] | None = None) -> str:
     if dense is None:
         rows = [("corpus", "perplexity")] + [(c, f"{v:.3f}") for c, v in ppl.items()]
-    else:
-        rows = [("corpus", "dense", label, "change")]
-        rows += [(c, f"{dense[c]:.3f}" if c in dense else "", f"{v:.3f}", _change(v, dense.get(c))) for c, v in ppl.items()]
+        return "## Perplexity\n\n" + markdown_table(rows)
+    paired = {c: paired_ratio(dense_losses[c], losses[c]) for c in ppl
+              if losses and dense_losses and c in losses and c in dense_losses and len(losses[c]) == len(dense_losses[c]) > 1}
+    rows = [("corpus", "dense", label, "change") + (("change, 95 % CI over windows",) if paired else ())]
+    rows += [(c, f"{dense[c]:.3f}" if c in dense else "", f"{v:.3f}", _change(v, dense.get(c)))
+             + ((format_ratio(paired[c]) if c in paired else "",) if paired else ()) for c, v in ppl.items()]
     return "## Perplexity\n\n" + markdown_table(rows)
 
 
@@ -242,7 +247,9 @@ def write_report(run_dir: str | Path) -> Path:
     sections.append(markdown_table([("setting", "value")] + _settings_table(metrics)))
     ppl = _number_map(metrics, "ppl", run_dir)
     if ppl:
-        sections.append(_ppl_section(ppl, _number_map(metrics, "dense_ppl", run_dir), label))
+        sections.append(_ppl_section(ppl, _number_map(metrics, "dense_ppl", run_dir), label,
+                                     _window_losses(metrics, run_dir, "window_nll"),
+                                     _window_losses(metrics, run_dir, "dense_window_nll")))
     tasks = _task_map(metrics, "tasks", run_dir)
     if tasks:
         sections.append(_tasks_section(tasks, _task_map(metrics, "dense_tasks", run_dir)))
@@ -271,6 +278,8 @@ class RunSummary:
     ppl: dict[str, float]
     dense_ppl: dict[str, float] | None
     attn_mlp: int | None
+    window_nll: dict[str, list[float]] | None = None
+    window_digest: dict[str, str] | None = None
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
@@ -292,7 +301,25 @@ def summarize_run(run_dir: Path) -> RunSummary:
     counts = params.get("pruned", params) if isinstance(params, dict) else None
     attn_mlp = counts.get("attn_mlp") if isinstance(counts, dict) else None
     return RunSummary(Path(run_dir), method_name(metrics), series_name(metrics), target, achieved_sparsity(metrics), ppl,
-                      _number_map(metrics, "dense_ppl", run_dir), attn_mlp if isinstance(attn_mlp, int) else None)
+                      _number_map(metrics, "dense_ppl", run_dir), attn_mlp if isinstance(attn_mlp, int) else None,
+                      _window_losses(metrics, run_dir), _window_digests(metrics))
+
+
+def _window_digests(metrics: dict[str, Any]) -> dict[str, str] | None:
+    value = metrics.get("window_digest")
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def _window_losses(metrics: dict[str, Any], run_dir: Path, key: str = "window_nll") -> dict[str, list[float]] | None:
+    """metrics[key] checked to be {corpus: [number, ...]}; None when absent (runs written
+    before tyrjax recorded per-window losses)."""
+    value = metrics.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in value.values()):
+        raise TyrjaxError(f"{Path(run_dir) / 'metrics.json'}: '{key}' is not a {{corpus: [number, ...]}} map; "
+                          f"rerun the command that wrote {run_dir}")
+    return {str(k): [float(x) for x in v] for k, v in value.items()}
 
 
 def dense_references(runs: list[RunSummary]) -> list[tuple[RunSummary, dict[str, float]]]:
@@ -322,6 +349,28 @@ def comparison_table(runs: list[RunSummary]) -> list[tuple[str, ...]]:
     return rows
 
 
+def paired_table(runs: list[RunSummary]) -> list[tuple[str, ...]] | None:
+    """Each run after the first against the first, on the windows both were scored on: the
+    perplexity change with its 95 % paired-bootstrap interval and the windows where the run is
+    better (`tyrjax.paired`). None when no pair has per-window losses for a common corpus."""
+    base = runs[0]
+    corpora = list(dict.fromkeys(c for r in runs for c in (r.window_nll or {})))
+    rows = [("run",) + tuple(x for c in corpora for x in (f"{c}: change [95 % CI]", "windows better"))]
+    for r in runs[1:]:
+        cells: tuple[str, ...] = ()
+        for c in corpora:
+            a, b = (base.window_nll or {}).get(c), (r.window_nll or {}).get(c)
+            digest_a, digest_b = (base.window_digest or {}).get(c), (r.window_digest or {}).get(c)
+            same_windows = digest_a is not None and digest_a == digest_b
+            if a is None or b is None or len(a) != len(b) or len(a) < 2 or not same_windows:
+                cells += ("–", "–")
+                continue
+            ratio = paired_ratio(a, b)
+            cells += (format_ratio(ratio), f"{ratio.b_better}/{ratio.n_windows}")
+        rows.append((str(r.run_dir),) + cells)
+    return rows if any(cell != "–" for row in rows[1:] for cell in row[1:]) else None
+
+
 def compare_runs(run_dirs: list[Path], out: Path) -> Path:
     """OUT/comparison.md (the table) and OUT/ppl_vs_sparsity.png; every run is read and checked
     before anything is written. Returns the markdown file."""
@@ -339,6 +388,13 @@ def compare_runs(run_dirs: list[Path], out: Path) -> Path:
     text = ["# tyrjax report", markdown_table(table)]
     if unplotted:
         text.append("Not plotted (achieved sparsity unknown): " + ", ".join(unplotted))
+    paired = paired_table(runs)
+    if paired:
+        print(f"\nagainst {runs[0].run_dir}, window by window:")
+        print_table(paired)
+        text.append(f"## Against {runs[0].run_dir}, window by window\n\n" + markdown_table(paired) + "\n\n"
+                    + "Perplexity change of each run against the first on the same evaluation windows, with a 95 % "
+                      "paired-bootstrap interval over windows: an interval that contains 0 is within window sampling noise.")
     text.append(f"![Perplexity against sparsity]({figure.name})")
     return write_atomic(out / "comparison.md", "\n\n".join(text) + "\n")
 

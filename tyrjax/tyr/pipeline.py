@@ -59,8 +59,8 @@ class TyrConfig:
 PRESETS = {
     # ALGORITHMS.md §1.4–§1.5 as published: for accelerators.
     "paper": TyrConfig(),
-    # The default model on 2 CPU cores in about half an hour: fewer, smaller generations.
-    "quick": TyrConfig(iterations=2, generations=6, offspring=16, stages=((16, 512), (4, 1024), (3, 2048)),
+    # The default model on 2 CPU cores in under half an hour: fewer, smaller generations.
+    "quick": TyrConfig(iterations=2, generations=9, offspring=16, stages=((16, 512), (4, 1024), (3, 2048)),
                        topk=512, candidate_batch=4),
 }
 
