@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -c "from tyrjax.assets import default_model_dir, shakespeare_dir; default_model_dir(); shakespeare_dir()"
+	$(BIN)/python -c "from tyrjax.checkpoints.assets import default_model_dir, shakespeare_dir; default_model_dir(); shakespeare_dir()"
 	touch $@
 
 setup: $(STAMP)

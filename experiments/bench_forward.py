@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 import tyrjax
-from tyrjax.model import forward_jit
-from tyrjax.speed import median_seconds
+from tyrjax.model.decoder import forward_jit
+from tyrjax.evaluation.speed import median_seconds
 
 
 def main() -> None:

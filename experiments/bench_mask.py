@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tyrjax.sparse.patterns import mask_prune_lowest
-from tyrjax.speed import median_seconds
+from tyrjax.evaluation.speed import median_seconds
 
 
 def mask_by_sort(scores: jax.Array, n_prune: int) -> jax.Array:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tyrjax.config import ModelConfig
+from tyrjax.model.config import ModelConfig
 
 PRUNE_ARGS = ["--method", "tyr", "--preset", "quick", "--sparsity", "0.5", "--iterations", "1", "--generations", "1",
               "--offspring", "4", "--calib-windows", "2", "--eval-windows", "1", "--eval-data", "pydoc"]

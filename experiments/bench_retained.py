@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from tyrjax.api import zero_shot
-from tyrjax.bench import Contender, speed_sweep
+from tyrjax.commands.bench import Contender, speed_sweep
 from tyrjax.errors import TyrjaxError
-from tyrjax.lineage import dense_spec, find_origin
-from tyrjax.loading import load_model
-from tyrjax.rundir import write_json
-from tyrjax.zeroshot import DEFAULT_LIMIT
+from tyrjax.runs.lineage import dense_spec, find_origin
+from tyrjax.checkpoints.loading import load_model
+from tyrjax.files import write_json
+from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT
 
 METRICS = ("acc", "acc_norm")
 

@@ -23,9 +23,9 @@ import numpy as np
 
 import tyrjax
 from tyrjax import api
-from tyrjax.config import ModelConfig
-from tyrjax.evaluate import perplexity
-from tyrjax.model import Params
+from tyrjax.model.config import ModelConfig
+from tyrjax.evaluation.perplexity import perplexity
+from tyrjax.model.decoder import Params
 from tyrjax.sds import prune_oneshot, run_sds_pipeline
 
 ONESHOT = ("magnitude", "wanda", "sparsegpt")

@@ -19,20 +19,20 @@ import time
 import numpy as np
 
 import tyrjax
-from tyrjax.paired import format_ratio, paired_ratio
-from tyrjax.search.levels import centre_genome
-from tyrjax.search.mutation import level_switch
-from tyrjax.speed import measure_speed
-from tyrjax.tyr.commands import prune_structured
+from tyrjax.evaluation.paired import format_ratio, paired_ratio
+from tyrjax.tyr.search.levels import centre_genome
+from tyrjax.tyr.search.mutation import level_switch
+from tyrjax.evaluation.speed import measure_speed
+from tyrjax.commands.prune import prune_structured
 from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import PRESETS, distribution_selection, initial_grid, removed_groups, run_tyr
 from tyrjax.tyr.supernet import build_supernet
 
 
 def evaluate_compact(model, sets, params, ccfg, label):
-    """Score a compact result; returns (model, `tyrjax.evaluate`'s metrics, fraction removed)."""
+    """Score a compact result; returns (model, `tyrjax.evaluation.perplexity`'s metrics, fraction removed)."""
     pruned = tyrjax.Model(params, ccfg, model.tokenizer, label)
-    return pruned, tyrjax.evaluate(pruned, sets), 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
+    return pruned, tyrjax.evaluation.perplexity(pruned, sets), 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
 
 
 def run_method(model, calib, sets, sparsity, method, tcfg):

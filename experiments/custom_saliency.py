@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 import tyrjax
-from tyrjax.model import compact_from_masked
+from tyrjax.model.decoder import compact_from_masked
 from tyrjax.structured.saliency import group_sum, register_saliency
 from tyrjax.tyr.fitness import register_fitness
 from tyrjax.tyr.pipeline import PRESETS, run_tyr
@@ -48,7 +48,7 @@ def main() -> None:
         tcfg = dataclasses.replace(base, saliency=saliency, fitness=fitness)
         result = run_tyr(model.params, model.cfg, calib, args.sparsity, tcfg)
         params, cfg = compact_from_masked(result.params, model.cfg, result.head_mask, result.ffn_mask)
-        ppl = tyrjax.evaluate(tyrjax.Model(params, cfg, model.tokenizer, "pruned"), sets)["ppl"]
+        ppl = tyrjax.evaluation.perplexity(tyrjax.Model(params, cfg, model.tokenizer, "pruned"), sets)["ppl"]
         print(f"| {saliency} | {fitness} | {ppl['shakespeare']:.2f} | {ppl['pydoc']:.2f} |")
 
 

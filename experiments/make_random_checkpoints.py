@@ -10,10 +10,10 @@ The input of experiments/bench_memory_depth.py. A directory already there is kep
 import argparse
 from pathlib import Path
 
-from tyrjax.assets import default_model_dir
-from tyrjax.checkpoint import save_hf
-from tyrjax.config import ModelConfig
-from tyrjax.model import init_random_params
+from tyrjax.checkpoints.assets import default_model_dir
+from tyrjax.checkpoints.hf import save_hf
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import init_random_params
 
 
 def depth_checkpoint(out: Path, n_layers: int, shard_bytes: int, seed: int) -> Path:

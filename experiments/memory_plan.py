@@ -1,5 +1,5 @@
 """Memory and time plan of Týr (`--preset paper`) and SDS for Llama-3.1-8B and 70B on a
-v5p-64 TPU slice and on one 8×H100 node, computed by `tyrjax.plan` (no device needed).
+v5p-64 TPU slice and on one 8×H100 node, computed by `tyrjax.runs.plan` (no device needed).
 
     python experiments/memory_plan.py [--calib-windows 256] [--forward-windows N] [--utilisation 0.4]
 
@@ -10,8 +10,8 @@ supernet's disk.
 import argparse
 import dataclasses
 
-from tyrjax.config import ModelConfig
-from tyrjax.plan import (GB, MeshSpec, SDSRun, TyrRun, largest_forward, phase_peaks, sds_memory, sds_seconds,
+from tyrjax.model.config import ModelConfig
+from tyrjax.runs.plan import (GB, MeshSpec, SDSRun, TyrRun, largest_forward, phase_peaks, sds_memory, sds_seconds,
                          supernet_disk_bytes, tyr_memory, tyr_seconds)
 from tyrjax.tyr.pipeline import PRESETS
 

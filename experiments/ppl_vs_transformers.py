@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import tyrjax
-from tyrjax.evaluate import perplexity
+from tyrjax.evaluation.perplexity import perplexity
 
 
 def transformers_perplexity(hf, windows: np.ndarray) -> float:

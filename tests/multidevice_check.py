@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config
-from tyrjax.model import forward_jit
+from tyrjax.model.decoder import forward_jit
 from tyrjax.sds.pipeline import run_sds_pipeline
-from tyrjax.sharding import make_mesh
+from tyrjax.parallel.sharding import make_mesh
 from tyrjax.tyr.baselines import structured_baseline
 from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import initial_grid, search_iteration

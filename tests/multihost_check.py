@@ -14,15 +14,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tyrjax.distributed import initialize, is_writer
+from tyrjax.parallel.distributed import initialize, is_writer
 
 PORT, PROCESS_ID, ROOT = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 initialize(f"127.0.0.1:{PORT}", 2, PROCESS_ID)
 
 from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config  # noqa: E402
-from tyrjax.evaluate import perplexity  # noqa: E402
-from tyrjax.rundir import record_command, write_json  # noqa: E402
-from tyrjax.sharding import make_mesh, shard_params  # noqa: E402
+from tyrjax.evaluation.perplexity import perplexity  # noqa: E402
+from tyrjax.runs.rundir import record_command  # noqa: E402
+from tyrjax.files import write_json
+from tyrjax.parallel.sharding import make_mesh  # noqa: E402
+from tyrjax.model.axes import shard_params
 from tyrjax.tyr.pipeline import run_tyr  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import tyrjax.tyr.pipeline as pipeline
 import tyrjax.tyr.supernet as supernet
 from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config
-from tyrjax.sharding import make_mesh
+from tyrjax.parallel.sharding import make_mesh
 
 TCFG = tyr_config(generations=3)
 SAVED: dict[str, list[int]] = {"blocks": [], "generations": []}

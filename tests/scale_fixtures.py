@@ -10,8 +10,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tyrjax.config import ModelConfig
-from tyrjax.model import init_random_params
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import init_random_params
 from tyrjax.tyr.pipeline import TyrConfig
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, intermediate_size=32)

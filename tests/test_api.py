@@ -4,10 +4,10 @@ import json
 import numpy as np
 
 from tyrjax import api
-from tyrjax.checkpoint import save_hf
-from tyrjax.config import ModelConfig
-from tyrjax.loading import Model, load_model
-from tyrjax.model import init_random_params
+from tyrjax.checkpoints.hf import save_hf
+from tyrjax.model.config import ModelConfig
+from tyrjax.checkpoints.loading import Model, load_model
+from tyrjax.model.decoder import init_random_params
 
 CFG = ModelConfig(vocab_size=30, hidden_size=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, intermediate_size=8)
 

@@ -6,14 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from tyrjax.bench import Contender, add_speedups, speed_sweep, speed_table
-from tyrjax.checkpoint import save_hf
+from tyrjax.commands.bench import Contender, add_speedups, speed_sweep
+
+from tyrjax.evaluation.speed import speed_table
+from tyrjax.checkpoints.hf import save_hf
 from tyrjax.cli import main
-from tyrjax.config import ModelConfig
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.export import export_pruned
-from tyrjax.lineage import EMBEDDED_DEFAULT_SOURCE, dense_spec, find_origin
-from tyrjax.model import compact_from_masked, init_random_params
+from tyrjax.checkpoints.export import export_pruned
+from tyrjax.runs.lineage import EMBEDDED_DEFAULT_SOURCE, dense_spec, find_origin
+from tyrjax.model.decoder import compact_from_masked, init_random_params
 
 # Widths no other test uses, so the first sweep of a shape is the one that compiles it.
 CFG = ModelConfig(vocab_size=71, hidden_size=24, n_layers=2, n_heads=3, n_kv_heads=1, head_dim=8,

@@ -4,11 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tyrjax.blocks import HeldBlocks, StreamedBlocks, run_blocks
-from tyrjax.checkpoint import save_hf
-from tyrjax.config import ModelConfig
-from tyrjax.evaluate import perplexity, perplexity_blockwise, window_nlls, window_nlls_blockwise
-from tyrjax.model import compact_from_masked, forward, init_random_params, logits_from_hidden
+from tyrjax.model.blocks import HeldBlocks, run_blocks
+
+from tyrjax.checkpoints.streaming import StreamedBlocks
+from tyrjax.checkpoints.hf import save_hf
+from tyrjax.model.config import ModelConfig
+from tyrjax.evaluation.perplexity import perplexity, perplexity_blockwise, window_nlls, window_nlls_blockwise
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params, logits_from_hidden
 from tyrjax.tyr.fitness import teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, run_tyr
 

@@ -2,10 +2,11 @@
 import jax.numpy as jnp
 import numpy as np
 
-from tyrjax.calibration import (attention_inputs, attention_residual, embed_windows, layer, mlp_inputs,
-                                mlp_residual, stats_of)
-from tyrjax.config import ModelConfig
-from tyrjax.model import embed, init_random_params, run_layers_masked
+from tyrjax.calibration.statistics import attention_inputs, attention_residual, embed_windows, mlp_inputs, mlp_residual, stats_of
+
+from tyrjax.model.blocks import layer
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import embed, init_random_params, run_layers_masked
 
 CFG = ModelConfig(vocab_size=50, hidden_size=24, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=6, intermediate_size=20)
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from hf_reference import tiny_hf_model, torch_logits
-from tyrjax.checkpoint import atomic_dir, load_hf_params, load_orbax, save_hf, save_orbax
-from tyrjax.config import ModelConfig
+from tyrjax.checkpoints.hf import atomic_dir, load_hf_params, load_orbax, save_hf, save_orbax
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.loading import load_model
-from tyrjax.model import compact_from_masked, forward, init_random_params
+from tyrjax.checkpoints.loading import load_model
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 
 CFG = ModelConfig(vocab_size=40, hidden_size=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=4,
                   intermediate_size=24, tie_word_embeddings=False)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tyrjax.data as data
-from tyrjax.assets import default_model_dir, shakespeare_dir
-from tyrjax.data import (
+import tyrjax.data.corpora as data
+from tyrjax.checkpoints.assets import default_model_dir, shakespeare_dir
+from tyrjax.data.corpora import (
     calibration_windows,
     check_window_length,
     corpus_text,
@@ -218,7 +218,7 @@ def test_tokenize_adds_no_special_tokens(tokenizer) -> None:
 
 
 def test_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tyrjax import assets
+    from tyrjax.checkpoints import assets
 
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index and an empty find-links folder: nothing to download
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))

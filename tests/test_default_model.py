@@ -7,8 +7,8 @@ import torch
 
 import tyrjax
 from tyrjax.cli import main
-from tyrjax.evaluate import perplexity
-from tyrjax.model import forward_jit
+from tyrjax.evaluation.perplexity import perplexity
+from tyrjax.model.decoder import forward_jit
 
 
 @pytest.fixture(scope="module")

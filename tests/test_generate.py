@@ -4,10 +4,10 @@ import numpy as np
 import torch
 
 from hf_reference import tiny_hf_model
-from tyrjax.checkpoint import load_hf_params
-from tyrjax.config import ModelConfig
-from tyrjax.generate import generate, sample_next
-from tyrjax.model import compact_from_masked, forward, init_random_params
+from tyrjax.checkpoints.hf import load_hf_params
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.generate import generate, sample_next
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 
 
 def greedy_by_full_forward(params, cfg, prompt, n, head_mask=None, ffn_mask=None):

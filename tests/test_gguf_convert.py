@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tyrjax.assets import default_gguf_path
+from tyrjax.checkpoints.assets import default_gguf_path
 from tyrjax.errors import TyrjaxError
-from tyrjax.gguf_convert import (
+from tyrjax.checkpoints.gguf import (
     MARKER_FILE,
     _bytes_to_unicode,
     _llama3_rope_factors,
@@ -323,8 +323,8 @@ def test_load_model_takes_a_gguf_directly(tmp_path: Path, monkeypatch: pytest.Mo
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM
 
-    from tyrjax.loading import load_model
-    from tyrjax.model import forward
+    from tyrjax.checkpoints.loading import load_model
+    from tyrjax.model.decoder import forward
 
     monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "tiny.gguf"

@@ -13,12 +13,12 @@ from lm_eval.api.instance import Instance
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from tyrjax.checkpoint import save_hf
+from tyrjax.checkpoints.hf import save_hf
 from tyrjax.errors import TyrjaxError
-from tyrjax.lm_eval_adapter import TyrjaxLM, bucket_count, bucket_length, pack_rows, target_logprobs
-from tyrjax.loading import load_model
-from tyrjax.model import compact_from_masked
-from tyrjax.zeroshot import run_tasks
+from tyrjax.evaluation.harness import TyrjaxLM, bucket_count, bucket_length, pack_rows, target_logprobs
+from tyrjax.checkpoints.loading import load_model
+from tyrjax.model.decoder import compact_from_masked
+from tyrjax.evaluation.zeroshot import run_tasks
 
 BOS, EOS = 1, 2
 WORDS = ["<unk>", "<bos>", "<eos>"] + [f"w{i}" for i in range(3, 97)]

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tyrjax.config import ModelConfig
-from tyrjax.model import compact_from_masked, forward, init_random_params
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 
 CFG = ModelConfig(vocab_size=61, hidden_size=32, n_layers=3, n_heads=6, n_kv_heads=2, head_dim=8,
                   intermediate_size=40, attention_bias=True, o_bias=True, down_bias=True)
@@ -63,7 +63,7 @@ def test_full_masks_are_the_dense_model():
 
 
 def test_bfloat16_parameters_track_float32():
-    from tyrjax.model import cast_params
+    from tyrjax.model.decoder import cast_params
 
     params = init_random_params(CFG, 5)
     tokens = np.arange(16)[None] % CFG.vocab_size

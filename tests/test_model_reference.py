@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from hf_reference import tiny_hf_model, torch_logits
-from tyrjax.checkpoint import load_hf_params
-from tyrjax.config import ModelConfig
-from tyrjax.model import forward_jit
+from tyrjax.checkpoints.hf import load_hf_params
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import forward_jit
 
 CASES = {
     "llama-gqa-tied": ("llama", dict(tie_word_embeddings=True)),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tyrjax.errors import TyrjaxError
-from tyrjax.paired import format_ratio, paired_ratio
+from tyrjax.evaluation.paired import format_ratio, paired_ratio
 
 
 def exact_bootstrap_log_ratios(diff: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@ import dataclasses
 
 import pytest
 
-from tyrjax.config import ModelConfig
-from tyrjax.plan import (MeshSpec, TyrRun, largest_forward, phase_peaks, pruner_flops, pruning_flops, supernet_disk_bytes,
+from tyrjax.model.config import ModelConfig
+from tyrjax.runs.plan import (MeshSpec, TyrRun, largest_forward, phase_peaks, pruner_flops, pruning_flops, supernet_disk_bytes,
                          tyr_flops, tyr_memory, tyr_seconds)
 
 # Per block: q/k/v/o 4·4 + 4·2 + 4·2 + 4·4 = 48, MLP 3·4·8 = 96, norms 2·4 = 8 -> 152.
@@ -26,7 +26,7 @@ def test_parameter_counts():
 
 
 def test_memory_lines_counted_by_hand():
-    """data=2, tensor=2: what tyrjax.sharding splits, and what it leaves whole."""
+    """data=2, tensor=2: what tyrjax.parallel.sharding splits, and what it leaves whole."""
     got = lines_by_item(tyr_memory(CFG, MESH, RUN))
     # bf16. embed 10x4 split over tensor by vocab: 40; final norm 8; per layer (x2 layers): norms 8 + 8,
     # wq and wo 16 (2 heads over tensor=2: halved), wk and wv 16 (one KV head cannot be split), gate/up/down 32

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from hf_reference import torch_logits
-from tyrjax.assets import default_model_dir
-from tyrjax.checkpoint import save_hf
+from tyrjax.checkpoints.assets import default_model_dir
+from tyrjax.checkpoints.hf import save_hf
 from tyrjax.cli import main
-from tyrjax.config import ModelConfig
-from tyrjax.export import export_pruned, stock_compatible
-from tyrjax.loading import load_model
-from tyrjax.model import compact_from_masked, forward, init_random_params
+from tyrjax.model.config import ModelConfig
+from tyrjax.checkpoints.export import export_pruned, stock_compatible
+from tyrjax.checkpoints.loading import load_model
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 
 CFG = ModelConfig(vocab_size=49152, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                   intermediate_size=128, max_position_embeddings=2048, tie_word_embeddings=True)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tyrjax import plots
-from tyrjax.assets import default_model_dir
-from tyrjax.checkpoint import save_hf
+from tyrjax.runs import plots
+from tyrjax.checkpoints.assets import default_model_dir
+from tyrjax.checkpoints.hf import save_hf
 from tyrjax.cli import main
-from tyrjax.config import ModelConfig
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import init_random_params
-from tyrjax.paired import format_ratio, paired_ratio
-from tyrjax.report import block_sparsity, write_report
+from tyrjax.model.decoder import init_random_params
+from tyrjax.evaluation.paired import format_ratio, paired_ratio
+from tyrjax.runs.report import block_sparsity, write_report
 
 TYR_METRICS = {
     "model": "SmolLM2-135M-Instruct (embedded default)",

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from hf_reference import torch_logits
-from tyrjax.calibration import attention_inputs, attention_residual, embed_windows, layer, mlp_inputs, stats_of
-from tyrjax.checkpoint import save_hf
+from tyrjax.calibration.statistics import attention_inputs, attention_residual, embed_windows, mlp_inputs, stats_of
+from tyrjax.model.blocks import layer
+from tyrjax.checkpoints.hf import save_hf
 from tyrjax.cli import main
-from tyrjax.config import ModelConfig
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.layers import rms_norm
-from tyrjax.loading import load_model
-from tyrjax.model import compact_from_masked, forward, init_random_params, run_layers_compact, run_layers_masked, to_compact
+from tyrjax.model.layers import rms_norm
+from tyrjax.checkpoints.loading import load_model
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params, run_layers_compact, run_layers_masked, to_compact
 from tyrjax.sds import DEFAULT_SDS_L1, DEFAULT_SDS_LR, LINEAR, prune_oneshot, run_sds_pipeline
 from tyrjax.sparse import parse_pattern, sparsegpt_prune
 
@@ -160,7 +161,7 @@ def test_sds_never_worse_than_oneshot_and_keeps_the_pattern(params):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random model that uses the real SmolLM2 tokenizer (same vocabulary size)."""
-    from tyrjax.assets import default_model_dir
+    from tyrjax.checkpoints.assets import default_model_dir
 
     cfg = ModelConfig(vocab_size=49152, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                       intermediate_size=48, max_position_embeddings=1024, tie_word_embeddings=True)

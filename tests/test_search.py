@@ -1,4 +1,4 @@
-"""Tests of tyrjax.search: level grid, level-switch mutation, (1+λ) evolutionary search."""
+"""Tests of tyrjax.tyr.search: level grid, level-switch mutation, (1+λ) evolutionary search."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tyrjax.errors import TyrjaxError
-from tyrjax.search import (
+from tyrjax.tyr.search import (
     MUTATIONS,
     LevelGrid,
     SearchConfig,

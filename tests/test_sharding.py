@@ -9,11 +9,12 @@ from jax.sharding import AbstractMesh, PartitionSpec
 
 from scale_fixtures import run_check
 from tyrjax.cli import main
-from tyrjax.config import ModelConfig
-from tyrjax.distributed import Cluster, cluster_from
+from tyrjax.model.config import ModelConfig
+from tyrjax.parallel.distributed import Cluster, cluster_from
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import compact_from_masked, init_random_params
-from tyrjax.sharding import Axes, make_mesh, param_axes, parse_mesh, spec
+from tyrjax.model.decoder import compact_from_masked, init_random_params
+from tyrjax.parallel.sharding import Axes, make_mesh, parse_mesh, spec
+from tyrjax.model.axes import param_axes
 
 MESHES = ["data=8", "data=4,tensor=2", "data=2,tensor=4"]
 

@@ -7,10 +7,9 @@ import optax
 import pytest
 
 from tyrjax.errors import TyrjaxError
-from tyrjax.sparse import (
-    NByM,
+from tyrjax.sparse import NByM, magnitude_prune
+from tyrjax.sds.reconstruct import (
     grams_from_inputs,
-    magnitude_prune,
     make_optimizer,
     reconstruction_loss,
     reconstruction_value_and_grad,

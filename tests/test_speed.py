@@ -1,9 +1,9 @@
 """The speed probe measures what it says: a prefill and a KV-cached greedy decode."""
 import numpy as np
 
-from tyrjax.config import ModelConfig
-from tyrjax.model import init_random_params
-from tyrjax.speed import measure_speed
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import init_random_params
+from tyrjax.evaluation.speed import measure_speed
 
 
 def test_measure_speed_reports_prefill_and_decode():

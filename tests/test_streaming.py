@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tyrjax.calibration import layer
-from tyrjax.checkpoint import load_hf_params, save_hf
-from tyrjax.config import ModelConfig
+from tyrjax.model.blocks import layer
+from tyrjax.checkpoints.hf import load_hf_params, save_hf
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import compact_from_masked, init_random_params
-from tyrjax.streaming import BlockSource, load_params
+from tyrjax.model.decoder import compact_from_masked, init_random_params
+from tyrjax.checkpoints.streaming import BlockSource, load_params
 
 CFG = ModelConfig(vocab_size=40, hidden_size=16, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=4,
                   intermediate_size=24, attention_bias=True, o_bias=True, tie_word_embeddings=False)
@@ -85,12 +85,13 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import sys
     import jax
     import numpy as np
-    from tyrjax.calibration import layer
-    from tyrjax.checkpoint import load_hf_params
-    from tyrjax.config import ModelConfig
-    from tyrjax.loading import load_model
-    from tyrjax.sharding import make_mesh, shard_layer, shard_params
-    from tyrjax.streaming import BlockSource
+    from tyrjax.model.blocks import layer
+    from tyrjax.checkpoints.hf import load_hf_params
+    from tyrjax.model.config import ModelConfig
+    from tyrjax.checkpoints.loading import load_model
+    from tyrjax.parallel.sharding import make_mesh
+    from tyrjax.model.axes import shard_layer, shard_params
+    from tyrjax.checkpoints.streaming import BlockSource
 
     assert jax.device_count() == 8
     model_dir = sys.argv[1]
@@ -99,7 +100,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     full = load_hf_params(model_dir, cfg)
 
     def check(got, want):
-        # the layout tyrjax.sharding gives the fully loaded arrays, and the values shard by shard
+        # the layout tyrjax.parallel.sharding gives the fully loaded arrays, and the values shard by shard
         for k in want:
             assert got[k].sharding == want[k].sharding, (k, got[k].sharding, want[k].sharding)
             whole = np.asarray(want[k])

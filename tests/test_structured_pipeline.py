@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tyrjax.calibration import attention_inputs, attention_residual, embed_windows, layer, mlp_inputs, mlp_residual
-from tyrjax.config import ModelConfig
+from tyrjax.calibration.statistics import attention_inputs, attention_residual, embed_windows, mlp_inputs, mlp_residual
+
+from tyrjax.model.blocks import layer
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.layers import attention_output, mlp_output
-from tyrjax.model import compact_from_masked, forward, init_random_params
+from tyrjax.model.layers import attention_output, mlp_output
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 from tyrjax.tyr.baselines import structured_baseline
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
 

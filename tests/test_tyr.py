@@ -10,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tyrjax.calibration import attention_inputs, embed_windows, layer, mlp_inputs
-from tyrjax.config import ModelConfig
-from tyrjax.model import compact_from_masked, forward, init_random_params
-from tyrjax.search.levels import centre_genome
-from tyrjax.search.mutation import level_switch
+from tyrjax.calibration.statistics import attention_inputs, embed_windows, mlp_inputs
+
+from tyrjax.model.blocks import layer
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
+from tyrjax.tyr.search.levels import centre_genome
+from tyrjax.tyr.search.mutation import level_switch
 from tyrjax.tyr.fitness import BatchScorer, candidate_blocks, candidate_fitness, kl_topk, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, masks_and_weights, run_tyr
 from tyrjax.tyr.supernet import BlockLevels, build_supernet, level_weights
@@ -194,8 +196,8 @@ BUILD_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     import tyrjax.tyr.supernet as sn_mod
-    from tyrjax.config import ModelConfig
-    from tyrjax.model import init_random_params
+    from tyrjax.model.config import ModelConfig
+    from tyrjax.model.decoder import init_random_params
     from tyrjax.tyr.pipeline import TyrConfig, initial_grid
     cfg = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
     params = init_random_params(cfg, 0, scale=0.2)
@@ -230,7 +232,7 @@ def test_registered_extensions_drive_the_pipeline(setup):
     """A custom saliency, fitness and mutation plug in by name (the extension points)."""
     import dataclasses
 
-    from tyrjax.search.mutation import MUTATIONS, register_mutation
+    from tyrjax.tyr.search.mutation import MUTATIONS, register_mutation
     from tyrjax.structured.saliency import SALIENCIES, register_saliency
     from tyrjax.tyr.fitness import FITNESSES, register_fitness
 

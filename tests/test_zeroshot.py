@@ -15,8 +15,8 @@ from test_lm_eval_adapter import tiny_lm_dir, words
 from tyrjax import api, zeroshot
 from tyrjax.cli import main
 from tyrjax.errors import TyrjaxError
-from tyrjax.lm_eval_adapter import TyrjaxLM
-from tyrjax.loading import load_model
+from tyrjax.evaluation.harness import TyrjaxLM
+from tyrjax.checkpoints.loading import load_model
 
 TASK = {
     "name": "toy",

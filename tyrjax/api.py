@@ -3,7 +3,7 @@
     import tyrjax
     model = tyrjax.load_model()                      # the embedded default
     sets = tyrjax.evaluation_sets(model)             # shakespeare-v1 eval windows
-    print(tyrjax.evaluate(model, sets)["ppl"])
+    print(tyrjax.evaluation.perplexity(model, sets)["ppl"])
     print(tyrjax.generate_text(model, "To be, or not to be"))
     print(tyrjax.api.zero_shot(model, "offline"))   # {task: {"acc", "acc_norm", "n"}}
 """
@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from tyrjax.blocks import ModelBlocks
-from tyrjax.evaluate import ppl_of, window_nlls, window_nlls_blockwise
-from tyrjax.generate import generate
-from tyrjax.loading import Model, require_tokenizer
-from tyrjax.model import count_params
-from tyrjax.zeroshot import zero_shot  # noqa: F401  (part of the API: zero-shot accuracy via lm-evaluation-harness)
+from tyrjax.model.blocks import ModelBlocks
+from tyrjax.evaluation.perplexity import ppl_of, window_nlls, window_nlls_blockwise
+from tyrjax.model.generate import generate
+from tyrjax.checkpoints.loading import Model, require_tokenizer
+from tyrjax.model.decoder import count_params
+from tyrjax.evaluation.zeroshot import zero_shot  # noqa: F401  (part of the API: zero-shot accuracy via lm-evaluation-harness)
 
 DEFAULT_EVAL_CORPORA = ("shakespeare", "pydoc")
 
@@ -30,7 +30,7 @@ def evaluation_sets(
     window_length: int = 1024,
 ) -> dict[str, np.ndarray]:
     """The protocol's evaluation windows, one (n, length) array per corpus (held-out split)."""
-    from tyrjax import data
+    from tyrjax.data import corpora as data
 
     tok = require_tokenizer(model)
     data.check_window_length(window_length, model.cfg.max_position_embeddings)
@@ -42,7 +42,7 @@ def evaluation_sets(
 
 def calibration_windows(model: Model, data: str = "shakespeare", calib_windows: int = 64, length: int = 512) -> np.ndarray:
     """The protocol's seeded calibration windows (n, length) from the calibration split of `data`."""
-    from tyrjax import data as corpora
+    from tyrjax.data import corpora
 
     corpora.check_window_length(length, model.cfg.max_position_embeddings)
     windows = corpora.protocol_windows(require_tokenizer(model), calib_windows, 1, data, calib_length=length)
@@ -58,7 +58,7 @@ def param_counts(model: Model) -> dict[str, int]:
 def evaluate(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
     """Perplexity on each evaluation set, each window's mean next-token NLL and a digest of the
     windows' tokens (for paired comparisons of models scored on the same windows,
-    `tyrjax.paired`), and parameter counts: the core of metrics.json. A model whose `params`
+    `tyrjax.evaluation.paired`), and parameter counts: the core of metrics.json. A model whose `params`
     are `ModelBlocks` is evaluated block by block."""
     ppl, window_nll = {}, {}
     for name, windows in sets.items():
@@ -87,8 +87,8 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
     import hashlib
     import json
 
-    from tyrjax.cache import cache_dir
-    from tyrjax.rundir import write_json
+    from tyrjax.files import cache_dir
+    from tyrjax.files import write_json
 
     if model.directory is None:
         return evaluate(model, sets, batch_size)

@@ -72,8 +72,8 @@ def _scaled(args: argparse.Namespace):
     if not hasattr(args, "mesh"):
         yield
         return
-    from tyrjax.distributed import initialize
-    from tyrjax.sharding import mesh_from_flag, use_mesh
+    from tyrjax.parallel.distributed import initialize
+    from tyrjax.parallel.sharding import mesh_from_flag, use_mesh
 
     initialize(args.coordinator, args.num_processes, args.process_id)
     with use_mesh(mesh_from_flag(args.mesh)):
@@ -81,7 +81,7 @@ def _scaled(args: argparse.Namespace):
 
 
 def _zero_shot_args(p: argparse.ArgumentParser) -> None:
-    from tyrjax.zeroshot import DEFAULT_LIMIT
+    from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT
 
     g = p.add_argument_group("zero-shot tasks (lm-evaluation-harness; pip install 'tyrjax[eval]')")
     g.add_argument("--tasks", default=None,
@@ -253,37 +253,38 @@ def cmd_prune(args: argparse.Namespace) -> None:
             raise TyrjaxError(f"prune: --method {args.method} is structured; use --sparsity instead of --pattern")
         if args.pattern is None:
             raise TyrjaxError(f"prune: --method {args.method} needs --pattern (e.g. 0.5, 2:4, 4:8)")
-        from tyrjax.sds.commands import run_oneshot
+        from tyrjax.commands.sds import run_oneshot
 
         args.calib_windows = args.calib_windows or 64
         run_oneshot(args)
         return
     if args.sparsity is None:
         raise TyrjaxError(f"prune: --method {args.method} needs --sparsity in (0, 1), e.g. --sparsity 0.5")
-    from tyrjax.tyr.commands import run_structured
+    from tyrjax.commands.prune import run_structured
 
     run_structured(args)
 
 
 def cmd_sds(args: argparse.Namespace) -> None:
-    from tyrjax.sds.commands import run_sds
+    from tyrjax.commands.sds import run_sds
 
     run_sds(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from tyrjax import api
-    from tyrjax.distributed import is_writer
-    from tyrjax.lineage import dense_comparison
-    from tyrjax.sharding import on_active_mesh
-    from tyrjax.loading import load_model
-    from tyrjax.report import write_report
-    from tyrjax.rundir import default_out, print_table, record_command, write_json
+    from tyrjax.parallel.distributed import is_writer
+    from tyrjax.runs.lineage import dense_comparison
+    from tyrjax.checkpoints.loading import on_active_mesh
+    from tyrjax.checkpoints.loading import load_model
+    from tyrjax.runs.report import write_report
+    from tyrjax.runs.rundir import default_out, print_table, record_command
+    from tyrjax.files import write_json
 
     out = args.out or default_out("eval")
     start = time.perf_counter()
     if args.tasks:
-        from tyrjax.zeroshot import require_lm_eval
+        from tyrjax.evaluation.harness import require_lm_eval
 
         require_lm_eval()
     model = load_model(args.model, args.dtype, args.tokenizer)
@@ -316,20 +317,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from tyrjax.bench import run_bench
+    from tyrjax.commands.bench import run_bench
 
     run_bench(args)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from tyrjax.report import run_report
+    from tyrjax.runs.report import run_report
 
     run_report(args)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from tyrjax import api
-    from tyrjax.loading import load_model
+    from tyrjax.checkpoints.loading import load_model
 
     model = load_model(args.model, args.dtype, args.tokenizer)
     text = api.generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
@@ -337,7 +338,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from tyrjax.gguf_convert import convert_gguf
+    from tyrjax.checkpoints.gguf import convert_gguf
 
     if not args.gguf.is_file():
         raise TyrjaxError(f"{args.gguf}: no such GGUF file")

@@ -20,8 +20,26 @@ from tyrjax.sds.pipeline import (
     sds_fit,
     sds_settings,
 )
+from tyrjax.sds.reconstruct import (
+    DEFAULT_LEARNING_RATE,
+    Grams,
+    grams_from_inputs,
+    make_optimizer,
+    reconstruction_loss,
+    reconstruction_value_and_grad,
+    redense,
+    sparse_adjust,
+)
 
 __all__ = [
+    "DEFAULT_LEARNING_RATE",
+    "Grams",
+    "grams_from_inputs",
+    "make_optimizer",
+    "reconstruction_loss",
+    "reconstruction_value_and_grad",
+    "redense",
+    "sparse_adjust",
     "DEFAULT_SDS_L1",
     "DEFAULT_SDS_L2",
     "DEFAULT_SDS_LR",

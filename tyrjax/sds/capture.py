@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import jax
 
-from tyrjax.calibration import InputStats, cross_gram, heads_of, map_chunks, stats_of
-from tyrjax.config import ModelConfig
-from tyrjax.model import Params
-from tyrjax.sparse import Grams
+from tyrjax.calibration.statistics import InputStats, cross_gram, heads_of, stats_of
+
+from tyrjax.model.blocks import map_chunks
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import Params
+from tyrjax.sds.reconstruct import Grams
 
 # Windows per attention call: bounds the (windows, heads, T, T) score tensor.
 WINDOW_CHUNK = 8

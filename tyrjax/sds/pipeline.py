@@ -20,27 +20,17 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration import (GATE_UP, QKV, InputStats, attention_normed, attention_residual, check_finite,
+from tyrjax.calibration.statistics import (GATE_UP, QKV, InputStats, attention_normed, attention_residual, check_finite,
                                 embed_windows, hidden_of, mlp_normed, mlp_residual)
-from tyrjax.config import ModelConfig
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import Params, is_stacked, stack_layers, unstack_layers
+from tyrjax.model.decoder import Params, is_stacked, stack_layers, unstack_layers
 from tyrjax.sds.capture import WINDOW_CHUNK, attention_heads_at, objective_grams
-from tyrjax.sparse import (
-    DEFAULT_LEARNING_RATE,
-    Grams,
-    NByM,
-    Pattern,
-    check_pattern,
-    magnitude_prune,
-    reconstruction_loss,
-    redense,
-    sparse_adjust,
-    sparsegpt_prune,
-    wanda_prune,
-)
-from tyrjax.sharding import LAYER_PARAM_AXES, Axes, local_tree, resolve_mesh
-from tyrjax.sparse.reconstruct import OPTIMIZERS, reconstruct_on_mesh
+from tyrjax.parallel.sharding import Axes, local_tree, resolve_mesh
+from tyrjax.model.axes import LAYER_PARAM_AXES
+from tyrjax.sds.reconstruct import (DEFAULT_LEARNING_RATE, OPTIMIZERS, Grams, reconstruct_on_mesh, reconstruction_loss,
+                                    redense, sparse_adjust)
+from tyrjax.sparse import NByM, Pattern, check_pattern, magnitude_prune, sparsegpt_prune, wanda_prune
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
 INPUTS = ("pruned", "dense")

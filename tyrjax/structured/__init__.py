@@ -1,6 +1,6 @@
 """Structured pruning of attention heads and MLP neurons: Týr's local pruner and baselines."""
 
-from tyrjax.structured.baselines import (
+from tyrjax.structured.scores import (
     flap_bias,
     flap_scores,
     flap_standardise,
@@ -8,7 +8,7 @@ from tyrjax.structured.baselines import (
     magnitude_scores,
     wanda_sp_scores,
 )
-from tyrjax.structured.local import (
+from tyrjax.structured.local_pruner import (
     damp_hessian,
     obs_remove,
     prune_groups,

@@ -31,13 +31,14 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration import (attention_inputs, attention_residual, check_finite, embed_windows, layer, map_chunks,
-                                mlp_inputs, mlp_residual, stats_of)
-from tyrjax.config import ModelConfig
+from tyrjax.calibration.statistics import attention_inputs, attention_residual, check_finite, embed_windows, mlp_inputs, mlp_residual, stats_of
+
+from tyrjax.model.blocks import layer, map_chunks
+from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import Params, is_stacked, kept_layout
-from tyrjax.sharding import host_array, resolve_mesh
-from tyrjax.structured.baselines import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
+from tyrjax.model.decoder import Params, is_stacked, kept_layout
+from tyrjax.parallel.sharding import host_array, resolve_mesh
+from tyrjax.structured.scores import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
                                          magnitude_scores, wanda_sp_scores)
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
 

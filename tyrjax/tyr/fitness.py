@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from tyrjax.blocks import ModelBlocks, as_blocks, run_blocks, stacked_axes
-from tyrjax.calibration import map_chunks
-from tyrjax.config import ModelConfig
-from tyrjax.layers import decoder_layer, rope_tables
-from tyrjax.model import Params, embed, final_hidden, logits_from_hidden
-from tyrjax.sharding import HIDDEN, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, sharded_call
+from tyrjax.model.blocks import ModelBlocks, as_blocks, run_blocks, stacked_axes
+from tyrjax.model.blocks import map_chunks
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.layers import decoder_layer, rope_tables
+from tyrjax.model.decoder import Params, embed, final_hidden, logits_from_hidden
+from tyrjax.parallel.sharding import HIDDEN, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, sharded_call
 from tyrjax.tyr.supernet import BlockLevels, Supernet
 
 FITNESSES: dict[str, Callable] = {}

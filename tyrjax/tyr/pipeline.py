@@ -15,15 +15,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.blocks import HeldBlocks, ModelBlocks, as_blocks
-from tyrjax.config import ModelConfig
-from tyrjax.distributed import agree, is_writer
+from tyrjax.model.blocks import HeldBlocks, ModelBlocks, as_blocks
+from tyrjax.model.config import ModelConfig
+from tyrjax.parallel.distributed import agree, is_writer
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import Params, compact_from_blocks
-from tyrjax.rundir import write_atomic
-from tyrjax.search.evolution import SearchConfig, evolve, load_state, save_state
-from tyrjax.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
-from tyrjax.sharding import local_tree, resolve_mesh
+from tyrjax.model.decoder import Params, compact_from_blocks
+from tyrjax.files import write_atomic
+from tyrjax.tyr.search.evolution import SearchConfig, evolve, load_state, save_state
+from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
+from tyrjax.parallel.sharding import local_tree, resolve_mesh
 from tyrjax.tyr.fitness import BatchScorer, Teacher, teacher_topk
 from tyrjax.tyr.supernet import Supernet, build_supernet
 

