@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import sys
 import tarfile
 import tempfile
@@ -361,7 +360,3 @@ def zero_shot(
     lm = TyrjaxLM(model, batch_size=batch_size, head_mask=head_mask, ffn_mask=ffn_mask, progress=progress)
     return run_tasks(lm, names, limit, include)
 
-
-def binomial_z(acc: float, chance: float, n: int) -> float:
-    """How many binomial standard errors `acc` lies above `chance` over `n` items."""
-    return (acc - chance) / math.sqrt(chance * (1 - chance) / n)
