@@ -12,7 +12,8 @@ import pytest
 from lm_eval.api.instance import Instance
 from test_lm_eval_adapter import tiny_lm_dir, words
 
-from tyrjax import api, zeroshot
+from tyrjax import api
+from tyrjax.evaluation import zeroshot
 from tyrjax.cli import main
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.harness import TyrjaxLM
