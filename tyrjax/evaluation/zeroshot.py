@@ -308,6 +308,15 @@ def run_tasks(
     return {name: task_metrics(results, name) for name in names if name in results["results"]}
 
 
+def prepare_tasks(tasks: str | list[str]) -> tuple[list[str], list[Path]]:
+    """The harness task names of `tasks` and the task directories to index, the offline suite's
+    built (fetched) now: a caller that evaluates other things first fails early without it."""
+    names = expand_task_names([t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks))
+    suite_names = {harness_name(t) for t in SUITE}
+    include = [offline_tasks_dir(tuple(SUITE))] if any(n in suite_names for n in names) else []
+    return names, include
+
+
 def zero_shot(
     model: Any,
     tasks: str | list[str] = OFFLINE,
@@ -324,12 +333,7 @@ def zero_shot(
     items per task (None: all)."""
     from tyrjax.evaluation.harness import TyrjaxLM
 
-    names = expand_task_names([t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks))
-    include = []
-    suite_names = {harness_name(t): t for t in SUITE}
-    wanted = [suite_names[n] for n in names if n in suite_names]
-    if wanted:
-        include.append(offline_tasks_dir(tuple(SUITE)))
+    names, include = prepare_tasks(tasks)
     lm = TyrjaxLM(model, batch_size=batch_size, head_mask=head_mask, ffn_mask=ffn_mask, progress=progress)
     return run_tasks(lm, names, limit, include)
 
