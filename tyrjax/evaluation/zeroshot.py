@@ -105,7 +105,7 @@ def _sdist_path(tmp: Path) -> Path:
     by_hand = cache_dir() / "downloads" / BIGBENCH_SDIST
     if by_hand.is_file():
         return verify_file(by_hand, pinned.sha256)
-    _progress(f"downloading {BIGBENCH_SDIST} ({BIGBENCH_SDIST_BYTES // 10**6} MB) from the package index")
+    _progress(f"fetching {BIGBENCH_SDIST} ({BIGBENCH_SDIST_BYTES // 10**6} MB) through the package index")
     try:
         return fetch_pinned(pinned, tmp / BIGBENCH_SDIST)
     except TyrjaxError as exc:
