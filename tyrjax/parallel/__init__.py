@@ -1,0 +1,51 @@
+"""Device meshes, logical axes and multi-process runs."""
+
+from tyrjax.parallel.sharding import (
+    Axes,
+    HEADS_OUT,
+    HIDDEN,
+    MESH_AXES,
+    MLP_HIDDEN,
+    REPLICATED,
+    batch_axes,
+    host_array,
+    make_mesh,
+    mesh_from_flag,
+    parse_mesh,
+    put_axes,
+    resolve_mesh,
+    sharded_call,
+    spec,
+    use_mesh,
+)
+from tyrjax.parallel.distributed import (
+    Cluster,
+    agree,
+    cluster_from,
+    initialize,
+    is_writer,
+)
+
+__all__ = [
+    "Axes",
+    "Cluster",
+    "HEADS_OUT",
+    "HIDDEN",
+    "MESH_AXES",
+    "MLP_HIDDEN",
+    "REPLICATED",
+    "agree",
+    "batch_axes",
+    "cluster_from",
+    "host_array",
+    "initialize",
+    "is_writer",
+    "make_mesh",
+    "mesh_from_flag",
+    "parse_mesh",
+    "put_axes",
+    "resolve_mesh",
+    "sharded_call",
+    "spec",
+    "use_mesh",
+]

@@ -1,0 +1,34 @@
+"""Run directories, resource plans and plots."""
+
+from tyrjax.runs.rundir import (
+    Timer,
+    default_out,
+    print_table,
+    record_command,
+)
+from tyrjax.runs.plan import (
+    MeshSpec,
+    SDSRun,
+    TyrRun,
+    sds_memory,
+    sds_seconds,
+    tyr_memory,
+    tyr_seconds,
+)
+from tyrjax.runs.plots import per_layer_sparsity, search_convergence
+
+__all__ = [
+    "MeshSpec",
+    "SDSRun",
+    "Timer",
+    "TyrRun",
+    "default_out",
+    "per_layer_sparsity",
+    "print_table",
+    "record_command",
+    "sds_memory",
+    "sds_seconds",
+    "search_convergence",
+    "tyr_memory",
+    "tyr_seconds",
+]

@@ -23,7 +23,6 @@ from tyrjax.sds.pipeline import (
 from tyrjax.sds.reconstruct import (
     DEFAULT_LEARNING_RATE,
     Grams,
-    grams_from_inputs,
     make_optimizer,
     reconstruction_loss,
     reconstruction_value_and_grad,
@@ -34,7 +33,6 @@ from tyrjax.sds.reconstruct import (
 __all__ = [
     "DEFAULT_LEARNING_RATE",
     "Grams",
-    "grams_from_inputs",
     "make_optimizer",
     "reconstruction_loss",
     "reconstruction_value_and_grad",

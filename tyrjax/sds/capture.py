@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 
 from tyrjax.calibration.statistics import InputStats, cross_gram, heads_of, stats_of
-
+from tyrjax.errors import TyrjaxError
 from tyrjax.model.blocks import map_chunks
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import Params
@@ -29,6 +29,11 @@ def objective_grams(a_s: jax.Array, a_d: jax.Array | None) -> tuple[InputStats, 
     Without the dense stream `a_d` the target is `X_s W_d` (all three Grams equal `X_sᵀX_s`),
     which is the objective one-shot pruners minimise.
     """
+    if a_d is not None and a_d.shape != a_s.shape:
+        raise TyrjaxError(
+            f"a_d has shape {tuple(a_d.shape)} but a_s has {tuple(a_s.shape)}; pass the dense and "
+            "pruned model's inputs for the same calibration tokens"
+        )
     stats = stats_of(a_s)
     if a_d is None:
         return stats, Grams(stats.gram, stats.gram, stats.gram, stats.n_tokens)

@@ -64,30 +64,6 @@ class _Quadratic(NamedTuple):
     n: jax.Array
 
 
-def grams_from_inputs(X_s: jax.Array, X_d: jax.Array | None = None) -> Grams:
-    """Grams of pruned-model inputs `X_s` and dense-model inputs `X_d` (both `(N, d_in)`).
-
-    Without `X_d` the target uses the same inputs (the dense-input option): all three are equal.
-    """
-    if X_s.ndim != 2 or X_s.shape[0] == 0:
-        raise TyrjaxError(
-            f"X_s has shape {tuple(X_s.shape)}; pass calibration inputs as (N, d_in), N > 0"
-        )
-    X_s = X_s.astype(jnp.float32)
-    h_ss = jnp.matmul(X_s.T, X_s, precision=_HIGHEST)
-    if X_d is None:
-        return Grams(h_ss, h_ss, h_ss, X_s.shape[0])
-    if X_d.shape != X_s.shape:
-        raise TyrjaxError(
-            f"X_d has shape {tuple(X_d.shape)} but X_s has {tuple(X_s.shape)}; pass the dense and "
-            "pruned model's inputs for the same calibration tokens"
-        )
-    X_d = X_d.astype(jnp.float32)
-    h_sd = jnp.matmul(X_s.T, X_d, precision=_HIGHEST)
-    h_dd = jnp.matmul(X_d.T, X_d, precision=_HIGHEST)
-    return Grams(h_ss, h_sd, h_dd, X_s.shape[0])
-
-
 def _check_layer(W: jax.Array, W_dense: jax.Array, grams: Grams) -> None:
     """Raise TyrjaxError unless the weights and Grams describe the same layer."""
     check_weight(W)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from tyrjax.calibration.hessian import damped_hessian
 from tyrjax.errors import TyrjaxError
 from tyrjax.sparse.patterns import (
     NByM,
@@ -31,18 +32,6 @@ from tyrjax.sparse.patterns import (
 )
 
 _HIGHEST = lax.Precision.HIGHEST
-
-
-def damped_hessian(H: jax.Array, damp: float | jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Return `(H_damped, dead)`: dead inputs (diag 0) get diag 1, then damp·mean(diag) is added.
-
-    Dead inputs never fired on the calibration data; their weights are zeroed by the caller.
-    """
-    diag = jnp.diagonal(H)
-    dead = diag == 0
-    H = H + jnp.diag(jnp.where(dead, 1.0, 0.0))
-    H = H + damp * jnp.mean(jnp.diagonal(H)) * jnp.eye(H.shape[0], dtype=H.dtype)
-    return H, dead
 
 
 def inverse_cholesky_upper(H: jax.Array) -> jax.Array:

@@ -9,7 +9,6 @@ from tyrjax.structured.scores import (
     wanda_sp_scores,
 )
 from tyrjax.structured.local_pruner import (
-    damp_hessian,
     obs_remove,
     prune_groups,
     prune_levels,
@@ -27,7 +26,6 @@ from tyrjax.structured.saliency import (
 
 __all__ = [
     "SALIENCIES",
-    "damp_hessian",
     "flap_bias",
     "flap_scores",
     "flap_standardise",

