@@ -12,12 +12,15 @@ from tyrjax.sparse.patterns import (
     unstructured_mask_from_scores,
     unstructured_mask_per_output,
 )
+from tyrjax.sparse.pruners import SPARSE_PRUNERS, SparsePruner
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.sparse.wanda import wanda_prune
 
 __all__ = [
     "NByM",
     "Pattern",
+    "SPARSE_PRUNERS",
+    "SparsePruner",
     "Unstructured",
     "check_pattern",
     "magnitude_prune",
