@@ -9,7 +9,7 @@ from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import init_random_params
 from tyrjax.registry import Registry
 from tyrjax.sds import prune_oneshot, prune_weight
-from tyrjax.sparse import SPARSE_PRUNERS
+from tyrjax.sparse import SPARSE_PRUNERS, register_sparse_pruner
 from tyrjax.structured.saliency import SALIENCIES
 from tyrjax.tyr.fitness import FITNESSES, get_fitness
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr
@@ -112,7 +112,7 @@ def test_a_registered_sparse_pruner_drives_oneshot_pruning():
     params = init_random_params(CFG, 0)
     calls = []
 
-    @SPARSE_PRUNERS.register("test-recording")
+    @register_sparse_pruner("test-recording")
     def recording(W, stats, pattern):
         calls.append(W.shape)
         return SPARSE_PRUNERS["magnitude"](W, stats, pattern)

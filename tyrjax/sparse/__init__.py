@@ -12,7 +12,7 @@ from tyrjax.sparse.patterns import (
     unstructured_mask_from_scores,
     unstructured_mask_per_output,
 )
-from tyrjax.sparse.pruners import SPARSE_PRUNERS, SparsePruner
+from tyrjax.sparse.pruners import SPARSE_PRUNERS, SparsePruner, register_sparse_pruner
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.sparse.wanda import wanda_prune
 
@@ -27,6 +27,7 @@ __all__ = [
     "mask_from_scores",
     "nm_mask_from_scores",
     "parse_pattern",
+    "register_sparse_pruner",
     "sparsegpt_prune",
     "unstructured_mask_from_scores",
     "unstructured_mask_per_output",

@@ -2,8 +2,8 @@
 
 A pruner is `fn(W (d_in, d_out), stats: InputStats, pattern) -> W_pruned`: it prunes one linear
 layer to `pattern` (unstructured or N:M) given the statistics of the layer's calibration inputs
-(`stats.gram = XᵀX`, `stats.sq_norm = diag XᵀX`). Add one with `@SPARSE_PRUNERS.register(name)`;
-`tyrjax sds` and `prune_oneshot` then accept that name as the method or the SDS pruner.
+(`stats.gram = XᵀX`, `stats.sq_norm = diag XᵀX`). Add one with `@register_sparse_pruner(name)`;
+`prune_oneshot` (method) and `run_sds_pipeline` (pruner) then accept that name.
 """
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ from tyrjax.sparse.wanda import wanda_prune
 SparsePruner = Callable[[jax.Array, InputStats, Pattern], jax.Array]
 
 SPARSE_PRUNERS: Registry[SparsePruner] = Registry("sparse pruner", "tyrjax.sparse.SPARSE_PRUNERS")
+
+register_sparse_pruner = SPARSE_PRUNERS.register
+"""`@register_sparse_pruner(name)`: make a sparse pruner selectable by name (`prune_oneshot`'s method,
+`run_sds_pipeline`'s pruner)."""
 
 
 @SPARSE_PRUNERS.register("sparsegpt")

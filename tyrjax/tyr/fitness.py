@@ -1,8 +1,8 @@
 """Search fitness: KL(dense ‖ candidate) of next-token distributions, candidates scored in batches.
 
-A candidate is a `Genome`: one level per searchable layer, two per block. A batch of candidates runs block
-by block: per block, the levels the batch uses are gathered from the supernet (which may live
-on disk) and one compiled function, `vmap`ped over the batch, runs the block; the block index
+A candidate is a `Genome`: one level per searchable layer, two per block. A batch of candidates
+runs block by block: per block, the levels the batch uses are gathered from the supernet (which
+may live on disk) and one compiled function, `vmap`ped over the batch, runs the block; the block index
 and the levels are arguments, so neither another block nor another candidate recompiles.
 Offspring differ from their parent in a few layers, so the parent's hidden state entering the
 blocks where batches start is computed once per token batch, and each candidate batch starts

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
