@@ -1,7 +1,7 @@
 """Extending Týr: register your own saliency and fitness, then run the whole pipeline with them.
 
     python experiments/custom_saliency.py [--sparsity 0.3 --calib-windows 4 --eval-windows 2] [--out runs.json]
-    python experiments/custom_saliency.py --tiny [--out runs.json]    # a random 3-block model, seconds
+    python experiments/custom_saliency.py --tiny [--out runs.json]    # a random 3-block model, under a minute
 
 Registers the saliency "abs-taylor" (|W ⊙ G| summed per group, the paper's written form of the
 first-order term) and the fitness "js" (Jensen-Shannon divergence over the teacher's top-k
