@@ -191,20 +191,20 @@ def test_mutation_registry_and_checks():
             register_mutation("test_bad", lambda *a: None)
         cfg = SearchConfig(generations=1, offspring=4, stages=((4, 1),), mutation="test_bad")
         with pytest.raises(TyrjaxError, match="test_bad"):
-            evolve(grid, lambda g, s, k: np.zeros(len(g)), cfg)
+            evolve(grid, lambda g, p, s, k: np.zeros(len(g)), cfg)
     finally:
-        MUTATIONS.pop("test_bad")
-    with pytest.raises(TyrjaxError, match="Unknown mutation"):
-        evolve(grid, lambda g, s, k: np.zeros(len(g)), SearchConfig(offspring=4, stages=((4, 1),), mutation="nope"))
+        MUTATIONS.unregister("test_bad")
+    with pytest.raises(TyrjaxError, match="unknown mutation 'nope'; registered: .*level_switch"):
+        evolve(grid, lambda g, p, s, k: np.zeros(len(g)), SearchConfig(offspring=4, stages=((4, 1),), mutation="nope"))
 
 
 # ------------------------------------------------------------------------- evolution
 def _noisy_fitness(c, grid, calls=None):
     """Separable cost plus noise that depends only on (genome, stage, generation)."""
 
-    def fn(genomes, stage, generation):
+    def fn(genomes, parent, stage, generation):
         if calls is not None:
-            calls.append((stage, generation, genomes.copy()))
+            calls.append((stage, generation, genomes.copy(), parent.copy()))
         rem = grid.removed[np.arange(grid.n_layers)[None, :], genomes] * grid.group_params
         base = (rem * c).sum(axis=1)
         noise = np.array(
@@ -224,8 +224,9 @@ def test_offspring_distinct_and_parent_rescored():
     parents = [centre_genome(grid)] + [np.array(r.parent) for r in res.history]
     total = removed_params(grid, parents[0])
     by_gen = {}
-    for stage, gen, genomes in calls:
+    for stage, gen, genomes, parent in calls:
         by_gen.setdefault(gen, {})[stage] = genomes
+        np.testing.assert_array_equal(parent, parents[gen])  # every stage is told the generation's parent
     assert sorted(by_gen) == list(range(6))
     for gen, stages in by_gen.items():
         parent = parents[gen]
@@ -273,12 +274,12 @@ def test_evolve_finds_separable_optimum(grid_fn):
     grid = grid_fn()
     c = np.random.default_rng(42).uniform(0.1, 1.0, grid.n_layers)
 
-    def fitness(genomes, stage, generation):
+    def fitness(genomes, parent, stage, generation):
         rem = grid.removed[np.arange(grid.n_layers)[None, :], genomes] * grid.group_params
         return (rem * c).sum(axis=1)
 
     opt_genome, opt = _optimum(grid, c)
-    start = fitness(centre_genome(grid)[None], 0, 0)[0]
+    start = fitness(centre_genome(grid)[None], centre_genome(grid), 0, 0)[0]
     assert opt < start
     cfg = SearchConfig(generations=80, offspring=16, stages=((16, 1), (4, 1), (2, 1)), seed=1)
     res = evolve(grid, fitness, cfg)
@@ -339,4 +340,4 @@ def test_config_validation():
         SearchConfig(stages=())
     grid = _edge_grid()
     with pytest.raises(TyrjaxError, match="one float per genome"):
-        evolve(grid, lambda g, s, k: np.zeros(3), SearchConfig(generations=1, offspring=4, stages=((4, 1),)))
+        evolve(grid, lambda g, p, s, k: np.zeros(3), SearchConfig(generations=1, offspring=4, stages=((4, 1),)))

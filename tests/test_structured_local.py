@@ -309,7 +309,7 @@ def test_registered_saliency_is_usable_by_name():
         norms = np.linalg.norm(W.reshape(HEADS, -1), axis=1)
         assert not bool(keep[np.argmax(norms)])
     finally:
-        SALIENCIES.pop("test_reverse_magnitude")
+        SALIENCIES.unregister("test_reverse_magnitude")
 
 
 def test_user_errors_name_the_input_and_the_fix():

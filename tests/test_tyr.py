@@ -15,7 +15,8 @@ from tyrjax.calibration.statistics import attention_inputs, embed_windows, mlp_i
 from tyrjax.model.blocks import layer
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
-from tyrjax.tyr.search.levels import centre_genome
+from tyrjax.tyr.genome import Genome, layer_index, split
+from tyrjax.tyr.search.levels import ATTENTION, MLP, centre_genome
 from tyrjax.tyr.search.mutation import level_switch
 from tyrjax.tyr.fitness import BatchScorer, candidate_blocks, candidate_fitness, kl_topk, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, masks_and_weights, run_tyr
@@ -62,10 +63,11 @@ def test_level_masks_remove_the_grid_counts(setup):
     params, calib, grid = setup
     sn = build_supernet(params, CFG, calib, grid, progress=False)
     for b in range(CFG.n_layers):
-        for e in np.flatnonzero(grid.valid[2 * b]):
-            assert (~sn.block(b).head_keep[e]).sum() == grid.removed[2 * b, e]
-        for e in np.flatnonzero(grid.valid[2 * b + 1]):
-            assert (~sn.block(b).ffn_keep[e]).sum() == grid.removed[2 * b + 1, e]
+        attn, mlp = layer_index(b, ATTENTION), layer_index(b, MLP)
+        for e in np.flatnonzero(grid.valid[attn]):
+            assert (~sn.block(b).head_keep[e]).sum() == grid.removed[attn, e]
+        for e in np.flatnonzero(grid.valid[mlp]):
+            assert (~sn.block(b).ffn_keep[e]).sum() == grid.removed[mlp, e]
 
 
 def stacked(supernet) -> BlockLevels:
@@ -76,7 +78,7 @@ def stacked(supernet) -> BlockLevels:
 
 def reference_kl(params, net: BlockLevels, genome, tokens, t_idx, t_logp) -> float:
     """A candidate's KL from the full-vocabulary logits of the stacked model with its levels."""
-    blocks, a, m = np.arange(CFG.n_layers), genome[0::2], genome[1::2]
+    blocks, (a, m) = np.arange(CFG.n_layers), split(genome)
     p = dict(params, layers=dict(params["layers"], wo=net.wo[blocks, a], w_down=net.w_down[blocks, m]))
     logits = forward(p, CFG, tokens, jnp.asarray(net.head_keep[blocks, a], jnp.float32),
                      jnp.asarray(net.ffn_keep[blocks, m], jnp.float32))
@@ -86,10 +88,10 @@ def reference_kl(params, net: BlockLevels, genome, tokens, t_idx, t_logp) -> flo
 
 def last_block_offspring(parent: np.ndarray, grid, n: int) -> np.ndarray:
     """`n` genomes that differ from `parent` in the last block only, each at other valid levels."""
-    last = 2 * (CFG.n_layers - 1)
+    attn, mlp = layer_index(CFG.n_layers - 1, ATTENTION), layer_index(CFG.n_layers - 1, MLP)
     genomes = np.repeat(parent[None], n, 0)
-    genomes[:, last] = np.flatnonzero(grid.valid[last])[:n]
-    genomes[:, last + 1] = np.flatnonzero(grid.valid[last + 1])[-n:]
+    genomes[:, attn] = np.flatnonzero(grid.valid[attn])[:n]
+    genomes[:, mlp] = np.flatnonzero(grid.valid[mlp])[-n:]
     return genomes
 
 
@@ -121,7 +123,7 @@ def test_disk_backed_scoring_equals_the_stacked_model_and_compiles_once(setup, t
         assert s == pytest.approx(reference_kl(params, ref, g, calib[:2], teacher.idx[:2], teacher.logp[:2]), rel=1e-5)
     assert len(set(np.round(with_prefix, 6))) > 1
     chosen, head, ffn = masks_and_weights(sn, genomes[0], params)
-    blocks, a, m = np.arange(CFG.n_layers), genomes[0][0::2], genomes[0][1::2]
+    blocks, (a, m) = np.arange(CFG.n_layers), split(genomes[0])
     np.testing.assert_array_equal(chosen["layers"]["wo"], ref.wo[blocks, a])
     np.testing.assert_array_equal(chosen["layers"]["w_down"], ref.w_down[blocks, m])
     np.testing.assert_array_equal(head, ref.head_keep[blocks, a])
@@ -150,9 +152,9 @@ def test_scorer_reads_only_the_levels_its_candidates_use(setup, tmp_path):
     genomes = last_block_offspring(parent, grid, 3)
     teacher = teacher_topk(params, CFG, calib[:2], 16)
     BatchScorer(params, CFG, sn, batch=3)(genomes, parent, calib[:2], teacher.idx, teacher.logp)
-    last = 2 * (CFG.n_layers - 1)
-    assert read == [(b, [parent[2 * b]], [parent[2 * b + 1]]) for b in range(CFG.n_layers - 1)] + \
-        [(CFG.n_layers - 1, sorted(genomes[:, last]), sorted(genomes[:, last + 1]))]
+    parent, genomes, last = Genome(parent), Genome(genomes), CFG.n_layers - 1
+    assert read == [(b, [parent.attention[b]], [parent.mlp[b]]) for b in range(last)] + \
+        [(last, sorted(genomes.attention[:, last]), sorted(genomes.mlp[:, last]))]
 
 
 def test_kl_is_zero_for_the_teacher_and_positive_otherwise():
@@ -262,9 +264,9 @@ def test_registered_extensions_drive_the_pipeline(setup):
         assert calls["mutation"] >= tcfg.offspring
         assert np.isfinite(result.iterations[0].fitness)
     finally:
-        SALIENCIES.pop("test-last-groups-first")
-        FITNESSES.pop("test-mse")
-        MUTATIONS.pop("test-counting")
+        SALIENCIES.unregister("test-last-groups-first")
+        FITNESSES.unregister("test-mse")
+        MUTATIONS.unregister("test-counting")
 
 
 def test_final_reprune_keeps_the_distribution_and_fits_the_path_better(setup):

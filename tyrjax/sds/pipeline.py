@@ -30,9 +30,8 @@ from tyrjax.parallel.sharding import Axes, local_tree, resolve_mesh
 from tyrjax.model.axes import LAYER_PARAM_AXES
 from tyrjax.sds.reconstruct import (DEFAULT_LEARNING_RATE, OPTIMIZERS, Grams, reconstruct_on_mesh, reconstruction_loss,
                                     redense, sparse_adjust)
-from tyrjax.sparse import NByM, Pattern, check_pattern, magnitude_prune, sparsegpt_prune, wanda_prune
+from tyrjax.sparse import SPARSE_PRUNERS, NByM, Pattern, check_pattern
 
-METHODS = ("sparsegpt", "wanda", "magnitude")
 INPUTS = ("pruned", "dense")
 ADJUST_MODES = ("paper", "always")  # where the sparse adjustment runs: see `sds_fit`
 LINEAR = (*QKV, "wo", *GATE_UP, "w_down")
@@ -42,7 +41,7 @@ LINEAR = (*QKV, "wo", *GATE_UP, "w_down")
 # the layer losses and the held-out perplexity. The learning rate is the pruner's: SparseGPT's
 # one-shot weights are already a least-squares fit, and re-densifying them with Adam at 1e-3
 # moved them far enough to lose held-out pydoc at 50 %; 3e-4 gains on both corpora. Wanda's
-# (and magnitude's) are not a fit, and 1e-3 was better for them.
+# (and magnitude's) are not a fit, and 1e-3 was better for them; so is any other registered pruner's.
 DEFAULT_SDS_LR = {"sparsegpt": 3e-4, "wanda": DEFAULT_LEARNING_RATE, "magnitude": DEFAULT_LEARNING_RATE}
 DEFAULT_SDS_L1 = 0.0
 DEFAULT_SDS_L2 = 0.0
@@ -65,14 +64,8 @@ def pattern_name(pattern: Pattern) -> str:
 
 
 def prune_weight(method: str, W: jax.Array, stats: InputStats, pattern: Pattern) -> jax.Array:
-    """One-shot prune one linear layer `W (d_in, d_out)` with `method` on its input statistics."""
-    if method == "sparsegpt":
-        return sparsegpt_prune(W, stats.gram, pattern)[0]
-    if method == "wanda":
-        return wanda_prune(W, jnp.sqrt(stats.sq_norm), pattern)[0]
-    if method == "magnitude":
-        return magnitude_prune(W, pattern)[0]
-    raise TyrjaxError(f"pruning method {method!r} is unknown; use one of {', '.join(METHODS)}")
+    """One-shot prune one linear layer `W (d_in, d_out)` with the sparse pruner `method` on its input statistics."""
+    return SPARSE_PRUNERS.get(method)(W, stats, pattern)
 
 
 def zero_fraction(W: jax.Array) -> float:
@@ -264,8 +257,9 @@ def check_pattern_fits(params: Params, pattern: Pattern | str) -> Pattern:
 
 
 def _check_method(method: str, what: str) -> None:
-    if method not in METHODS:
-        raise TyrjaxError(f"{what} {method!r} is unknown; use one of {', '.join(METHODS)}")
+    if method not in SPARSE_PRUNERS:
+        raise TyrjaxError(f"{what} {method!r} is unknown; use one of {', '.join(SPARSE_PRUNERS.names())} "
+                          "(or add one with tyrjax.sparse.SPARSE_PRUNERS.register)")
 
 
 def run_pipeline(
@@ -407,7 +401,7 @@ def sds_settings(
     """The resolved SDS hyperparameters of `pruner` (defaults filled in), checked."""
     _check_method(pruner, "SDS pruner")
     adjust_steps = steps if adjust_steps is None else adjust_steps
-    lr = DEFAULT_SDS_LR[pruner] if lr is None else float(lr)
+    lr = DEFAULT_SDS_LR.get(pruner, DEFAULT_LEARNING_RATE) if lr is None else float(lr)
     l1 = DEFAULT_SDS_L1 if l1 is None else float(l1)
     l2 = DEFAULT_SDS_L2 if l2 is None else float(l2)
     if not isinstance(steps, int) or steps < 1:
@@ -415,7 +409,7 @@ def sds_settings(
     if not isinstance(adjust_steps, int) or adjust_steps < 0:
         raise TyrjaxError(f"adjust_steps={adjust_steps!r} must be an integer >= 0 (0 skips the sparse adjustment)")
     if not (np.isfinite(lr) and lr > 0):
-        raise TyrjaxError(f"lr={lr!r} must be a positive learning rate, e.g. {DEFAULT_SDS_LR[pruner]}")
+        raise TyrjaxError(f"lr={lr!r} must be a positive learning rate, e.g. {DEFAULT_LEARNING_RATE}")
     for name, value in (("l1", l1), ("l2", l2)):
         if not (np.isfinite(value) and value >= 0):
             raise TyrjaxError(f"{name}={value!r} must be a finite weight >= 0 (0 disables the penalty)")

@@ -12,18 +12,22 @@ from tyrjax.sparse.patterns import (
     unstructured_mask_from_scores,
     unstructured_mask_per_output,
 )
+from tyrjax.sparse.pruners import SPARSE_PRUNERS, SparsePruner, register_sparse_pruner
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.sparse.wanda import wanda_prune
 
 __all__ = [
     "NByM",
     "Pattern",
+    "SPARSE_PRUNERS",
+    "SparsePruner",
     "Unstructured",
     "check_pattern",
     "magnitude_prune",
     "mask_from_scores",
     "nm_mask_from_scores",
     "parse_pattern",
+    "register_sparse_pruner",
     "sparsegpt_prune",
     "unstructured_mask_from_scores",
     "unstructured_mask_per_output",

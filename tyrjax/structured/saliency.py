@@ -1,4 +1,4 @@
-"""Group saliencies for structured pruning, behind a small name registry.
+"""Group saliencies for structured pruning, selected by name from the `SALIENCIES` registry.
 
 A saliency estimates how much the layer's reconstruction error grows when one group of input
 channels (an attention head of `o_proj`, an MLP neuron of `down_proj`) is removed; lower means
@@ -15,30 +15,17 @@ import jax
 import jax.numpy as jnp
 
 from tyrjax.errors import TyrjaxError
+from tyrjax.registry import Registry
 
 Saliency = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, int], jax.Array]
 
-SALIENCIES: dict[str, Saliency] = {}
+SALIENCIES: Registry[Saliency] = Registry("saliency", "tyrjax.structured.SALIENCIES")
 
+register_saliency = SALIENCIES.register
+"""`@register_saliency(name)`: make a saliency selectable by name (`TyrConfig.saliency`)."""
 
-def register_saliency(name: str) -> Callable[[Saliency], Saliency]:
-    """Register a saliency under `name` so pruners and ablations can select it by string."""
-
-    def decorate(fn: Saliency) -> Saliency:
-        SALIENCIES[name] = fn
-        return fn
-
-    return decorate
-
-
-def get_saliency(name: str) -> Saliency:
-    """Look up a registered saliency; unknown names fail with the list of valid ones."""
-    if name not in SALIENCIES:
-        raise TyrjaxError(
-            f"unknown saliency {name!r}; choose one of {sorted(SALIENCIES)} "
-            "(or register a new one with tyrjax.structured.register_saliency)"
-        )
-    return SALIENCIES[name]
+get_saliency = SALIENCIES.get
+"""The saliency registered under a name; an unknown name fails naming the registered ones."""
 
 
 def group_sum(per_channel: jax.Array, group_size: int) -> jax.Array:

@@ -40,6 +40,7 @@ from tyrjax.model.decoder import Params, is_stacked, kept_layout
 from tyrjax.parallel.sharding import host_array, resolve_mesh
 from tyrjax.structured.scores import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
                                          magnitude_scores, wanda_sp_scores)
+from tyrjax.tyr.genome import split
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
 
 METHODS = ("wanda-sp", "magnitude", "flap")
@@ -105,9 +106,10 @@ def _windows(calib_windows: np.ndarray | None) -> np.ndarray:
 def _magnitude_masks(params: Params, cfg: ModelConfig, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Data-free: the lowest group norms of o_proj / down_proj rows, uniform counts."""
     lay = params["layers"]
-    head = [keep_lowest_removed(magnitude_scores(lay["wo"][b], cfg.head_dim), int(counts[2 * b]))
+    head_counts, ffn_counts = split(counts)
+    head = [keep_lowest_removed(magnitude_scores(lay["wo"][b], cfg.head_dim), int(head_counts[b]))
             for b in range(cfg.n_layers)]
-    ffn = [keep_lowest_removed(magnitude_scores(lay["w_down"][b], 1), int(counts[2 * b + 1]))
+    ffn = [keep_lowest_removed(magnitude_scores(lay["w_down"][b], 1), int(ffn_counts[b]))
            for b in range(cfg.n_layers)]
     return np.stack([np.asarray(h) for h in head]), np.stack([np.asarray(f) for f in ffn])
 
@@ -124,14 +126,15 @@ def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, count
                     progress: bool, mesh: Mesh | None) -> tuple[np.ndarray, np.ndarray]:
     """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output."""
     x = embed_windows(params, windows, mesh)
+    head_counts, ffn_counts = split(counts)
     head, ffn = [], []
     for b in tqdm(range(cfg.n_layers), desc="wanda-sp", unit="block", disable=not progress):
         p = layer(params, b, cfg, mesh)
         heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
-        keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(counts[2 * b]), f"block {b} o_proj", mesh)
+        keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(head_counts[b]), f"block {b} o_proj", mesh)
         x = attention_residual(p, cfg, x, heads, keep_h)
         hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
-        keep_f = _wanda_keep(p["w_down"], hidden, 1, int(counts[2 * b + 1]), f"block {b} down_proj", mesh)
+        keep_f = _wanda_keep(p["w_down"], hidden, 1, int(ffn_counts[b]), f"block {b} down_proj", mesh)
         x = mlp_residual(p, x, hidden, keep_f)
         head.append(host_array(keep_h))
         ffn.append(host_array(keep_f))

@@ -1,8 +1,8 @@
 """Search fitness: KL(dense ‖ candidate) of next-token distributions, candidates scored in batches.
 
-A candidate is one level per searchable layer (2 per block). A batch of candidates runs block
-by block: per block, the levels the batch uses are gathered from the supernet (which may live
-on disk) and one compiled function, `vmap`ped over the batch, runs the block; the block index
+A candidate is a `Genome`: one level per searchable layer, two per block. A batch of candidates
+runs block by block: per block, the levels the batch uses are gathered from the supernet (which
+may live on disk) and one compiled function, `vmap`ped over the batch, runs the block; the block index
 and the levels are arguments, so neither another block nor another candidate recompiles.
 Offspring differ from their parent in a few layers, so the parent's hidden state entering the
 blocks where batches start is computed once per token batch, and each candidate batch starts
@@ -24,21 +24,21 @@ from tyrjax.model.config import ModelConfig
 from tyrjax.model.layers import decoder_layer, rope_tables
 from tyrjax.model.decoder import Params, embed, final_hidden, logits_from_hidden
 from tyrjax.parallel.sharding import HIDDEN, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, sharded_call
+from tyrjax.registry import Registry
+from tyrjax.tyr.genome import Genome, split
 from tyrjax.tyr.supernet import BlockLevels, Supernet
 
-FITNESSES: dict[str, Callable] = {}
+Fitness = Callable[[jax.Array, jax.Array], jax.Array]
 
+FITNESSES: Registry[Fitness] = Registry("fitness", "tyrjax.tyr.fitness.FITNESSES")
 
-def register_fitness(name: str):
-    """Register `fn(student_logits (B,T,k), teacher_logp (B,T,k)) -> (B,T)` per-token loss, where
-    the student's logits are taken at the teacher's top-k tokens and the teacher's log-probs
-    are renormalised over them."""
+register_fitness = FITNESSES.register
+"""`@register_fitness(name)`: register `fn(student_logits (B,T,k), teacher_logp (B,T,k)) -> (B,T)`
+per-token loss, where the student's logits are taken at the teacher's top-k tokens and the
+teacher's log-probs are renormalised over them; select it with `TyrConfig.fitness`."""
 
-    def deco(fn):
-        FITNESSES[name] = fn
-        return fn
-
-    return deco
+get_fitness = FITNESSES.get
+"""The fitness registered under a name; an unknown name fails naming the registered ones."""
 
 
 class Teacher(NamedTuple):
@@ -167,7 +167,7 @@ def candidate_fitness(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.A
                       fitness: str = "kl") -> jax.Array:
     """Mean per-token fitness (C,) of each candidate from its last block's output `h (C, B, T, d)`;
     `head` holds the embedding / LM head and the final norm."""
-    loss_fn = FITNESSES[fitness]
+    loss_fn = get_fitness(fitness)
 
     def candidate_loss(hc):
         return loss_fn(topk_logits(head, cfg, hc, t_idx), t_logp).mean()
@@ -200,10 +200,8 @@ def default_blocks_per_call(supernet: Supernet, model: ModelBlocks, batch: int) 
 
 def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
     """For each genome, the first block whose attention or MLP level differs (L if none)."""
-    diff = genomes != parent[None]
-    n_blocks = genomes.shape[1] // 2
-    first = np.where(diff.any(1), diff.argmax(1), 2 * n_blocks)
-    return first // 2
+    changed = np.logical_or(*split(genomes != parent[None]))  # (C, L)
+    return np.where(changed.any(1), changed.argmax(1), changed.shape[1])
 
 
 class BatchScorer:
@@ -220,6 +218,7 @@ class BatchScorer:
 
     def __init__(self, params: Params | ModelBlocks, cfg: ModelConfig, supernet: Supernet, batch: int,
                  fitness: str = "kl", mesh: Mesh | None = None, blocks_per_call: int | None = None):
+        get_fitness(fitness)
         self.cfg, self.fitness, self.supernet = cfg, fitness, supernet
         self.model = as_blocks(params, cfg, mesh)
         self.mesh = self.model.mesh
@@ -274,13 +273,14 @@ class BatchScorer:
         """The levels `genomes (C, 2L)` use in `blocks`, stacked (k, C, ...) on the device(s)
         that run them."""
         shapes = self.supernet.block(blocks[0])
+        g = Genome(genomes)
         levels = BlockLevels(*(host_buffer((len(blocks), len(genomes), *a.shape[1:]), a.dtype) for a in shapes))
         for j, b in enumerate(blocks):
             if j and b == blocks[j - 1]:  # a repeated block: a copy of the one before, not read again
                 for a in levels:
                     a[j] = a[j - 1]
             else:
-                self.supernet.gather(b, genomes[:, 2 * b], genomes[:, 2 * b + 1], out=BlockLevels(*(a[j] for a in levels)))
+                self.supernet.gather(b, g.attention[:, b], g.mlp[:, b], out=BlockLevels(*(a[j] for a in levels)))
         if self.mesh is None:
             return jax.device_put(levels)
         return put_axes(levels, CANDIDATE_LEVELS, self.mesh, self.cfg.head_dim)

@@ -8,7 +8,6 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +20,14 @@ from tyrjax.parallel.distributed import agree, is_writer
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params, compact_from_blocks
 from tyrjax.files import write_atomic
-from tyrjax.tyr.search.evolution import SearchConfig, evolve, load_state, save_state
+from tyrjax.tyr.search.evolution import FitnessFn, SearchConfig, evolve, load_state, save_state
 from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
 from tyrjax.parallel.sharding import local_tree, resolve_mesh
-from tyrjax.tyr.fitness import BatchScorer, Teacher, teacher_topk
-from tyrjax.tyr.supernet import Supernet, build_supernet
+from tyrjax.structured.saliency import get_saliency
+from tyrjax.tyr.fitness import BatchScorer, Teacher, get_fitness, teacher_topk
+from tyrjax.tyr.genome import Genome, interleave
+from tyrjax.tyr.search.mutation import get_mutation
+from tyrjax.tyr.supernet import Supernet, build_supernet, get_local_pruner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,14 @@ class TyrConfig:
     keep_supernets: bool = False
     seed: int = 0
 
+    def check_extensions(self) -> None:
+        """Fail before any work when a named extension (local pruner, saliency, fitness, mutation)
+        is not registered."""
+        get_local_pruner(self.local_pruner)
+        get_saliency(self.saliency)
+        get_fitness(self.fitness)
+        get_mutation(self.mutation)
+
     def search_config(self) -> SearchConfig:
         return SearchConfig(generations=self.generations, offspring=self.offspring, stages=self.stages,
                             max_switches=self.max_switches, seed=self.seed, mutation=self.mutation)
@@ -72,14 +82,17 @@ def group_params(cfg: ModelConfig) -> tuple[int, int]:
 
 
 def layer_arrays(cfg: ModelConfig, mlp_multiple: int) -> dict[str, np.ndarray]:
-    """Per searchable layer (attention, MLP alternating): groups, parameters per group, type, multiple."""
+    """Per searchable layer (in genome order): groups, parameters per group, type, multiple."""
     head_p, neuron_p = group_params(cfg)
-    L = cfg.n_layers
+
+    def per_layer(attention: int, mlp: int) -> np.ndarray:
+        return interleave(np.full(cfg.n_layers, attention, np.int64), np.full(cfg.n_layers, mlp, np.int64))
+
     return {
-        "n_groups": np.tile([cfg.n_heads, cfg.intermediate_size], L),
-        "group_params": np.tile([head_p, neuron_p], L),
-        "module_type": np.tile([ATTENTION, MLP], L),
-        "group_multiple": np.tile([1, mlp_multiple], L),
+        "n_groups": per_layer(cfg.n_heads, cfg.intermediate_size),
+        "group_params": per_layer(head_p, neuron_p),
+        "module_type": per_layer(ATTENTION, MLP),
+        "group_multiple": per_layer(1, mlp_multiple),
     }
 
 
@@ -135,11 +148,11 @@ class Selection:
     def compact(self) -> tuple[Params, ModelConfig]:
         """The compact model, built block by block (never more than one dense block at a time)."""
         head_mask, ffn_mask = self.masks()
-        g = np.asarray(self.genome)
+        g = Genome(self.genome)
 
         def layers():
             for b in range(self.model.n_layers):
-                level = self.supernet.gather(b, g[2 * b:2 * b + 1], g[2 * b + 1:2 * b + 2])
+                level = self.supernet.gather(b, g.attention[b:b + 1], g.mlp[b:b + 1])
                 p = dict(self.model.block(b), wo=jnp.asarray(level.wo[0]), w_down=jnp.asarray(level.w_down[0]))
                 yield p if self.model.mesh is None else local_tree(p)
 
@@ -176,15 +189,16 @@ def load_found(path: Path, grid: LevelGrid) -> tuple[IterationResult, tuple[floa
 
 
 def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tcfg: TyrConfig,
-                    iteration: int, parent_of: Callable[[], np.ndarray]):
-    """fitness(genomes, stage, generation): fresh, seeded windows per stage and generation."""
+                    iteration: int) -> FitnessFn:
+    """fitness(genomes, parent, stage, generation): fresh, seeded windows per stage and generation;
+    the scorer starts each candidate from the parent's hidden state where they first differ."""
     n_windows, length = calib.shape
 
-    def fitness(genomes: np.ndarray, stage: int, generation: int) -> np.ndarray:
+    def fitness(genomes: np.ndarray, parent: np.ndarray, stage: int, generation: int) -> np.ndarray:
         want = max(1, math.ceil(tcfg.stages[stage][1] / length))
         rng = np.random.default_rng([tcfg.seed, iteration, generation, stage])
         idx = np.sort(rng.choice(n_windows, size=min(want, n_windows), replace=False))
-        return scorer(genomes, parent_of(), calib[idx], teacher.idx[idx], teacher.logp[idx])
+        return scorer(genomes, parent, calib[idx], teacher.idx[idx], teacher.logp[idx])
 
     return fitness
 
@@ -197,20 +211,18 @@ def search_iteration(
     search_cfg = tcfg.search_config()
     state = load_state(state_path) if state_path is not None and state_path.exists() else None
     agree(state.generation if state else 0, f"search state {state_path}")
-    parent = {"genome": np.asarray(state.parent) if state else centre_genome(grid)}
     scorer = BatchScorer(model, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh)
-    fitness = make_fitness_fn(scorer, calib, teacher, tcfg, iteration, lambda: parent["genome"])
+    fitness = make_fitness_fn(scorer, calib, teacher, tcfg, iteration)
     bar = tqdm(total=search_cfg.generations, initial=state.generation if state else 0, desc=f"search {iteration + 1}",
                unit="gen", disable=not progress)
 
     def on_generation(s) -> None:
-        parent["genome"] = np.asarray(s.parent)
         if state_path is not None and is_writer():
             save_state(state_path, s)
         bar.set_postfix(best_kl=f"{s.parent_fitness:.4f}")
         bar.update(1)
 
-    result = evolve(grid, fitness, search_cfg, start_genome=None if state else parent["genome"], state=state,
+    result = evolve(grid, fitness, search_cfg, start_genome=None if state else centre_genome(grid), state=state,
                     on_generation=on_generation)
     bar.close()
     history = [{"generation": r.generation, "fitness": r.fitness, "replaced": r.replaced} for r in result.history]
@@ -262,6 +274,7 @@ def run_tyr(
     """
     import time
 
+    tcfg.check_extensions()
     mesh = resolve_mesh(mesh)
     model = as_blocks(params, cfg, mesh)
     teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk))  # not needed on a full resume
@@ -327,12 +340,6 @@ def uniform_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib: np.
     return Selection(model, supernet, np.zeros(one_level.n_layers, np.int64))
 
 
-def uniform_result(params: Params, cfg: ModelConfig, calib: np.ndarray, sparsity: float, tcfg: TyrConfig,
-                   progress: bool = True, mesh: Mesh | None = None) -> tuple[Params, np.ndarray, np.ndarray]:
-    """`uniform_selection` as a masked model and its masks."""
-    return uniform_selection(params, cfg, calib, sparsity, tcfg, progress, mesh).masked()
-
-
 def distribution_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray,
                            tcfg: TyrConfig, progress: bool = True, mesh: Mesh | None = None,
                            store_dir: Path | None = None) -> Selection:
@@ -352,19 +359,6 @@ def distribution_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib
     return Selection(model, supernet, np.zeros(grid.n_layers, np.int64))
 
 
-def apply_distribution(params: Params, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray, tcfg: TyrConfig,
-                       progress: bool = True, mesh: Mesh | None = None) -> tuple[Params, np.ndarray, np.ndarray]:
-    """`distribution_selection` as a masked model and its masks."""
-    return distribution_selection(params, cfg, calib, removed, tcfg, progress, mesh).masked()
-
-
 def removed_groups(head_mask: np.ndarray, ffn_mask: np.ndarray) -> np.ndarray:
     """Per searchable layer, the groups removed (the reusable distribution)."""
-    out = np.empty(2 * len(head_mask), np.int64)
-    out[0::2] = (~np.asarray(head_mask, bool)).sum(1)
-    out[1::2] = (~np.asarray(ffn_mask, bool)).sum(1)
-    return out
-
-
-def as_float_masks(head: np.ndarray, ffn: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    return jnp.asarray(head, jnp.float32), jnp.asarray(ffn, jnp.float32)
+    return interleave((~np.asarray(head_mask, bool)).sum(1), (~np.asarray(ffn_mask, bool)).sum(1)).astype(np.int64)

@@ -1,7 +1,7 @@
 """Týr's supernet: every layer pruned at E sparsity levels, built block by block.
 
-Searchable layer 2l is block l's attention (groups = query heads, input channels of o_proj),
-layer 2l+1 its MLP (groups = neurons, input channels of down_proj). Only o_proj / down_proj
+Each block has two searchable layers (`tyr.genome`): its attention (groups = query heads, input
+channels of o_proj) and its MLP (groups = neurons, input channels of down_proj). Only o_proj / down_proj
 weights change between levels; q/k/v/gate/up are only masked.
 
 Propagation (ALGORITHMS.md §1.3): the next block's calibration input is the density-weighted
@@ -36,7 +36,9 @@ from tyrjax.parallel.distributed import agree
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params
 from tyrjax.files import write_atomic, write_json
-from tyrjax.tyr.search.levels import LevelGrid
+from tyrjax.registry import Registry
+from tyrjax.tyr.genome import Genome, layer_index, n_searchable
+from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid
 from tyrjax.parallel.sharding import HIDDEN, host_array, put_axes, resolve_mesh
 from tyrjax.structured.local_pruner import prune_levels
 
@@ -44,23 +46,15 @@ PROPAGATIONS = ("expectation", "dense", "path", "uniform")
 
 # name -> fn(W_dense, H, group_size, n_remove_per_level (E,), rounds, *, saliency[, mesh]) -> (W_levels, keep_levels);
 # `mesh` is passed only when the supernet is built on one.
-LOCAL_PRUNERS: dict[str, Callable] = {"tyr": prune_levels}
+LOCAL_PRUNERS: Registry[Callable] = Registry("local pruner", "tyrjax.tyr.supernet.LOCAL_PRUNERS")
+LOCAL_PRUNERS.register("tyr", prune_levels)
 
+register_local_pruner = LOCAL_PRUNERS.register
+"""`@register_local_pruner(name)`: make a local pruner selectable by name (`TyrConfig.local_pruner`)."""
 
-def register_local_pruner(name: str):
-    """Make a local pruner selectable by name (TyrConfig.local_pruner)."""
+get_local_pruner = LOCAL_PRUNERS.get
+"""The local pruner registered under a name; an unknown name fails naming the registered ones."""
 
-    def deco(fn: Callable) -> Callable:
-        LOCAL_PRUNERS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_local_pruner(name: str) -> Callable:
-    if name not in LOCAL_PRUNERS:
-        raise TyrjaxError(f"local pruner {name!r} is not registered; known: {', '.join(sorted(LOCAL_PRUNERS))}")
-    return LOCAL_PRUNERS[name]
 ATTN_ROUNDS, MLP_ROUNDS = 1, 16  # the reference code: heads in one round, neurons in 16
 
 
@@ -79,7 +73,7 @@ class Supernet:
     is read from its files when a level is needed: each read maps them afresh and unmaps them
     when done, so the levels read do not stay in the process's memory. A block of a build
     without a store (`held[b]` not None) stays in memory. A candidate is an integer level per
-    searchable layer (2 per block)."""
+    searchable layer (a `Genome`)."""
 
     def __init__(self, held: Sequence[BlockLevels | None], store: SupernetStore | None = None):
         if store is None and any(levels is None for levels in held):
@@ -108,22 +102,21 @@ class Supernet:
             np.take(source, chosen, axis=0, out=target)  # from a memory map, reads only these levels
         return out
 
-    def candidate(self, genome: np.ndarray) -> BlockLevels:
+    def candidate(self, genome: np.ndarray | Genome) -> BlockLevels:
         """One candidate's levels in every block, stacked on a leading block axis (L, ...)."""
-        genome = np.asarray(genome)
+        g = Genome(np.asarray(genome))
         first = self.block(0)
         out = BlockLevels(*(np.empty((self.n_blocks, *x.shape[1:]), x.dtype) for x in first))
         for b in range(self.n_blocks):
-            self.gather(b, genome[2 * b:2 * b + 1], genome[2 * b + 1:2 * b + 2],
-                        out=BlockLevels(*(x[b:b + 1] for x in out)))
+            self.gather(b, g.attention[b:b + 1], g.mlp[b:b + 1], out=BlockLevels(*(x[b:b + 1] for x in out)))
         return out
 
-    def masks(self, genome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def masks(self, genome: np.ndarray | Genome) -> tuple[np.ndarray, np.ndarray]:
         """One candidate's head and neuron keep masks (L, H), (L, F), read without its weights."""
-        genome = np.asarray(genome)
+        g = Genome(np.asarray(genome))
         blocks = [self.block(b) for b in range(self.n_blocks)]
-        head = np.stack([levels.head_keep[genome[2 * b]] for b, levels in enumerate(blocks)])
-        ffn = np.stack([levels.ffn_keep[genome[2 * b + 1]] for b, levels in enumerate(blocks)])
+        head = np.stack([levels.head_keep[g.attention[b]] for b, levels in enumerate(blocks)])
+        ffn = np.stack([levels.ffn_keep[g.mlp[b]] for b, levels in enumerate(blocks)])
         return head, ffn
 
 
@@ -167,7 +160,7 @@ def prune_block(
     heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
     stats = stats_of(heads, mesh)
     check_finite(stats, f"block {block} o_proj")
-    a_row, m_row = 2 * block, 2 * block + 1
+    a_row, m_row = layer_index(block, ATTENTION), layer_index(block, MLP)
     wo_lv, head_keep = prune_levels(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
                                     saliency=saliency, **on_mesh)
     wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
@@ -264,8 +257,8 @@ def build_supernet(
     model = as_blocks(params, cfg, mesh)
     if propagation not in PROPAGATIONS:
         raise TyrjaxError(f"supernet: propagation {propagation!r} unknown; use one of {', '.join(PROPAGATIONS)}")
-    if grid.n_layers != 2 * cfg.n_layers:
-        raise TyrjaxError(f"supernet: the grid has {grid.n_layers} layers, the model needs {2 * cfg.n_layers}")
+    if grid.n_layers != n_searchable(cfg.n_layers):
+        raise TyrjaxError(f"supernet: the grid has {grid.n_layers} layers, the model needs {n_searchable(cfg.n_layers)}")
     get_local_pruner(local_pruner)
     key = supernet_key(cfg, grid, windows, propagation, saliency, local_pruner, seed)
     store = SupernetStore(store_dir, key) if store_dir else None

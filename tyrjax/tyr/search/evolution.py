@@ -1,9 +1,10 @@
 """The (1+λ) elitist evolutionary search with multi-step selection (ALGORITHMS.md §1.4, §4).
 
-Model-independent: the caller supplies ``fitness_fn(genomes, stage, generation)`` which
+Model-independent: the caller supplies ``fitness_fn(genomes, parent, stage, generation)`` which
 scores a ``(C, L)`` int array of genomes (lower is better, e.g. KL to the dense model) on the
 token budget ``config.stages[stage][1]`` with a token batch it derives reproducibly from
-``(stage, generation)``.
+``(stage, generation)``. ``parent`` is the generation's parent, whom every offspring differs
+from in a few layers (a scorer may reuse the computation they share with it).
 
 Per generation ``g``:
   1. ``offspring`` distinct genomes are drawn from the parent with the configured mutation;
@@ -47,7 +48,7 @@ __all__ = [
     "load_state",
 ]
 
-FitnessFn = Callable[[np.ndarray, int, int], np.ndarray]
+FitnessFn = Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]
 
 _STATE_FORMAT = "tyrjax.tyr.search.state"
 _STATE_VERSION = 1
@@ -245,10 +246,12 @@ def draw_offspring(
     return np.stack(out).astype(np.int64)
 
 
-def _score(fitness_fn: FitnessFn, cands: np.ndarray, stage: int, generation: int) -> np.ndarray:
+def _score(fitness_fn: FitnessFn, cands: np.ndarray, parent: np.ndarray, stage: int, generation: int) -> np.ndarray:
     arr = np.array(cands, dtype=np.int64, copy=True)
     arr.setflags(write=False)
-    out = fitness_fn(arr, stage, generation)
+    parent = np.array(parent, dtype=np.int64, copy=True)
+    parent.setflags(write=False)
+    out = fitness_fn(arr, parent, stage, generation)
     try:
         f = np.asarray(out, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -302,8 +305,8 @@ def evolve(
 ) -> SearchResult:
     """Run generations ``state.generation .. config.generations - 1`` of the (1+λ) search.
 
-    ``fitness_fn(genomes (C, L) int64 read-only, stage, generation) -> (C,)`` floats, lower is
-    better. In the last stage row 0 is the parent. ``start_genome`` (default: all centre
+    ``fitness_fn(genomes (C, L) int64 read-only, parent (L,) int64 read-only, stage, generation)
+    -> (C,)`` floats, lower is better. In the last stage row 0 is the parent. ``start_genome`` (default: all centre
     levels) starts a new search; ``state`` resumes one (not both). ``on_generation(state)``
     is called after every generation with the new :class:`SearchState` (save it with
     :func:`save_state` to checkpoint).
@@ -313,7 +316,7 @@ def evolve(
     if not isinstance(grid, LevelGrid):
         raise TyrjaxError(f"grid must be a LevelGrid (see make_grid); got {type(grid).__name__}.")
     if not callable(fitness_fn):
-        raise TyrjaxError("fitness_fn must be callable (genomes, stage, generation) -> fitness array.")
+        raise TyrjaxError("fitness_fn must be callable (genomes, parent, stage, generation) -> fitness array.")
     get_mutation(config.mutation)
     if state is not None and start_genome is not None:
         raise TyrjaxError("Pass either start_genome (new search) or state (resume), not both.")
@@ -331,7 +334,7 @@ def evolve(
             last = stage == n_stages - 1
             if last:
                 cands = np.concatenate([parent[None, :], cands], axis=0)
-            scores = _score(fitness_fn, cands, stage, gen)
+            scores = _score(fitness_fn, cands, parent, stage, gen)
             if not last:
                 keep = config.stages[stage + 1][0]
                 order = np.argsort(scores, kind="stable")[:keep]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import numpy as np
 
 from tyrjax.errors import TyrjaxError
+from tyrjax.registry import Registry
 from tyrjax.tyr.search.levels import LevelGrid, check_genome
 
 __all__ = [
@@ -28,33 +29,13 @@ __all__ = [
 
 Mutation = Callable[[np.random.Generator, np.ndarray, LevelGrid, int], np.ndarray]
 
-#: Registered mutations by name.
-MUTATIONS: Dict[str, Mutation] = {}
+MUTATIONS: Registry[Mutation] = Registry("mutation", "tyrjax.tyr.search.MUTATIONS")
 
+register_mutation = MUTATIONS.register
+"""Register a mutation under a name; usable as a decorator (``@register_mutation("mine")``)."""
 
-def register_mutation(name: str, fn: Mutation | None = None, *, overwrite: bool = False):
-    """Register ``fn`` under ``name``; usable as a decorator (``@register_mutation("mine")``)."""
-    if not isinstance(name, str) or not name:
-        raise TyrjaxError(f"A mutation name must be a non-empty string; got {name!r}.")
-
-    def _register(f: Mutation) -> Mutation:
-        if not callable(f):
-            raise TyrjaxError(f"Mutation {name!r} must be callable (rng, genome, grid, max_switches) -> genome.")
-        if name in MUTATIONS and MUTATIONS[name] is not f and not overwrite:
-            raise TyrjaxError(f"A mutation named {name!r} is already registered; pick another name or pass overwrite=True.")
-        MUTATIONS[name] = f
-        return f
-
-    return _register if fn is None else _register(fn)
-
-
-def get_mutation(name: str) -> Mutation:
-    try:
-        return MUTATIONS[name]
-    except (KeyError, TypeError):
-        raise TyrjaxError(
-            f"Unknown mutation {name!r}; registered: {sorted(MUTATIONS)}. Register it with register_mutation first."
-        ) from None
+get_mutation = MUTATIONS.get
+"""The mutation registered under a name; an unknown name fails naming the registered ones."""
 
 
 def as_rng(key: Any) -> np.random.Generator:
@@ -143,4 +124,4 @@ def level_switch(key: Any, genome: Any, grid: LevelGrid, max_switches: int = 4) 
     raise TyrjaxError("level_switch kept returning the input genome; the grid admits almost no moves.")  # pragma: no cover
 
 
-register_mutation("level_switch", level_switch)
+MUTATIONS.register("level_switch", level_switch)
