@@ -42,7 +42,7 @@ def test_prune_command_writes_what_the_api_returns(tiny_dir, tmp_path):
     out = tmp_path / "cmd"
     assert main(["prune", "--model", str(tiny_dir), "--method", "uniform", "--sparsity", "0.5", "--seed", "3",
                  "--out", str(out), *FLAGS]) == 0
-    result = tyrjax.prune(str(tiny_dir), "uniform", sparsity=0.5, config=tyrjax.api.preset_config(seed=3),
+    result = tyrjax.prune(ModelSpec(str(tiny_dir)), "uniform", sparsity=0.5, config=tyrjax.api.preset_config(seed=3),
                           data=DATA, progress=False)
     assert result.run_dir is None
     assert comparable(written(out)) == comparable(result.metrics)
@@ -60,7 +60,7 @@ def test_sds_command_writes_what_the_api_returns(tiny_dir, tmp_path):
     assert main(["sds", "--model", str(tiny_dir), "--pruner", "wanda", "--pattern", "2:4", "--steps", "2",
                  "--l2", "0.001", "--out", str(out), *FLAGS]) == 0
     api_out = tmp_path / "api"
-    result = tyrjax.api.sds(ModelSpec(str(tiny_dir)), SDSConfig(pruner="wanda", pattern="2:4", steps=2, l2=0.001),
+    result = tyrjax.api.sds(load_model(str(tiny_dir)), SDSConfig(pruner="wanda", pattern="2:4", steps=2, l2=0.001),
                             data=DATA, out=api_out, progress=False)
     assert result.run_dir == api_out and comparable(written(api_out)) == comparable(result.metrics)
     assert comparable(written(out)) == comparable(result.metrics)

@@ -31,6 +31,7 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
     timer = Timer()
     with timer.phase("load"):
         model = open_model(source)
+        dtype = dtype_name(source, model)
         bound = method.bind(model)
     with timer.phase(method.phases.data):
         calib = calibration_windows(model, data.calib, data.calib_windows or method.calib_windows())
@@ -38,7 +39,7 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
     if out is not None:
         record_command(out)
     with timer.phase("dense_eval"):
-        dense = dense_reference(on_active_mesh(model), sets, data.batch_size)
+        dense = dense_reference(on_active_mesh(model), sets, data.batch_size, progress)
     with timer.phase("prune"):
         pruned = method.prune(model, calib, out, bound, progress)
     if pruned.phase_s:
@@ -53,8 +54,7 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
         # in a multi-process run, process 0 writes the run directory
         outputs = method.save(pruned, out, dense_model, tokenizer_dir(source)) if out is not None and is_writer() else {}
     wall_s = {**timer.wall_s, "total": round(sum(timer.wall_s.values()), 3)} if method.phases.total else timer.wall_s
-    metrics = method.metrics(RunFacts(dense_model, pruned, dense, evaluated, calib, sets, wall_s, outputs, data,
-                                      dtype_name(source, dense_model)))
+    metrics = method.metrics(RunFacts(dense_model, pruned, dense, evaluated, calib, sets, wall_s, outputs, data, dtype))
     if out is not None:
         method.write_files(out, dense_model, pruned, metrics)
         write_json(out / "metrics.json", metrics)

@@ -72,7 +72,7 @@ def windows_digest(windows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(windows, np.int32).tobytes()).hexdigest()[:16]
 
 
-def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1) -> dict[str, Any]:
+def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
     """`perplexity_metrics` of an unpruned model, cached on disk: every pruning run compares against it,
     and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
     identity, the config and the exact windows; a model not loaded from a directory is not cached."""
@@ -83,7 +83,7 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
     from tyrjax.files import write_json
 
     if model.directory is None:
-        return perplexity_metrics(model, sets, batch_size)
+        return perplexity_metrics(model, sets, batch_size, progress)
     h = hashlib.sha256(json.dumps(model.cfg.to_hf(), sort_keys=True).encode())
     for f in sorted(model.directory.glob("*.safetensors")) + sorted(model.directory.glob("orbax/**/*")):
         if f.is_file():
@@ -98,7 +98,7 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
         cached = json.loads(path.read_text())
         if "window_nll" in cached:
             return cached
-    result = perplexity_metrics(model, sets, batch_size)
+    result = perplexity_metrics(model, sets, batch_size, progress)
     write_json(path, result)
     return result
 
