@@ -48,7 +48,7 @@ def main() -> None:
         tcfg = dataclasses.replace(base, saliency=saliency, fitness=fitness)
         result = run_tyr(model.params, model.cfg, calib, args.sparsity, tcfg)
         params, cfg = compact_from_masked(result.params, model.cfg, result.head_mask, result.ffn_mask)
-        ppl = tyrjax.evaluation.perplexity(tyrjax.Model(params, cfg, model.tokenizer, "pruned"), sets)["ppl"]
+        ppl = tyrjax.api.perplexity_metrics(tyrjax.Model(params, cfg, model.tokenizer, "pruned"), sets)["ppl"]
         print(f"| {saliency} | {fitness} | {ppl['shakespeare']:.2f} | {ppl['pydoc']:.2f} |")
 
 

