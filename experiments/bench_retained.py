@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tyrjax.api import zero_shot
-from tyrjax.commands.bench import Contender, speed_sweep
+from tyrjax.evaluation.speed import Contender, speed_sweep
 from tyrjax.errors import TyrjaxError
 from tyrjax.runs.lineage import dense_spec, find_origin
 from tyrjax.checkpoints.loading import load_model

@@ -23,26 +23,25 @@ from tyrjax.evaluation.paired import format_ratio, paired_ratio
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
 from tyrjax.evaluation.speed import measure_speed
-from tyrjax.commands.prune import prune_structured
 from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import PRESETS, distribution_selection, initial_grid, removed_groups, run_tyr
 from tyrjax.tyr.supernet import build_supernet
 
 
 def evaluate_compact(model, sets, params, ccfg, label):
-    """Score a compact result; returns (model, `tyrjax.evaluation.perplexity`'s metrics, fraction removed)."""
+    """Score a compact result; returns (model, `tyrjax.api.perplexity_metrics`, fraction removed)."""
     pruned = tyrjax.Model(params, ccfg, model.tokenizer, label)
-    return pruned, tyrjax.evaluation.perplexity(pruned, sets), 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
+    return (pruned, tyrjax.api.perplexity_metrics(pruned, sets, progress=False),
+            1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params())
 
 
-def run_method(model, calib, sets, sparsity, method, tcfg):
+def run_method(model, calib, sets, sparsity, method, tcfg, data, preset):
     """Rows of (label, model, metrics, removed, wall s). Týr also reports its first iteration's
     result (what one iteration alone gives) from the same run, with that iteration's time."""
     if method != "tyr":
-        t0 = time.perf_counter()
-        out = prune_structured(model, calib, sparsity, method, tcfg)
-        wall = time.perf_counter() - t0
-        return [(method, *evaluate_compact(model, sets, out.compact, out.cfg, method), wall)]
+        result = tyrjax.prune(model, method, sparsity=sparsity, config=tcfg, preset=preset, data=data, progress=False)
+        removed = 1 - result.model.cfg.attn_mlp_params() / model.cfg.attn_mlp_params()
+        return [(method, result.model, result.metrics, removed, result.metrics["wall_s"]["prune"])]
     result = run_tyr(model.params, model.cfg, calib, sparsity, tcfg)
     rows = []
     for i, it in enumerate(result.iterations):
@@ -105,14 +104,15 @@ def main() -> None:
     overrides = {k: getattr(args, k) for k in ("iterations", "generations") if getattr(args, k) is not None}
     tcfg = dataclasses.replace(PRESETS[args.preset], **overrides)
     model = tyrjax.load_model()
-    calib = tyrjax.calibration_windows(model, calib_windows=args.calib_windows)
-    sets = tyrjax.evaluation_sets(model, args.eval_windows)
+    data = tyrjax.DataConfig(calib_windows=args.calib_windows, eval_windows=args.eval_windows)
+    calib = tyrjax.calibration_windows(model, data.calib, args.calib_windows)
+    sets = tyrjax.evaluation_sets(model, data.eval_windows, data.eval_corpora)
     dense = tyrjax.api.dense_reference(model, sets)
     rows = [("dense", 0.0, dense, 0.0, 0.0)]
     best = None
     for s in (float(x) for x in args.sparsities.split(",")):
         for method in args.methods.split(","):
-            for label, pruned, metrics, removed, wall in run_method(model, calib, sets, s, method, tcfg):
+            for label, pruned, metrics, removed, wall in run_method(model, calib, sets, s, method, tcfg, data, args.preset):
                 rows.append((label, s, metrics, removed, wall))
                 print(f"{label} @ {s}: {metrics['ppl']} removed {removed:.3f} in {wall:.0f}s", flush=True)
                 if label.startswith("tyr"):

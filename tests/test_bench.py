@@ -6,9 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tyrjax.commands.bench import Contender, add_speedups, speed_sweep
-
-from tyrjax.evaluation.speed import speed_table
+from tyrjax.evaluation.speed import Contender, add_speedups, speed_sweep, speed_table
 from tyrjax.checkpoints.hf import save_hf
 from tyrjax.cli import main
 from tyrjax.model.config import ModelConfig

@@ -1,11 +1,17 @@
-"""tyrjax: Týr-the-Pruner and SDS LLM compression in pure functional JAX."""
-from tyrjax.api import calibration_windows, evaluate, evaluation_sets, generate_text, param_counts
-from tyrjax.model.config import ModelConfig
-from tyrjax.errors import TyrjaxError
+"""tyrjax: Týr-the-Pruner and SDS LLM compression in pure functional JAX.
+
+The entry points are those of `tyrjax.api`: `prune`, `evaluate`, `bench` and `report` here too;
+SDS runs with `tyrjax.api.sds` (`tyrjax.sds` is the package of the method itself)."""
+from tyrjax.api import (BenchConfig, BenchResult, Comparison, DataConfig, EvalResult, ModelSpec, PruneResult, SDSConfig,
+                        TasksConfig, TyrConfig, bench, calibration_windows, evaluate, evaluation_sets, generate_text,
+                        param_counts, prune, report)
 from tyrjax.checkpoints.loading import Model, load_model
+from tyrjax.errors import TyrjaxError
+from tyrjax.model.config import ModelConfig
 
 __all__ = [
-    "Model", "ModelConfig", "TyrjaxError", "calibration_windows", "evaluate", "evaluation_sets",
-    "generate_text", "load_model", "param_counts",
+    "BenchConfig", "BenchResult", "Comparison", "DataConfig", "EvalResult", "Model", "ModelConfig", "ModelSpec",
+    "PruneResult", "SDSConfig", "TasksConfig", "TyrConfig", "TyrjaxError", "bench", "calibration_windows", "evaluate",
+    "evaluation_sets", "generate_text", "load_model", "param_counts", "prune", "report",
 ]
 __version__ = "0.1.0"

@@ -1,190 +1,81 @@
-"""`tyrjax prune --sparsity S --method tyr|uniform|wanda-sp|flap|magnitude`: one run directory."""
+"""`tyrjax prune`: structured (--sparsity) or unstructured (--pattern) pruning into one run directory."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from pathlib import Path
 
-import numpy as np
-
 from tyrjax import api
-from tyrjax.parallel.distributed import is_writer
-from tyrjax.errors import TyrjaxError
-from tyrjax.checkpoints.export import export_pruned
-from tyrjax.model.blocks import HeldBlocks, ModelBlocks
-from tyrjax.checkpoints.loading import Model, load_model
-from tyrjax.model.decoder import compact_from_masked
-from tyrjax.runs.plots import per_layer_sparsity, search_convergence
-from tyrjax.runs.report import write_report
-from tyrjax.runs.rundir import Timer, default_out, record_command
-from tyrjax.files import write_json
-from tyrjax.parallel.sharding import resolve_mesh
-from tyrjax.checkpoints.loading import on_active_mesh
-from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
-                                 uniform_selection)
+from tyrjax.api.methods import UNSTRUCTURED_METHODS, preset_config
+from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_int,
+                                    print_unstructured, scale_args)
 
-# quick: the protocol's reference size; paper: enough 512-token windows for the last selection
-# stage's 131,072 tokens.
-PRESET_CALIB_WINDOWS = {"quick": 64, "paper": 256}
+DESCRIPTION = """\
+Prune a model and write RUN_DIR with metrics.json, the pruned model and plots.
 
+Structured (--sparsity S, heads and neurons removed, a physically smaller model):
+  tyr        Týr-the-Pruner: local OBS pruning into a supernet, evolutionary search, coarse to fine
+  uniform    the Týr local pruner at the same sparsity in every layer
+  wanda-sp   structured Wanda, same ratio in every layer
+  flap       FLAP: fluctuation metric, adaptive ratios, bias compensation
+  magnitude  structured magnitude (with --sparsity)
+Unstructured / N:M (--pattern 0.5 | 2:4 | 4:8, zeros in dense shapes):
+  sparsegpt  SparseGPT (OBS column sweep)
+  wanda      Wanda (|W| x input norm)
+  magnitude  magnitude (with --pattern)
 
-def tyr_config(args: argparse.Namespace) -> TyrConfig:
-    tcfg = PRESETS[args.preset]
-    overrides = {k: getattr(args, k) for k in ("iterations", "generations", "offspring") if getattr(args, k, None)}
-    if "offspring" in overrides:
-        n = overrides["offspring"]
-        stages = tuple((min(c, n), t) for c, t in tcfg.stages)
-        overrides["stages"] = ((n, stages[0][1]),) + stages[1:]
-    return dataclasses.replace(tcfg, seed=args.seed, keep_supernets=args.keep_supernets, **overrides)
+Týr keeps its supernet (every level of every block) and search state on disk in RUN_DIR/work;
+rerunning the same command resumes there. Once an iteration's search is done, its result is
+saved and its supernet deleted (--keep-supernets keeps them), so the disk holds one supernet
+at a time: experiments/memory_plan.py prints its size for a large model (about 90 GB for an
+8B model, with fp32 levels). With --stream, tyr, uniform and --distribution hold only the
+embedding and head in memory and read each decoder block from the checkpoint when needed: for
+models larger than memory.
+"""
 
 
-def load_distribution(path: Path, model: Model) -> np.ndarray:
-    try:
-        data = json.loads(Path(path).read_text())
-        removed = np.asarray(data["removed_groups"], np.int64)
-    except FileNotFoundError:
-        raise TyrjaxError(f"--distribution {path}: no such file") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise TyrjaxError(f"--distribution {path}: not a tyrjax distribution file ({e}); use RUN_DIR/distribution.json") from None
-    if data.get("n_layers") != model.cfg.n_layers or data.get("n_heads") != model.cfg.n_heads or \
-            data.get("intermediate_size") != model.cfg.intermediate_size:
-        raise TyrjaxError(
-            f"--distribution {path}: made for a model with {data.get('n_layers')} blocks, {data.get('n_heads')} heads and "
-            f"{data.get('intermediate_size')} neurons; this model has {model.cfg.n_layers}, {model.cfg.n_heads} and "
-            f"{model.cfg.intermediate_size}"
-        )
-    return removed
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="prune a model (Týr, structured baselines, or one-shot SparseGPT/Wanda/magnitude)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_args(p)
+    data_args(p, calib_default=None)
+    out_arg(p, "prune")
+    scale_args(p)
+    p.add_argument("--method", required=True, choices=api.PRUNE_METHODS, help="pruning method (see above)")
+    p.add_argument("--sparsity", type=float, default=None, help="structured: fraction of attention+MLP parameters to remove, in (0, 1)")
+    p.add_argument("--pattern", default=None, help="unstructured: a fraction like 0.5, or N:M like 2:4 / 4:8")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("structured pruning")
+    g.add_argument("--preset", default="quick", choices=["quick", "paper"],
+                   help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for accelerators")
+    g.add_argument("--distribution", type=Path, default=None, help="apply a searched distribution file instead of searching")
+    g.add_argument("--keep-supernets", action="store_true",
+                   help="keep every iteration's supernet in RUN_DIR/work (default: delete each once its search is done)")
+    g.add_argument("--stream", action="store_true",
+                   help="hold only the embedding and head; read each decoder block from the checkpoint when a phase "
+                        "needs it, so memory does not grow with depth (tyr, uniform and --distribution; "
+                        "safetensors checkpoints)")
+    g.add_argument("--iterations", type=positive_int, default=None, help="Týr prune-and-search iterations (preset default)")
+    g.add_argument("--generations", type=positive_int, default=None, help="search generations per iteration (preset default)")
+    g.add_argument("--offspring", type=positive_int, default=None, help="offspring per generation (preset default)")
+    p.set_defaults(func=run)
 
 
-@dataclasses.dataclass
-class StructuredOutcome:
-    """A structured method's result: the compact model (cfg may carry FLAP's biases) and its masks."""
-
-    compact: dict
-    cfg: object
-    head_mask: np.ndarray
-    ffn_mask: np.ndarray
-    history: list | None = None
-    phase_s: dict | None = None
-
-
-STREAMED_METHODS = ("tyr", "uniform")
-
-
-def not_streamable(method: str) -> TyrjaxError:
-    return TyrjaxError(f"--stream: --method {method} needs the model in memory; drop --stream "
-                       f"(it applies to {' and '.join(STREAMED_METHODS)} and to --distribution)")
+def run(args: argparse.Namespace) -> None:
+    config = preset_config(args.preset, iterations=args.iterations, generations=args.generations,
+                           offspring=args.offspring, seed=args.seed, keep_supernets=args.keep_supernets)
+    structured = args.pattern is None and args.method not in UNSTRUCTURED_METHODS
+    out = out_dir(args, f"prune-{args.method}" if structured else "prune")
+    result = api.prune(model_spec(args), args.method, sparsity=args.sparsity, pattern=args.pattern, config=config,
+                       preset=args.preset, distribution=args.distribution, data=data_config(args), out=out)
+    if result.layers is None:
+        print_structured(result.metrics)
+        print(f"wrote {out}")
+    else:
+        print_unstructured(result.metrics)
+        print(f"wrote {out / 'metrics.json'}")
 
 
-def _outcome(selection: Selection, **extra) -> StructuredOutcome:
-    compact, ccfg = selection.compact()
-    return StructuredOutcome(compact, ccfg, *selection.masks(), **extra)
-
-
-def prune_structured(model: Model, calib: np.ndarray, sparsity: float, method: str, tcfg: TyrConfig,
-                     work_dir: Path | None = None, distribution: np.ndarray | None = None,
-                     progress: bool = True) -> StructuredOutcome:
-    """Run one structured method (or apply a saved distribution) on a dense model.
-
-    Týr, uniform and a saved distribution work block by block: `model.params` may be
-    `blocks.StreamedBlocks`. The other baselines need the parameters in memory."""
-    cfg = model.cfg
-    if distribution is not None:
-        return _outcome(distribution_selection(model.params, cfg, calib, distribution, tcfg, progress,
-                                               store_dir=work_dir / "supernet_distribution" if work_dir else None))
-    if method == "tyr":
-        result = run_tyr(model.params, cfg, calib, sparsity, tcfg, work_dir=work_dir, progress=progress)
-        return _outcome(result.selection, history=[it.history for it in result.iterations],
-                        phase_s={"supernet": round(sum(result.supernet_s), 2), "search": round(sum(result.search_s), 2)})
-    if method == "uniform":
-        return _outcome(uniform_selection(model.params, cfg, calib, sparsity, tcfg, progress,
-                                          store_dir=work_dir / "supernet_uniform" if work_dir else None))
-    from tyrjax.tyr.baselines import structured_baseline
-
-    if isinstance(model.params, ModelBlocks):
-        raise not_streamable(method)
-    params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, sparsity, method,
-                                                    mlp_multiple=tcfg.mlp_multiple, progress=progress)
-    compact, ccfg = compact_from_masked(params, cfg, head, ffn)
-    return StructuredOutcome(compact, ccfg, head, ffn)
-
-
-def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
-    return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
-
-
-def run_structured(args: argparse.Namespace) -> None:
-    if not 0.0 < args.sparsity < 1.0:
-        raise TyrjaxError(f"--sparsity {args.sparsity}: must lie strictly between 0 and 1 (e.g. 0.5)")
-    if args.stream and args.method not in STREAMED_METHODS and args.distribution is None:
-        raise not_streamable(args.method)  # before anything is loaded or written
-    out = args.out or default_out(f"prune-{args.method}")
-    timer = Timer()
-    with timer.phase("load"):
-        model = load_model(args.model, args.dtype, args.tokenizer, streamed=args.stream)
-        calib_n = args.calib_windows or PRESET_CALIB_WINDOWS[args.preset]
-        calib = api.calibration_windows(model, args.data, calib_n)
-        sets = api.evaluation_sets(model, args.eval_windows, tuple(c for c in args.eval_data.split(",") if c))
-        distribution = load_distribution(args.distribution, model) if args.distribution is not None else None
-    record_command(out)
-    with timer.phase("dense_eval"):
-        dense = api.dense_reference(on_active_mesh(model), sets, args.batch_size)
-    tcfg = tyr_config(args)
-    with timer.phase("prune"):
-        outcome = prune_structured(model, calib, args.sparsity, args.method, tcfg, out / "work", distribution)
-    if outcome.phase_s:
-        del timer.wall_s["prune"]
-        timer.wall_s.update(outcome.phase_s)
-    cfg, compact, ccfg = model.cfg, outcome.compact, outcome.cfg
-    head, ffn, history = outcome.head_mask, outcome.ffn_mask, outcome.history
-    # Only the compact model is needed from here on: free the dense weights.
-    del outcome
-    model = dataclasses.replace(model, params=None)
-    # Streamed, the compact model is evaluated block by block too (the hidden states of the
-    # windows are held instead of the whole forward's activations).
-    served = HeldBlocks(compact, ccfg, resolve_mesh(None)) if args.stream else compact
-    pruned_model = Model(served, ccfg, model.tokenizer, f"{model.source} pruned by {args.method}", out / "model")
-    with timer.phase("pruned_eval"):
-        evaluated = api.evaluate(on_active_mesh(pruned_model), sets, args.batch_size)
-    with timer.phase("export"):
-        written = export_pruned(compact, ccfg, out, model.directory) if is_writer() else {}
-    achieved = 1 - ccfg.attn_mlp_params() / model.cfg.attn_mlp_params()
-    layers = per_layer(head, ffn)
-    metrics = {
-        "model": model.source,
-        "method": args.method,
-        "preset": args.preset,
-        "sparsity": {"target": args.sparsity, "achieved": round(achieved, 6)},
-        "ppl": evaluated["ppl"],
-        "dense_ppl": dense["ppl"],
-        "window_nll": evaluated["window_nll"],
-        "window_digest": evaluated["window_digest"],
-        "dense_window_nll": dense["window_nll"],
-        "params": {"dense": dense["params"], "pruned": evaluated["params"]},
-        "per_layer": layers,
-        "calib_windows": int(len(calib)),
-        "tyr_config": dataclasses.asdict(tcfg) if args.method == "tyr" else None,
-        "wall_s": timer.wall_s,
-        "outputs": written,
-    }
-    write_json(out / "distribution.json", {
-        "removed_groups": removed_groups(head, ffn).tolist(), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-        "intermediate_size": cfg.intermediate_size, "method": args.method, "sparsity": metrics["sparsity"],
-    })
-    per_layer_sparsity(out / "per_layer_sparsity.png", layers["attention"], layers["mlp"],
-                       f"{args.method}: {achieved:.1%} of attention+MLP parameters removed")
-    if history:
-        write_json(out / "search_history.json", history)
-        search_convergence(out / "search_convergence.png", history)
-    write_json(out / "metrics.json", metrics)
-    if is_writer():
-        write_report(out)
-    _print_summary(metrics)
-    print(f"wrote {out}")
-
-
-def _print_summary(m: dict) -> None:
+def print_structured(m: dict) -> None:
     print(f"{'':12}{'dense':>12}{m['method']:>14}")
     for corpus, value in m["ppl"].items():
         print(f"{'ppl ' + corpus:<12}{m['dense_ppl'][corpus]:>12.3f}{value:>14.3f}")

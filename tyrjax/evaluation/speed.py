@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +93,47 @@ def speed_table(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             line += (f"{r['ttft_speedup']:.2f}x", f"{r['decode_speedup']:.2f}x") if "ttft_speedup" in r else ("", "")
         table.append(line)
     return table
+
+
+class Contender(NamedTuple):
+    """A model in a speed sweep, under the name its rows carry."""
+
+    label: str
+    params: Params
+    cfg: ModelConfig
+
+
+def sweep_shapes(batch_sizes: Sequence[int], prompt_lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """Every (batch, prompt) pair, each once, in the order given."""
+    return list(dict.fromkeys(itertools.product(batch_sizes, prompt_lengths)))
+
+
+def measure_row(c: Contender, batch: int, prompt: int, new_tokens: int, repeats: int) -> dict[str, Any]:
+    """One shape of one model; `compiles` counts the decode step's compilations it caused
+    (2 for a new shape: the prompt and the one-token step; never one per generated token)."""
+    with compilations("decode_step") as compiled:
+        speed = measure_speed(c.params, c.cfg, batch, prompt, new_tokens, repeats)
+    return {"model": c.label, "batch": batch, "prompt": prompt, "new_tokens": new_tokens, **speed,
+            "compiles": len(compiled)}
+
+
+def add_speedups(rows: list[dict[str, Any]], dense_label: str) -> list[dict[str, Any]]:
+    """Each row of another model gains, from the dense row of the same shape, how many times
+    faster it is: `ttft_speedup` = dense ttft / ttft, `decode_speedup` = tok/s / dense tok/s."""
+    dense = {(r["batch"], r["prompt"]): r for r in rows if r["model"] == dense_label}
+    out = []
+    for r in rows:
+        ref = dense.get((r["batch"], r["prompt"]))
+        if r["model"] != dense_label and ref is not None:
+            r = {**r, "ttft_speedup": ref["ttft_s"] / r["ttft_s"], "decode_speedup": r["decode_tok_s"] / ref["decode_tok_s"]}
+        out.append(r)
+    return out
+
+
+def speed_sweep(model: Contender, dense: Contender | None, batch_sizes: Sequence[int], prompt_lengths: Sequence[int],
+                new_tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Rows of `measure_row` for every shape, the dense model measured right before `model` on
+    each shape so both see the same machine state; `model`'s rows carry speedups vs dense."""
+    contenders = [Contender(c.label, *to_compact(c.params, c.cfg)) for c in (dense, model) if c is not None]
+    rows = [measure_row(c, b, p, new_tokens, repeats) for b, p in sweep_shapes(batch_sizes, prompt_lengths) for c in contenders]
+    return add_speedups(rows, dense.label) if dense is not None else rows

@@ -3,13 +3,12 @@
 `tyrjax prune` and `tyrjax sds` write the pruned model into RUN_DIR/model (and RUN_DIR/hf,
 RUN_DIR/hf_llama) beside RUN_DIR/metrics.json, whose "model" field records the `--model` the
 run pruned, and RUN_DIR/command.json, which records the directory it ran in. `tyrjax bench` and
-`tyrjax eval` read them to compare a pruned model with its dense original.
+`tyrjax eval` (`tyrjax.api`) read them to compare a pruned model with its dense original.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,24 +69,3 @@ def dense_spec(origin: Origin) -> str | None:
         f"{origin.run_dir / 'metrics.json'} records the dense model as {origin.recorded!r}, which is no longer "
         f"at {path}"
     )
-
-
-def dense_comparison(model_spec: str | None, sets: dict, dtype: str, batch_size: int) -> dict[str, Any]:
-    """metrics.json fields comparing a pruned model with its dense original on the same
-    evaluation windows (`api.dense_reference`, cached): {} for a model no run wrote."""
-    from tyrjax import api
-    from tyrjax.checkpoints.loading import load_model
-
-    origin = find_origin(model_spec)
-    if origin is None:
-        return {}
-    fields: dict[str, Any] = {"pruned_by": {"run": str(origin.run_dir), "method": origin.method, "sparsity": origin.sparsity}}
-    try:
-        dense = dense_spec(origin)
-    except TyrjaxError as e:
-        print(f"no dense reference ({e}); metrics and report show this model alone", file=sys.stderr)
-        return fields
-    reference = api.dense_reference(load_model(dense, dtype), sets, batch_size)
-    fields.update(dense_model=reference["model"], dense_ppl=reference["ppl"], dense_window_nll=reference["window_nll"],
-                  dense_params=reference["params"])
-    return fields

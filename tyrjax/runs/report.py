@@ -2,7 +2,6 @@
 `tyrjax report RUN_DIR...`: several runs in one table and one perplexity-against-sparsity plot."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -13,7 +12,7 @@ from typing import Any
 from tyrjax.runs import plots
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.paired import format_ratio, paired_ratio
-from tyrjax.runs.rundir import default_out, print_table, record_command
+from tyrjax.runs.rundir import record_command
 from tyrjax.files import write_atomic
 
 # The plots a run directory may hold, in report order: (file, caption).
@@ -372,9 +371,21 @@ def paired_table(runs: list[RunSummary]) -> list[tuple[str, ...]] | None:
     return rows if any(cell != "–" for row in rows[1:] for cell in row[1:]) else None
 
 
-def compare_runs(run_dirs: list[Path], out: Path) -> Path:
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Several runs compared: the table (header first), the window-by-window comparison with the
+    first run (None when no pair shares windows), and the files written."""
+
+    table: list[tuple[str, ...]]
+    paired: list[tuple[str, ...]] | None
+    markdown: Path
+    plot: Path
+    run_dir: Path
+
+
+def compare_runs(run_dirs: list[Path], out: Path) -> Comparison:
     """OUT/comparison.md (the table) and OUT/ppl_vs_sparsity.png; every run is read and checked
-    before anything is written. Returns the markdown file."""
+    before anything is written."""
     runs = [summarize_run(Path(d)) for d in run_dirs]
     table = comparison_table(runs)
     points: dict[str, list[tuple[float, dict[str, float]]]] = {}
@@ -384,24 +395,15 @@ def compare_runs(run_dirs: list[Path], out: Path) -> Path:
     record_command(out)
     corpora = list(dict.fromkeys(c for r in runs for c in r.ppl))
     figure = plots.perplexity_vs_sparsity(out / "ppl_vs_sparsity.png", corpora, points, [d for _, d in dense_references(runs)])
-    print_table(table)
     unplotted = [str(r.run_dir) for r in runs if r.sparsity is None]
     text = ["# tyrjax report", markdown_table(table)]
     if unplotted:
         text.append("Not plotted (achieved sparsity unknown): " + ", ".join(unplotted))
     paired = paired_table(runs)
     if paired:
-        print(f"\nagainst {runs[0].run_dir}, window by window:")
-        print_table(paired)
         text.append(f"## Against {runs[0].run_dir}, window by window\n\n" + markdown_table(paired) + "\n\n"
                     + "Perplexity change of each run against the first on the same evaluation windows, with a 95 % "
                       "paired-bootstrap interval over windows: an interval that contains 0 is within window sampling noise.")
     text.append(f"![Perplexity against sparsity]({figure.name})")
-    return write_atomic(out / "comparison.md", "\n\n".join(text) + "\n")
-
-
-def run_report(args: argparse.Namespace) -> None:
-    """`tyrjax report RUN_DIR... [--out DIR]`."""
-    out = args.out or default_out("report")
-    path = compare_runs(args.run_dirs, out)
-    print(f"wrote {path} and {out / 'ppl_vs_sparsity.png'}")
+    markdown = write_atomic(out / "comparison.md", "\n\n".join(text) + "\n")
+    return Comparison(table, paired, markdown, figure, out)

@@ -1,26 +1,18 @@
-"""The Python API: what the command line does, in a few calls.
-
-    import tyrjax
-    model = tyrjax.load_model()                      # the embedded default
-    sets = tyrjax.evaluation_sets(model)             # shakespeare-v1 eval windows
-    print(tyrjax.evaluation.perplexity(model, sets)["ppl"])
-    print(tyrjax.generate_text(model, "To be, or not to be"))
-    print(tyrjax.api.zero_shot(model, "offline"))   # {task: {"acc", "acc_norm", "n"}}
-"""
+"""Evaluation windows, perplexity metrics and the cached dense reference every run compares with."""
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from tyrjax.model.blocks import ModelBlocks
+from tyrjax.api.configs import DEFAULT_EVAL_CORPORA
+from tyrjax.checkpoints.loading import Model, load_model, require_tokenizer
+from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.perplexity import ppl_of, window_nlls, window_nlls_blockwise
-from tyrjax.model.generate import generate
-from tyrjax.checkpoints.loading import Model, require_tokenizer
+from tyrjax.model.blocks import ModelBlocks
 from tyrjax.model.decoder import count_params
-from tyrjax.evaluation.zeroshot import zero_shot  # noqa: F401  (part of the API: zero-shot accuracy via lm-evaluation-harness)
-
-DEFAULT_EVAL_CORPORA = ("shakespeare", "pydoc")
+from tyrjax.runs.lineage import dense_spec, find_origin
 
 
 def evaluation_sets(
@@ -55,7 +47,7 @@ def param_counts(model: Model) -> dict[str, int]:
     return {"total": total, "attn_mlp": model.cfg.attn_mlp_params()}
 
 
-def evaluate(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+def perplexity_metrics(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
     """Perplexity on each evaluation set, each window's mean next-token NLL and a digest of the
     windows' tokens (for paired comparisons of models scored on the same windows,
     `tyrjax.evaluation.paired`), and parameter counts: the core of metrics.json. A model whose `params`
@@ -80,8 +72,8 @@ def windows_digest(windows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(windows, np.int32).tobytes()).hexdigest()[:16]
 
 
-def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1) -> dict[str, Any]:
-    """`evaluate` of an unpruned model, cached on disk: every pruning run compares against it,
+def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+    """`perplexity_metrics` of an unpruned model, cached on disk: every pruning run compares against it,
     and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
     identity, the config and the exact windows; a model not loaded from a directory is not cached."""
     import hashlib
@@ -91,7 +83,7 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
     from tyrjax.files import write_json
 
     if model.directory is None:
-        return evaluate(model, sets, batch_size)
+        return perplexity_metrics(model, sets, batch_size, progress)
     h = hashlib.sha256(json.dumps(model.cfg.to_hf(), sort_keys=True).encode())
     for f in sorted(model.directory.glob("*.safetensors")) + sorted(model.directory.glob("orbax/**/*")):
         if f.is_file():
@@ -106,25 +98,24 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
         cached = json.loads(path.read_text())
         if "window_nll" in cached:
             return cached
-    result = evaluate(model, sets, batch_size)
+    result = perplexity_metrics(model, sets, batch_size, progress)
     write_json(path, result)
     return result
 
 
-def generate_text(
-    model: Model,
-    prompt: str,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
-) -> str:
-    """Decode a continuation of `prompt` (greedy when temperature is 0); returns the new text."""
-    tok = require_tokenizer(model)
-    ids = np.array([tok.encode(prompt, add_special_tokens=False).ids], np.int32)
-    out = generate(model.params, model.cfg, ids, max_new_tokens, temperature, top_k, top_p, seed, model.cfg.eos_token_id)
-    new = out[0, ids.shape[1]:].tolist()
-    if model.cfg.eos_token_id in new:
-        new = new[: new.index(model.cfg.eos_token_id)]
-    return tok.decode(new)
+def dense_comparison(source: str | None, sets: dict[str, np.ndarray], dtype: str, batch_size: int) -> dict[str, Any]:
+    """metrics.json fields comparing a pruned model (loaded from `source`) with its dense original
+    on the same evaluation windows (`dense_reference`, cached): {} for a model no run wrote."""
+    origin = find_origin(source)
+    if origin is None:
+        return {}
+    fields: dict[str, Any] = {"pruned_by": {"run": str(origin.run_dir), "method": origin.method, "sparsity": origin.sparsity}}
+    try:
+        dense = dense_spec(origin)
+    except TyrjaxError as e:
+        print(f"no dense reference ({e}); metrics and report show this model alone", file=sys.stderr)
+        return fields
+    reference = dense_reference(load_model(dense, dtype), sets, batch_size)
+    fields.update(dense_model=reference["model"], dense_ppl=reference["ppl"], dense_window_nll=reference["window_nll"],
+                  dense_params=reference["params"])
+    return fields

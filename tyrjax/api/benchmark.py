@@ -1,0 +1,112 @@
+"""`tyrjax.bench`: time to first token and decode throughput over a sweep of batch sizes and
+prompt lengths, a (pruned) model against its dense original measured in the same run."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+
+from tyrjax.api.configs import ALONE, BenchConfig, out_path
+from tyrjax.api.results import BenchResult
+from tyrjax.api.scoring import param_counts
+from tyrjax.api.sources import ModelSource, dtype_name, open_model
+from tyrjax.checkpoints.loading import HUB_NAME, Model, load_model, resolve_model_dir
+from tyrjax.errors import TyrjaxError
+from tyrjax.evaluation.speed import Contender, speed_sweep
+from tyrjax.files import write_json
+from tyrjax.model.config import ModelConfig
+from tyrjax.runs.lineage import dense_spec, find_origin
+from tyrjax.runs.report import write_report
+from tyrjax.runs.rundir import Timer, record_command
+
+
+def _is_directory_of(spec: str | None, model: Model) -> bool:
+    return model.directory is not None and resolve_model_dir(spec).resolve() == Path(model.directory).resolve()
+
+
+def dense_original(model: Model, against: str | None, dtype: str) -> tuple[Model | None, str | None]:
+    """The dense model to compare with, and why that one: `against`, else the one recorded by
+    the run that wrote `model`, else the embedded default; None for `ALONE` or when it is
+    `model` itself."""
+    if against == ALONE:
+        return None, None
+    if against is not None:
+        if not Path(against).expanduser().exists() and not HUB_NAME.match(against):
+            raise TyrjaxError(f"--against {against}: no such file or directory; pass the dense model's directory, "
+                              ".gguf file or hub name, or 'none'")
+        spec, why = against, "--against"
+    else:
+        origin = find_origin(model.source)
+        if origin is None:
+            spec, why = None, "the embedded default: --model records no run it was pruned by"
+        else:
+            try:
+                spec = dense_spec(origin)
+            except TyrjaxError as e:
+                raise TyrjaxError(f"{e}; pass the dense model with --against DENSE_MODEL (or --against none)") from None
+            why = f"recorded in {origin.run_dir / 'metrics.json'}"
+    if _is_directory_of(spec, model):
+        return None, "dense reference: --model is the dense model itself; measuring it alone"
+    dense = load_model(spec, dtype)
+    base = ("hidden_size", "n_layers", "vocab_size")
+    if against is None and any(getattr(dense.cfg, k) != getattr(model.cfg, k) for k in base):
+        raise TyrjaxError(
+            f"--model {model.source}: its dense reference defaulted to {dense.source} ({why}), which has another "
+            f"architecture (hidden size {dense.cfg.hidden_size}, {dense.cfg.n_layers} blocks, vocabulary "
+            f"{dense.cfg.vocab_size}; --model has {model.cfg.hidden_size}, {model.cfg.n_layers}, {model.cfg.vocab_size}); "
+            "pass the dense original with --against DENSE_MODEL, or --against none"
+        )
+    return dense, f"dense reference: {dense.source} ({why})"
+
+
+def check_lengths(cfg: ModelConfig, prompt_lengths: Sequence[int], new_tokens: int) -> None:
+    longest = max(prompt_lengths) + new_tokens
+    if longest > cfg.max_position_embeddings:
+        raise TyrjaxError(
+            f"--prompt-lengths {max(prompt_lengths)} + --new-tokens {new_tokens} = {longest} positions, more than the "
+            f"model's {cfg.max_position_embeddings}; use shorter prompts or fewer new tokens"
+        )
+
+
+def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out: str | Path | None = None) -> BenchResult:
+    """Measure `model` (a loaded `Model`, a `ModelSpec`, a path or hub name; None: the embedded
+    default) against its dense original on every shape of `config`; with `out`, write
+    OUT/metrics.json ("speed" rows) and OUT/report.md."""
+    out = out_path(out)
+    timer = Timer()
+    with timer.phase("load"):
+        loaded = open_model(model)
+        dtype = dtype_name(model, loaded)
+        check_lengths(loaded.cfg, config.prompt_lengths, config.new_tokens)
+        dense, note = dense_original(loaded, config.against, dtype)
+        if dense is not None:
+            check_lengths(dense.cfg, config.prompt_lengths, config.new_tokens)
+    if out is not None:
+        record_command(out)
+    with timer.phase("bench"):
+        rows = speed_sweep(
+            Contender(loaded.source, loaded.params, loaded.cfg),
+            None if dense is None else Contender(dense.source, dense.params, dense.cfg),
+            config.batch_sizes, config.prompt_lengths, config.new_tokens, config.repeats,
+        )
+    params = {"model": param_counts(loaded)}
+    if dense is not None:
+        params["dense"] = param_counts(dense)
+    metrics = {
+        "model": loaded.source,
+        "dense_model": None if dense is None else dense.source,
+        "dtype": dtype,
+        "device": jax.devices()[0].device_kind,
+        "batch_sizes": list(config.batch_sizes),
+        "prompt_lengths": list(config.prompt_lengths),
+        "new_tokens": config.new_tokens,
+        "repeats": config.repeats,
+        "params": params,
+        "speed": rows,
+        "wall_s": {**timer.wall_s, "total": round(sum(timer.wall_s.values()), 3)},
+    }
+    if out is not None:
+        write_json(out / "metrics.json", metrics)
+        write_report(out)
+    return BenchResult(metrics, note, out)

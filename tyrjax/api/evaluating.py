@@ -1,0 +1,61 @@
+"""`tyrjax.evaluate`: perplexity on the evaluation corpora (and zero-shot accuracy), beside the
+dense original when the model is the output of a pruning run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tyrjax.api.configs import DataConfig, TasksConfig, out_path
+from tyrjax.api.results import EvalResult
+from tyrjax.api.scoring import dense_comparison, evaluation_sets, perplexity_metrics
+from tyrjax.api.sources import ModelSource, dtype_name, open_model
+from tyrjax.checkpoints.loading import on_active_mesh
+from tyrjax.evaluation.zeroshot import zero_shot
+from tyrjax.files import write_json
+from tyrjax.parallel.distributed import is_writer
+from tyrjax.runs.report import write_report
+from tyrjax.runs.rundir import record_command
+
+
+def evaluate(
+    model: ModelSource = None,
+    *,
+    data: DataConfig = DataConfig(),
+    tasks: TasksConfig | None = None,
+    sets: dict[str, np.ndarray] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Perplexity of `model` (a loaded `Model`, a `ModelSpec`, a path or hub name; None: the
+    embedded default) on `data`'s evaluation windows (or the given `sets`), each window scored
+    alone; with `tasks`, zero-shot accuracy through lm-evaluation-harness. A model written by
+    `tyrjax prune` or `tyrjax sds` is compared with the dense model that run pruned. With `out`,
+    the run directory `tyrjax eval --out` writes."""
+    out = out_path(out)
+    start = time.perf_counter()
+    if tasks is not None:
+        from tyrjax.evaluation.harness import require_lm_eval
+
+        require_lm_eval()
+    loaded = open_model(model)
+    dtype = dtype_name(model, loaded)
+    if sets is None:
+        sets = evaluation_sets(loaded, data.eval_windows, data.eval_corpora)
+    metrics = perplexity_metrics(on_active_mesh(loaded), sets, data.batch_size, progress)
+    metrics.update(dense_comparison(loaded.source, sets, dtype, data.batch_size))
+    metrics["eval_windows"] = {k: list(v.shape) for k, v in sets.items()}
+    metrics["dtype"] = dtype
+    tasks_wall_s = {}
+    if tasks is not None:
+        tasks_start = time.perf_counter()
+        metrics["tasks"] = zero_shot(loaded, tasks.tasks, tasks.limit, tasks.batch_size, progress=progress)
+        tasks_wall_s["tasks"] = round(time.perf_counter() - tasks_start, 2)
+    metrics["wall_s"] = {"total": round(time.perf_counter() - start, 2), **tasks_wall_s}
+    if out is not None:
+        record_command(out)
+        write_json(out / "metrics.json", metrics)
+        if is_writer():
+            write_report(out)
+    return EvalResult(metrics, out)

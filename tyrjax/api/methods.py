@@ -1,0 +1,322 @@
+"""The pruning methods the driver runs: structured (Týr, uniform, Wanda-sp, FLAP, magnitude, or a
+saved distribution) and unstructured (one-shot SparseGPT / Wanda / magnitude, and SDS). Each
+checks its settings before anything is loaded, prunes a loaded model, and names the
+metrics.json fields and run-directory files of its kind."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tyrjax.api.configs import DataConfig, SDSConfig
+from tyrjax.checkpoints.export import export_pruned
+from tyrjax.checkpoints.hf import save_hf, save_orbax
+from tyrjax.checkpoints.loading import Model
+from tyrjax.errors import TyrjaxError
+from tyrjax.files import write_json
+from tyrjax.model.blocks import HeldBlocks, ModelBlocks
+from tyrjax.model.decoder import compact_from_masked
+from tyrjax.parallel.sharding import resolve_mesh
+from tyrjax.runs.plots import per_layer_sparsity, search_convergence
+from tyrjax.sds.pipeline import METHODS as ONESHOT_METHODS
+from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
+from tyrjax.sparse import parse_pattern
+from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
+                                 uniform_selection)
+
+STRUCTURED_METHODS = ("tyr", "uniform", "wanda-sp", "flap", "magnitude")
+UNSTRUCTURED_METHODS = ("sparsegpt", "wanda")  # and magnitude, given a pattern
+PRUNE_METHODS = ["tyr", "uniform", "wanda-sp", "flap", "magnitude", "sparsegpt", "wanda"]
+STREAMED_METHODS = ("tyr", "uniform")
+# quick: the protocol's reference size; paper: enough 512-token windows for the last selection
+# stage's 131,072 tokens.
+PRESET_CALIB_WINDOWS = {"quick": 64, "paper": 256}
+UNSTRUCTURED_CALIB_WINDOWS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """The wall-time names of the driver's phases for one kind of method (metrics.json `wall_s`)."""
+
+    data: str
+    pruned_eval: str
+    save: str
+    total: bool
+
+
+@dataclasses.dataclass
+class Pruned:
+    """A method's result: the pruned parameters in the form served for evaluation and the
+    fields the result and metrics.json carry."""
+
+    model: Model
+    served: Model
+    head_mask: np.ndarray | None = None
+    ffn_mask: np.ndarray | None = None
+    history: list | None = None
+    phase_s: dict[str, float] | None = None
+    report: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+    """What the driver measured, for a method's metrics.json fields."""
+
+    dense_model: Model
+    pruned: Pruned
+    dense: dict[str, Any]
+    evaluated: dict[str, Any]
+    calib: np.ndarray
+    sets: dict[str, np.ndarray]
+    wall_s: dict[str, float]
+    outputs: dict[str, str]
+    data: DataConfig
+    dtype: str
+
+
+def not_streamable(method: str) -> TyrjaxError:
+    return TyrjaxError(f"--stream: --method {method} needs the model in memory; drop --stream "
+                       f"(it applies to {' and '.join(STREAMED_METHODS)} and to --distribution)")
+
+
+def load_distribution(path: Path, model: Model) -> np.ndarray:
+    """The removed groups per layer of a saved RUN_DIR/distribution.json, checked against `model`."""
+    try:
+        data = json.loads(Path(path).read_text())
+        removed = np.asarray(data["removed_groups"], np.int64)
+    except FileNotFoundError:
+        raise TyrjaxError(f"--distribution {path}: no such file") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise TyrjaxError(f"--distribution {path}: not a tyrjax distribution file ({e}); use RUN_DIR/distribution.json") from None
+    if data.get("n_layers") != model.cfg.n_layers or data.get("n_heads") != model.cfg.n_heads or \
+            data.get("intermediate_size") != model.cfg.intermediate_size:
+        raise TyrjaxError(
+            f"--distribution {path}: made for a model with {data.get('n_layers')} blocks, {data.get('n_heads')} heads and "
+            f"{data.get('intermediate_size')} neurons; this model has {model.cfg.n_layers}, {model.cfg.n_heads} and "
+            f"{model.cfg.intermediate_size}"
+        )
+    return removed
+
+
+def preset_config(preset: str = "quick", *, iterations: int | None = None, generations: int | None = None,
+                  offspring: int | None = None, seed: int = 0, keep_supernets: bool = False) -> TyrConfig:
+    """A preset's `TyrConfig` with the given search sizes; fewer `offspring` also caps the
+    candidates each selection stage keeps."""
+    if preset not in PRESETS:
+        raise TyrjaxError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    tcfg = PRESETS[preset]
+    overrides = {k: v for k, v in (("iterations", iterations), ("generations", generations), ("offspring", offspring)) if v}
+    if offspring:
+        stages = tuple((min(c, offspring), t) for c, t in tcfg.stages)
+        overrides["stages"] = ((offspring, stages[0][1]),) + stages[1:]
+    return dataclasses.replace(tcfg, seed=seed, keep_supernets=keep_supernets, **overrides)
+
+
+def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
+    return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
+
+
+def _from_selection(selection: Selection) -> tuple[dict, Any, np.ndarray, np.ndarray]:
+    compact, ccfg = selection.compact()
+    return (compact, ccfg, *selection.masks())
+
+
+@dataclasses.dataclass(frozen=True)
+class StructuredMethod:
+    """Heads and neurons removed at `sparsity` of the attention+MLP parameters (a physically
+    smaller model), or the distribution of a saved run applied without a search."""
+
+    method: str
+    sparsity: float
+    config: TyrConfig = PRESETS["quick"]
+    preset: str = "quick"
+    distribution: Path | None = None
+
+    phases = Phases(data="load", pruned_eval="pruned_eval", save="export", total=False)
+
+    def check(self, stream: bool) -> None:
+        if self.method not in STRUCTURED_METHODS:
+            raise TyrjaxError(f"prune: --method {self.method} is not structured; use one of {', '.join(STRUCTURED_METHODS)}")
+        if not 0.0 < self.sparsity < 1.0:
+            raise TyrjaxError(f"--sparsity {self.sparsity}: must lie strictly between 0 and 1 (e.g. 0.5)")
+        if stream and self.method not in STREAMED_METHODS and self.distribution is None:
+            raise not_streamable(self.method)
+
+    def calib_windows(self) -> int:
+        return PRESET_CALIB_WINDOWS.get(self.preset, UNSTRUCTURED_CALIB_WINDOWS)
+
+    def bind(self, model: Model) -> np.ndarray | None:
+        """What the model must agree with before any work: the saved distribution, if any."""
+        return load_distribution(self.distribution, model) if self.distribution is not None else None
+
+    def prune(self, model: Model, calib: np.ndarray, out: Path | None, bound: np.ndarray | None,
+              progress: bool) -> Pruned:
+        """Týr, uniform and a saved distribution work block by block: `model.params` may be
+        `blocks.StreamedBlocks`. The other baselines need the parameters in memory. Týr keeps
+        its supernets and search state in OUT/work, where a rerun resumes."""
+        cfg, tcfg, phase_s, history = model.cfg, self.config, None, None
+        work_dir = out / "work" if out is not None else None
+        if bound is not None:
+            compact, ccfg, head, ffn = _from_selection(distribution_selection(
+                model.params, cfg, calib, bound, tcfg, progress,
+                store_dir=work_dir / "supernet_distribution" if work_dir else None))
+        elif self.method == "tyr":
+            result = run_tyr(model.params, cfg, calib, self.sparsity, tcfg, work_dir=work_dir, progress=progress)
+            compact, ccfg, head, ffn = _from_selection(result.selection)
+            history = [it.history for it in result.iterations]
+            phase_s = {"supernet": round(sum(result.supernet_s), 2), "search": round(sum(result.search_s), 2)}
+        elif self.method == "uniform":
+            compact, ccfg, head, ffn = _from_selection(uniform_selection(
+                model.params, cfg, calib, self.sparsity, tcfg, progress,
+                store_dir=work_dir / "supernet_uniform" if work_dir else None))
+        else:
+            from tyrjax.tyr.baselines import structured_baseline
+
+            if isinstance(model.params, ModelBlocks):
+                raise not_streamable(self.method)
+            params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, self.sparsity, self.method,
+                                                            mlp_multiple=tcfg.mlp_multiple, progress=progress)
+            compact, ccfg = compact_from_masked(params, cfg, head, ffn)
+        # Streamed, the compact model is evaluated block by block too (the hidden states of the
+        # windows are held instead of the whole forward's activations).
+        streamed = isinstance(model.params, ModelBlocks)
+        directory = out / "model" if out is not None else None
+        pruned = Model(compact, ccfg, model.tokenizer, f"{model.source} pruned by {self.method}", directory)
+        served = dataclasses.replace(pruned, params=HeldBlocks(compact, ccfg, resolve_mesh(None))) if streamed else pruned
+        return Pruned(pruned, served, head, ffn, history, phase_s)
+
+    def save(self, pruned: Pruned, out: Path, dense_model: Model, tokenizer_dir: Path | None) -> dict[str, str]:
+        """RUN_DIR/model (compact) and, where transformers can load it, RUN_DIR/hf_llama."""
+        return export_pruned(pruned.model.params, pruned.model.cfg, out, dense_model.directory)
+
+    def metrics(self, run: RunFacts) -> dict[str, Any]:
+        dense, evaluated, pruned = run.dense, run.evaluated, run.pruned
+        achieved = 1 - pruned.model.cfg.attn_mlp_params() / run.dense_model.cfg.attn_mlp_params()
+        return {
+            "model": run.dense_model.source,
+            "method": self.method,
+            "preset": self.preset,
+            "sparsity": {"target": self.sparsity, "achieved": round(achieved, 6)},
+            "ppl": evaluated["ppl"],
+            "dense_ppl": dense["ppl"],
+            "window_nll": evaluated["window_nll"],
+            "window_digest": evaluated["window_digest"],
+            "dense_window_nll": dense["window_nll"],
+            "params": {"dense": dense["params"], "pruned": evaluated["params"]},
+            "per_layer": per_layer(pruned.head_mask, pruned.ffn_mask),
+            "calib_windows": int(len(run.calib)),
+            "tyr_config": dataclasses.asdict(self.config) if self.method == "tyr" else None,
+            "wall_s": run.wall_s,
+            "outputs": run.outputs,
+        }
+
+    def write_files(self, out: Path, dense_model: Model, pruned: Pruned, metrics: dict) -> None:
+        """distribution.json (reusable with --distribution), the per-layer plot, the search history."""
+        cfg, head, ffn = dense_model.cfg, pruned.head_mask, pruned.ffn_mask
+        write_json(out / "distribution.json", {
+            "removed_groups": removed_groups(head, ffn).tolist(), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "intermediate_size": cfg.intermediate_size, "method": self.method, "sparsity": metrics["sparsity"],
+        })
+        layers = metrics["per_layer"]
+        per_layer_sparsity(out / "per_layer_sparsity.png", layers["attention"], layers["mlp"],
+                           f"{self.method}: {metrics['sparsity']['achieved']:.1%} of attention+MLP parameters removed")
+        if pruned.history:
+            write_json(out / "search_history.json", pruned.history)
+            search_convergence(out / "search_convergence.png", pruned.history)
+
+
+def _per_layer_sparsity(layers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    return {k: r["sparsity"] for k, r in layers.items()}
+
+
+def layer_losses(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per layer: the loss (one-shot) or the loss of every step and the kept one (SDS)."""
+    out = {}
+    for key, r in layers.items():
+        if "loss" in r:
+            out[key] = {"loss": r["loss"], **({"chosen": r["chosen"]} if "chosen" in r else {})}
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class UnstructuredMethod:
+    """Zeros in dense shapes at `pattern` (a fraction like 0.5, or N:M like 2:4): one-shot
+    SparseGPT / Wanda / magnitude, or SDS when `sds` is given (its pruner and pattern)."""
+
+    method: str
+    pattern: str
+    sds: SDSConfig | None = None
+    seed: int = 0
+
+    phases = Phases(data="data", pruned_eval="eval", save="save", total=True)
+
+    def check(self, stream: bool) -> None:
+        parse_pattern(self.pattern)  # a bad pattern fails before any loading
+        if self.sds is None and self.method not in ONESHOT_METHODS:
+            raise TyrjaxError(f"prune: --method {self.method} is not an unstructured method; use one of "
+                              f"{', '.join(ONESHOT_METHODS)} with --pattern")
+        if stream:
+            raise not_streamable(self.method)
+        if self.sds is not None:
+            s = self.sds
+            sds_settings(s.pruner, s.steps, s.adjust_steps, s.lr, s.l1, s.l2, s.optimizer, s.inputs, s.adjust)
+
+    def calib_windows(self) -> int:
+        return UNSTRUCTURED_CALIB_WINDOWS
+
+    def bind(self, model: Model) -> None:
+        check_pattern_fits(model.params, self.pattern)
+
+    def prune(self, model: Model, calib: np.ndarray, out: Path | None, bound: None, progress: bool) -> Pruned:
+        if self.sds is None:
+            params, report = prune_oneshot(model.params, model.cfg, calib, self.pattern, self.method, progress=progress)
+        else:
+            s = self.sds
+            params, report = run_sds_pipeline(
+                model.params, model.cfg, calib, self.pattern, s.pruner, steps=s.steps, adjust_steps=s.adjust_steps,
+                adjust=s.adjust, lr=s.lr, l1=s.l1, l2=s.l2, optimizer=s.optimizer, inputs=s.inputs, progress=progress,
+            )
+        served = dataclasses.replace(model, params=params)
+        pruned = dataclasses.replace(served, source=f"{model.source} pruned by {report['method']} {report['pattern']}",
+                                     directory=out / "model" if out is not None else None)
+        return Pruned(pruned, served, report=report)
+
+    def save(self, pruned: Pruned, out: Path, dense_model: Model, tokenizer_dir: Path | None) -> dict[str, str]:
+        """RUN_DIR/model (orbax, loadable with --model) and RUN_DIR/hf (safetensors with zeros)."""
+        tok_dir = tokenizer_dir or dense_model.directory
+        save_orbax(pruned.model.params, pruned.model.cfg, out / "model", tok_dir)
+        save_hf(pruned.model.params, pruned.model.cfg, out / "hf", tok_dir)
+        return {}
+
+    def metrics(self, run: RunFacts) -> dict[str, Any]:
+        dense, evaluated, report = run.dense, run.evaluated, run.pruned.report
+        metrics = {
+            "model": run.dense_model.source,
+            "method": report["method"],
+            "pattern": report["pattern"],
+            "sparsity": {**report["sparsity"], "per_layer": _per_layer_sparsity(report["layers"])},
+            "ppl": evaluated["ppl"],
+            "dense_ppl": dense["ppl"],
+            "window_nll": evaluated["window_nll"],
+            "window_digest": evaluated["window_digest"],
+            "dense_window_nll": dense["window_nll"],
+            "params": evaluated["params"],
+            "hyperparameters": report.get("hyperparameters", {}),
+            "chosen": report.get("chosen"),
+            "data": run.data.calib,
+            "calib_windows": list(run.calib.shape),
+            "eval_windows": {k: list(v.shape) for k, v in run.sets.items()},
+            "dtype": run.dtype,
+            "seed": self.seed,
+            "wall_s": run.wall_s,
+        }
+        if metrics["chosen"] is None:
+            del metrics["chosen"]
+        return metrics
+
+    def write_files(self, out: Path, dense_model: Model, pruned: Pruned, metrics: dict) -> None:
+        """layer_losses.json: each linear layer's reconstruction loss per step."""
+        write_json(out / "layer_losses.json", layer_losses(pruned.report["layers"]))

@@ -1,0 +1,47 @@
+"""`tyrjax eval`: perplexity (and zero-shot accuracy) of one model into a run directory."""
+from __future__ import annotations
+
+import argparse
+
+from tyrjax import api
+from tyrjax.commands.common import data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_int, scale_args
+from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT
+from tyrjax.runs.rundir import print_table
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model on the evaluation corpora (and zero-shot accuracy with --tasks)",
+                       description="Perplexity (each window scored alone) on held-out Shakespeare and Python docs, and with "
+                                   "--tasks zero-shot accuracy through lm-evaluation-harness; writes OUT/metrics.json.")
+    model_args(p)
+    data_args(p)
+    g = p.add_argument_group("zero-shot tasks (lm-evaluation-harness; pip install 'tyrjax[eval]')")
+    g.add_argument("--tasks", default=None,
+                   help="comma-separated harness tasks, e.g. arc_easy,hellaswag (data from the Hugging Face hub); "
+                        "`offline` is the BIG-bench multiple-choice suite cached from PyPI")
+    g.add_argument("--limit", type=positive_int, default=DEFAULT_LIMIT,
+                   help=f"items per task (default {DEFAULT_LIMIT}, which keeps the offline suite near 10 minutes on 2 CPU cores)")
+    g.add_argument("--tasks-batch-size", type=positive_int, default=16, help="harness requests scored per batch (default 16)")
+    out_arg(p, "eval")
+    scale_args(p)
+    p.set_defaults(func=run)
+
+
+def tasks_config(args: argparse.Namespace) -> api.TasksConfig | None:
+    return api.TasksConfig(args.tasks, args.limit, args.tasks_batch_size) if args.tasks else None
+
+
+def run(args: argparse.Namespace) -> None:
+    out = out_dir(args, "eval")
+    result = api.evaluate(model_spec(args), data=data_config(args), tasks=tasks_config(args), out=out)
+    metrics = result.metrics
+    rows = [("corpus", "windows", "perplexity")]
+    rows += [(k, str(metrics["eval_windows"][k][0]), f"{v:.3f}") for k, v in metrics["ppl"].items()]
+    print_table(rows)
+    if "tasks" in metrics:
+        rows = [("task", "items", "acc", "acc_norm")]
+        rows += [(k, str(v["n"]), f"{v.get('acc', float('nan')):.4f}", f"{v.get('acc_norm', float('nan')):.4f}")
+                 for k, v in metrics["tasks"].items()]
+        print_table(rows)
+    print(f"params: {metrics['params']['total']:,} total, {metrics['params']['attn_mlp']:,} attention+MLP")
+    print(f"wrote {out / 'metrics.json'}")

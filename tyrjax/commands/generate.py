@@ -1,0 +1,27 @@
+"""`tyrjax generate`: continue a prompt."""
+from __future__ import annotations
+
+import argparse
+
+from tyrjax import api
+from tyrjax.api.sources import open_model
+from tyrjax.commands.common import model_args, model_spec, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="continue a prompt (greedy or sampled, KV-cached)",
+                       description="Decode a continuation of --prompt with a KV cache; works on dense and pruned (compact) models.")
+    model_args(p)
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    model = open_model(model_spec(args))
+    text = api.generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    print(args.prompt + text)
