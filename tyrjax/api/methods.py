@@ -21,7 +21,7 @@ from tyrjax.model.blocks import HeldBlocks, ModelBlocks
 from tyrjax.model.decoder import compact_from_masked
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.runs.plots import per_layer_sparsity, search_convergence
-from tyrjax.sds.pipeline import METHODS as ONESHOT_METHODS
+from tyrjax.sparse.pruners import SPARSE_PRUNERS
 from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
 from tyrjax.sparse import parse_pattern
 from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
@@ -255,9 +255,9 @@ class UnstructuredMethod:
 
     def check(self, stream: bool) -> None:
         parse_pattern(self.pattern)  # a bad pattern fails before any loading
-        if self.sds is None and self.method not in ONESHOT_METHODS:
+        if self.sds is None and self.method not in SPARSE_PRUNERS.names():
             raise TyrjaxError(f"prune: --method {self.method} is not an unstructured method; use one of "
-                              f"{', '.join(ONESHOT_METHODS)} with --pattern")
+                              f"{', '.join(SPARSE_PRUNERS.names())} with --pattern")
         if stream:
             raise not_streamable(self.method)
         if self.sds is not None:

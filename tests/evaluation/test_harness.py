@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hf_reference import tiny_hf_model, torch_logits
+from hf_reference import torch_logits
 from lm_eval.api.instance import Instance
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer
 
 from tyrjax.checkpoints.hf import save_hf
 from tyrjax.errors import TyrjaxError
@@ -19,28 +18,7 @@ from tyrjax.evaluation.harness import TyrjaxLM, bucket_count, bucket_length, pac
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.model.decoder import compact_from_masked
 from tyrjax.evaluation.zeroshot import run_tasks
-
-BOS, EOS = 1, 2
-WORDS = ["<unk>", "<bos>", "<eos>"] + [f"w{i}" for i in range(3, 97)]
-
-
-def write_word_tokenizer(directory: Path) -> Tokenizer:
-    """A word-level tokenizer over the tiny model's 97 ids: "w17" is id 17."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(directory / "tokenizer.json"))
-    return tok
-
-
-def tiny_lm_dir(directory: Path, seed: int = 0, **overrides):
-    """A tiny random transformers Llama with BOS/EOS ids and a word tokenizer, saved in `directory`."""
-    model = tiny_hf_model(directory, seed=seed, bos_token_id=BOS, eos_token_id=EOS, **overrides)
-    return model, write_word_tokenizer(directory)
-
-
-def words(rng: np.random.Generator, n: int) -> str:
-    return " ".join(f"w{i}" for i in rng.integers(3, 97, n))
-
+from tiny_lm import BOS, tiny_lm_dir, words
 
 def reference_loglikelihood(model, tok: Tokenizer, context: str, continuation: str) -> tuple[float, bool]:
     """Summed log-probability of the continuation's tokens after the context's, and whether

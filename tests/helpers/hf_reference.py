@@ -33,6 +33,6 @@ def tiny_hf_model(out_dir: Path, arch: str = "llama", seed: int = 0, **overrides
     return model
 
 
-def torch_logits(model, tokens) -> "np.ndarray":
+def torch_logits(model, tokens) -> "numpy.ndarray":
     with torch.no_grad():
         return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()

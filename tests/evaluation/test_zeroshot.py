@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lm_eval.api.instance import Instance
-from test_lm_eval_adapter import tiny_lm_dir, words
+from tiny_lm import tiny_lm_dir, words
 
 from tyrjax import api
 from tyrjax.evaluation import zeroshot

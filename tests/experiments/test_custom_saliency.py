@@ -11,7 +11,7 @@ from tyrjax.model.blocks import layer
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import init_random_params
 
-EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "custom_saliency.py"
+EXPERIMENT = Path(__file__).resolve().parents[2] / "experiments" / "custom_saliency.py"
 DAMP = 0.01  # Týr's Hessian damping: H + DAMP · mean(diag H) · I (structured.local_pruner)
 
 

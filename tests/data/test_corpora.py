@@ -23,7 +23,7 @@ from tyrjax.data.corpora import (
 )
 from tyrjax.errors import TyrjaxError
 
-REFERENCE_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "shakespeare_v1_windows.py"
+REFERENCE_TOOL = Path(__file__).resolve().parents[3] / "shared" / "tools" / "shakespeare_v1_windows.py"
 HELD_OUT = [
     "alls_well_that_ends_well_gut.txt",
     "hamlet_gut.txt",
