@@ -21,6 +21,7 @@ from tyrjax.runs.rundir import Timer, default_out, record_command
 from tyrjax.files import write_json
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.checkpoints.loading import on_active_mesh
+from tyrjax.tyr.budget import sparsity_report
 from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
                                  uniform_selection)
 
@@ -155,7 +156,7 @@ def run_structured(args: argparse.Namespace) -> None:
         "model": model.source,
         "method": args.method,
         "preset": args.preset,
-        "sparsity": {"target": args.sparsity, "achieved": round(achieved, 6)},
+        "sparsity": sparsity_report(model.cfg, ccfg, args.sparsity),
         "ppl": evaluated["ppl"],
         "dense_ppl": dense["ppl"],
         "window_nll": evaluated["window_nll"],
