@@ -53,7 +53,8 @@ def run_method(model, calib, sets, sparsity, method, tcfg, data, preset):
         else:  # what this iteration alone would have output
             t0 = time.perf_counter()
             selection = distribution_selection(model.params, model.cfg, calib,
-                                               removed_groups(it.head_mask, it.ffn_mask), tcfg, progress=False)
+                                               removed_groups(it.head_mask, it.ffn_mask), tcfg, progress=False,
+                                               settle_kv=True)
             wall += time.perf_counter() - t0
         rows.append((label, *evaluate_compact(model, sets, *selection.compact(), label), wall))
     return rows

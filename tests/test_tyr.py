@@ -270,18 +270,23 @@ def test_registered_extensions_drive_the_pipeline(setup):
 
 
 def test_final_reprune_keeps_the_distribution_and_fits_the_path_better(setup):
-    """Re-pruning the found distribution along its own path keeps every layer's width and
-    reconstructs the dense model at least as well as the supernet's expectation-calibrated levels."""
+    """Re-pruning the found distribution along its own path keeps every layer's head count, pays
+    for the KV heads it frees with neurons of their blocks, and reconstructs the dense model at
+    least as well as the supernet's expectation-calibrated levels."""
     import dataclasses
 
+    from tyrjax.tyr.budget import KVLedger
     from tyrjax.tyr.pipeline import removed_groups
 
     params, calib, _ = setup
     base = dataclasses.replace(TCFG, iterations=1, reprune_final=False)
     plain = run_tyr(params, CFG, calib, 0.4, base, progress=False)
     repruned = run_tyr(params, CFG, calib, 0.4, dataclasses.replace(base, reprune_final=True), progress=False)
-    np.testing.assert_array_equal(removed_groups(plain.head_mask, plain.ffn_mask),
-                                  removed_groups(repruned.head_mask, repruned.ffn_mask))
+    planned = removed_groups(plain.head_mask, plain.ffn_mask)
+    got = removed_groups(repruned.head_mask, repruned.ffn_mask)
+    np.testing.assert_array_equal(got[0::2], planned[0::2])
+    ledger = KVLedger(CFG, base.mlp_multiple)
+    np.testing.assert_array_equal(got[1::2], [ledger.mlp_removal(h, n) for h, n in zip(repruned.head_mask, planned[1::2])])
     dense = forward(params, CFG, calib)
 
     def error(r):

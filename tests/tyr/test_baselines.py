@@ -12,8 +12,9 @@ from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.layers import attention_output, mlp_output
 from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
-from tyrjax.tyr.genome import split
+from tyrjax.tyr.genome import interleave, split
 from tyrjax.tyr.baselines import structured_baseline
+from tyrjax.tyr.budget import KVLedger, neuron_params
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
@@ -66,12 +67,16 @@ def test_uniform_methods_remove_the_uniform_counts(method):
     params_out, cfg_out, head, ffn, info = pruned(method)
     params, cfg = model("plain")
     centre = initial_grid(cfg, SPARSITY, TyrConfig(mlp_multiple=MULTIPLE)).centre
-    np.testing.assert_array_equal(removed_groups(head, ffn), centre)
-    assert info["removed"] == centre.tolist() and info["removed_neurons"] == split(centre)[1].tolist()
+    # Uniform head counts can free whole KV heads: each block's MLP pays for its own.
+    ledger = KVLedger(cfg, MULTIPLE)
+    heads_removed, neurons = split(centre)
+    settled_neurons = [ledger.mlp_removal(h, n) for h, n in zip(head, neurons)]
+    settled = interleave(heads_removed, np.asarray(settled_neurons))
+    np.testing.assert_array_equal(removed_groups(head, ffn), settled)
+    assert info["removed"] == settled.tolist() and info["removed_neurons"] == settled_neurons
     assert params_out is params and cfg_out == cfg
     assert head.dtype == bool and head.shape == (3, 4) and ffn.shape == (3, 64)
-    # Uniform head counts can free whole KV heads: at least the grid's budget is removed.
-    assert info["removed_params"] >= int((centre * np.tile(group_params(cfg), 3)).sum())
+    assert abs(info["removed_params"] - SPARSITY * cfg.attn_mlp_params()) <= MULTIPLE * neuron_params(cfg)
 
 
 def test_wanda_sp_removes_the_lowest_scores_on_the_pruned_stream():
@@ -129,7 +134,7 @@ def test_flap_meets_the_budget_with_a_global_ranking():
     params, cfg = model("plain", 3.0)
     dense = compact_projection_params(params, cfg, None, None)
     removed = dense - compact_projection_params(params_out, cfg_out, head, ffn)
-    budget = SPARSITY * cfg.attn_mlp_params()
+    budget = SPARSITY * cfg.attn_mlp_params() + 2 * cfg.hidden_size * cfg.n_layers  # and the biases FLAP adds
     head_p, _ = group_params(cfg)
     largest_group = 2 * head_p  # a head that also frees its KV head
     assert removed == info["removed_params"] and info["budget_params"] == round(budget)

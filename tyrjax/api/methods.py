@@ -22,6 +22,7 @@ from tyrjax.model.decoder import compact_from_masked
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.runs.plots import per_layer_sparsity, search_convergence
 from tyrjax.sparse.pruners import SPARSE_PRUNERS
+from tyrjax.tyr.budget import sparsity_report
 from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
 from tyrjax.sparse import parse_pattern
 from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
@@ -194,12 +195,11 @@ class StructuredMethod:
 
     def metrics(self, run: RunFacts) -> dict[str, Any]:
         dense, evaluated, pruned = run.dense, run.evaluated, run.pruned
-        achieved = 1 - pruned.model.cfg.attn_mlp_params() / run.dense_model.cfg.attn_mlp_params()
         return {
             "model": run.dense_model.source,
             "method": self.method,
             "preset": self.preset,
-            "sparsity": {"target": self.sparsity, "achieved": round(achieved, 6)},
+            "sparsity": sparsity_report(run.dense_model.cfg, pruned.model.cfg, self.sparsity),
             "ppl": evaluated["ppl"],
             "dense_ppl": dense["ppl"],
             "window_nll": evaluated["window_nll"],

@@ -6,7 +6,9 @@ like a Týr result.
 
 - `wanda-sp`, `magnitude`: every layer removes the counts of the uniform distribution (the
   centre of Týr's first grid, `initial_grid(...).centre`, MLP counts multiples of
-  `mlp_multiple`); the lowest-scoring groups go; no weight changes. Wanda-sp calibrates
+  `mlp_multiple`); the lowest-scoring groups go; no weight changes. A block whose heads free
+  KV heads removes fewer neurons in its MLP, worth their parameters (`budget.KVLedger`), so
+  the compact model removes `sparsity` of the attention+MLP parameters. Wanda-sp calibrates
   block by block on the stream of the *already pruned* blocks (attention before the MLP, which
   sees the pruned attention's output), like the other pruners. Magnitude needs no data.
 - `flap`: one forward pass of the *dense* model (as the FLAP paper) gives every layer's
@@ -14,11 +16,11 @@ like a Týr result.
   globally across all layers and both module types. Groups are removed lowest first, each
   costing its parameters (a head its q columns and o rows, plus its KV head's k/v columns when
   it is the last query head of that KV head; a neuron its gate/up/down weights), and the
-  removed prefix whose total is closest to `sparsity · cfg.attn_mlp_params()` is taken (the
-  FLAP reference's rule; ties: fewer removals), so the total is within half a group's
-  parameters of the budget. Any layer may lose all its heads or all its neurons, and a block
-  both (it then adds only the compensation biases: depth pruning, which FLAP's global ranking
-  can choose); the masked and compact forms handle zero-width layers. Removed channels are
+  removed prefix whose total is closest to `sparsity · cfg.attn_mlp_params()` plus the
+  compensation biases FLAP adds is taken (the FLAP reference's rule; ties: fewer removals), so
+  the compact model is within half a group's parameters of the budget. Any layer may lose all
+  its heads or all its neurons, and a block both (it then adds only the compensation biases:
+  depth pruning, which FLAP's global ranking can choose); the masked and compact forms handle zero-width layers. Removed channels are
   compensated by biases `bo`, `b_down` (`flap_bias` with the dense-pass means), added to
   existing ones, and the returned config has `o_bias=down_bias=True`.
 """
@@ -40,8 +42,9 @@ from tyrjax.model.decoder import Params, is_stacked, kept_layout
 from tyrjax.parallel.sharding import host_array, resolve_mesh
 from tyrjax.structured.scores import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
                                          magnitude_scores, wanda_sp_scores)
+from tyrjax.tyr.budget import KVLedger, kv_head_params, neuron_params, query_head_params
 from tyrjax.tyr.genome import split
-from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
+from tyrjax.tyr.pipeline import TyrConfig, initial_grid, removed_groups
 
 METHODS = ("wanda-sp", "magnitude", "flap")
 CHUNK = 8  # calibration windows per attention call (bounds the attention scores' memory)
@@ -79,10 +82,11 @@ def structured_baseline(
         params_out, cfg_out, head, ffn, extra = _flap(params, cfg, _windows(calib_windows), sparsity, progress, mesh)
     else:
         counts = initial_grid(cfg, sparsity, TyrConfig(mlp_multiple=mlp_multiple)).centre
+        ledger = KVLedger(cfg, mlp_multiple)
         if method == "magnitude":
-            head, ffn = _magnitude_masks(params, cfg, counts)
+            head, ffn = _magnitude_masks(params, cfg, counts, ledger)
         else:
-            head, ffn = _wanda_sp_masks(params, cfg, _windows(calib_windows), counts, progress, mesh)
+            head, ffn = _wanda_sp_masks(params, cfg, _windows(calib_windows), counts, ledger, progress, mesh)
         params_out, cfg_out = params, cfg
     info = {**_info(method, cfg, sparsity, head, ffn), **extra}
     return params_out, cfg_out, head, ffn, info
@@ -103,15 +107,18 @@ def _windows(calib_windows: np.ndarray | None) -> np.ndarray:
 
 
 # --- uniform baselines --------------------------------------------------------------------
-def _magnitude_masks(params: Params, cfg: ModelConfig, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Data-free: the lowest group norms of o_proj / down_proj rows, uniform counts."""
+def _magnitude_masks(params: Params, cfg: ModelConfig, counts: np.ndarray,
+                     ledger: KVLedger) -> tuple[np.ndarray, np.ndarray]:
+    """Data-free: the lowest group norms of o_proj / down_proj rows, uniform counts (the MLP's
+    settled by `ledger`)."""
     lay = params["layers"]
     head_counts, ffn_counts = split(counts)
-    head = [keep_lowest_removed(magnitude_scores(lay["wo"][b], cfg.head_dim), int(head_counts[b]))
-            for b in range(cfg.n_layers)]
-    ffn = [keep_lowest_removed(magnitude_scores(lay["w_down"][b], 1), int(ffn_counts[b]))
-           for b in range(cfg.n_layers)]
-    return np.stack([np.asarray(h) for h in head]), np.stack([np.asarray(f) for f in ffn])
+    head, ffn = [], []
+    for b in range(cfg.n_layers):
+        head.append(np.asarray(keep_lowest_removed(magnitude_scores(lay["wo"][b], cfg.head_dim), int(head_counts[b]))))
+        n_neurons = ledger.mlp_removal(head[-1], int(ffn_counts[b]))
+        ffn.append(np.asarray(keep_lowest_removed(magnitude_scores(lay["w_down"][b], 1), n_neurons)))
+    return np.stack(head), np.stack(ffn)
 
 
 def _wanda_keep(W: jnp.ndarray, inputs: jnp.ndarray, group_size: int, n_remove: int, where: str,
@@ -122,9 +129,10 @@ def _wanda_keep(W: jnp.ndarray, inputs: jnp.ndarray, group_size: int, n_remove: 
     return keep_lowest_removed(wanda_sp_scores(W, jnp.sqrt(stats.sq_norm), group_size), n_remove)
 
 
-def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray,
+def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray, ledger: KVLedger,
                     progress: bool, mesh: Mesh | None) -> tuple[np.ndarray, np.ndarray]:
-    """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output."""
+    """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output
+    (its count settled by `ledger`)."""
     x = embed_windows(params, windows, mesh)
     head_counts, ffn_counts = split(counts)
     head, ffn = [], []
@@ -134,7 +142,8 @@ def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, count
         keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(head_counts[b]), f"block {b} o_proj", mesh)
         x = attention_residual(p, cfg, x, heads, keep_h)
         hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
-        keep_f = _wanda_keep(p["w_down"], hidden, 1, int(ffn_counts[b]), f"block {b} down_proj", mesh)
+        n_neurons = ledger.mlp_removal(host_array(keep_h), int(ffn_counts[b]))
+        keep_f = _wanda_keep(p["w_down"], hidden, 1, n_neurons, f"block {b} down_proj", mesh)
         x = mlp_residual(p, x, hidden, keep_f)
         head.append(host_array(keep_h))
         ffn.append(host_array(keep_f))
@@ -181,8 +190,7 @@ def _removal_costs(cfg: ModelConfig, order_rank: np.ndarray) -> np.ndarray:
     heads to go (the highest rank in its group), so prefix sums are the exact removed totals.
     """
     L, H, F = cfg.n_layers, cfg.n_heads, cfg.intermediate_size
-    head_p, neuron_p = group_params(cfg)
-    kv_p = 2 * cfg.hidden_size * cfg.head_dim + (2 * cfg.head_dim if cfg.attention_bias else 0)
+    head_p, neuron_p, kv_p = query_head_params(cfg), neuron_params(cfg), kv_head_params(cfg)
     head_cost = np.full((L, cfg.n_kv_heads, cfg.group_size), head_p, np.int64)
     ranks = order_rank[: L * H].reshape(L, cfg.n_kv_heads, cfg.group_size)
     last = ranks.argmax(axis=2)
@@ -233,10 +241,10 @@ def _flap(params: Params, cfg: ModelConfig, windows: np.ndarray, sparsity: float
     if not 0.0 < sparsity < 1.0:
         raise TyrjaxError(f"--sparsity {sparsity}: must lie strictly between 0 and 1")
     stats = flap_pass(params, cfg, windows, progress, mesh)
-    budget = sparsity * cfg.attn_mlp_params()
+    added = cfg.hidden_size * cfg.n_layers * ((not cfg.o_bias) + (not cfg.down_bias))
+    budget = sparsity * cfg.attn_mlp_params() + added  # the compact model keeps the added biases
     head, ffn, _ = flap_select(cfg, stats.z_heads, stats.z_neurons, budget)
     params_out, cfg_out = flap_compensate(params, cfg, stats, head, ffn)
-    added = cfg.hidden_size * cfg.n_layers * ((not cfg.o_bias) + (not cfg.down_bias))
     return params_out, cfg_out, head, ffn, {"budget_params": int(round(budget)), "added_bias_params": int(added)}
 
 

@@ -24,6 +24,7 @@ from tyrjax.tyr.search.evolution import FitnessFn, SearchConfig, evolve, load_st
 from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
 from tyrjax.parallel.sharding import local_tree, resolve_mesh
 from tyrjax.structured.saliency import get_saliency
+from tyrjax.tyr.budget import group_params
 from tyrjax.tyr.fitness import BatchScorer, Teacher, get_fitness, teacher_topk
 from tyrjax.tyr.genome import Genome, interleave
 from tyrjax.tyr.search.mutation import get_mutation
@@ -73,12 +74,6 @@ PRESETS = {
     "quick": TyrConfig(iterations=2, generations=9, offspring=16, stages=((16, 512), (4, 1024), (3, 2048)),
                        topk=512, candidate_batch=4),
 }
-
-
-def group_params(cfg: ModelConfig) -> tuple[int, int]:
-    """Parameters removed with one query head (its q columns, bias and o rows) and one neuron."""
-    head = 2 * cfg.hidden_size * cfg.head_dim + (cfg.head_dim if cfg.attention_bias else 0)
-    return head, 3 * cfg.hidden_size
 
 
 def layer_arrays(cfg: ModelConfig, mlp_multiple: int) -> dict[str, np.ndarray]:
@@ -316,7 +311,8 @@ def run_tyr(
         # inputs it will really see (the "ideal single path" of the paper's ablation).
         t0 = time.perf_counter()
         selection = distribution_selection(model, cfg, calib, removed_groups(last.head_mask, last.ffn_mask), tcfg,
-                                           progress, mesh, work_dir / "supernet_final" if work_dir else None)
+                                           progress, mesh, work_dir / "supernet_final" if work_dir else None,
+                                           settle_kv=True)
         sn_times.append(time.perf_counter() - t0)
     else:
         if supernet is None:  # every iteration was read back: rebuild (or reopen) the last supernet
@@ -331,19 +327,23 @@ def run_tyr(
 def uniform_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib: np.ndarray, sparsity: float,
                       tcfg: TyrConfig, progress: bool = True, mesh: Mesh | None = None,
                       store_dir: Path | None = None) -> Selection:
-    """The Týr local pruner at the same sparsity in every layer: the centre of the first grid."""
+    """The Týr local pruner at the same sparsity in every layer: the centre of the first grid, each
+    block's MLP paying for the KV heads its attention frees (`budget.KVLedger`)."""
     model = as_blocks(params, cfg, resolve_mesh(mesh))
     grid = initial_grid(cfg, sparsity, tcfg)
     one_level = LevelGrid(grid.module_type, grid.group_params, grid.n_groups, grid.centre, grid.step, n_levels=1)
     supernet = build_supernet(model, cfg, calib, one_level, propagation="expectation", saliency=tcfg.saliency,
-                              local_pruner=tcfg.local_pruner, store_dir=store_dir, progress=progress, mesh=model.mesh)
+                              local_pruner=tcfg.local_pruner, store_dir=store_dir, progress=progress, mesh=model.mesh,
+                              settle_kv=tcfg.mlp_multiple)
     return Selection(model, supernet, np.zeros(one_level.n_layers, np.int64))
 
 
 def distribution_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib: np.ndarray, removed: np.ndarray,
                            tcfg: TyrConfig, progress: bool = True, mesh: Mesh | None = None,
-                           store_dir: Path | None = None) -> Selection:
-    """Each layer pruned at a given number of removed groups (a saved distribution), no search."""
+                           store_dir: Path | None = None, settle_kv: bool = False) -> Selection:
+    """Each layer pruned at a given number of removed groups (a saved distribution), no search;
+    with `settle_kv`, each block's MLP removes fewer neurons to pay for the KV heads its attention
+    frees (`budget.KVLedger`), as Týr's final re-prune does."""
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     removed = np.asarray(removed, np.int64)
     if removed.shape != arrays["n_groups"].shape or np.any(removed < 0) or np.any(removed > arrays["n_groups"]):
@@ -355,7 +355,8 @@ def distribution_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib
     grid = LevelGrid(arrays["module_type"], arrays["group_params"], arrays["n_groups"], removed,
                      np.ones_like(removed), n_levels=1)
     supernet = build_supernet(model, cfg, calib, grid, saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
-                              store_dir=store_dir, progress=progress, mesh=model.mesh)
+                              store_dir=store_dir, progress=progress, mesh=model.mesh,
+                              settle_kv=tcfg.mlp_multiple if settle_kv else 0)
     return Selection(model, supernet, np.zeros(grid.n_layers, np.int64))
 
 

@@ -37,6 +37,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params
 from tyrjax.files import write_atomic, write_json
 from tyrjax.registry import Registry
+from tyrjax.tyr.budget import KVLedger
 from tyrjax.tyr.genome import Genome, layer_index, n_searchable
 from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid
 from tyrjax.parallel.sharding import HIDDEN, host_array, put_axes, resolve_mesh
@@ -149,10 +150,11 @@ def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
     rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8, local_pruner: str = "tyr",
-    mesh: Mesh | None = None,
+    mesh: Mesh | None = None, ledger: KVLedger | None = None,
 ) -> tuple[BlockLevels, jax.Array]:
     """All levels of block `block`'s attention and MLP, and the next block's calibration input.
 
+    With a `ledger` (one-level grids), the MLP's removal pays for the KV heads the attention frees.
     On a mesh, windows are split over the data axes, heads and neurons over tensor, and the
     local pruner receives the mesh (its levels spread over devices)."""
     prune_levels = get_local_pruner(local_pruner)
@@ -169,7 +171,10 @@ def prune_block(
     hidden = map_chunks(lambda xs: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
     stats = stats_of(hidden, mesh)
     check_finite(stats, f"block {block} down_proj")
-    wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, _removal_counts(grid, m_row), MLP_ROUNDS,
+    mlp_counts = _removal_counts(grid, m_row)
+    if ledger is not None:
+        mlp_counts = np.asarray([ledger.mlp_removal(np.asarray(head_keep[0]), int(mlp_counts[0]))], np.int32)
+    wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS,
                                    saliency=saliency, **on_mesh)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
     x = x + hidden @ wd_in + (p["b_down"] if "b_down" in p else 0.0)
@@ -244,8 +249,13 @@ def build_supernet(
     seed: int = 0,
     progress: bool = True,
     mesh: Mesh | None = None,
+    settle_kv: int = 0,
 ) -> Supernet:
     """Prune every block at its E levels, propagating calibration inputs per `propagation`.
+
+    `settle_kv > 0` (one-level grids only): each block's MLP removes fewer neurons, in multiples
+    of `settle_kv`, worth the KV heads its attention frees (`budget.KVLedger`), so the compact
+    model removes the grid's parameter total.
 
     With `store_dir`, finished blocks are written there, the supernet reads them from disk (its
     memory does not grow with depth) and a rerun resumes after the last one; without, the levels
@@ -260,7 +270,9 @@ def build_supernet(
     if grid.n_layers != n_searchable(cfg.n_layers):
         raise TyrjaxError(f"supernet: the grid has {grid.n_layers} layers, the model needs {n_searchable(cfg.n_layers)}")
     get_local_pruner(local_pruner)
-    key = supernet_key(cfg, grid, windows, propagation, saliency, local_pruner, seed)
+    if settle_kv and grid.n_levels != 1:
+        raise TyrjaxError(f"supernet: settle_kv needs a one-level grid (one distribution); this one has {grid.n_levels}")
+    key = supernet_key(cfg, grid, windows, propagation, saliency, local_pruner, seed, settle_kv)
     store = SupernetStore(store_dir, key) if store_dir else None
     start = agree(store.completed(), f"supernet store {store.dir}") if store else 0
     if start:
@@ -269,12 +281,17 @@ def build_supernet(
     else:
         x = embed_windows(model.head, windows, mesh)
     held: list[BlockLevels | None] = [None] * start
+    ledger = KVLedger(cfg, settle_kv) if settle_kv else None
+    for b in range(start if ledger else 0):  # the blocks built before a resume
+        done = store.load_block(b)
+        ledger.record(done.head_keep[0], int(grid.removed[layer_index(b, MLP), 0]), int((~done.ffn_keep[0]).sum()))
     bar = tqdm(range(start, cfg.n_layers), desc="supernet", unit="block", disable=not progress,
                initial=start, total=cfg.n_layers)
     for b in bar:
         rng = np.random.default_rng([seed, b])
         p = model.block(b)
-        levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh)
+        levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh,
+                                ledger=ledger)
         if store:
             store.save_block(b, levels, x)
             agree(b, f"supernet store {store.dir}")  # process 0 has written block b before anyone maps it
