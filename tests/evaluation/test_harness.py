@@ -18,7 +18,7 @@ from tyrjax.evaluation.harness import TyrjaxLM, bucket_count, bucket_length, pac
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.model.decoder import compact_from_masked
 from tyrjax.evaluation.zeroshot import run_tasks
-from tiny_lm import BOS, tiny_lm_dir, words
+from tiny_lm import BOS, WORDS, tiny_lm_dir, words
 
 def reference_loglikelihood(model, tok: Tokenizer, context: str, continuation: str) -> tuple[float, bool]:
     """Summed log-probability of the continuation's tokens after the context's, and whether

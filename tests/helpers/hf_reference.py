@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 TINY = dict(
@@ -33,6 +34,6 @@ def tiny_hf_model(out_dir: Path, arch: str = "llama", seed: int = 0, **overrides
     return model
 
 
-def torch_logits(model, tokens) -> "numpy.ndarray":
+def torch_logits(model, tokens) -> "np.ndarray":
     with torch.no_grad():
         return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
