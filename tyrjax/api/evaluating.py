@@ -12,7 +12,7 @@ from tyrjax.api.results import EvalResult
 from tyrjax.api.scoring import dense_comparison, evaluation_sets, perplexity_metrics
 from tyrjax.api.sources import ModelSource, dtype_name, open_model
 from tyrjax.checkpoints.loading import on_active_mesh
-from tyrjax.evaluation.zeroshot import zero_shot
+from tyrjax.evaluation.zeroshot import prepare_tasks, zero_shot
 from tyrjax.files import write_json
 from tyrjax.parallel.distributed import is_writer
 from tyrjax.runs.report import write_report
@@ -39,6 +39,7 @@ def evaluate(
         from tyrjax.evaluation.harness import require_lm_eval
 
         require_lm_eval()
+        prepare_tasks(tasks.tasks)  # fetch and convert the offline suite before any other work
     loaded = open_model(model)
     dtype = dtype_name(model, loaded)
     if sets is None:
