@@ -417,24 +417,27 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
 # --- the plan ------------------------------------------------------------------------------
 def chunked_phase(name: str, make_steps: Callable[[int], list[Step]], n_items: int, budget: int,
                   mesh: Mesh | None, head_dim: int) -> tuple[list[StepFigures], int, str | None]:
-    """The steps at the chunk size that fits `budget` (items per device), from the bytes of
-    one and of two items per device; with the error when one item does not fit."""
-    one = [step_figures(s, mesh, head_dim) for s in make_steps(1)]
-    if n_items == 1:
-        per_item, fixed = phase_peak(one), 0.0
-    else:
-        two = [step_figures(s, mesh, head_dim) for s in make_steps(2)]
-        per_item = max(phase_peak(two) - phase_peak(one), 1.0)
-        fixed = phase_peak(one) - per_item
+    """The steps at the largest chunk (items per device) that fits `budget`: each step's bytes
+    per item from one and two items give a size; halved until XLA's figure fits. With the
+    budget error when one item does not fit."""
+    figures = {1: [step_figures(s, mesh, head_dim) for s in make_steps(1)]}
     try:
-        size = chunking(n_items, per_item, budget, fixed_bytes=fixed, phase=name).size
+        chunking(1, phase_peak(figures[1]), budget, phase=name)
     except TyrjaxError as e:
-        return one, 1, str(e)
-    if size == 1:
-        return one, 1, None
-    if size == 2:
-        return two, 2, None
-    return [step_figures(s, mesh, head_dim) for s in make_steps(size)], size, None
+        return figures[1], 1, str(e)
+    if n_items == 1:
+        return figures[1], 1, None
+    figures[2] = [step_figures(s, mesh, head_dim) for s in make_steps(2)]
+    size = n_items
+    for one, two in zip(figures[1], figures[2]):
+        per_item = max(two.bytes - one.bytes, 1.0)
+        size = min(size, chunking(n_items, per_item, budget, fixed_bytes=one.bytes - per_item, phase=name).size)
+    while True:
+        if size not in figures:
+            figures[size] = [step_figures(s, mesh, head_dim) for s in make_steps(size)]
+        if phase_peak(figures[size]) <= budget or size == 1:
+            return figures[size], size, None
+        size //= 2
 
 
 def whole_phase(name: str, steps: list[Step], budget: int, mesh: Mesh | None,
