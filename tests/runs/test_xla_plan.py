@@ -18,7 +18,8 @@ from tyrjax.runs.xla_plan import PHASES, PlanSettings, plan
 # bookkeeping) make the figures. float32: CPU runs bf16 matmuls in fp32 copies.
 SMALL = ModelConfig(vocab_size=2048, hidden_size=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
                     intermediate_size=384)
-SETTINGS = PlanSettings(preset="quick", dtype="float32", calib_windows=8, window=64, eval_windows=4, eval_window=128)
+SETTINGS = PlanSettings(preset="quick", dtype="float32", calib_windows=8, window=64, eval_windows=4, eval_window=128,
+                        sds_windows=8, sds_window=64)
 TOLERANCE = 0.25
 
 
@@ -58,7 +59,8 @@ MESH_SCRIPT = textwrap.dedent("""
     from tyrjax.parallel.sharding import make_mesh
     from tyrjax.runs.xla_plan import PlanSettings, plan
     cfg = ModelConfig(**json.loads({cfg!r}))
-    settings = PlanSettings(preset="quick", dtype="float32", calib_windows=8, window=64, eval_windows=4, eval_window=128)
+    settings = PlanSettings(preset="quick", dtype="float32", calib_windows=8, window=64, eval_windows=4, eval_window=128,
+                            sds_windows=8, sds_window=64)
     print(json.dumps(plan(cfg, mesh=make_mesh("data=2,tensor=2"), device_memory_bytes=10**9, settings=settings).to_json()))
 """)
 

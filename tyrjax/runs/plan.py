@@ -271,9 +271,14 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
     def dev(shape, axes, itemsize):
         return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
 
+    wb, L = run.weight_bytes, cfg.n_layers
+    linear = sum(math.prod(shape) for name, shape in layer_shapes(cfg, 0).items() if name.startswith("w"))
     return [
-        Line("sds", "dense and working copy of one block", 2 * block_per_device(cfg, run.weight_bytes, mesh)),
-        Line("sds", "pruned and dense calibration streams (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
+        Line("sds", "model weights (held)", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb,
+                                                            mesh, cfg.head_dim)),
+        Line("sds", "the blocks unstacked (a copy)", L * block_per_device(cfg, wb, mesh)),
+        Line("sds", "fitted weights of every block (replicated)", L * linear * wb),
+        Line("sds", "block inputs and attention outputs, pruned and dense streams (fp32)", 4 * dev((N, T, d), HIDDEN, F32)),
         Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),
         Line("sds", "Grams X_sᵀX_s, X_sᵀX_d, X_dᵀX_d of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
         Line("sds", "SparseGPT damped Hessian and its inverse (fp32)", 2 * dev((D, D), REPLICATED, F32)),

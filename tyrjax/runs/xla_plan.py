@@ -29,13 +29,16 @@ from tyrjax.calibration.statistics import _sums, attention_inputs, mlp_inputs
 from tyrjax.checkpoints.hf import global_shapes, layer_shapes
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.perplexity import nll_sums_from_hidden, window_nll_sums
-from tyrjax.model.axes import MODEL_PARAM_AXES, layer_axes, param_axes
+from tyrjax.model.axes import LAYER_PARAM_AXES, MODEL_PARAM_AXES, layer_axes, param_axes
 from tyrjax.model.blocks import block_output, stacked_axes
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.memory import GB, chunking
 from tyrjax.parallel.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED, Axes, axis_size, batch_axes,
                                       lower_sharded, round_up)
 from tyrjax.runs import plan as analytical
+from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse_adjust
+from tyrjax.sparse import check_pattern
+from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit
 from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, _teacher_from_hidden,
                                 blocks_per_call, candidate_blocks, candidate_fitness)
@@ -59,6 +62,10 @@ class PlanSettings:
     window: int = 512
     eval_windows: int = 16
     eval_window: int = 1024
+    sds_windows: int = 128  # SDS: the paper's 128 x 2048 calibration tokens
+    sds_window: int = 2048
+    sds_pattern: str = "2:4"
+    sds_steps: int = 200  # re-dense and adjustment steps each
 
     @property
     def tyr(self) -> TyrConfig:
@@ -392,6 +399,34 @@ class PhaseBuilder:
                 Step(head, (("hidden states of all windows", hidden),))]
 
 
+    # SDS with SparseGPT: the layer-sequential loop at its widest layer, down_proj
+    def sds(self) -> list[Step]:
+        cfg, N, T, d, f = self.cfg, self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
+        L, wb = cfg.n_layers, self.wdt.itemsize
+        w = (struct((f, d), self.wdt), Axes(*LAYER_PARAM_AXES["w_down"]))
+        gram = struct((f, f), jnp.float32)
+        grams = (Grams(gram, gram, gram, struct((), jnp.int32)), REPLICATED)
+        block = self.block_bytes()
+        linear = sum(math.prod(s) for k, s in layer_shapes(cfg, 0).items() if k.startswith("w")) * wb
+        held = (("model weights", self.head_bytes() + L * block), ("the blocks unstacked (a copy)", L * block),
+                ("the fitted blocks' new weights (all but the last block)", (L - 1) * linear))
+        streams = (("block inputs and attention outputs, both streams (fp32)", 4 * self.dev((N, T, d), HIDDEN, F32)),
+                   ("captured inputs of down_proj, both streams (fp32)", 2 * self.dev((N, T, f), MLP_HIDDEN, F32)))
+        pattern = check_pattern(self.s.sds_pattern)
+        w_bytes = f * d * wb
+        settings = {"steps": self.s.sds_steps, "learning_rate": DEFAULT_LEARNING_RATE, "optimizer": "adam"}
+        return [
+            Step(Call("sparsegpt down_proj", sparsegpt_prune,
+                      {"W": (w[0], REPLICATED), "H": (gram, REPLICATED)}, REPLICATED, {"pattern": pattern}),
+                 (*held, *streams, ("the other two Grams (fp32)", 2 * f * f * F32))),
+            Step(Call("redense down_proj", redense, {"W_init": w, "W_dense": w, "grams": grams}, REPLICATED,
+                      {**settings, "l1": 0.0, "l2": 0.0}), (*held, *streams)),
+            Step(Call("sparse_adjust down_proj", sparse_adjust, {"W_init": w, "W_dense": w, "grams": grams},
+                      REPLICATED, {**settings, "pattern": pattern}),
+                 (*held, *streams, ("one-shot and re-dense weights", 2 * w_bytes))),
+        ]
+
+
 # --- the analytical figures ----------------------------------------------------------------
 def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | None,
                    candidate_batch: int | None = None) -> analytical.TyrRun:
@@ -406,6 +441,11 @@ def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | No
 def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None, phase: str, forward_windows: int,
                     candidate_batch: int | None = None) -> float:
     spec = mesh_spec(mesh)
+    if phase == "sds":
+        run = analytical.SDSRun(calib_windows=settings.sds_windows, window=settings.sds_window,
+                                weight_bytes=settings.weight_bytes, steps=settings.sds_steps,
+                                adjust_steps=settings.sds_steps)
+        return analytical.phase_peaks(analytical.sds_memory(cfg, spec, run))[phase]
     if phase == "evaluation":
         run = analytical.EvalRun(windows=settings.eval_windows, window=settings.eval_window,
                                  weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream)
@@ -451,7 +491,7 @@ def whole_phase(name: str, steps: list[Step], budget: int, mesh: Mesh | None,
     return figures, None
 
 
-PHASES = ("teacher", "supernet", "search", "evaluation")
+PHASES = ("teacher", "supernet", "search", "evaluation", "sds")
 
 
 def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = None, stream: bool = False,
@@ -476,6 +516,10 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             windows = min(n, size * build.batch_split(n))
             chunks = {"windows_per_call": windows, "calls": -(-n // windows)}
             plan_bytes = analytical_peak(cfg, s, mesh, name, windows)
+        elif name == "sds":
+            figures, error = whole_phase(name, build.sds(), budget, mesh, hd)
+            chunks = {"windows": s.sds_windows, "capture_windows_per_call": min(s.sds_windows, 8)}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
         elif name == "supernet":
             figures, error = whole_phase(name, build.supernet(), budget, mesh, hd)
             chunks = {"levels_per_call": s.tyr.n_levels,
