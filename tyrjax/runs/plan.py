@@ -28,6 +28,7 @@ from tyrjax.checkpoints.hf import abstract_params, global_shapes, layer_shapes
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.sharding import HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, round_up, spec
 from tyrjax.model.axes import MODEL_PARAM_AXES, layer_axes, param_axes
+from tyrjax.tyr.baselines import CHUNK as BASELINE_CHUNK
 from tyrjax.tyr.fitness import blocks_per_call
 from tyrjax.tyr.pipeline import PRESETS
 from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS
@@ -226,6 +227,27 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
         Line("search", "head rows gathered for one chunk of the student's top-k (one candidate at a time)",
              dev((C, B, run.head_chunk, k, d), Axes("candidate", "batch", None, None, "embed"), wb)
              * candidate_split / C),
+    ]
+
+
+def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
+    """Per-device bytes of the structured baselines' block loop (Wanda-sp, FLAP) at down_proj:
+    the held model and a copy of the block, the fp32 stream, down_proj's captured input, and the
+    MLP of one capture call."""
+    d, f, N, T, wb = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window, run.weight_bytes
+    chunk = min(N, BASELINE_CHUNK * split_factor((N,), Axes("batch"), mesh))
+
+    def dev(shape, axes, itemsize):
+        return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
+
+    return [
+        Line("baselines", "model weights", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb,
+                                                           mesh, cfg.head_dim)),
+        Line("baselines", "calibration stream, in and out of the MLP (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
+        Line("baselines", "weights of one block", block_per_device(cfg, wb, mesh)),
+        Line("baselines", "captured input of down_proj (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
+        Line("baselines", f"MLP of one capture call of {chunk} windows (gate, up, product; fp32)",
+             3 * dev((chunk, T, f), MLP_HIDDEN, F32)),
     ]
 
 

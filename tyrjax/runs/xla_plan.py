@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from tyrjax.calibration.statistics import _sums, attention_inputs, mlp_inputs
+from tyrjax.calibration.statistics import _sums, attention_inputs, attention_residual, mlp_inputs, mlp_residual
 from tyrjax.checkpoints.hf import global_shapes, layer_shapes
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.perplexity import nll_sums_from_hidden, window_nll_sums
@@ -399,6 +399,36 @@ class PhaseBuilder:
                 Step(head, (("hidden states of all windows", hidden),))]
 
 
+    # structured baselines (Wanda-sp, FLAP): per block, capture, statistics, residual on every window
+    def baselines(self) -> list[Step]:
+        cfg, N, T, d, f = self.cfg, self.s.n_calib, self.s.window, self.cfg.hidden_size, self.cfg.intermediate_size
+        q = cfg.n_heads * cfg.head_dim
+        b = min(N, STATS_CHUNK * self.batch_split(N))
+        block = (block_structs(cfg, self.wdt), layer_axes(cfg))
+        model = (("model weights", self.head_bytes() + cfg.n_layers * self.block_bytes()),)
+        stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
+        block_res = ("weights of the block", self.block_bytes())
+        heads = ("captured input of o_proj (fp32)", self.dev((N, T, q), HEADS_OUT, F32))
+        hidden = ("captured input of down_proj (fp32)", self.dev((N, T, f), MLP_HIDDEN, F32))
+        x = (struct((b, T, d), jnp.float32), HIDDEN)
+        whole = (struct((N, T, d), jnp.float32), HIDDEN)
+        return [
+            Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
+                      {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*model, block_res, stream, heads)),
+            Step(Call("gram o_proj", _sums, {"a": (struct((N, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
+                 (*model, block_res, stream)),
+            Step(Call("attention_residual", attention_residual,
+                      {"p": block, "x": whole, "heads": (struct((N, T, q), jnp.float32), HEADS_OUT),
+                       "head_mask": (struct((cfg.n_heads,), bool), REPLICATED)}, HIDDEN, {"cfg": cfg}), model),
+            Step(Call("mlp_inputs", mlp_inputs, {"p": block, "x": x}, (HIDDEN, MLP_HIDDEN), {"cfg": cfg}),
+                 (*model, block_res, stream, hidden)),
+            Step(Call("gram down_proj", _sums, {"a": (struct((N, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+                 (*model, block_res, stream)),
+            Step(Call("mlp_residual", mlp_residual,
+                      {"p": block, "x": whole, "hidden": (struct((N, T, f), jnp.float32), MLP_HIDDEN),
+                       "ffn_mask": (struct((f,), bool), REPLICATED)}, HIDDEN), model),
+        ]
+
     # SDS with SparseGPT: the layer-sequential loop at its widest layer, down_proj
     def sds(self) -> list[Step]:
         cfg, N, T, d, f = self.cfg, self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
@@ -446,6 +476,9 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
                                 weight_bytes=settings.weight_bytes, steps=settings.sds_steps,
                                 adjust_steps=settings.sds_steps)
         return analytical.phase_peaks(analytical.sds_memory(cfg, spec, run))[phase]
+    if phase == "baselines":
+        run = analytical_run(settings, forward_windows, mesh)
+        return analytical.phase_peaks(analytical.baseline_memory(cfg, spec, run))[phase]
     if phase == "evaluation":
         run = analytical.EvalRun(windows=settings.eval_windows, window=settings.eval_window,
                                  weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream)
@@ -491,7 +524,7 @@ def whole_phase(name: str, steps: list[Step], budget: int, mesh: Mesh | None,
     return figures, None
 
 
-PHASES = ("teacher", "supernet", "search", "evaluation", "sds")
+PHASES = ("teacher", "supernet", "search", "evaluation", "sds", "baselines")
 
 
 def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = None, stream: bool = False,
@@ -516,6 +549,10 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             windows = min(n, size * build.batch_split(n))
             chunks = {"windows_per_call": windows, "calls": -(-n // windows)}
             plan_bytes = analytical_peak(cfg, s, mesh, name, windows)
+        elif name == "baselines":
+            figures, error = whole_phase(name, build.baselines(), budget, mesh, hd)
+            chunks = {"capture_windows_per_call": min(s.n_calib, STATS_CHUNK * build.batch_split(s.n_calib))}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
         elif name == "sds":
             figures, error = whole_phase(name, build.sds(), budget, mesh, hd)
             chunks = {"windows": s.sds_windows, "capture_windows_per_call": min(s.sds_windows, 8)}
