@@ -13,6 +13,11 @@ Where a phase splits its work into chunks of one size (windows through a block o
 head), the size is chosen for the budget from two compilations (one and two items per
 device), with `tyrjax.parallel.memory.chunking`; a budget below one item fails for that phase.
 The analytical count of `tyrjax.runs.plan` for the same phase stands beside each figure.
+
+Phases: the teacher's top-k, the supernet build (captures, Grams, the local pruner at all
+levels), the search's scoring at its largest stage, perplexity, SDS at its widest layer, and
+the structured baselines' block loop. On CPU devices XLA computes bf16 matmuls on fp32 copies
+of their operands, so a bf16 plan made on CPU includes copies an accelerator does not make.
 """
 from __future__ import annotations
 
@@ -52,8 +57,9 @@ TEACHER_K_BYTES = analytical.INDEX_AND_LOGP
 
 @dataclasses.dataclass(frozen=True)
 class PlanSettings:
-    """The run a plan is for: Týr's preset, the calibration and evaluation windows, the
-    weights' dtype (the supernet's levels are stored in it), and whether blocks are streamed from the checkpoint (`--stream`)."""
+    """The run a plan is for: Týr's preset, the calibration, evaluation and SDS windows, the
+    weights' dtype (the supernet's levels are stored in it), and whether blocks are streamed
+    from the checkpoint (`--stream`)."""
 
     preset: str = "paper"
     stream: bool = False
