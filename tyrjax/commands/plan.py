@@ -12,9 +12,10 @@ from tyrjax.runs.xla_plan import PlanSettings, plan
 from tyrjax.tyr.pipeline import PRESETS
 
 DESCRIPTION = f"""\
-For every phase of a Týr run (teacher, supernet build, search scoring, evaluation) the real
-jitted functions are lowered and compiled for abstract arrays with the shapes, dtypes and
-shardings of the run, on the devices present; no weights are created or read. Each phase's
+For every phase (Týr's teacher, supernet build and search scoring, perplexity evaluation, SDS
+and the structured baselines) the real jitted functions are lowered and compiled for abstract
+arrays with the shapes, dtypes and shardings of the run, on the devices present; no weights
+are created or read. Each phase's
 figure is its largest compiled call (memory_analysis: arguments + outputs + temporaries -
 aliases) plus what the phase keeps alive between calls; the analytical count stands beside it.
 Writes OUT/plan.json and prints the same as a table.
@@ -24,7 +25,9 @@ CONFIG is a built-in name ({', '.join(HF_CONFIGS)}), a config.json or a model di
 Simulated devices: to plan for N devices on a machine with fewer, run with
   XLA_FLAGS=--xla_force_host_platform_device_count=N tyrjax plan --mesh tensor=N ...
 A budget below what some phase's smallest chunk needs writes plan.json ("fits": false) and
-stops with an error naming the phase and the smallest budget that works.
+stops with an error naming the phase and the smallest budget that works. On CPU devices XLA
+computes bf16 matmuls on fp32 copies of their operands, so bf16 figures made on CPU include
+copies an accelerator does not make.
 """
 
 
