@@ -15,12 +15,12 @@ DESCRIPTION = f"""\
 For every phase (Týr's teacher, supernet build and search scoring, perplexity evaluation, SDS
 and the structured baselines) the real jitted functions are lowered and compiled for abstract
 arrays with the shapes, dtypes and shardings of the run, on the devices present; no weights
-are created or read. Each phase's
-figure is its largest compiled call (memory_analysis: arguments + outputs + temporaries -
-aliases) plus what the phase keeps alive between calls; the analytical count stands beside it.
-Writes OUT/plan.json and prints the same as a table.
+are created or read. Each phase's figure is its largest compiled call (memory_analysis:
+arguments + outputs + temporaries - aliases) plus what the phase keeps alive between calls;
+the analytical count stands beside it. Writes OUT/plan.json and prints the same as a table.
 
-CONFIG is a built-in name ({', '.join(HF_CONFIGS)}), a config.json or a model directory.
+CONFIG is a built-in name ({', '.join(HF_CONFIGS)}),
+a config.json or a model directory.
 
 Simulated devices: to plan for N devices on a machine with fewer, run with
   XLA_FLAGS=--xla_force_host_platform_device_count=N tyrjax plan --mesh tensor=N ...
