@@ -41,6 +41,7 @@ from tyrjax.parallel.memory import GB, chunking
 from tyrjax.parallel.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED, Axes, axis_size, batch_axes,
                                       lower_sharded, round_up)
 from tyrjax.runs import plan as analytical
+from tyrjax.sds.capture import WINDOW_CHUNK
 from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse_adjust
 from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
@@ -561,7 +562,8 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
         elif name == "sds":
             figures, error = whole_phase(name, build.sds(), budget, mesh, hd)
-            chunks = {"windows": s.sds_windows, "capture_windows_per_call": min(s.sds_windows, 8)}
+            chunks = {"windows": s.sds_windows,
+                      "capture_windows_per_call": min(s.sds_windows, WINDOW_CHUNK * build.batch_split(s.sds_windows))}
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
         elif name == "supernet":
             figures, error = whole_phase(name, build.supernet(), budget, mesh, hd)
