@@ -44,6 +44,16 @@ def test_xla_and_analytical_agree_on_one_device(small_plan):
     assert all(p["flops"] > 0 for p in out["phases"].values())
 
 
+def test_chunk_chosen_for_a_budget_fits_it(small_plan):
+    """A budget below the one-call teacher takes fewer windows per call, and XLA's figure at
+    that size fits the budget."""
+    whole = small_plan.phases["teacher"].xla_bytes_per_device
+    budget = int(0.8 * whole)
+    teacher = plan(SMALL, device_memory_bytes=budget, settings=SETTINGS, phases=("teacher",)).phases["teacher"]
+    assert teacher.chunks["windows_per_call"] < 8 and teacher.chunks["calls"] > 1
+    assert teacher.xla_bytes_per_device <= budget and teacher.fits and teacher.error is None
+
+
 def test_xla_and_analytical_agree_with_streamed_blocks():
     import dataclasses
 
