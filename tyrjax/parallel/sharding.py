@@ -266,14 +266,39 @@ def sharded_call(
            _hashable(in_shardings), _hashable(out_axes), head_dim)
     compiled = _COMPILED.get(key)
     if compiled is None:
-        def run(*args: Any) -> Any:
-            return fn(**dict(zip(names, args)), **static)
-
-        out_shape = jax.eval_shape(run, *values)
-        out_shardings = shardings(out_shape, out_axes, mesh, head_dim)
-        compiled = jax.jit(run, in_shardings=in_shardings, out_shardings=out_shardings)
+        compiled = _sharded_jit(fn, mesh, names, values, in_shardings, out_axes, head_dim, static)
         _COMPILED[key] = compiled
     return compiled(*put(values, in_shardings))
+
+
+def _sharded_jit(fn: Callable, mesh: Mesh, names: tuple[str, ...], values: tuple, in_shardings: tuple, out_axes: Any,
+                 head_dim: int, static: Mapping[str, Any]) -> Callable:
+    def run(*args: Any) -> Any:
+        return fn(**dict(zip(names, args)), **static)
+
+    out_shape = jax.eval_shape(run, *values)
+    out_shardings = shardings(out_shape, out_axes, mesh, head_dim)
+    return jax.jit(run, in_shardings=in_shardings, out_shardings=out_shardings)
+
+
+def lower_sharded(
+    fn: Callable,
+    mesh: Mesh,
+    inputs: Mapping[str, tuple[Any, Any]],
+    out_axes: Any,
+    *,
+    head_dim: int = 1,
+    static: Mapping[str, Any] | None = None,
+) -> jax.stages.Lowered:
+    """What `sharded_call` with these arguments compiles, lowered for abstract inputs
+    (`jax.ShapeDtypeStruct`s, laid out by their axes): no array is created."""
+    static = dict(static or {})
+    names = tuple(inputs)
+    values = tuple(v for v, _ in inputs.values())
+    in_shardings = tuple(shardings(v, ax, mesh, head_dim) for v, ax in inputs.values())
+    abstract = jax.tree_util.tree_map(lambda v, s: jax.ShapeDtypeStruct(_shape(v), v.dtype, sharding=s),
+                                      values, in_shardings)
+    return _sharded_jit(fn, mesh, names, values, in_shardings, out_axes, head_dim, static).lower(*abstract)
 
 
 # --- the mesh of a command -----------------------------------------------------------------

@@ -24,10 +24,11 @@ from typing import NamedTuple
 
 import jax
 
-from tyrjax.checkpoints.hf import abstract_params, layer_shapes
+from tyrjax.checkpoints.hf import abstract_params, global_shapes, layer_shapes
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.sharding import HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, round_up, spec
-from tyrjax.model.axes import layer_axes, param_axes
+from tyrjax.model.axes import MODEL_PARAM_AXES, layer_axes, param_axes
+from tyrjax.tyr.baselines import CHUNK as BASELINE_CHUNK
 from tyrjax.tyr.fitness import blocks_per_call
 from tyrjax.tyr.pipeline import PRESETS
 from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS
@@ -84,6 +85,7 @@ class TyrRun:
     head_chunk: int = 64  # tokens per step of the student's top-k head (tyr.fitness.topk_logits)
     forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
     utilisation: float = 0.4
+    stream: bool = False  # blocks read from the checkpoint when needed, only the head held
 
     @property
     def calib_tokens(self) -> int:
@@ -161,13 +163,28 @@ def block_per_device(cfg: ModelConfig, itemsize: float, mesh: MeshSpec) -> float
     return sum(per_device(shape, axes[name], itemsize, mesh, cfg.head_dim) for name, shape in layer_shapes(cfg, 0).items())
 
 
+def head_per_device(cfg: ModelConfig, itemsize: float, mesh: MeshSpec) -> float:
+    """Bytes per device of the parameters outside the blocks (embedding, final norm, LM head)."""
+    return sum(per_device(shape, Axes(*MODEL_PARAM_AXES[name]), itemsize, mesh, cfg.head_dim)
+               for name, shape in global_shapes(cfg).items())
+
+
 def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     """Per-device bytes of each array alive in Týr's phases."""
     d, f, L, hd, T = cfg.hidden_size, cfg.intermediate_size, cfg.n_layers, cfg.head_dim, run.window
     wb, lb, C, B, E, k = run.weight_bytes, run.level_bytes, run.candidate_batch, run.forward_windows, run.n_levels, run.topk
     D = widest_input(cfg)
     N = run.calib_windows
+    # One device prunes all levels at once (vmap: the damped Gram and its inverse are shared); on a
+    # mesh each device prunes its share one at a time, damping and inverting the Gram for each level
+    # (damped Gram, Cholesky factor, inverse, refit matrix, weight).
+    pruner_state = (f"pruner state of the {E} levels (inverse, refit matrix, weight; fp32)", E * (2 * D * D + D * d))
+    if mesh.devices > 1:
+        pruner_state = ("pruner state of one level at a time (damped Gram, factor, inverse, refit matrix, weight; fp32)",
+                        4 * D * D + D * d)
     E_pad = round_up(E, axis_size(mesh, "level"))  # the pruner pads the levels to the level axis
+    logits = (B, T, cfg.vocab_size)
+    candidate_split = split_factor((C,), Axes("candidate"), mesh)
 
     def dev(shape, axes, itemsize, head_dim=1):
         return per_device(shape, axes, itemsize, mesh, head_dim)
@@ -175,21 +192,27 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     model = tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh, hd)
     level_masks = cfg.n_heads + cfg.intermediate_size  # bool
     per_call = blocks_per_call(level_params(cfg) * lb + level_masks, C, L, block_per_device(cfg, wb, mesh))
+    head, block = head_per_device(cfg, wb, mesh), block_per_device(cfg, wb, mesh)
+    teacher_weights = ("model head and one block (streamed)", head + block) if run.stream else ("model weights", model)
+    search_weights = (("model head and the blocks of one call (streamed)", head + per_call * block) if run.stream
+                      else ("model weights", model))
     levels_of_call = (dev((per_call, C, q_width(cfg), d), Axes(None, "candidate", "heads", "embed"), lb, hd)
                       + dev((per_call, C, f, d), Axes(None, "candidate", "mlp", "embed"), lb))
     return [
-        Line("teacher", "model weights", model),
-        Line("teacher", "logits of one forward (fp32)", dev((B, T, cfg.vocab_size), Axes("batch", "seq", "vocab"), F32)),
+        Line("teacher", *teacher_weights),
+        Line("teacher", "logits of one forward, and whole on every device for the replicated top-k (fp32)",
+             dev(logits, Axes("batch", "seq", "vocab"), F32) + dev(logits, REPLICATED, F32)),
         Line("teacher", "hidden states of all calibration windows (run block by block)", dev((N, T, d), HIDDEN, wb)),
-        Line("teacher", "top-k of all calibration tokens", dev((N, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
+        Line("teacher", "top-k of all calibration tokens (replicated)", dev((N, T, k), REPLICATED, INDEX_AND_LOGP)),
+        Line("supernet", *(("model head (blocks streamed)", head) if run.stream else ("model weights", model))),
         Line("supernet", "weights of one block", block_per_device(cfg, wb, mesh)),
         Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
-        Line("supernet", f"pruner state of the {E} levels (inverse, refit matrix, weight; fp32)",
-             2 * dev((E_pad, D, D), Axes("level"), F32) + dev((E_pad, D, d), Axes("level", None, "embed"), F32)),
-        Line("supernet", f"{E} levels of one block's o_proj + down_proj (replicated)", E * level_params(cfg) * lb),
+        Line("supernet", pruner_state[0], pruner_state[1] * F32),
+        Line("supernet", f"{E} levels of one block's o_proj + down_proj (replicated, fp32)",
+             (E * q_width(cfg) + E_pad * f) * d * F32),
         Line("supernet", "calibration stream (fp32)", dev((N, T, d), HIDDEN, F32)),
         Line("supernet", "captured input of the widest layer (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
-        Line("search", "model weights", model),
+        Line("search", *search_weights),
         Line("search", f"supernet levels of one call ({C} candidates x {per_call} blocks, read from disk)",
              levels_of_call),
         Line("search", "parent's input of every block", dev((L + 1, B, T, d), Axes("layers", *HIDDEN), wb)),
@@ -201,8 +224,64 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
              3 * dev((C, B, T, f), Axes("candidate", *MLP_HIDDEN), wb)),
         Line("search", "teacher top-k of the forward", dev((B, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
         Line("search", "student logits at the teacher's top-k (fp32)", dev((B, T, k), Axes("batch", "seq"), F32)),
-        Line("search", "head rows gathered for one chunk of the student's top-k",
-             dev((B, run.head_chunk, k, d), Axes("batch", None, None, "embed"), wb)),
+        Line("search", "head rows gathered for one chunk of the student's top-k (one candidate at a time)",
+             dev((C, B, run.head_chunk, k, d), Axes("candidate", "batch", None, None, "embed"), wb)
+             * candidate_split / C),
+    ]
+
+
+def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
+    """Per-device bytes of the structured baselines' block loop (Wanda-sp, FLAP) at down_proj:
+    the held model and a copy of the block, the fp32 stream, down_proj's captured input, and the
+    MLP of one capture call."""
+    d, f, N, T, wb = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window, run.weight_bytes
+    chunk = min(N, BASELINE_CHUNK * split_factor((N,), Axes("batch"), mesh))
+
+    def dev(shape, axes, itemsize):
+        return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
+
+    return [
+        Line("baselines", "model weights", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb,
+                                                           mesh, cfg.head_dim)),
+        Line("baselines", "calibration stream, in and out of the MLP (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
+        Line("baselines", "weights of one block", block_per_device(cfg, wb, mesh)),
+        Line("baselines", "captured input of down_proj (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
+        Line("baselines", f"MLP of one capture call of {chunk} windows (gate, up, product; fp32)",
+             3 * dev((chunk, T, f), MLP_HIDDEN, F32)),
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+    """Perplexity's settings: `windows` windows of `window` tokens, `batch` windows per call."""
+
+    windows: int = 16
+    window: int = 1024
+    weight_bytes: int = 2
+    batch: int = 1
+    stream: bool = False
+
+
+def evaluation_memory(cfg: ModelConfig, mesh: MeshSpec, run: EvalRun) -> list[Line]:
+    """Per-device bytes of scoring one batch of windows: the whole forward when the model is
+    held, the LM head on the last block's output when blocks are streamed."""
+    d, T, B, wb = cfg.hidden_size, run.window, run.batch, run.weight_bytes
+
+    def dev(shape, axes, itemsize):
+        return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
+
+    if run.stream:
+        weights = Line("evaluation", "model head (blocks streamed)", head_per_device(cfg, wb, mesh))
+        hidden = Line("evaluation", "hidden states of all windows", dev((run.windows, T, d), HIDDEN, wb))
+    else:
+        weights = Line("evaluation", "model weights", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True),
+                                                                       wb, mesh, cfg.head_dim))
+        hidden = Line("evaluation", "hidden states of the batch", dev((B, T, d), HIDDEN, wb))
+    return [
+        weights,
+        hidden,
+        Line("evaluation", "logits of the batch", dev((B, T, cfg.vocab_size), Axes("batch", "seq", "vocab"), wb)),
+        Line("evaluation", "log-softmax of the batch (fp32)", dev((B, T, cfg.vocab_size), Axes("batch", "seq", "vocab"), F32)),
     ]
 
 
@@ -214,9 +293,14 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
     def dev(shape, axes, itemsize):
         return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
 
+    wb, L = run.weight_bytes, cfg.n_layers
+    linear = sum(math.prod(shape) for name, shape in layer_shapes(cfg, 0).items() if name.startswith("w"))
     return [
-        Line("sds", "dense and working copy of one block", 2 * block_per_device(cfg, run.weight_bytes, mesh)),
-        Line("sds", "pruned and dense calibration streams (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
+        Line("sds", "model weights (held)", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb,
+                                                            mesh, cfg.head_dim)),
+        Line("sds", "the blocks unstacked (a copy)", L * block_per_device(cfg, wb, mesh)),
+        Line("sds", "fitted weights of every block (replicated)", L * linear * wb),
+        Line("sds", "block inputs and attention outputs, pruned and dense streams (fp32)", 4 * dev((N, T, d), HIDDEN, F32)),
         Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),
         Line("sds", "Grams X_sᵀX_s, X_sᵀX_d, X_dᵀX_d of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
         Line("sds", "SparseGPT damped Hessian and its inverse (fp32)", 2 * dev((D, D), REPLICATED, F32)),
