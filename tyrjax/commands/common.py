@@ -61,7 +61,7 @@ def scale_args(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def scaled(args: argparse.Namespace):
     """Join the other processes of a multi-host run, then run the command on its mesh."""
-    if not hasattr(args, "mesh"):
+    if not hasattr(args, "coordinator"):  # commands without the scale flags (plan meshes are simulated)
         yield
         return
     from tyrjax.parallel.distributed import initialize
