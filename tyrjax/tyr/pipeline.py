@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from tyrjax.model.blocks import HeldBlocks, ModelBlocks, as_blocks
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.distributed import agree, is_writer
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params, compact_from_blocks
 from tyrjax.files import write_atomic
@@ -28,7 +29,7 @@ from tyrjax.tyr.budget import group_params
 from tyrjax.tyr.fitness import BatchScorer, Teacher, get_fitness, teacher_topk
 from tyrjax.tyr.genome import Genome, interleave
 from tyrjax.tyr.search.mutation import get_mutation
-from tyrjax.tyr.supernet import Supernet, build_supernet, get_local_pruner
+from tyrjax.tyr.supernet import Supernet, build_supernet, get_local_pruner, levels_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +54,14 @@ class TyrConfig:
     reprune_final: bool = True
     keep_supernets: bool = False
     seed: int = 0
+    supernet_dtype: str | None = None  # the levels' dtype on disk; None: the model's
+    device_memory_gb: float | None = None  # per-device budget; None: what the device reports
 
     def check_extensions(self) -> None:
         """Fail before any work when a named extension (local pruner, saliency, fitness, mutation)
-        is not registered."""
+        is not registered, or the supernet dtype or memory budget is not one that works."""
+        levels_dtype(self.supernet_dtype, np.float32)
+        budget_bytes(self)
         get_local_pruner(self.local_pruner)
         get_saliency(self.saliency)
         get_fitness(self.fitness)
@@ -65,6 +70,18 @@ class TyrConfig:
     def search_config(self) -> SearchConfig:
         return SearchConfig(generations=self.generations, offspring=self.offspring, stages=self.stages,
                             max_switches=self.max_switches, seed=self.seed, mutation=self.mutation)
+
+
+def budget_bytes(tcfg: TyrConfig) -> int | None:
+    """The per-device budget the run was given (`device_memory_gb`), in bytes; None when it was
+    not, and each phase takes the device's own."""
+    return None if tcfg.device_memory_gb is None else device_memory_bytes(tcfg.device_memory_gb)
+
+
+def supernet_settings(tcfg: TyrConfig) -> dict:
+    """The `build_supernet` arguments a run's settings fix."""
+    return {"saliency": tcfg.saliency, "local_pruner": tcfg.local_pruner, "dtype": tcfg.supernet_dtype,
+            "budget_bytes": budget_bytes(tcfg)}
 
 
 PRESETS = {
@@ -114,10 +131,12 @@ def initial_grid(cfg: ModelConfig, sparsity: float, tcfg: TyrConfig) -> LevelGri
 
 
 def masks_and_weights(supernet: Supernet, genome: np.ndarray, params: Params) -> tuple[Params, np.ndarray, np.ndarray]:
-    """The masked model of one candidate: its o_proj/down_proj levels and head/neuron masks,
-    gathered block by block from the supernet."""
+    """The masked model of one candidate: its o_proj/down_proj levels (in the model's dtype,
+    whatever the supernet's) and head/neuron masks, gathered block by block from the supernet."""
     chosen = supernet.candidate(np.asarray(genome))
-    layers = dict(params["layers"], wo=jnp.asarray(chosen.wo), w_down=jnp.asarray(chosen.w_down))
+    dense = params["layers"]
+    layers = dict(dense, wo=jnp.asarray(chosen.wo, dense["wo"].dtype),
+                  w_down=jnp.asarray(chosen.w_down, dense["w_down"].dtype))
     return dict(params, layers=layers), chosen.head_keep, chosen.ffn_keep
 
 
@@ -148,7 +167,9 @@ class Selection:
         def layers():
             for b in range(self.model.n_layers):
                 level = self.supernet.gather(b, g.attention[b:b + 1], g.mlp[b:b + 1])
-                p = dict(self.model.block(b), wo=jnp.asarray(level.wo[0]), w_down=jnp.asarray(level.w_down[0]))
+                dense = self.model.block(b)
+                p = dict(dense, wo=jnp.asarray(level.wo[0], dense["wo"].dtype),
+                         w_down=jnp.asarray(level.w_down[0], dense["w_down"].dtype))
                 yield p if self.model.mesh is None else local_tree(p)
 
         head = self.model.head if self.model.mesh is None else local_tree(self.model.head)
@@ -287,9 +308,8 @@ def run_tyr(
             found, (supernet_s, search_s) = load_found(found_path, grid)
         else:
             t0 = time.perf_counter()
-            supernet = build_supernet(model, cfg, calib, grid, propagation=tcfg.propagation, saliency=tcfg.saliency,
-                                      local_pruner=tcfg.local_pruner, store_dir=store, seed=tcfg.seed,
-                                      progress=progress, mesh=mesh)
+            supernet = build_supernet(model, cfg, calib, grid, propagation=tcfg.propagation, store_dir=store,
+                                      seed=tcfg.seed, progress=progress, mesh=mesh, **supernet_settings(tcfg))
             t1 = time.perf_counter()
             state_path = work_dir / f"search_{it}.json" if work_dir else None
             found = search_iteration(model, cfg, supernet, grid, calib, teacher(), tcfg, it, state_path, progress, mesh)
@@ -317,9 +337,8 @@ def run_tyr(
     else:
         if supernet is None:  # every iteration was read back: rebuild (or reopen) the last supernet
             supernet = build_supernet(model, cfg, calib, last.grid, propagation=tcfg.propagation,
-                                      saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
                                       store_dir=work_dir / f"supernet_{len(iterations) - 1}", seed=tcfg.seed,
-                                      progress=progress, mesh=mesh)
+                                      progress=progress, mesh=mesh, **supernet_settings(tcfg))
         selection = Selection(model, supernet, last.genome)
     return TyrResult(selection, iterations, sn_times, search_times)
 
@@ -332,9 +351,8 @@ def uniform_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib: np.
     model = as_blocks(params, cfg, resolve_mesh(mesh))
     grid = initial_grid(cfg, sparsity, tcfg)
     one_level = LevelGrid(grid.module_type, grid.group_params, grid.n_groups, grid.centre, grid.step, n_levels=1)
-    supernet = build_supernet(model, cfg, calib, one_level, propagation="expectation", saliency=tcfg.saliency,
-                              local_pruner=tcfg.local_pruner, store_dir=store_dir, progress=progress, mesh=model.mesh,
-                              settle_kv=tcfg.mlp_multiple)
+    supernet = build_supernet(model, cfg, calib, one_level, propagation="expectation", store_dir=store_dir,
+                              progress=progress, mesh=model.mesh, settle_kv=tcfg.mlp_multiple, **supernet_settings(tcfg))
     return Selection(model, supernet, np.zeros(one_level.n_layers, np.int64))
 
 
@@ -354,9 +372,8 @@ def distribution_selection(params: Params | ModelBlocks, cfg: ModelConfig, calib
     model = as_blocks(params, cfg, resolve_mesh(mesh))
     grid = LevelGrid(arrays["module_type"], arrays["group_params"], arrays["n_groups"], removed,
                      np.ones_like(removed), n_levels=1)
-    supernet = build_supernet(model, cfg, calib, grid, saliency=tcfg.saliency, local_pruner=tcfg.local_pruner,
-                              store_dir=store_dir, progress=progress, mesh=model.mesh,
-                              settle_kv=tcfg.mlp_multiple if settle_kv else 0)
+    supernet = build_supernet(model, cfg, calib, grid, store_dir=store_dir, progress=progress, mesh=model.mesh,
+                              settle_kv=tcfg.mlp_multiple if settle_kv else 0, **supernet_settings(tcfg))
     return Selection(model, supernet, np.zeros(grid.n_layers, np.int64))
 
 

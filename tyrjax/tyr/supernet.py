@@ -12,7 +12,9 @@ The alternatives of the paper's ablation are kept: dense inputs, one random path
 
 Storage (ALGORITHMS.md §1.3: 415 GB for a 70B model): a build with a store writes each block's
 levels as one `.npy` file per field and keeps none of them in memory; the search reads the
-levels its candidates use from memory maps of those files, a block at a time.
+levels its candidates use from memory maps of those files, a block at a time. The levels are
+kept in the model's dtype (bf16 for a bf16 model: half the bytes of float32) unless another is
+asked for; the local pruner and the propagated stream stay float32.
 """
 from __future__ import annotations
 
@@ -45,8 +47,9 @@ from tyrjax.structured.local_pruner import prune_levels
 
 PROPAGATIONS = ("expectation", "dense", "path", "uniform")
 
-# name -> fn(W_dense, H, group_size, n_remove_per_level (E,), rounds, *, saliency[, mesh]) -> (W_levels, keep_levels);
-# `mesh` is passed only when the supernet is built on one.
+# name -> fn(W_dense, H, group_size, n_remove_per_level (E,), rounds, *, saliency[, mesh][, budget_bytes])
+# -> (W_levels, keep_levels); `mesh` is passed only when the supernet is built on one, `budget_bytes`
+# (the per-device memory budget) only when the build is given one.
 LOCAL_PRUNERS: Registry[Callable] = Registry("local pruner", "tyrjax.tyr.supernet.LOCAL_PRUNERS")
 LOCAL_PRUNERS.register("tyr", prune_levels)
 
@@ -57,6 +60,23 @@ get_local_pruner = LOCAL_PRUNERS.get
 """The local pruner registered under a name; an unknown name fails naming the registered ones."""
 
 ATTN_ROUNDS, MLP_ROUNDS = 1, 16  # the reference code: heads in one round, neurons in 16
+
+LEVEL_DTYPES = ("float32", "bfloat16", "float16")  # what a supernet's levels may be stored in
+
+
+def levels_dtype(name: str | None, model_dtype) -> np.dtype:
+    """The dtype a supernet's o_proj/down_proj levels are kept in: `name`, or (None) the model's."""
+    if name is None:
+        return np.dtype(model_dtype)
+    if name not in LEVEL_DTYPES:
+        raise TyrjaxError(f"supernet dtype {name!r} unknown; use one of {', '.join(LEVEL_DTYPES)} "
+                          "(or none for the model's dtype)")
+    return np.dtype(jnp.dtype(name))
+
+
+def stored_as(levels: BlockLevels, dtype: np.dtype) -> BlockLevels:
+    """`levels` with their weights in `dtype` (rounded to nearest); the masks unchanged."""
+    return levels._replace(wo=levels.wo.astype(dtype, copy=False), w_down=levels.w_down.astype(dtype, copy=False))
 
 
 class BlockLevels(NamedTuple):
@@ -150,21 +170,24 @@ def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
     rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8, local_pruner: str = "tyr",
-    mesh: Mesh | None = None, ledger: KVLedger | None = None,
+    mesh: Mesh | None = None, budget_bytes: int | None = None, ledger: KVLedger | None = None,
 ) -> tuple[BlockLevels, jax.Array]:
-    """All levels of block `block`'s attention and MLP, and the next block's calibration input.
+    """All levels of block `block`'s attention and MLP (float32), and the next block's
+    calibration input.
 
     With a `ledger` (one-level grids), the MLP's removal pays for the KV heads the attention frees.
     On a mesh, windows are split over the data axes, heads and neurons over tensor, and the
-    local pruner receives the mesh (its levels spread over devices)."""
+    local pruner receives the mesh (its levels spread over devices). With `budget_bytes` the
+    local pruner receives the per-device budget its levels are grouped to."""
     prune_levels = get_local_pruner(local_pruner)
-    on_mesh = {} if mesh is None else {"mesh": mesh}
+    options = {"mesh": mesh, "budget_bytes": budget_bytes}
+    options = {name: value for name, value in options.items() if value is not None}
     heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
     stats = stats_of(heads, mesh)
     check_finite(stats, f"block {block} o_proj")
     a_row, m_row = layer_index(block, ATTENTION), layer_index(block, MLP)
     wo_lv, head_keep = prune_levels(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
-                                    saliency=saliency, **on_mesh)
+                                    saliency=saliency, **options)
     wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
     x = x + heads @ wo_in + (p["bo"] if "bo" in p else 0.0)
     del heads
@@ -175,7 +198,7 @@ def prune_block(
     if ledger is not None:
         mlp_counts = np.asarray([ledger.mlp_removal(np.asarray(head_keep[0]), int(mlp_counts[0]))], np.int32)
     wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS,
-                                   saliency=saliency, **on_mesh)
+                                   saliency=saliency, **options)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
     x = x + hidden @ wd_in + (p["b_down"] if "b_down" in p else 0.0)
     levels = BlockLevels(np.asarray(wo_lv), np.asarray(head_keep), np.asarray(wd_lv), np.asarray(ffn_keep))
@@ -192,11 +215,14 @@ class SupernetStore:
     """Levels on disk, one `.npy` file per block and field, plus the stream entering the next
     block, so an interrupted build resumes at the first missing block and produces the same
     supernet. `supernet.json` names the build's key and the blocks completed: a block's files
-    count only once it lists them (files of a stale or unfinished build are rewritten)."""
+    count only once it lists them (files of a stale or unfinished build are rewritten).
+    The weights' files hold `dtype` (`.npy` stores bfloat16 as raw 2-byte items, read back as
+    bfloat16 here)."""
 
-    def __init__(self, directory: Path, key: str):
+    def __init__(self, directory: Path, key: str, dtype: np.dtype = np.dtype(np.float32)):
         self.dir = Path(directory)
         self.key = key
+        self.dtype = np.dtype(dtype)
 
     def _meta(self) -> Path:
         return self.dir / "supernet.json"
@@ -222,14 +248,20 @@ class SupernetStore:
 
     def load_block(self, block: int) -> BlockLevels:
         """Block `block`'s levels as read-only memory maps of its files."""
-        return BlockLevels(*(np.load(self.field_path(block, f), mmap_mode="r") for f in BlockLevels._fields))
+        maps = BlockLevels(*(np.load(self.field_path(block, f), mmap_mode="r") for f in BlockLevels._fields))
+        return maps._replace(wo=maps.wo.view(self.dtype), w_down=maps.w_down.view(self.dtype))
 
     def load_stream(self) -> np.ndarray:
         return np.load(self.dir / "stream.npy")
 
 
-def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, *settings) -> str:
-    """Identifies a build: a store with another key is rebuilt, never mixed."""
+def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, *settings,
+                 dtype: np.dtype = np.dtype(np.float32)) -> str:
+    """Identifies a build: a store with another key is rebuilt, never mixed. The levels' dtype
+    is part of it, named only when not float32 (so float32 keys are those of stores written
+    before levels had another dtype)."""
+    if np.dtype(dtype) != np.float32:
+        settings = (*settings, np.dtype(dtype).name)
     h = hashlib.sha256()
     h.update(json.dumps([cfg.to_hf(), grid.to_dict(), *settings], sort_keys=True).encode())
     h.update(np.ascontiguousarray(windows).tobytes())
@@ -249,10 +281,15 @@ def build_supernet(
     seed: int = 0,
     progress: bool = True,
     mesh: Mesh | None = None,
+    dtype: str | None = None,
+    budget_bytes: int | None = None,
     settle_kv: int = 0,
 ) -> Supernet:
     """Prune every block at its E levels, propagating calibration inputs per `propagation`.
 
+    The levels are kept in `dtype` (one of `LEVEL_DTYPES`; None: the model's dtype); the local
+    pruner works in float32 and groups its levels to `budget_bytes` per device (None: its default,
+    the device's own budget). The propagated calibration inputs come from the float32 levels.
     `settle_kv > 0` (one-level grids only): each block's MLP removes fewer neurons, in multiples
     of `settle_kv`, worth the KV heads its attention frees (`budget.KVLedger`), so the compact
     model removes the grid's parameter total.
@@ -272,8 +309,10 @@ def build_supernet(
     get_local_pruner(local_pruner)
     if settle_kv and grid.n_levels != 1:
         raise TyrjaxError(f"supernet: settle_kv needs a one-level grid (one distribution); this one has {grid.n_levels}")
-    key = supernet_key(cfg, grid, windows, propagation, saliency, local_pruner, seed, settle_kv)
-    store = SupernetStore(store_dir, key) if store_dir else None
+    stored_dtype = levels_dtype(dtype, model.head["embed"].dtype)
+    settings = (propagation, saliency, local_pruner, seed) + ((settle_kv,) if settle_kv else ())
+    key = supernet_key(cfg, grid, windows, *settings, dtype=stored_dtype)
+    store = SupernetStore(store_dir, key, stored_dtype) if store_dir else None
     start = agree(store.completed(), f"supernet store {store.dir}") if store else 0
     if start:
         stream = store.load_stream()
@@ -291,7 +330,8 @@ def build_supernet(
         rng = np.random.default_rng([seed, b])
         p = model.block(b)
         levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh,
-                                ledger=ledger)
+                                budget_bytes=budget_bytes, ledger=ledger)
+        levels = stored_as(levels, stored_dtype)
         if store:
             store.save_block(b, levels, x)
             agree(b, f"supernet store {store.dir}")  # process 0 has written block b before anyone maps it

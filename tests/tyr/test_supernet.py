@@ -1,0 +1,145 @@
+"""Supernet levels in the model's dtype, and levels pruned in groups sized to the memory budget."""
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from tyrjax.errors import TyrjaxError
+from tyrjax.model.config import ModelConfig
+from tyrjax.model.decoder import cast_params, init_random_params
+from tyrjax.structured.local_pruner import level_groups
+from tyrjax.tyr.fitness import BatchScorer, teacher_topk
+from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr, supernet_settings, uniform_selection
+from tyrjax.tyr.search.levels import centre_genome
+from tyrjax.tyr.search.mutation import level_switch
+from tyrjax.tyr.supernet import BlockLevels, SupernetStore, build_supernet, supernet_key
+
+CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
+TCFG = TyrConfig(iterations=1, generations=2, offspring=4, stages=((4, 64), (2, 128), (1, 256)), topk=16,
+                 candidate_batch=4, mlp_multiple=4, interval=0.25)
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params = init_random_params(CFG, 0, scale=0.2)
+    calib = np.random.default_rng(0).integers(0, 64, (8, 32))
+    return params, calib, initial_grid(CFG, 0.4, TCFG)
+
+
+def blocks(supernet) -> list[BlockLevels]:
+    return [BlockLevels(*(np.asarray(a) for a in supernet.block(b))) for b in range(supernet.n_blocks)]
+
+
+def weight_file_bytes(store) -> int:
+    return sum(p.stat().st_size for p in store.glob("block_*.npy") if ".wo." in p.name or ".w_down." in p.name)
+
+
+def test_a_bf16_model_stores_bf16_levels_in_half_the_bytes(setup, tmp_path):
+    params, calib, grid = setup
+    low = cast_params(params, jnp.bfloat16)
+    bf16 = build_supernet(low, CFG, calib, grid, store_dir=tmp_path / "bf16", progress=False)
+    fp32 = build_supernet(low, CFG, calib, grid, store_dir=tmp_path / "fp32", dtype="float32", progress=False)
+    held = build_supernet(low, CFG, calib, grid, progress=False)
+    for a, b, h in zip(blocks(bf16), blocks(fp32), blocks(held)):
+        assert a.wo.dtype == a.w_down.dtype == h.wo.dtype == BF16 and b.wo.dtype == b.w_down.dtype == np.float32
+        # the same pruner, in float32 either way: the stored levels are its result rounded to bf16
+        np.testing.assert_array_equal(a.wo, b.wo.astype(BF16))
+        np.testing.assert_array_equal(a.w_down, b.w_down.astype(BF16))
+        for x, y, z in zip(a, b, h):
+            np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(z, np.float32))
+        np.testing.assert_array_equal(a.head_keep, b.head_keep)
+        np.testing.assert_array_equal(a.ffn_keep, b.ffn_keep)
+    header = 128 * 2 * CFG.n_layers  # one .npy header per file
+    assert weight_file_bytes(tmp_path / "bf16") - header == (weight_file_bytes(tmp_path / "fp32") - header) // 2
+
+
+def test_the_default_fp32_model_keeps_fp32_levels_and_its_key(setup, tmp_path):
+    params, calib, grid = setup
+    sn = build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "store", progress=False)
+    assert all(b.wo.dtype == b.w_down.dtype == np.float32 for b in blocks(sn))
+    settings = ("expectation", "tyr", "tyr", 0)
+    key = json.loads((tmp_path / "store" / "supernet.json").read_text())["key"]
+    assert key == supernet_key(CFG, grid, calib, *settings) == supernet_key(CFG, grid, calib, *settings,
+                                                                             dtype=np.dtype(np.float32))
+    assert supernet_key(CFG, grid, calib, *settings, dtype=BF16) != key
+
+
+def test_a_store_of_another_dtype_is_rebuilt_not_reused(setup, tmp_path):
+    params, calib, grid = setup
+    store = tmp_path / "store"
+    build_supernet(params, CFG, calib, grid, store_dir=store, dtype="bfloat16", progress=False)
+    bf16_key = json.loads((store / "supernet.json").read_text())["key"]
+    assert SupernetStore(store, bf16_key, BF16).load_block(0).wo.dtype == BF16
+    rebuilt = build_supernet(params, CFG, calib, grid, store_dir=store, dtype="float32", progress=False)
+    assert json.loads((store / "supernet.json").read_text())["key"] != bf16_key
+    fresh = build_supernet(params, CFG, calib, grid, progress=False)
+    for a, b in zip(blocks(rebuilt), blocks(fresh)):
+        assert a.wo.dtype == np.float32
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_scoring_with_bf16_levels_is_close_to_fp32_levels(setup, tmp_path):
+    params, calib, grid = setup
+    fp32 = build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "fp32", progress=False)
+    bf16 = build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "bf16", dtype="bfloat16", progress=False)
+    teacher = teacher_topk(params, CFG, calib, 16)
+    parent = centre_genome(grid)
+    genomes = np.stack([level_switch(i, parent, grid) for i in range(4)])
+
+    def scores(net):
+        return BatchScorer(params, CFG, net, batch=4)(genomes, parent, calib[:4], teacher.idx[:4], teacher.logp[:4])
+
+    exact, rounded = scores(fp32), scores(bf16)
+    assert np.all(exact > 0) and not np.array_equal(exact, rounded)
+    np.testing.assert_allclose(rounded, exact, rtol=2e-2)
+
+
+def test_a_bf16_model_runs_the_search_on_its_own_dtype(setup):
+    params, calib, _ = setup
+    result = run_tyr(cast_params(params, jnp.bfloat16), CFG, calib, 0.4, dataclasses.replace(TCFG, reprune_final=False),
+                     progress=False)
+    assert np.isfinite(result.iterations[0].fitness)
+    assert result.params["layers"]["wo"].dtype == result.params["layers"]["w_down"].dtype == jnp.bfloat16
+
+
+def test_the_selection_computes_in_the_models_dtype_whatever_the_levels(setup):
+    params, calib, _ = setup
+    selection = uniform_selection(params, CFG, calib, 0.4, dataclasses.replace(TCFG, supernet_dtype="bfloat16"),
+                                  progress=False)
+    assert selection.supernet.block(0).wo.dtype == BF16
+    masked, _, _ = selection.masked()
+    assert masked["layers"]["wo"].dtype == masked["layers"]["w_down"].dtype == jnp.float32
+    compact, _ = selection.compact()
+    assert {layer["wo"].dtype for layer in compact["layers"]} == {jnp.dtype(jnp.float32)}
+
+
+def test_levels_grouped_to_a_small_budget_give_the_same_supernet_and_resume_it(setup, tmp_path):
+    params, calib, grid = setup
+    d_ff, d = CFG.intermediate_size, CFG.hidden_size
+    budget = 125_000  # one down_proj level at a time, eight o_proj levels per group
+    assert level_groups(grid.n_levels, d_ff, d, 16, budget).size == 1
+    assert level_groups(grid.n_levels, CFG.n_heads * CFG.head_dim, d, 1, budget).size == 8
+    assert supernet_settings(dataclasses.replace(TCFG, device_memory_gb=budget / 1e9))["budget_bytes"] == budget
+    store = tmp_path / "store"
+    grouped = build_supernet(params, CFG, calib, grid, store_dir=store, budget_bytes=budget, progress=False)
+    at_once = build_supernet(params, CFG, calib, grid, progress=False)
+    for a, b in zip(blocks(grouped), blocks(at_once)):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    written = {p: p.stat().st_mtime_ns for p in store.iterdir()}
+    build_supernet(params, CFG, calib, grid, store_dir=store, progress=False)  # another budget: the same build
+    assert {p: p.stat().st_mtime_ns for p in store.iterdir()} == written
+
+
+def test_bad_supernet_dtype_or_budget_fails_before_any_work():
+    with pytest.raises(TyrjaxError, match=r"supernet dtype 'int8' unknown; use one of float32, bfloat16, float16"):
+        TyrConfig(supernet_dtype="int8").check_extensions()
+    with pytest.raises(TyrjaxError, match="--device-memory"):
+        TyrConfig(device_memory_gb=0).check_extensions()
+    assert supernet_settings(TyrConfig()) == {"saliency": "tyr", "local_pruner": "tyr", "dtype": None,
+                                              "budget_bytes": None}
