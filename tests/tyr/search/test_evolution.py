@@ -1,6 +1,7 @@
 """tyrjax.tyr.search.evolution: the (1+λ) search with multi-step selection, resumable and seeded."""
 import json
 import os
+
 import numpy as np
 import pytest
 
