@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from tyrjax.model.blocks import HeldBlocks, ModelBlocks, as_blocks
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.distributed import agree, is_writer
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params, compact_from_blocks
 from tyrjax.files import write_atomic
@@ -52,6 +53,11 @@ class TyrConfig:
     reprune_final: bool = True
     keep_supernets: bool = False
     seed: int = 0
+    device_memory_gb: float | None = None  # per-device budget of the teacher and the search; None: what the device reports
+
+    def budget_bytes(self) -> int:
+        """The per-device memory budget in bytes (`parallel.memory.device_memory_bytes`)."""
+        return device_memory_bytes(self.device_memory_gb)
 
     def check_extensions(self) -> None:
         """Fail before any work when a named extension (local pruner, saliency, fitness, mutation)
@@ -211,7 +217,8 @@ def search_iteration(
     search_cfg = tcfg.search_config()
     state = load_state(state_path) if state_path is not None and state_path.exists() else None
     agree(state.generation if state else 0, f"search state {state_path}")
-    scorer = BatchScorer(model, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh)
+    scorer = BatchScorer(model, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh,
+                         budget_bytes=tcfg.budget_bytes())
     fitness = make_fitness_fn(scorer, calib, teacher, tcfg, iteration)
     bar = tqdm(total=search_cfg.generations, initial=state.generation if state else 0, desc=f"search {iteration + 1}",
                unit="gen", disable=not progress)
@@ -277,7 +284,8 @@ def run_tyr(
     tcfg.check_extensions()
     mesh = resolve_mesh(mesh)
     model = as_blocks(params, cfg, mesh)
-    teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk))  # not needed on a full resume
+    budget = tcfg.budget_bytes()
+    teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk, budget_bytes=budget))  # not needed on a full resume
     grid = initial_grid(cfg, sparsity, tcfg)
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     iterations, sn_times, search_times = [], [], []
