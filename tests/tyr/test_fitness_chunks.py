@@ -8,11 +8,11 @@ import pytest
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.blocks import HeldBlocks, block_output, hidden_chunk
 from tyrjax.model.config import ModelConfig
-from tyrjax.model.decoder import forward, init_random_params, last_hidden
+from tyrjax.model.decoder import forward, init_random_params, last_hidden, logits_from_hidden
 from tyrjax.model.vocab import logits_at
 from tyrjax.tyr.fitness import (BatchScorer, FitnessChunks, _teacher_from_hidden, candidate_fitness, fitness_chunks,
                                 kl_topk, teacher_topk)
-from tyrjax.tyr.pipeline import TyrConfig, initial_grid
+from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
 from tyrjax.tyr.supernet import build_supernet
@@ -45,14 +45,8 @@ def smallest_budget(fits, start: int = 10_000) -> int:
 
 def reference_fitness(params, cfg, h, t_idx, t_logp) -> np.ndarray:
     """Each candidate's mean KL from its whole-vocabulary logits at the teacher's top-k."""
-    logits = [forward_from_hidden(params, cfg, hc) for hc in h]
+    logits = [logits_from_hidden(params, cfg, hc) for hc in h]
     return np.array([float(kl_topk(jnp.take_along_axis(lg, t_idx, axis=-1), t_logp).mean()) for lg in logits])
-
-
-def forward_from_hidden(params, cfg, h):
-    from tyrjax.model.decoder import logits_from_hidden
-
-    return logits_from_hidden(params, cfg, h)
 
 
 def test_logits_at_equals_the_whole_vocabulary_for_every_chunk_width():
@@ -101,8 +95,10 @@ def test_fitness_chunks_follow_the_budget():
     assert small.vocab == 128 and small.tokens == 24 and not small.gather
     tight = fitness_chunks(2, 24, k, CFG, 2 * 5 * (per_token + 12 * 128) + 1000, 1000, platform="gpu")
     assert tight.vocab == 128 and tight.tokens == 5
-    assert fitness_chunks(2, 24, k, CFG, 10**9, platform="cpu").gather  # k ≪ vocabulary on a CPU
-    assert not fitness_chunks(2, 24, 256, CFG, 10**9, platform="cpu").gather
+    # on a CPU rows are gathered while k · 4 bytes · 12 FLOP/byte < 2 · 300 FLOPs
+    assert fitness_chunks(2, 24, 8, CFG, 10**9, platform="cpu") == FitnessChunks(24, 0, gather=True)
+    assert not fitness_chunks(2, 24, 16, CFG, 10**9, platform="cpu").gather
+    assert fitness_chunks(2, 100, 8, CFG, 10**9, platform="cpu").tokens == 64  # GATHER_POSITIONS
     with pytest.raises(TyrjaxError, match="search scoring needs at least .* --device-memory"):
         fitness_chunks(2, 24, k, CFG, 1000, 900, platform="gpu")
 
@@ -123,7 +119,7 @@ def test_scorer_under_a_small_budget_equals_the_default_and_a_tiny_one_fails_fir
     budget = smallest_budget(lambda b: BatchScorer(params, cfg, sn, batch=2, budget_bytes=b).fitness_chunks(2, 24, K),
                              start=fixed)
     small = BatchScorer(params, cfg, sn, batch=2, budget_bytes=budget)
-    assert small.fitness_chunks(2, 24, K).tokens < 24  # several position chunks
+    assert small.fitness_chunks(2, 24, K).vocab < CFG.vocab_size  # several vocabulary chunks
     np.testing.assert_allclose(small(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2]), want, rtol=1e-5)
     with pytest.raises(TyrjaxError, match="search scoring needs at least"):
         BatchScorer(params, cfg, sn, batch=2, budget_bytes=fixed // 2)
@@ -150,3 +146,12 @@ def test_teacher_streamed_from_the_host_equals_the_whole_model_and_compiles_once
     assert block_output._cache_size() == 1 and _teacher_from_hidden._cache_size() == 1
     with pytest.raises(TyrjaxError, match="teacher needs at least"):
         teacher_topk(params, cfg, windows, K, budget_bytes=blocks.resident_bytes() // 2)
+
+
+def test_run_tyr_under_a_budget_too_small_stops_before_any_work(tmp_path):
+    params = init_random_params(CFG, 0, scale=0.2)
+    calib = np.random.default_rng(0).integers(0, CFG.vocab_size, (4, 24))
+    tcfg = TyrConfig(topk=K, candidate_batch=2, mlp_multiple=4, interval=0.25, device_memory_gb=1e-6)
+    with pytest.raises(TyrjaxError, match="teacher needs at least .* --device-memory"):
+        run_tyr(params, CFG, calib, 0.4, tcfg, work_dir=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # no supernet was built

@@ -166,7 +166,8 @@ def run_blocks(blocks: ModelBlocks, windows: np.ndarray, chunk: int = 2, desc: s
     for i in bar:
         p = blocks.block(i)
         for start in range(0, len(padded), size):
-            h = embedded(blocks, padded[start:start + size]) if i == 0 else to_device(x[start:start + size], blocks.mesh)
+            part = padded[start:start + size]
+            h = embedded(blocks, part) if i == 0 else to_device(x[start:start + size], blocks.mesh)
             out = map_chunks(lambda h, p=p, i=i: _block_on(p, cfg, h, cfg.kv_map(i), blocks.mesh), h, chunk)
             if x is None:
                 x = np.empty((len(padded), *out.shape[1:]), out.dtype)
@@ -195,7 +196,7 @@ def to_device(x: np.ndarray | jax.Array, mesh: Mesh | None) -> jax.Array:
 def map_to_host(fn, arrays: tuple, chunk: int, mesh: Mesh | None):
     """`fn` applied to `chunk` windows (per device) of every array of `arrays` at a time, each
     output brought to the host as it is made; the last chunk is padded to `chunk`, so every call
-    has one shape. Returns the outputs (numpy) concatenated, one tree per window axis."""
+    has one shape. Returns `fn`'s outputs (numpy) concatenated over the windows."""
     n = len(arrays[0])
     size = chunk * data_split(mesh)
     outs = []

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from tyrjax.model.blocks import ModelBlocks, as_blocks, data_split, map_to_host, run_blocks, stacked_axes
+from tyrjax.model.blocks import ModelBlocks, as_blocks, data_split, hidden_chunk, map_to_host, run_blocks, stacked_axes
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.layers import decoder_layer, rope_tables
-from tyrjax.model.vocab import LOGIT_BYTES, logits_at, widest_vocab_chunk
+from tyrjax.model.vocab import LOGIT_BYTES, VOCAB_MULTIPLE, logits_at, widest_vocab_chunk
 from tyrjax.model.decoder import Params, embed, final_hidden, lm_head_weight, logits_from_hidden
 from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.parallel.sharding import HIDDEN, REPLICATED, Axes, axis_size, put_axes, round_up, sharded_call
@@ -56,9 +56,21 @@ def _teacher_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, k: int):
     return idx.astype(jnp.int32), jax.nn.log_softmax(top, axis=-1)
 
 
+TEACHER_BATCH = 2  # windows per device of one teacher call
+
+
+def check_teacher_budget(blocks: ModelBlocks, shape: tuple[int, int], k: int, batch: int, budget_bytes: int) -> None:
+    """Fail naming the teacher when `budget_bytes` per device holds neither the hidden states of
+    `batch` windows (of `shape` = (n_windows, length)) nor their whole-vocabulary logits."""
+    n_local = -(-shape[0] // data_split(blocks.mesh))
+    hidden_chunk(blocks, n_local, shape[1], batch, budget_bytes, "teacher")
+    per_window = shape[1] * (blocks.cfg.vocab_size * LOGIT_BYTES + k * 8)  # full logits, top-k and its log-softmax
+    chunking(n_local, per_window, budget_bytes, fixed_bytes=blocks.resident_bytes(), phase="teacher", multiple=batch)
+
+
 def teacher_topk(
-    params: Params | ModelBlocks, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = 2, mesh: Mesh | None = None,
-    budget_bytes: int | None = None,
+    params: Params | ModelBlocks, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = TEACHER_BATCH,
+    mesh: Mesh | None = None, budget_bytes: int | None = None,
 ) -> Teacher:
     """Dense logits computed once; only the top-k per position are kept (ALGORITHMS.md §1.4).
 
@@ -69,10 +81,7 @@ def teacher_topk(
     blocks = as_blocks(params, cfg, mesh)
     k = min(k, cfg.vocab_size)
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
-    length = np.shape(windows)[1]
-    per_window = length * (cfg.vocab_size * LOGIT_BYTES + k * 8)  # full logits, top-k and its log-softmax
-    chunking(-(-len(windows) // data_split(blocks.mesh)), per_window, budget, fixed_bytes=blocks.resident_bytes(),
-             phase="teacher", multiple=batch)
+    check_teacher_budget(blocks, np.shape(windows), k, batch, budget)
     h = run_blocks(blocks, windows, batch, budget_bytes=budget, phase="teacher")
 
     def top(hc: jax.Array):
@@ -161,7 +170,7 @@ def fitness_chunks(windows: int, length: int, k: int, cfg: ModelConfig, budget_b
 
     Gathering rows (`gathers_rows`): up to `GATHER_POSITIONS` positions per step. Otherwise the
     vocabulary chunk is as wide as fits for a step of up to `TOKENS_PER_VOCAB_STEP` positions
-    and the position chunk then fills the budget. A budget below one position of one chunk
+    (the narrowest chunk where not even that fits) and the position chunk then fills the budget. A budget below one position of one chunk
     fails here, naming the phase and the smallest budget that works."""
     per_token = 4 * cfg.hidden_size + 16 * k  # normed hidden (fp32 at most), ids, picked, gathered and output
     if gathers_rows(k, cfg, itemsize, platform or jax.default_backend()):
@@ -169,7 +178,11 @@ def fitness_chunks(windows: int, length: int, k: int, cfg: ModelConfig, budget_b
                        fixed_bytes=fixed_bytes, phase="search scoring").size
         return FitnessChunks(min(fit, GATHER_POSITIONS), 0, gather=True)
     step = windows * min(length, TOKENS_PER_VOCAB_STEP)
-    vocab = widest_vocab_chunk(cfg.vocab_size, step, budget_bytes, fixed_bytes + step * per_token, "search scoring")
+    narrowest = min(VOCAB_MULTIPLE, cfg.vocab_size)
+    if fixed_bytes + step * (per_token + LOGIT_BYTES * narrowest) <= budget_bytes:
+        vocab = widest_vocab_chunk(cfg.vocab_size, step, budget_bytes, fixed_bytes + step * per_token, "search scoring")
+    else:  # fewer positions per step, each over the narrowest chunk
+        vocab = narrowest
     tokens = chunking(length, windows * (per_token + LOGIT_BYTES * vocab), budget_bytes,
                       fixed_bytes=fixed_bytes, phase="search scoring").size
     return FitnessChunks(tokens, vocab)
@@ -277,6 +290,17 @@ def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
     return np.where(changed.any(1), changed.argmax(1), changed.shape[1])
 
 
+def scoring_chunks(model: ModelBlocks, batch: int, windows: int, length: int, k: int,
+                   budget_bytes: int) -> FitnessChunks:
+    """The head's chunks for `batch` candidates on `windows` × `length` tokens: what fits the
+    budget next to the model held on the device, the candidates' hidden states (in and out)
+    and the teacher's top-k."""
+    per_device = windows // data_split(model.mesh) or 1
+    itemsize = model.head["embed"].dtype.itemsize
+    held = 2 * batch * per_device * length * model.cfg.hidden_size * itemsize + per_device * length * k * 8
+    return fitness_chunks(per_device, length, k, model.cfg, budget_bytes, model.resident_bytes() + held, itemsize)
+
+
 class BatchScorer:
     """Scores genomes on a token batch with the parent-prefix cache, `batch` candidates per call.
 
@@ -307,12 +331,7 @@ class BatchScorer:
         self.fitness_chunks(1, 1, 1)  # a budget below one position of the head fails before any work
 
     def fitness_chunks(self, windows: int, length: int, k: int) -> FitnessChunks:
-        """The head's chunks for `windows` × `length` tokens: what fits the budget next to the
-        model held on the device, the candidates' hidden states (in and out) and the teacher's top-k."""
-        per_device = windows // (1 if self.mesh is None else axis_size(self.mesh, "batch")) or 1
-        itemsize = self.head["embed"].dtype.itemsize
-        held = 2 * self.batch * per_device * length * self.cfg.hidden_size * itemsize + per_device * length * k * 8
-        return fitness_chunks(per_device, length, k, self.cfg, self.budget, self.model.resident_bytes() + held, itemsize)
+        return scoring_chunks(self.model, self.batch, windows, length, k, self.budget)
 
     def __call__(self, genomes: np.ndarray, parent: np.ndarray, tokens: np.ndarray, t_idx: np.ndarray,
                  t_logp: np.ndarray, use_prefix: bool = True) -> np.ndarray:

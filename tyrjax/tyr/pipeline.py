@@ -25,7 +25,8 @@ from tyrjax.tyr.search.evolution import FitnessFn, SearchConfig, evolve, load_st
 from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, initial_centres, make_grid, recentre
 from tyrjax.parallel.sharding import local_tree, resolve_mesh
 from tyrjax.structured.saliency import get_saliency
-from tyrjax.tyr.fitness import BatchScorer, Teacher, get_fitness, teacher_topk
+from tyrjax.tyr.fitness import (TEACHER_BATCH, BatchScorer, Teacher, check_teacher_budget, get_fitness, scoring_chunks,
+                                 teacher_topk)
 from tyrjax.tyr.genome import Genome, interleave
 from tyrjax.tyr.search.mutation import get_mutation
 from tyrjax.tyr.supernet import Supernet, build_supernet, get_local_pruner
@@ -53,7 +54,7 @@ class TyrConfig:
     reprune_final: bool = True
     keep_supernets: bool = False
     seed: int = 0
-    device_memory_gb: float | None = None  # per-device budget of the teacher and the search; None: what the device reports
+    device_memory_gb: float | None = None  # the teacher's and the search's budget per device; None: the device's own
 
     def budget_bytes(self) -> int:
         """The per-device memory budget in bytes (`parallel.memory.device_memory_bytes`)."""
@@ -209,6 +210,16 @@ def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tc
     return fitness
 
 
+def check_search_budget(model: ModelBlocks, calib_shape: tuple[int, int], tcfg: TyrConfig, budget_bytes: int) -> None:
+    """Fail before any work when `budget_bytes` per device is below one chunk of the teacher or
+    of the search's scoring on its largest stage, naming the phase."""
+    k = min(tcfg.topk, model.cfg.vocab_size)
+    check_teacher_budget(model, calib_shape, k, TEACHER_BATCH, budget_bytes)
+    n_windows, length = calib_shape
+    most = max(min(n_windows, math.ceil(tokens / length)) for _, tokens in tcfg.stages)
+    scoring_chunks(model, tcfg.candidate_batch, most, length, k, budget_bytes)
+
+
 def search_iteration(
     model: Params | ModelBlocks, cfg: ModelConfig, supernet: Supernet, grid: LevelGrid, calib: np.ndarray,
     teacher: Teacher, tcfg: TyrConfig, iteration: int, state_path: Path | None, progress: bool, mesh: Mesh | None = None,
@@ -285,7 +296,9 @@ def run_tyr(
     mesh = resolve_mesh(mesh)
     model = as_blocks(params, cfg, mesh)
     budget = tcfg.budget_bytes()
-    teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk, budget_bytes=budget))  # not needed on a full resume
+    check_search_budget(model, calib.shape, tcfg, budget)
+    # not needed on a full resume
+    teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk, budget_bytes=budget))
     grid = initial_grid(cfg, sparsity, tcfg)
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     iterations, sn_times, search_times = [], [], []
