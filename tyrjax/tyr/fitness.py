@@ -170,8 +170,9 @@ def fitness_chunks(windows: int, length: int, k: int, cfg: ModelConfig, budget_b
 
     Gathering rows (`gathers_rows`): up to `GATHER_POSITIONS` positions per step. Otherwise the
     vocabulary chunk is as wide as fits for a step of up to `TOKENS_PER_VOCAB_STEP` positions
-    (the narrowest chunk where not even that fits) and the position chunk then fills the budget. A budget below one position of one chunk
-    fails here, naming the phase and the smallest budget that works."""
+    (the narrowest chunk where not even that fits) and the position chunk then fills the
+    budget. A budget below one position of one chunk fails here, naming the phase and the
+    smallest budget that works."""
     per_token = 4 * cfg.hidden_size + 16 * k  # normed hidden (fp32 at most), ids, picked, gathered and output
     if gathers_rows(k, cfg, itemsize, platform or jax.default_backend()):
         fit = chunking(length, windows * (per_token + k * cfg.hidden_size * itemsize), budget_bytes,
