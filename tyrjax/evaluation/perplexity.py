@@ -1,4 +1,8 @@
-"""Perplexity: each window scored alone by one jitted, batched scorer."""
+"""Perplexity: each window scored alone by one jitted, batched scorer.
+
+When a batch's logits (batch × length × vocabulary, fp32) do not fit the per-device memory
+budget, the LM head runs over the vocabulary in chunks (`model.vocab.logits_at`): the same
+NLLs to float re-association, never more than one chunk's logits at once."""
 from __future__ import annotations
 
 from functools import partial
@@ -8,10 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from tyrjax.model.blocks import ModelBlocks, run_blocks
+from tyrjax.model.blocks import ModelBlocks, device_bytes, map_to_host, run_blocks
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model.decoder import Params, forward, logits_from_hidden
+from tyrjax.model.decoder import Params, final_hidden, last_hidden, lm_head_weight, logits_from_hidden
+from tyrjax.model.vocab import LOGIT_BYTES, logits_at, widest_vocab_chunk
+from tyrjax.parallel.memory import device_memory_bytes
 
 
 def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -20,10 +26,31 @@ def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
-@partial(jax.jit, static_argnums=1)
-def window_nll_sums(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
+def nll_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, tokens: jax.Array,
+                    vocab_chunk: int | None = None) -> jax.Array:
+    """Next-token NLLs (B, T-1) in fp32 from the last block's output `h (B, T, d)`: from the
+    whole logits, or with `vocab_chunk` below the vocabulary size, over vocabulary chunks."""
+    if vocab_chunk is None or vocab_chunk >= cfg.vocab_size:
+        return token_nll(logits_from_hidden(head, cfg, h), tokens)
+    picked, log_normaliser = logits_at(final_hidden(head, cfg, h[:, :-1]), lm_head_weight(head), tokens[:, 1:, None],
+                                       vocab_chunk)
+    return log_normaliser - picked[..., 0]
+
+
+@partial(jax.jit, static_argnames=("cfg", "vocab_chunk"))
+def window_nll_sums(params: Params, cfg: ModelConfig, tokens: jax.Array, vocab_chunk: int | None = None) -> jax.Array:
     """Summed NLL of each window (B,), fp32."""
-    return token_nll(forward(params, cfg, tokens), tokens).sum(axis=1)
+    return nll_from_hidden(params, cfg, last_hidden(params, cfg, tokens), tokens, vocab_chunk).sum(axis=1)
+
+
+def head_vocab_chunk(cfg: ModelConfig, batch: int, length: int, budget_bytes: int | None, fixed_bytes: float) -> int:
+    """The whole vocabulary when a batch's logits fit `budget_bytes` (default:
+    `parallel.memory.device_memory_bytes()`) next to `fixed_bytes`, else the widest chunk that does."""
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    hidden = batch * length * cfg.hidden_size * 4
+    if fixed_bytes + hidden + batch * length * cfg.vocab_size * LOGIT_BYTES <= budget:
+        return cfg.vocab_size
+    return widest_vocab_chunk(cfg.vocab_size, batch * length, budget, fixed_bytes + hidden, "evaluation")
 
 
 def window_nlls(
@@ -33,13 +60,17 @@ def window_nlls(
     batch_size: int = 1,
     desc: str = "perplexity",
     progress: bool = True,
+    budget_bytes: int | None = None,
 ) -> np.ndarray:
-    """Summed next-token NLL of each window (n_windows,), each window scored alone."""
+    """Summed next-token NLL of each window (n_windows,), each window scored alone; the LM head
+    runs over vocabulary chunks when a batch's logits exceed `budget_bytes` per device."""
     windows = checked_windows(windows, cfg, desc)
+    chunk = head_vocab_chunk(cfg, batch_size, windows.shape[1], budget_bytes, device_bytes(params))
     pad = (-len(windows)) % batch_size
     padded = np.concatenate([windows, windows[:pad]]) if pad else windows
     bar = tqdm(range(0, len(padded), batch_size), desc=desc, unit="batch", disable=not progress, leave=False)
-    sums = [np.asarray(window_nll_sums(params, cfg, jnp.asarray(padded[start:start + batch_size]))) for start in bar]
+    sums = [np.asarray(window_nll_sums(params, cfg, jnp.asarray(padded[start:start + batch_size]), chunk))
+            for start in bar]
     return np.concatenate(sums)[: len(windows)].astype(np.float64)
 
 
@@ -68,24 +99,28 @@ def ppl_of(total_nll: float, windows: np.ndarray, desc: str) -> float:
     return float(np.exp(mean))
 
 
-@partial(jax.jit, static_argnames="cfg")
-def nll_sums_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, tokens: jax.Array) -> jax.Array:
+@partial(jax.jit, static_argnames=("cfg", "vocab_chunk"))
+def nll_sums_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, tokens: jax.Array,
+                         vocab_chunk: int | None = None) -> jax.Array:
     """Summed NLL of each window (B,) from the last block's output `h (B, T, d)`."""
-    return token_nll(logits_from_hidden(head, cfg, h), tokens).sum(axis=1)
+    return nll_from_hidden(head, cfg, h, tokens, vocab_chunk).sum(axis=1)
 
 
 def window_nlls_blockwise(
-    model: ModelBlocks, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity", progress: bool = True
+    model: ModelBlocks, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity", progress: bool = True,
+    budget_bytes: int | None = None,
 ) -> np.ndarray:
     """`window_nlls` computed block by block: all windows go through one block before the next
     block is read, so only one block of the model is needed at a time (the hidden states of
-    the windows are held instead: n_windows × length × hidden_size)."""
+    the windows are held instead: n_windows × length × hidden_size, on the host when they
+    exceed `budget_bytes` per device)."""
     windows = checked_windows(windows, model.cfg, desc)
-    h = run_blocks(model, windows, batch_size, desc=desc if progress else None)
-    sums = [np.asarray(nll_sums_from_hidden(model.head, model.cfg, h[start:start + batch_size],
-                                            jnp.asarray(windows[start:start + batch_size])))
-            for start in range(0, len(windows), batch_size)]
-    return np.concatenate(sums).astype(np.float64)
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    h = run_blocks(model, windows, batch_size, desc=desc if progress else None, budget_bytes=budget, phase="evaluation")
+    chunk = head_vocab_chunk(model.cfg, batch_size, windows.shape[1], budget, model.resident_bytes())
+    sums = map_to_host(lambda hc, tc: nll_sums_from_hidden(model.head, model.cfg, hc, tc, chunk), (h, windows),
+                       batch_size, model.mesh)
+    return sums.astype(np.float64)
 
 
 def perplexity_blockwise(

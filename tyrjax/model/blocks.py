@@ -10,7 +10,8 @@ embedding, final norm, LM head), which stay resident, and `block(i)`.
   for and lets it go afterwards, so what a run holds does not grow with the model's depth.
 
 `run_blocks` takes the hidden states of a set of windows through every block, one block (and
-a few windows) at a time; the teacher of the search and `evaluate.perplexity_blockwise` use it.
+a few windows) at a time, holding them on the host when they exceed the per-device memory
+budget; the teacher of the search and `evaluate.perplexity_blockwise` use it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.layers import decoder_layer, rope_tables
 from tyrjax.model.decoder import Params, embed, is_stacked
-from tyrjax.parallel.sharding import HIDDEN, Axes, put_axes, sharded_call
+from tyrjax.parallel.memory import chunking, device_memory_bytes
+from tyrjax.parallel.sharding import HIDDEN, Axes, axis_size, host_array, put_axes, sharded_call
 from tyrjax.model.axes import LAYER_PARAM_AXES, MODEL_PARAM_AXES, axes_of_layer, shard_layer, shard_params
 
 
@@ -55,6 +57,10 @@ class ModelBlocks(abc.ABC):
     def head_axes(self) -> dict[str, Axes]:
         return {k: Axes(*MODEL_PARAM_AXES[k]) for k in self.head}
 
+    def resident_bytes(self) -> int:
+        """Bytes per device of the parameters held between calls (the head; blocks are read when asked for)."""
+        return device_bytes(self.head)
+
 
 class HeldBlocks(ModelBlocks):
     """Blocks of parameters held in memory: the masked (stacked) or the compact (list) form."""
@@ -74,6 +80,17 @@ class HeldBlocks(ModelBlocks):
             return super().stacked(indices)
         idx = np.asarray(indices)
         return jax.tree_util.tree_map(lambda a: a[idx], self.params["layers"])
+
+    def resident_bytes(self) -> int:
+        return device_bytes(self.params)
+
+
+def device_bytes(tree) -> int:
+    """Bytes of `tree`'s arrays on one device (a sharded array counts one shard)."""
+    def one(a) -> int:
+        shards = getattr(a, "addressable_shards", None)
+        return shards[0].data.nbytes if shards else np.asarray(a).nbytes
+    return sum(one(a) for a in jax.tree_util.tree_leaves(tree))
 
 
 
@@ -103,15 +120,92 @@ def embedded(blocks: ModelBlocks, windows: np.ndarray) -> jax.Array:
     return x if blocks.mesh is None else put_axes(x, HIDDEN, blocks.mesh)
 
 
-def run_blocks(blocks: ModelBlocks, windows: np.ndarray, chunk: int = 2, desc: str | None = None) -> jax.Array:
-    """The last block's output (n_windows, T, d) for token `windows`, computed block by block,
-    `chunk` windows (per device) at a time; `desc` shows a progress bar over the blocks."""
+def block_activation_bytes(cfg: ModelConfig, length: int) -> int:
+    """Bytes of one window's temporaries inside one block (fp32 attention scores, MLP hidden,
+    projections): what a call on `chunk` windows adds to the hidden states."""
+    return 4 * length * (cfg.n_heads * length + 3 * cfg.intermediate_size + 4 * cfg.hidden_size)
+
+
+def hidden_chunk(blocks: ModelBlocks, n_windows: int, length: int, chunk: int, budget_bytes: int, phase: str) -> int:
+    """Windows per device whose hidden states (into and out of a block) stay on the device at
+    once: all of them when they fit `budget_bytes` next to the parameters held and one block's
+    temporaries for `chunk` windows, else the largest multiple of `chunk` that fits (the rest
+    wait on the host). Fails naming `phase` when not even `chunk` windows fit."""
     cfg = blocks.cfg
-    x = embedded(blocks, windows)
-    for i in tqdm(range(cfg.n_layers), desc=desc, unit="block", disable=desc is None, leave=False):
+    itemsize = jnp.dtype(blocks.head["embed"].dtype).itemsize
+    block = cfg.attn_mlp_params() // cfg.n_layers * itemsize
+    fixed = blocks.resident_bytes() + block + chunk * block_activation_bytes(cfg, length)
+    return chunking(n_windows, 2 * length * cfg.hidden_size * itemsize, budget_bytes, fixed_bytes=fixed, phase=phase,
+                    multiple=chunk).size
+
+
+def run_blocks(blocks: ModelBlocks, windows: np.ndarray, chunk: int = 2, desc: str | None = None,
+               budget_bytes: int | None = None, phase: str = "forward") -> jax.Array | np.ndarray:
+    """The last block's output (n_windows, T, d) for token `windows`, computed block by block,
+    `chunk` windows (per device) at a time; `desc` shows a progress bar over the blocks.
+
+    When the hidden states of all windows do not fit `budget_bytes` per device (default:
+    `parallel.memory.device_memory_bytes()`; see `hidden_chunk`), they stay on the host and
+    stream to the device a fixed number of windows at a time (the last chunk padded), and the
+    result is a numpy array."""
+    cfg = blocks.cfg
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    split = data_split(blocks.mesh)
+    n_local = -(-len(windows) // split)
+    size = hidden_chunk(blocks, n_local, windows.shape[1], chunk, budget, phase)
+    bar = tqdm(range(cfg.n_layers), desc=desc, unit="block", disable=desc is None, leave=False)
+    if size >= n_local:
+        x = embedded(blocks, windows)
+        for i in bar:
+            p = blocks.block(i)
+            x = map_chunks(lambda h, p=p, i=i: _block_on(p, cfg, h, cfg.kv_map(i), blocks.mesh), x, chunk)
+        return x
+    size *= split
+    padded = padded_windows(windows, size)
+    x = None
+    for i in bar:
         p = blocks.block(i)
-        x = map_chunks(lambda h, p=p, i=i: _block_on(p, cfg, h, cfg.kv_map(i), blocks.mesh), x, chunk)
-    return x
+        for start in range(0, len(padded), size):
+            part = padded[start:start + size]
+            h = embedded(blocks, part) if i == 0 else to_device(x[start:start + size], blocks.mesh)
+            out = map_chunks(lambda h, p=p, i=i: _block_on(p, cfg, h, cfg.kv_map(i), blocks.mesh), h, chunk)
+            if x is None:
+                x = np.empty((len(padded), *out.shape[1:]), out.dtype)
+            x[start:start + size] = host_array(out)
+    return x[:len(windows)]
+
+
+def data_split(mesh: Mesh | None) -> int:
+    """Over how many devices windows are split on `mesh`."""
+    return 1 if mesh is None else axis_size(mesh, "batch")
+
+
+def padded_windows(x: np.ndarray, size: int) -> np.ndarray:
+    """`x` with copies of its last window appended up to a multiple of `size` windows."""
+    pad = -len(x) % size
+    return np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
+
+
+def to_device(x: np.ndarray | jax.Array, mesh: Mesh | None) -> jax.Array:
+    """Hidden states (n, T, d) or tokens (n, T) on the device, split by windows on a mesh."""
+    if mesh is None:
+        return jnp.asarray(x)
+    return put_axes(x, HIDDEN if x.ndim == 3 else Axes("batch", "seq"), mesh)
+
+
+def map_to_host(fn, arrays: tuple, chunk: int, mesh: Mesh | None):
+    """`fn` applied to `chunk` windows (per device) of every array of `arrays` at a time, each
+    output brought to the host as it is made; the last chunk is padded to `chunk`, so every call
+    has one shape. Returns `fn`'s outputs (numpy) concatenated over the windows."""
+    n = len(arrays[0])
+    size = chunk * data_split(mesh)
+    outs = []
+    for start in range(0, n, size):
+        parts = [a[start:start + size] for a in arrays]
+        if len(parts[0]) < size:
+            parts = [padded_windows(np.asarray(host_array(a)), size) for a in parts]
+        outs.append(jax.tree_util.tree_map(host_array, fn(*(to_device(a, mesh) for a in parts))))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a)[:n], *outs)
 
 
 def stacked_axes(layers: Params) -> dict[str, Axes]:

@@ -79,6 +79,17 @@ def forward(
     ffn_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Logits (B, T, vocab) of either form; masks apply to the masked form only."""
+    return logits_from_hidden(params, cfg, last_hidden(params, cfg, tokens, head_mask, ffn_mask))
+
+
+def last_hidden(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    head_mask: jax.Array | None = None,
+    ffn_mask: jax.Array | None = None,
+) -> jax.Array:
+    """The last block's output (B, T, d) of either form (see `forward`)."""
     x = embed(params, tokens)
     if is_stacked(params):
         x = run_layers_masked(params["layers"], cfg, x, head_mask, ffn_mask)
@@ -86,7 +97,7 @@ def forward(
         if head_mask is not None or ffn_mask is not None:
             raise ValueError("masks apply to the masked (stacked) form; a compact model is already pruned")
         x, _ = run_layers_compact(params["layers"], cfg, x, jnp.arange(tokens.shape[1]))
-    return logits_from_hidden(params, cfg, x)
+    return x
 
 
 def run_layers_compact(

@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from tyrjax.model.blocks import ModelBlocks, as_blocks, run_blocks, stacked_axes
-from tyrjax.model.blocks import map_chunks
+from tyrjax.model.blocks import ModelBlocks, as_blocks, data_split, hidden_chunk, map_to_host, run_blocks, stacked_axes
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.layers import decoder_layer, rope_tables
-from tyrjax.model.decoder import Params, embed, final_hidden, logits_from_hidden
-from tyrjax.parallel.sharding import HIDDEN, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, sharded_call
+from tyrjax.model.vocab import LOGIT_BYTES, VOCAB_MULTIPLE, logits_at, widest_vocab_chunk
+from tyrjax.model.decoder import Params, embed, final_hidden, lm_head_weight, logits_from_hidden
+from tyrjax.parallel.memory import chunking, device_memory_bytes
+from tyrjax.parallel.sharding import HIDDEN, REPLICATED, Axes, axis_size, put_axes, round_up, sharded_call
 from tyrjax.registry import Registry
 from tyrjax.tyr.genome import Genome, split
 from tyrjax.tyr.supernet import BlockLevels, Supernet
@@ -33,9 +34,10 @@ Fitness = Callable[[jax.Array, jax.Array], jax.Array]
 FITNESSES: Registry[Fitness] = Registry("fitness", "tyrjax.tyr.fitness.FITNESSES")
 
 register_fitness = FITNESSES.register
-"""`@register_fitness(name)`: register `fn(student_logits (B,T,k), teacher_logp (B,T,k)) -> (B,T)`
-per-token loss, where the student's logits are taken at the teacher's top-k tokens and the
-teacher's log-probs are renormalised over them; select it with `TyrConfig.fitness`."""
+"""`@register_fitness(name)`: register `fn(student_logp (B,T,k), teacher_logp (B,T,k)) -> (B,T)`
+per-token loss, where the student's log-probabilities are taken at the teacher's top-k tokens
+up to a per-token constant (`topk_logprobs`; a loss must not depend on it) and the teacher's
+log-probs are renormalised over them; select it with `TyrConfig.fitness`."""
 
 get_fitness = FITNESSES.get
 """The fitness registered under a name; an unknown name fails naming the registered ones."""
@@ -54,16 +56,33 @@ def _teacher_from_hidden(head: Params, cfg: ModelConfig, h: jax.Array, k: int):
     return idx.astype(jnp.int32), jax.nn.log_softmax(top, axis=-1)
 
 
+TEACHER_BATCH = 2  # windows per device of one teacher call
+
+
+def check_teacher_budget(blocks: ModelBlocks, shape: tuple[int, int], k: int, batch: int, budget_bytes: int) -> None:
+    """Fail naming the teacher when `budget_bytes` per device holds neither the hidden states of
+    `batch` windows (of `shape` = (n_windows, length)) nor their whole-vocabulary logits."""
+    n_local = -(-shape[0] // data_split(blocks.mesh))
+    hidden_chunk(blocks, n_local, shape[1], batch, budget_bytes, "teacher")
+    per_window = shape[1] * (blocks.cfg.vocab_size * LOGIT_BYTES + k * 8)  # full logits, top-k and its log-softmax
+    chunking(n_local, per_window, budget_bytes, fixed_bytes=blocks.resident_bytes(), phase="teacher", multiple=batch)
+
+
 def teacher_topk(
-    params: Params | ModelBlocks, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = 2, mesh: Mesh | None = None
+    params: Params | ModelBlocks, cfg: ModelConfig, windows: np.ndarray, k: int, batch: int = TEACHER_BATCH,
+    mesh: Mesh | None = None, budget_bytes: int | None = None,
 ) -> Teacher:
     """Dense logits computed once; only the top-k per position are kept (ALGORITHMS.md §1.4).
 
     The windows run block by block (`blocks.run_blocks`), `batch` windows per device at a time;
-    on a mesh they are split over the data axes."""
+    on a mesh they are split over the data axes. Hidden states that exceed `budget_bytes` per
+    device (default: `parallel.memory.device_memory_bytes()`) stay on the host and stream to
+    the device; the top-k of each `batch` windows comes back to the host as it is made."""
     blocks = as_blocks(params, cfg, mesh)
     k = min(k, cfg.vocab_size)
-    h = run_blocks(blocks, windows, batch)
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    check_teacher_budget(blocks, np.shape(windows), k, batch, budget)
+    h = run_blocks(blocks, windows, batch, budget_bytes=budget, phase="teacher")
 
     def top(hc: jax.Array):
         if blocks.mesh is None:
@@ -72,36 +91,102 @@ def teacher_topk(
         return sharded_call(_teacher_from_hidden, blocks.mesh, inputs, REPLICATED, head_dim=cfg.head_dim,
                             static={"cfg": cfg, "k": k})
 
-    idx, logp = map_chunks(top, h, batch)
-    return Teacher(host_array(idx), host_array(logp))
+    idx, logp = map_to_host(top, (h,), batch, blocks.mesh)
+    return Teacher(idx, logp)
 
 
 @register_fitness("kl")
 def kl_topk(student_topk: jax.Array, t_logp: jax.Array) -> jax.Array:
-    """KL(teacher ‖ student) over the teacher's top-k tokens, both renormalised there."""
+    """KL(teacher ‖ student) over the teacher's top-k tokens, both renormalised there (so the
+    student's values may be its logits or its log-probabilities there)."""
     s_logp = jax.nn.log_softmax(student_topk, axis=-1)
     return jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
 
 
-def topk_logits(params: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array, chunk: int = 64) -> jax.Array:
-    """The student's logits (B, T, k) at the teacher's top-k tokens only.
+# A vocabulary chunk is as wide as the budget allows for a step of this many positions per window.
+TOKENS_PER_VOCAB_STEP = 256
+# Positions per step when the head's rows are gathered (at most; fewer when the budget says so).
+GATHER_POSITIONS = 64
+# FLOPs per byte read that a backend's matrix products sustain against a gather: measured on this
+# project's CPUs (a 49152-column fp32 head at ~60 GFLOP/s against k-row gathers at ~5 GB/s);
+# accelerators sit near their own FLOP/s to bandwidth ratio.
+MACHINE_BALANCE = {"cpu": 12}
+ACCELERATOR_BALANCE = 300
 
-    Only k of the vocabulary's logits enter the fitness, so the head is evaluated on the
-    gathered rows (k·d per token) instead of the whole vocabulary (V·d): for SmolLM2 with
-    k = 512 that is 96 times less work than the full head, a third of a candidate's cost.
-    """
-    hn = final_hidden(params, cfg, h)
-    rows = params["lm_head"].T if "lm_head" in params else params["embed"]  # (V, d)
+
+class FitnessChunks(NamedTuple):
+    """How `topk_logprobs` runs: `tokens` positions of every window per step, and either
+    `vocab` columns of the head per step or, with `gather`, the head's rows at the top-k ids."""
+
+    tokens: int
+    vocab: int
+    gather: bool = False
+
+
+def gathers_rows(k: int, cfg: ModelConfig, itemsize: int, platform: str) -> bool:
+    """Whether reading the k head rows of each token (k·d·itemsize bytes) costs less than the
+    whole head's matrix product over the vocabulary (2·V·d FLOPs) on `platform`: on CPUs for a
+    top-k much narrower than the vocabulary, on accelerators almost never."""
+    balance = MACHINE_BALANCE.get(platform, ACCELERATOR_BALANCE)
+    return k * itemsize * balance < 2 * cfg.vocab_size
+
+
+def topk_logprobs(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array,
+                  chunks: FitnessChunks) -> jax.Array:
+    """The student's log-probabilities (B, T, k) at the teacher's top-k tokens `t_idx (B, T, k)`
+    from the last block's output `h (B, T, d)`, up to a per-token constant.
+
+    The LM head runs on `chunks.tokens` positions (of every window) at a time, and over
+    `chunks.vocab` columns at a time (`model.vocab.logits_at`: no head rows gathered, no more
+    than positions × columns logits per window at once, the log-normaliser subtracted); or, with
+    `chunks.gather`, on the k head rows of each position (k·d per token instead of V·d; the
+    normaliser, a per-token constant, is left out). The chunk sizes are static, so one compiled
+    function serves every chunk."""
+    hn = final_hidden(head, cfg, h)
+    w = lm_head_weight(head)  # (d, V)
+    rows = head["lm_head"].T if "lm_head" in head else head["embed"]  # (V, d), the embedding itself when tied
     b, t, k = t_idx.shape
-    c = chunk if t % chunk == 0 else t
-    hn = hn.reshape(b, t // c, c, -1).swapaxes(0, 1)
-    idx = t_idx.reshape(b, t // c, c, k).swapaxes(0, 1)
+    step = chunks.tokens
+    padded = round_up(t, step)
+    hn = jnp.pad(hn, ((0, 0), (0, padded - t), (0, 0))).reshape(b, padded // step, step, -1)
+    idx = jnp.pad(t_idx, ((0, 0), (0, padded - t), (0, 0))).reshape(b, padded // step, step, k)
 
-    def one(args):
-        h_c, i_c = args
-        return jnp.einsum("btd,btkd->btk", h_c, rows[i_c], preferred_element_type=jnp.float32)
+    def positions(args):
+        h_c, i_c = args  # (B, step, d), (B, step, k)
+        if chunks.gather:
+            return jnp.einsum("btd,btkd->btk", h_c, rows[i_c], preferred_element_type=jnp.float32)
+        picked, log_normaliser = logits_at(h_c, w, i_c, chunks.vocab)
+        return picked - log_normaliser[..., None]
 
-    return jax.lax.map(one, (hn, idx)).swapaxes(0, 1).reshape(b, t, k)
+    out = jax.lax.map(positions, (hn.swapaxes(0, 1), idx.swapaxes(0, 1)))  # (n_chunks, B, step, k)
+    return out.swapaxes(0, 1).reshape(b, padded, k)[:, :t]
+
+
+def fitness_chunks(windows: int, length: int, k: int, cfg: ModelConfig, budget_bytes: int, fixed_bytes: float = 0,
+                   itemsize: int = 4, platform: str | None = None) -> FitnessChunks:
+    """The largest chunks of `topk_logprobs` for `windows` (per device) × `length` positions
+    whose temporaries fit `budget_bytes` next to `fixed_bytes` (what the phase holds anyway), on
+    `platform` (default: JAX's default backend) for a head of `itemsize`-byte weights.
+
+    Gathering rows (`gathers_rows`): up to `GATHER_POSITIONS` positions per step. Otherwise the
+    vocabulary chunk is as wide as fits for a step of up to `TOKENS_PER_VOCAB_STEP` positions
+    (the narrowest chunk where not even that fits) and the position chunk then fills the
+    budget. A budget below one position of one chunk fails here, naming the phase and the
+    smallest budget that works."""
+    per_token = 4 * cfg.hidden_size + 16 * k  # normed hidden (fp32 at most), ids, picked, gathered and output
+    if gathers_rows(k, cfg, itemsize, platform or jax.default_backend()):
+        fit = chunking(length, windows * (per_token + k * cfg.hidden_size * itemsize), budget_bytes,
+                       fixed_bytes=fixed_bytes, phase="search scoring").size
+        return FitnessChunks(min(fit, GATHER_POSITIONS), 0, gather=True)
+    step = windows * min(length, TOKENS_PER_VOCAB_STEP)
+    narrowest = min(VOCAB_MULTIPLE, cfg.vocab_size)
+    if fixed_bytes + step * (per_token + LOGIT_BYTES * narrowest) <= budget_bytes:
+        vocab = widest_vocab_chunk(cfg.vocab_size, step, budget_bytes, fixed_bytes + step * per_token, "search scoring")
+    else:  # fewer positions per step, each over the narrowest chunk
+        vocab = narrowest
+    tokens = chunking(length, windows * (per_token + LOGIT_BYTES * vocab), budget_bytes,
+                      fixed_bytes=fixed_bytes, phase="search scoring").size
+    return FitnessChunks(tokens, vocab)
 
 
 CANDIDATE_LEVELS = BlockLevels(wo=Axes(None, "candidate", "heads", "embed"), head_keep=Axes(None, "candidate"),
@@ -162,15 +247,17 @@ def repeat_candidates(h: jax.Array, n: int) -> jax.Array:
     return jnp.broadcast_to(h, (n, *h.shape[1:]))
 
 
-@partial(jax.jit, static_argnames=("cfg", "fitness"))
+@partial(jax.jit, static_argnames=("cfg", "fitness", "chunks"))
 def candidate_fitness(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array,
-                      fitness: str = "kl") -> jax.Array:
+                      fitness: str = "kl", chunks: FitnessChunks | None = None) -> jax.Array:
     """Mean per-token fitness (C,) of each candidate from its last block's output `h (C, B, T, d)`;
-    `head` holds the embedding / LM head and the final norm."""
+    `head` holds the embedding / LM head and the final norm. The student's log-probabilities run
+    in `chunks` (default: all positions and the whole vocabulary in one step)."""
     loss_fn = get_fitness(fitness)
+    chunks = chunks or FitnessChunks(h.shape[2], cfg.vocab_size)
 
     def candidate_loss(hc):
-        return loss_fn(topk_logits(head, cfg, hc, t_idx), t_logp).mean()
+        return loss_fn(topk_logprobs(head, cfg, hc, t_idx, chunks), t_logp).mean()
 
     return jax.lax.map(candidate_loss, h)
 
@@ -204,6 +291,17 @@ def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
     return np.where(changed.any(1), changed.argmax(1), changed.shape[1])
 
 
+def scoring_chunks(model: ModelBlocks, batch: int, windows: int, length: int, k: int,
+                   budget_bytes: int) -> FitnessChunks:
+    """The head's chunks for `batch` candidates on `windows` × `length` tokens: what fits the
+    budget next to the model held on the device, the candidates' hidden states (in and out)
+    and the teacher's top-k."""
+    per_device = windows // data_split(model.mesh) or 1
+    itemsize = model.head["embed"].dtype.itemsize
+    held = 2 * batch * per_device * length * model.cfg.hidden_size * itemsize + per_device * length * k * 8
+    return fitness_chunks(per_device, length, k, model.cfg, budget_bytes, model.resident_bytes() + held, itemsize)
+
+
 class BatchScorer:
     """Scores genomes on a token batch with the parent-prefix cache, `batch` candidates per call.
 
@@ -213,11 +311,14 @@ class BatchScorer:
     `default_blocks_per_call`); no more than that many blocks' levels of one batch are held at once.
     On a mesh the candidates of a call are split over the `candidate` mesh axes (`batch` is
     rounded up to a multiple of their size), the token windows over the remaining data axes,
-    heads and neurons over tensor; the scores come back replicated.
+    heads and neurons over tensor; the scores come back replicated. The LM head of the fitness
+    runs in position and vocabulary chunks sized to `budget_bytes` per device (default:
+    `parallel.memory.device_memory_bytes()`).
     """
 
     def __init__(self, params: Params | ModelBlocks, cfg: ModelConfig, supernet: Supernet, batch: int,
-                 fitness: str = "kl", mesh: Mesh | None = None, blocks_per_call: int | None = None):
+                 fitness: str = "kl", mesh: Mesh | None = None, blocks_per_call: int | None = None,
+                 budget_bytes: int | None = None):
         get_fitness(fitness)
         self.cfg, self.fitness, self.supernet = cfg, fitness, supernet
         self.model = as_blocks(params, cfg, mesh)
@@ -227,11 +328,17 @@ class BatchScorer:
             blocks_per_call = default_blocks_per_call(supernet, self.model, self.batch)
         self.blocks_per_call = max(1, min(blocks_per_call, cfg.n_layers))
         self.head = self.model.head
+        self.budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+        self.fitness_chunks(1, 1, 1)  # a budget below one position of the head fails before any work
+
+    def fitness_chunks(self, windows: int, length: int, k: int) -> FitnessChunks:
+        return scoring_chunks(self.model, self.batch, windows, length, k, self.budget)
 
     def __call__(self, genomes: np.ndarray, parent: np.ndarray, tokens: np.ndarray, t_idx: np.ndarray,
                  t_logp: np.ndarray, use_prefix: bool = True) -> np.ndarray:
         genomes, parent = np.asarray(genomes, np.int32), np.asarray(parent, np.int32)
         tokens, t_idx, t_logp = jnp.asarray(tokens), jnp.asarray(t_idx), jnp.asarray(t_logp)
+        chunks = self.fitness_chunks(*t_idx.shape)
         starts = first_changed_block(genomes, parent) if use_prefix else np.zeros(len(genomes), np.int64)
         order = np.argsort(starts, kind="stable")
         batches = [order[i:i + self.batch] for i in range(0, len(order), self.batch)]
@@ -245,7 +352,7 @@ class BatchScorer:
             h = self._repeat(entering[start])
             for first in range(start, self.cfg.n_layers, self.blocks_per_call):
                 h = self._blocks(first, self.cfg.n_layers, chunk, h)
-            scores[idx] = np.asarray(self._fitness(h, t_idx, t_logp))[: len(idx)]
+            scores[idx] = np.asarray(self._fitness(h, t_idx, t_logp, chunks))[: len(idx)]
         return scores
 
     def parent_inputs(self, parent: np.ndarray, tokens: jax.Array, blocks: set[int]) -> dict[int, jax.Array]:
@@ -307,9 +414,9 @@ class BatchScorer:
         return sharded_call(repeat_candidates, self.mesh, {"h": (h, CANDIDATE_HIDDEN)}, CANDIDATE_HIDDEN,
                             head_dim=self.cfg.head_dim, static={"n": self.batch})
 
-    def _fitness(self, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array) -> jax.Array:
+    def _fitness(self, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array, chunks: FitnessChunks) -> jax.Array:
         if self.mesh is None:
-            return candidate_fitness(self.head, self.cfg, h, t_idx, t_logp, fitness=self.fitness)
+            return candidate_fitness(self.head, self.cfg, h, t_idx, t_logp, fitness=self.fitness, chunks=chunks)
         inputs = {
             "head": (self.head, self.model.head_axes()),
             "h": (h, CANDIDATE_HIDDEN),
@@ -317,4 +424,4 @@ class BatchScorer:
             "t_logp": (t_logp, Axes("batch", "seq")),
         }
         return sharded_call(candidate_fitness, self.mesh, inputs, REPLICATED, head_dim=self.cfg.head_dim,
-                            static={"cfg": self.cfg, "fitness": self.fitness})
+                            static={"cfg": self.cfg, "fitness": self.fitness, "chunks": chunks})

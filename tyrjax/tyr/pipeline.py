@@ -26,7 +26,8 @@ from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, i
 from tyrjax.parallel.sharding import local_tree, resolve_mesh
 from tyrjax.structured.saliency import get_saliency
 from tyrjax.tyr.budget import group_params
-from tyrjax.tyr.fitness import BatchScorer, Teacher, get_fitness, teacher_topk
+from tyrjax.tyr.fitness import (TEACHER_BATCH, BatchScorer, Teacher, check_teacher_budget, get_fitness, scoring_chunks,
+                                 teacher_topk)
 from tyrjax.tyr.genome import Genome, interleave
 from tyrjax.tyr.search.mutation import get_mutation
 from tyrjax.tyr.supernet import Supernet, build_supernet, get_local_pruner, levels_dtype
@@ -55,13 +56,17 @@ class TyrConfig:
     keep_supernets: bool = False
     seed: int = 0
     supernet_dtype: str | None = None  # the levels' dtype on disk; None: the model's
-    device_memory_gb: float | None = None  # per-device budget; None: what the device reports
+    device_memory_gb: float | None = None  # every phase's budget per device; None: what the device reports
+
+    def budget_bytes(self) -> int:
+        """The per-device memory budget in bytes (`parallel.memory.device_memory_bytes`)."""
+        return device_memory_bytes(self.device_memory_gb)
 
     def check_extensions(self) -> None:
         """Fail before any work when a named extension (local pruner, saliency, fitness, mutation)
         is not registered, or the supernet dtype or memory budget is not one that works."""
         levels_dtype(self.supernet_dtype, np.float32)
-        budget_bytes(self)
+        self.budget_bytes()
         get_local_pruner(self.local_pruner)
         get_saliency(self.saliency)
         get_fitness(self.fitness)
@@ -72,16 +77,11 @@ class TyrConfig:
                             max_switches=self.max_switches, seed=self.seed, mutation=self.mutation)
 
 
-def budget_bytes(tcfg: TyrConfig) -> int | None:
-    """The per-device budget the run was given (`device_memory_gb`), in bytes; None when it was
-    not, and each phase takes the device's own."""
-    return None if tcfg.device_memory_gb is None else device_memory_bytes(tcfg.device_memory_gb)
-
-
 def supernet_settings(tcfg: TyrConfig) -> dict:
     """The `build_supernet` arguments a run's settings fix."""
     return {"saliency": tcfg.saliency, "local_pruner": tcfg.local_pruner, "dtype": tcfg.supernet_dtype,
-            "budget_bytes": budget_bytes(tcfg)}
+            # a local pruner is handed a budget only when the run sets one (custom pruners may take none)
+            "budget_bytes": None if tcfg.device_memory_gb is None else tcfg.budget_bytes()}
 
 
 PRESETS = {
@@ -219,6 +219,16 @@ def make_fitness_fn(scorer: BatchScorer, calib: np.ndarray, teacher: Teacher, tc
     return fitness
 
 
+def check_search_budget(model: ModelBlocks, calib_shape: tuple[int, int], tcfg: TyrConfig, budget_bytes: int) -> None:
+    """Fail before any work when `budget_bytes` per device is below one chunk of the teacher or
+    of the search's scoring on its largest stage, naming the phase."""
+    k = min(tcfg.topk, model.cfg.vocab_size)
+    check_teacher_budget(model, calib_shape, k, TEACHER_BATCH, budget_bytes)
+    n_windows, length = calib_shape
+    most = max(min(n_windows, math.ceil(tokens / length)) for _, tokens in tcfg.stages)
+    scoring_chunks(model, tcfg.candidate_batch, most, length, k, budget_bytes)
+
+
 def search_iteration(
     model: Params | ModelBlocks, cfg: ModelConfig, supernet: Supernet, grid: LevelGrid, calib: np.ndarray,
     teacher: Teacher, tcfg: TyrConfig, iteration: int, state_path: Path | None, progress: bool, mesh: Mesh | None = None,
@@ -227,7 +237,8 @@ def search_iteration(
     search_cfg = tcfg.search_config()
     state = load_state(state_path) if state_path is not None and state_path.exists() else None
     agree(state.generation if state else 0, f"search state {state_path}")
-    scorer = BatchScorer(model, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh)
+    scorer = BatchScorer(model, cfg, supernet, tcfg.candidate_batch, tcfg.fitness, mesh=mesh,
+                         budget_bytes=tcfg.budget_bytes())
     fitness = make_fitness_fn(scorer, calib, teacher, tcfg, iteration)
     bar = tqdm(total=search_cfg.generations, initial=state.generation if state else 0, desc=f"search {iteration + 1}",
                unit="gen", disable=not progress)
@@ -293,7 +304,10 @@ def run_tyr(
     tcfg.check_extensions()
     mesh = resolve_mesh(mesh)
     model = as_blocks(params, cfg, mesh)
-    teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk))  # not needed on a full resume
+    budget = tcfg.budget_bytes()
+    check_search_budget(model, calib.shape, tcfg, budget)
+    # not needed on a full resume
+    teacher = functools.cache(lambda: teacher_topk(model, cfg, calib, tcfg.topk, budget_bytes=budget))
     grid = initial_grid(cfg, sparsity, tcfg)
     arrays = layer_arrays(cfg, tcfg.mlp_multiple)
     iterations, sn_times, search_times = [], [], []
