@@ -103,9 +103,10 @@ def load_distribution(path: Path, model: Model) -> np.ndarray:
 
 
 def preset_config(preset: str = "quick", *, iterations: int | None = None, generations: int | None = None,
-                  offspring: int | None = None, seed: int = 0, keep_supernets: bool = False) -> TyrConfig:
-    """A preset's `TyrConfig` with the given search sizes; fewer `offspring` also caps the
-    candidates each selection stage keeps."""
+                  offspring: int | None = None, seed: int = 0, keep_supernets: bool = False,
+                  device_memory_gb: float | None = None, supernet_dtype: str | None = None) -> TyrConfig:
+    """A preset's `TyrConfig` with the given search sizes, per-device budget and supernet level
+    dtype; fewer `offspring` also caps the candidates each selection stage keeps."""
     if preset not in PRESETS:
         raise TyrjaxError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     tcfg = PRESETS[preset]
@@ -113,7 +114,8 @@ def preset_config(preset: str = "quick", *, iterations: int | None = None, gener
     if offspring:
         stages = tuple((min(c, offspring), t) for c, t in tcfg.stages)
         overrides["stages"] = ((offspring, stages[0][1]),) + stages[1:]
-    return dataclasses.replace(tcfg, seed=seed, keep_supernets=keep_supernets, **overrides)
+    return dataclasses.replace(tcfg, seed=seed, keep_supernets=keep_supernets, device_memory_gb=device_memory_gb,
+                               supernet_dtype=supernet_dtype, **overrides)
 
 
 def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:

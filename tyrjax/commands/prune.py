@@ -57,12 +57,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--iterations", type=positive_int, default=None, help="Týr prune-and-search iterations (preset default)")
     g.add_argument("--generations", type=positive_int, default=None, help="search generations per iteration (preset default)")
     g.add_argument("--offspring", type=positive_int, default=None, help="offspring per generation (preset default)")
+    g.add_argument("--device-memory", type=float, default=None, metavar="GB",
+                   help="per-device memory budget every Týr phase is chunked to (default: what the device reports; "
+                        "16 GB on CPU); a budget below a phase's smallest chunk stops before any work")
+    g.add_argument("--supernet-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the supernet levels on disk (default: the model's dtype)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     config = preset_config(args.preset, iterations=args.iterations, generations=args.generations,
-                           offspring=args.offspring, seed=args.seed, keep_supernets=args.keep_supernets)
+                           offspring=args.offspring, seed=args.seed, keep_supernets=args.keep_supernets,
+                           device_memory_gb=args.device_memory, supernet_dtype=args.supernet_dtype)
     structured = args.pattern is None and args.method not in UNSTRUCTURED_METHODS
     out = out_dir(args, f"prune-{args.method}" if structured else "prune")
     result = api.prune(model_spec(args), args.method, sparsity=args.sparsity, pattern=args.pattern, config=config,
