@@ -26,8 +26,8 @@ Unstructured / N:M (--pattern 0.5 | 2:4 | 4:8, zeros in dense shapes):
 Týr keeps its supernet (every level of every block) and search state on disk in RUN_DIR/work;
 rerunning the same command resumes there. Once an iteration's search is done, its result is
 saved and its supernet deleted (--keep-supernets keeps them), so the disk holds one supernet
-at a time: experiments/memory_plan.py prints its size for a large model (about 90 GB for an
-8B model, with fp32 levels). With --stream, tyr, uniform and --distribution hold only the
+at a time: `tyrjax plan` gives its size for a large model (about 45 GB for an 8B model with
+bf16 levels, twice that in fp32). With --stream, tyr, uniform and --distribution hold only the
 embedding and head in memory and read each decoder block from the checkpoint when needed: for
 models larger than memory.
 """
