@@ -258,10 +258,7 @@ def sharded_call(
     a tree of `Axes` (a prefix of the result). Inputs are laid out first (no-op when already
     there). `static` values must be hashable; one compilation per function, static values,
     shapes and layout."""
-    static = dict(static or {})
-    names = tuple(inputs)
-    values = tuple(v for v, _ in inputs.values())
-    in_shardings = tuple(shardings(v, ax, mesh, head_dim) for v, ax in inputs.values())
+    static, names, values, in_shardings = _call_parts(inputs, mesh, head_dim, static)
     key = (fn, mesh, names, tuple(sorted(static.items())), _signature(values),
            _hashable(in_shardings), _hashable(out_axes), head_dim)
     compiled = _COMPILED.get(key)
@@ -269,6 +266,14 @@ def sharded_call(
         compiled = _sharded_jit(fn, mesh, names, values, in_shardings, out_axes, head_dim, static)
         _COMPILED[key] = compiled
     return compiled(*put(values, in_shardings))
+
+
+def _call_parts(inputs: Mapping[str, tuple[Any, Any]], mesh: Mesh, head_dim: int,
+                static: Mapping[str, Any] | None) -> tuple[dict, tuple[str, ...], tuple, tuple]:
+    """The static arguments, the array arguments' names and values, and their shardings."""
+    values = tuple(v for v, _ in inputs.values())
+    in_shardings = tuple(shardings(v, ax, mesh, head_dim) for v, ax in inputs.values())
+    return dict(static or {}), tuple(inputs), values, in_shardings
 
 
 def _sharded_jit(fn: Callable, mesh: Mesh, names: tuple[str, ...], values: tuple, in_shardings: tuple, out_axes: Any,
@@ -292,10 +297,7 @@ def lower_sharded(
 ) -> jax.stages.Lowered:
     """What `sharded_call` with these arguments compiles, lowered for abstract inputs
     (`jax.ShapeDtypeStruct`s, laid out by their axes): no array is created."""
-    static = dict(static or {})
-    names = tuple(inputs)
-    values = tuple(v for v, _ in inputs.values())
-    in_shardings = tuple(shardings(v, ax, mesh, head_dim) for v, ax in inputs.values())
+    static, names, values, in_shardings = _call_parts(inputs, mesh, head_dim, static)
     abstract = jax.tree_util.tree_map(lambda v, s: jax.ShapeDtypeStruct(_shape(v), v.dtype, sharding=s),
                                       values, in_shardings)
     return _sharded_jit(fn, mesh, names, values, in_shardings, out_axes, head_dim, static).lower(*abstract)
