@@ -46,8 +46,8 @@ def test_memory_lines_counted_by_hand():
     assert got["search", "supernet levels of one call"] == (2 * 2 * 4 * 4 + 2 * 2 * 8 * 4) * 4 / 2 / 2
     # one window (not split over data=2): 3 block inputs (2 + final) x 3 tokens x 4, bf16
     assert got["search", "parent's input of every block"] == 3 * 3 * 4 * 2
-    # one window x 3-token chunk x top-5 rows of width 4, bf16
-    assert got["search", "head rows gathered for one chunk of the student's top-k"] == 3 * 5 * 4 * 2
+    # one window x 3-token chunk x top-5 rows of width 4, bf16, in the fitness step after the blocks
+    assert got["search, head", "head rows gathered for one chunk of the student's top-k"] == 3 * 5 * 4 * 2
 
 
 def test_fsdp_splits_weights_and_windows():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -34,6 +34,10 @@ from tyrjax.tyr.pipeline import PRESETS
 from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS
 
 GB = 1e9
+# What the compiled head keeps of one chunk's logits: the logits and their exponentials, fp32
+# (the chunk sizes themselves are chosen with a wider margin, `model.vocab.LOGIT_BYTES`).
+HEAD_LOGIT_BYTES = 2 * 4
+SEARCH_HEAD = "search, head"  # the fitness step of the search (tyr.fitness.candidate_fitness)
 F32 = 4
 INDEX_AND_LOGP = 8  # one teacher top-k entry: int32 token id + fp32 log-prob
 
@@ -82,7 +86,8 @@ class TyrRun:
     stages: tuple[tuple[int, int], ...] = PAPER.stages
     generations: int = PAPER.generations
     iterations: int = PAPER.iterations
-    head_chunk: int = 64  # tokens per step of the student's top-k head (tyr.fitness.topk_logits)
+    head_chunk: int = 64  # positions per step of the student's top-k head (tyr.fitness.topk_logprobs)
+    head_vocab: int = 0  # vocabulary columns per step of that head; 0: the head's rows at the top-k are gathered
     forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
     utilisation: float = 0.4
     stream: bool = False  # blocks read from the checkpoint when needed, only the head held
@@ -223,11 +228,28 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
         Line("search", f"{C} candidates' MLP hidden of one block (gate, up, product)",
              3 * dev((C, B, T, f), Axes("candidate", *MLP_HIDDEN), wb)),
         Line("search", "teacher top-k of the forward", dev((B, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
-        Line("search", "student logits at the teacher's top-k (fp32)", dev((B, T, k), Axes("batch", "seq"), F32)),
-        Line("search", "head rows gathered for one chunk of the student's top-k (one candidate at a time)",
-             dev((C, B, run.head_chunk, k, d), Axes("candidate", "batch", None, None, "embed"), wb)
-             * candidate_split / C),
+        # the fitness runs after the candidates' last block, so its head step peaks on its own
+        Line(SEARCH_HEAD, *search_weights),
+        Line(SEARCH_HEAD, "parent's input of every block", dev((L + 1, B, T, d), Axes("layers", *HIDDEN), wb)),
+        Line(SEARCH_HEAD, f"{C} candidates' last hidden states", dev((C, B, T, d), Axes("candidate", *HIDDEN), wb)),
+        Line(SEARCH_HEAD, "teacher top-k of the forward", dev((B, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
+        Line(SEARCH_HEAD, "student logits at the teacher's top-k (fp32)", dev((B, T, k), Axes("batch", "seq"), F32)),
+        head_line(cfg, run, dev, candidate_split),
     ]
+
+
+def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int) -> Line:
+    """The search's LM head for one candidate at a time: one step of positions over one chunk of
+    the vocabulary (normed hidden, ids, picked values and output as `tyr.fitness.fitness_chunks`
+    counts them, and the chunk's logits), or the head's rows gathered at the top-k."""
+    C, B, k, d = run.candidate_batch, run.forward_windows, run.topk, cfg.hidden_size
+    if run.head_vocab:
+        return Line(SEARCH_HEAD, f"the student's head over {run.head_chunk} positions x {run.head_vocab} vocabulary "
+                              "columns (one candidate at a time)",
+                    dev((B, run.head_chunk), Axes("batch", "seq"), 4 * d + 16 * k + HEAD_LOGIT_BYTES * run.head_vocab))
+    return Line(SEARCH_HEAD, "head rows gathered for one chunk of the student's top-k (one candidate at a time)",
+                dev((C, B, run.head_chunk, k, d), Axes("candidate", "batch", None, None, "embed"), run.weight_bytes)
+                * candidate_split / C)
 
 
 def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
@@ -310,10 +332,15 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
 
 
 def phase_peaks(lines: list[Line]) -> dict[str, float]:
-    """Bytes per device of each phase with all its arrays alive at once (an upper bound)."""
+    """Bytes per device of each phase with all its arrays alive at once (an upper bound); a
+    phase's later step (`"PHASE, STEP"`) does not overlap its first, so the phase peaks at the
+    larger of the two."""
     peaks: dict[str, float] = {}
     for line in lines:
         peaks[line.phase] = peaks.get(line.phase, 0.0) + line.bytes
+    for step in [name for name in peaks if ", " in name]:
+        phase = step.split(", ")[0]
+        peaks[phase] = max(peaks.get(phase, 0.0), peaks.pop(step))
     return peaks
 
 

@@ -46,14 +46,16 @@ from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse
 from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit
-from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, _teacher_from_hidden,
-                                blocks_per_call, candidate_blocks, candidate_fitness)
+from tyrjax.model.vocab import VOCAB_MULTIPLE
+from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
+                                blocks_per_call, candidate_blocks, candidate_fitness, fitness_chunks)
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig
 from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS, BlockLevels
 
 F32 = 4
 STATS_CHUNK = 8  # windows per device of one capture call (tyr.supernet.prune_block)
 TEACHER_K_BYTES = analytical.INDEX_AND_LOGP
+PLAN_PLATFORM = "gpu"  # the search head's chunks are planned as an accelerator takes them (tyr.fitness.gathers_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,7 +358,19 @@ class PhaseBuilder:
         block = sum(math.prod(s) for s in layer_shapes(cfg, 0).values()) * self.wdt.itemsize
         return C, B, blocks_per_call(level, C, cfg.n_layers, block), min(tcfg.topk, cfg.vocab_size)
 
-    def search(self) -> list[Step]:
+    def search_head_chunks(self, budget: int) -> FitnessChunks:
+        """The student's head chunks `BatchScorer` takes for this budget, as on an accelerator
+        (`tyr.fitness.gathers_rows`): beside the held weights, the candidates' hidden states and
+        the teacher's top-k."""
+        cfg, T = self.cfg, self.s.window
+        C, B, _, k = self.search_shape()
+        windows = -(-B // self.batch_split(B))
+        held = 2 * C * windows * T * cfg.hidden_size * self.wdt.itemsize + windows * T * k * TEACHER_K_BYTES
+        fixed = self.head_bytes() + self.blocks_bytes() + held
+        return fitness_chunks(windows, T, k, cfg, budget, fixed, self.wdt.itemsize, platform=PLAN_PLATFORM)
+
+    def search(self, chunks: FitnessChunks) -> list[Step]:
+        """The search's steps with the student's head in `chunks` (`search_head_chunks`)."""
         cfg, T, d = self.cfg, self.s.window, self.cfg.hidden_size
         C, B, kb, k = self.search_shape()
         layers = block_structs(cfg, self.wdt, kb)
@@ -379,7 +393,7 @@ class PhaseBuilder:
                         "h": (struct((C, B, T, d), self.wdt), CANDIDATE_HIDDEN),
                         "t_idx": (struct((B, T, k), jnp.int32), Axes("batch", "seq")),
                         "t_logp": (struct((B, T, k), jnp.float32), Axes("batch", "seq"))},
-                       REPLICATED, {"cfg": cfg, "fitness": self.s.tyr.fitness})
+                       REPLICATED, {"cfg": cfg, "fitness": self.s.tyr.fitness, "chunks": chunks})
         return [
             Step(blocks_call("parent blocks", 1, True), (*weights, parent_states, teacher)),
             Step(blocks_call("candidate blocks", C, False), (*weights, parent_states, teacher)),
@@ -466,17 +480,18 @@ class PhaseBuilder:
 
 # --- the analytical figures ----------------------------------------------------------------
 def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | None,
-                   candidate_batch: int | None = None) -> analytical.TyrRun:
+                   candidate_batch: int | None = None, head: FitnessChunks | None = None) -> analytical.TyrRun:
     t = settings.tyr
+    head_steps = {} if head is None else {"head_chunk": head.tokens, "head_vocab": 0 if head.gather else head.vocab}
     return analytical.TyrRun(calib_windows=settings.n_calib, window=settings.window, weight_bytes=settings.weight_bytes,
                              level_bytes=settings.weight_bytes, n_levels=t.n_levels, topk=t.topk,
                              candidate_batch=candidate_batch or t.candidate_batch, stages=t.stages,
                              generations=t.generations, iterations=t.iterations, forward_windows=forward_windows,
-                             stream=settings.stream)
+                             stream=settings.stream, **head_steps)
 
 
 def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None, phase: str, forward_windows: int,
-                    candidate_batch: int | None = None) -> float:
+                    candidate_batch: int | None = None, head: FitnessChunks | None = None) -> float:
     spec = mesh_spec(mesh)
     if phase == "sds":
         run = analytical.SDSRun(calib_windows=settings.sds_windows, window=settings.sds_window,
@@ -490,7 +505,7 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
         run = analytical.EvalRun(windows=settings.eval_windows, window=settings.eval_window,
                                  weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream)
         return analytical.phase_peaks(analytical.evaluation_memory(cfg, spec, run))[phase]
-    run = analytical_run(settings, forward_windows, mesh, candidate_batch)
+    run = analytical_run(settings, forward_windows, mesh, candidate_batch, head)
     return analytical.phase_peaks(analytical.tyr_memory(cfg, spec, run))[phase]
 
 
@@ -572,9 +587,17 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
         else:
             C, B, kb, _ = build.search_shape()
-            figures, error = whole_phase(name, build.search(), budget, mesh, hd)
-            chunks = {"candidates_per_call": C, "windows_per_forward": B, "blocks_per_call": kb}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, B, C)
+            try:
+                head = build.search_head_chunks(budget)
+            except TyrjaxError as e:  # not even one step of the head fits: plan it at the narrowest
+                head, head_error = FitnessChunks(1, min(VOCAB_MULTIPLE, cfg.vocab_size)), str(e)
+            else:
+                head_error = None
+            figures, error = whole_phase(name, build.search(head), budget, mesh, hd)
+            error = head_error or error
+            chunks = {"candidates_per_call": C, "windows_per_forward": B, "blocks_per_call": kb,
+                      "head_positions_per_step": head.tokens, "head_vocab_per_step": head.vocab or "rows gathered"}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, B, C, head)
         xla = phase_peak(figures)
         out[name] = PhasePlan(name, xla, plan_bytes, chunks, sum(f.flops for f in figures), tuple(figures),
                               error is None and xla <= budget, error)
