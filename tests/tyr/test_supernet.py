@@ -3,7 +3,6 @@ import dataclasses
 import json
 
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ from tyrjax.tyr.supernet import BlockLevels, SupernetStore, build_supernet, supe
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
 TCFG = TyrConfig(iterations=1, generations=2, offspring=4, stages=((4, 64), (2, 128), (1, 256)), topk=16,
                  candidate_batch=4, mlp_multiple=4, interval=0.25)
-BF16 = np.dtype(ml_dtypes.bfloat16)
+BF16 = np.dtype(jnp.bfloat16)
 
 
 @pytest.fixture(scope="module")
