@@ -67,11 +67,9 @@ def np_inv_freq(cfg: ModelConfig) -> np.ndarray:
             low_wavelen = old / scaling["low_freq_factor"]
             high_wavelen = old / scaling["high_freq_factor"]
             wavelen = 2 * math.pi / freq
-            if wavelen < high_wavelen:
-                pass
-            elif wavelen > low_wavelen:
+            if wavelen > low_wavelen:  # low frequencies are scaled; high ones (wavelen < high_wavelen) kept
                 freq /= factor
-            else:
+            elif wavelen >= high_wavelen:
                 smooth = (old / wavelen - scaling["low_freq_factor"]) / (
                     scaling["high_freq_factor"] - scaling["low_freq_factor"])
                 freq = (1 - smooth) * freq / factor + smooth * freq
