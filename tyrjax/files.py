@@ -19,8 +19,16 @@ def cache_dir() -> Path:
     return path
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write to a temp file beside `path`, fsync, then rename onto it.
+    """Write to a temp file beside `path`, fsync, then rename onto it; the file gets the mode a
+    new file gets (the temp file's is private).
 
     In a multi-process run only process 0 writes; the others return the path untouched.
     """
@@ -30,6 +38,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

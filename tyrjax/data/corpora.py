@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tyrjax.files import cache_dir
+from tyrjax.files import cache_dir, new_file_mode
 from tyrjax.errors import TyrjaxError
 
 SPLITS = ("calib", "eval", "all")
@@ -255,6 +255,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
