@@ -42,6 +42,8 @@ def test_tyr_run_directory(tiny_dir, tmp_path):
     assert len(m["per_layer"]["attention"]) == 2 and {"supernet", "search"} <= set(m["wall_s"])
     for f in ("per_layer_sparsity.png", "search_convergence.png", "distribution.json", "search_history.json"):
         assert (out / f).stat().st_size > 0
+    assert not list((out / "work").glob("supernet_*"))  # finished work is deleted
+    assert (out / "work" / "found_0.npz").exists()  # the small iteration result stays
     pruned = load_model(str(out / "model"))
     assert pruned.cfg.attn_mlp_params() == m["params"]["pruned"]["attn_mlp"]
     assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--max-new-tokens", "3"]) == 0
@@ -100,3 +102,18 @@ def test_uniform_width_export_loads_in_transformers(tmp_path):
     np.testing.assert_allclose(torch_logits(hf, tokens), np.asarray(ref), rtol=1e-4, atol=1e-5)
     uneven = compact_from_masked(params, cfg, np.array([[1, 1, 0, 1], [1, 1, 1, 1]], bool), ffn)[1]
     assert not stock_compatible(uneven)
+
+
+def supernet_stores(run_dir) -> list[str]:
+    return sorted(p.name for p in (run_dir / "work").glob("supernet_*"))
+
+
+def test_finished_runs_delete_their_supernets_unless_kept(tiny_dir, tmp_path):
+    uniform = ["prune", "--model", str(tiny_dir), "--method", "uniform", "--sparsity", "0.5", *FAST]
+    assert main([*uniform, "--out", str(tmp_path / "u")]) == 0
+    assert supernet_stores(tmp_path / "u") == []
+    applied = [*uniform, "--distribution", str(tmp_path / "u" / "distribution.json")]
+    assert main([*applied, "--out", str(tmp_path / "d")]) == 0
+    assert supernet_stores(tmp_path / "d") == []
+    assert main([*uniform, "--keep-supernets", "--out", str(tmp_path / "kept")]) == 0
+    assert supernet_stores(tmp_path / "kept") == ["supernet_uniform"]

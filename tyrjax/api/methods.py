@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
 from tyrjax.model.blocks import HeldBlocks, ModelBlocks
 from tyrjax.model.decoder import compact_from_masked
+from tyrjax.parallel.distributed import agree, is_writer
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.runs.plots import per_layer_sparsity, search_convergence
 from tyrjax.sparse.pruners import SPARSE_PRUNERS
@@ -118,6 +120,15 @@ def preset_config(preset: str = "quick", *, iterations: int | None = None, gener
                                supernet_dtype=supernet_dtype, **overrides)
 
 
+def delete_supernets(work_dir: Path) -> None:
+    """Once the compact model is built, the supernet stores under `work_dir` are finished work:
+    delete them (the small search states and iteration results stay)."""
+    agree(0, f"supernets in {work_dir}")  # every process is done reading them
+    if is_writer() and work_dir.is_dir():
+        for store in sorted(work_dir.glob("supernet_*")):
+            shutil.rmtree(store, ignore_errors=True)
+
+
 def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
     return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
 
@@ -159,7 +170,8 @@ class StructuredMethod:
               progress: bool) -> Pruned:
         """Týr, uniform and a saved distribution work block by block: `model.params` may be
         `blocks.StreamedBlocks`. The other baselines need the parameters in memory. Týr keeps
-        its supernets and search state in OUT/work, where a rerun resumes."""
+        its supernets and search state in OUT/work, where a rerun resumes; once the compact model
+        is built, the supernets there are deleted (`keep_supernets` keeps them)."""
         cfg, tcfg, phase_s, history = model.cfg, self.config, None, None
         work_dir = out / "work" if out is not None else None
         if bound is not None:
@@ -183,6 +195,8 @@ class StructuredMethod:
             params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, self.sparsity, self.method,
                                                             mlp_multiple=tcfg.mlp_multiple, progress=progress)
             compact, ccfg = compact_from_masked(params, cfg, head, ffn)
+        if work_dir is not None and not tcfg.keep_supernets:
+            delete_supernets(work_dir)
         # Streamed, the compact model is evaluated block by block too (the hidden states of the
         # windows are held instead of the whole forward's activations).
         streamed = isinstance(model.params, ModelBlocks)

@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for accelerators")
     g.add_argument("--distribution", type=Path, default=None, help="apply a searched distribution file instead of searching")
     g.add_argument("--keep-supernets", action="store_true",
-                   help="keep every iteration's supernet in RUN_DIR/work (default: delete each once its search is done)")
+                   help="keep the supernets in RUN_DIR/work (default: delete each once its search is done, "
+                        "and the last once the pruned model is built; uniform and --distribution too)")
     g.add_argument("--stream", action="store_true",
                    help="hold only the embedding and head; read each decoder block from the checkpoint when a phase "
                         "needs it, so memory does not grow with depth (tyr, uniform and --distribution; "
