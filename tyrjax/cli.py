@@ -8,6 +8,7 @@ from tyrjax.commands import bench, convert, generate, plan, prune, report, sds
 from tyrjax.commands import eval as eval_command
 from tyrjax.commands.common import scaled
 from tyrjax.errors import TyrjaxError
+from tyrjax.runs.rundir import set_command_line
 
 DESCRIPTION = """\
 tyrjax compresses Llama-family language models in pure functional JAX.
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    set_command_line(["tyrjax", *argv])
     try:
         with scaled(args):
             args.func(args)
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tyrjax {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_command_line(None)
     return 0
 
 

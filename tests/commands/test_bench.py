@@ -136,3 +136,20 @@ def test_bench_a_model_alone(tmp_path, capsys):
         m = json.loads((out / "metrics.json").read_text())
         assert m["dense_model"] is None and set(m["params"]) == {"model"}
         assert len(m["speed"]) == 1 and "ttft_speedup" not in m["speed"][0]
+
+
+def test_bench_measures_the_padded_export_beside_the_compact_model(tmp_path, capsys):
+    run, dense_dir = _prune_run(tmp_path, str(tmp_path / "dense"))
+    pruned, _ = pruned_pair()
+    export_pruned(pruned.params, pruned.cfg, run, None, ("hf-padded",))
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", str(run / "model"), "--batch-sizes", "1", "--prompt-lengths", "6",
+                 "--new-tokens", "3", "--repeats", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    padded = str(run / "hf_padded")
+    assert m["padded_model"] == padded and [r["model"] for r in m["speed"]] == [str(dense_dir), str(run / "model"), padded]
+    assert all(r["ttft_speedup"] > 0 and r["decode_speedup"] > 0 for r in m["speed"][1:])
+    # padded to the widest layer: 2 query heads on the one KV head, 20 neurons
+    assert m["params"]["model"]["attn_mlp"] < m["params"]["padded"]["attn_mlp"] < m["params"]["dense"]["attn_mlp"]
+    assert padded in printed

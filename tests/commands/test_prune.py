@@ -117,3 +117,31 @@ def test_finished_runs_delete_their_supernets_unless_kept(tiny_dir, tmp_path):
     assert supernet_stores(tmp_path / "d") == []
     assert main([*uniform, "--keep-supernets", "--out", str(tmp_path / "kept")]) == 0
     assert supernet_stores(tmp_path / "kept") == ["supernet_uniform"]
+
+
+def test_padded_export_prints_what_loads_where_and_matches_the_compact_model(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "u"
+    assert main(["prune", "--model", str(tiny_dir), "--method", "uniform", "--sparsity", "0.5", "--export", "hf-padded",
+                 "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out / 'model'}: the compact model" in printed and "not in transformers" in printed
+    assert f"{out / 'hf_padded'}: a stock checkpoint, each layer padded" in printed
+    outputs = json.loads((out / "metrics.json").read_text())["outputs"]
+    assert outputs["hf_padded"] == str(out / "hf_padded")
+    from transformers import AutoModelForCausalLM
+
+    compact = load_model(str(out / "model"))
+    tokens = np.arange(1, 12)[None]
+    hf = AutoModelForCausalLM.from_pretrained(out / "hf_padded").eval()
+    np.testing.assert_allclose(torch_logits(hf, tokens), np.asarray(forward(compact.params, compact.cfg, tokens)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_export_errors_come_before_any_work(tiny_dir, tmp_path, capsys):
+    assert main(["prune", "--model", str(tiny_dir), "--method", "flap", "--sparsity", "0.5", "--export", "hf-padded",
+                 "--out", str(tmp_path / "f"), *FAST]) == 2
+    assert "--export hf-padded: FLAP adds biases" in capsys.readouterr().err
+    assert main(["prune", "--model", str(tiny_dir), "--method", "wanda", "--pattern", "2:4", "--export", "hf-padded",
+                 "--out", str(tmp_path / "w"), *FAST]) == 2
+    assert "--export hf-padded: applies to structured pruning" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists() and not (tmp_path / "w").exists()

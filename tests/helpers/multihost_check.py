@@ -21,7 +21,7 @@ initialize(f"127.0.0.1:{PORT}", 2, PROCESS_ID)
 
 from scale_fixtures import CFG, SPARSITY, configure_jax, tiny_model, tyr_config  # noqa: E402
 from tyrjax.evaluation.perplexity import perplexity  # noqa: E402
-from tyrjax.runs.rundir import record_command  # noqa: E402
+from tyrjax.runs.rundir import claim_run_dir  # noqa: E402
 from tyrjax.files import write_json
 from tyrjax.parallel.sharding import make_mesh  # noqa: E402
 from tyrjax.model.axes import shard_params
@@ -36,7 +36,7 @@ def main() -> None:
     result = run_tyr(params, CFG, calib, SPARSITY, tyr_config(), work_dir=ROOT / f"work{PROCESS_ID}", progress=False,
                      mesh=mesh)
     run_dir = ROOT / f"run{PROCESS_ID}"
-    record_command(run_dir)
+    claim_run_dir(run_dir, "check", {}).take()
     write_json(run_dir / "metrics.json", {"fitness": result.iterations[0].fitness})
     ppl = perplexity(shard_params(params, CFG, mesh), CFG, calib, batch_size=4, progress=False)
     np.savez(ROOT / f"result{PROCESS_ID}.npz", genome=result.iterations[0].genome, head=result.head_mask,

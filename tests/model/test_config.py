@@ -175,8 +175,14 @@ def test_written_config_is_stock_unless_it_must_say_more():
     assert compact["tyrjax"] == {"layer_heads": [2, 3], "layer_kv_heads": [1, 2], "layer_ffn": [10, 0],
                                  "layer_kv_map": [[0, 0], [0, 1, 1]]}
     assert compact["num_attention_heads"] == 4 and compact["intermediate_size"] == 24  # the dense widths
+    assert compact["architectures"] == ["TyrjaxCompactLlamaForCausalLM"] and compact["model_type"] == "tyrjax_compact"
     qwen = ModelConfig.from_hf(QWEN2_5).to_hf()
-    assert qwen["architectures"] == ["Qwen2ForCausalLM"] and qwen["tyrjax"] == {"o_bias": False}
+    assert qwen["architectures"] == ["Qwen2ForCausalLM"] and "tyrjax" not in qwen
+    assert ModelConfig.from_hf(qwen) == ModelConfig.from_hf(QWEN2_5)
+    compact_qwen = compact_tiny().replace(architecture="qwen2", attention_bias=True, o_bias=True).to_hf()
+    assert compact_qwen["architectures"] == ["TyrjaxCompactQwen2ForCausalLM"] and compact_qwen["tyrjax"]["o_bias"] is True
+    with pytest.raises(TyrjaxError, match="TyrjaxCompactLlamaForCausalLM is a compact tyrjax model.*per-layer"):
+        ModelConfig.from_hf({k: v for k, v in compact.items() if k != "tyrjax"})
 
 
 def test_config_is_frozen():

@@ -2,11 +2,13 @@
 mesh a run killed (SIGKILL) in the supernet build and again in the search resumes each time from
 the last completed block / generation to the uninterrupted result."""
 import json
+import time
 
 import numpy as np
 import pytest
 
 import tyrjax.tyr.pipeline as pipeline
+import tyrjax.tyr.supernet as supernet
 from scale_fixtures import CFG, SPARSITY, run_check, tiny_model, tyr_config
 
 RESULTS = ("genome", "fitness", "head", "ffn", "wo", "w_down")
@@ -39,6 +41,52 @@ def test_stopped_search_resumes_from_its_last_generation_to_the_same_result(tmp_
     np.testing.assert_array_equal(resumed.iterations[0].genome, fresh.iterations[0].genome)
     np.testing.assert_array_equal(resumed.head_mask, fresh.head_mask)
     np.testing.assert_array_equal(resumed.params["layers"]["wo"], fresh.params["layers"]["wo"])
+
+
+def test_wall_time_counts_the_work_of_the_runs_stopped_before(tmp_path, monkeypatch):
+    params, calib = tiny_model()
+    tcfg = tyr_config(generations=3)
+    block_s, fitness_s = 0.4, 0.1  # each block built and each fitness call takes at least this long
+    save_block, save_state, make_fitness = supernet.SupernetStore.save_block, pipeline.save_state, pipeline.make_fitness_fn
+    stop, calls, calls_saved = {"block": 0, "generation": 2}, [], []
+
+    def slow_block(self, block, levels, stream):
+        time.sleep(block_s)
+        save_block(self, block, levels, stream)
+        if stop.get("block") == block:
+            raise Preempted
+
+    def slow_fitness_fn(*args):
+        fitness = make_fitness(*args)
+
+        def slow(*a):
+            time.sleep(fitness_s)
+            calls.append(1)
+            return fitness(*a)
+        return slow
+
+    def counted_state(path, state):
+        save_state(path, state)
+        calls_saved.append(len(calls))  # the calls so far are in the saved state's seconds
+        if stop.get("generation") == state.generation:
+            raise Preempted
+
+    monkeypatch.setattr(supernet.SupernetStore, "save_block", slow_block)
+    monkeypatch.setattr(pipeline, "make_fitness_fn", slow_fitness_fn)
+    monkeypatch.setattr(pipeline, "save_state", counted_state)
+    start = time.perf_counter()
+    with pytest.raises(Preempted):  # stopped after the first of the two blocks
+        pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=tmp_path / "work", progress=False)
+    del stop["block"]
+    with pytest.raises(Preempted):  # builds the second block, stopped after the second generation
+        pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=tmp_path / "work", progress=False)
+    del stop["generation"]
+    assert calls_saved[-1] == len(calls)  # every call of the stopped search is in its last saved state
+    result = pipeline.run_tyr(params, CFG, calib, SPARSITY, tcfg, work_dir=tmp_path / "work", progress=False)
+    elapsed = time.perf_counter() - start
+    supernet_s, search_s = result.supernet_s[0], result.search_s[0]
+    assert supernet_s >= 2 * block_s and search_s >= len(calls) * fitness_s  # not only the last run's piece
+    assert supernet_s + search_s <= elapsed  # nothing counted twice
 
 
 @pytest.mark.parametrize("reprune_final", [True, False])

@@ -2,6 +2,7 @@
 prompt lengths, a (pruned) model against its dense original measured in the same run."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import jax
 from tyrjax.api.configs import ALONE, BenchConfig, out_path
 from tyrjax.api.results import BenchResult
 from tyrjax.api.scoring import param_counts
-from tyrjax.api.sources import ModelSource, dtype_name, open_model
+from tyrjax.api.sources import ModelSource, dtype_name, open_model, source_paths, source_settings
 from tyrjax.checkpoints.loading import HUB_NAME, Model, load_model, resolve_model_dir
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.speed import Contender, speed_sweep
@@ -18,7 +19,7 @@ from tyrjax.files import write_json
 from tyrjax.model.config import ModelConfig
 from tyrjax.runs.lineage import dense_spec, find_origin
 from tyrjax.runs.report import write_report
-from tyrjax.runs.rundir import Timer, record_command
+from tyrjax.runs.rundir import Timer, claim_run_dir
 
 
 def _is_directory_of(spec: str | None, model: Model) -> bool:
@@ -60,6 +61,14 @@ def dense_original(model: Model, against: str | None, dtype: str) -> tuple[Model
     return dense, f"dense reference: {dense.source} ({why})"
 
 
+def padded_beside(model: Model) -> Path | None:
+    """RUN_DIR/hf_padded, when `model` is the compact RUN_DIR/model of a run that wrote one."""
+    if model.directory is None or not model.cfg.is_compact or Path(model.directory).name != "model":
+        return None
+    padded = Path(model.directory).parent / "hf_padded"
+    return padded if (padded / "config.json").is_file() else None
+
+
 def check_lengths(cfg: ModelConfig, prompt_lengths: Sequence[int], new_tokens: int) -> None:
     longest = max(prompt_lengths) + new_tokens
     if longest > cfg.max_position_embeddings:
@@ -69,11 +78,16 @@ def check_lengths(cfg: ModelConfig, prompt_lengths: Sequence[int], new_tokens: i
         )
 
 
-def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out: str | Path | None = None) -> BenchResult:
+def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out: str | Path | None = None,
+          force: bool = False) -> BenchResult:
     """Measure `model` (a loaded `Model`, a `ModelSpec`, a path or hub name; None: the embedded
-    default) against its dense original on every shape of `config`; with `out`, write
-    OUT/metrics.json ("speed" rows) and OUT/report.md."""
+    default) against its dense original on every shape of `config`, and beside it the padded
+    stock export of its run (RUN_DIR/hf_padded) when there is one; with `out`, write
+    OUT/metrics.json ("speed" rows) and OUT/report.md (`force` as for `tyrjax.prune`)."""
     out = out_path(out)
+    if out is not None:
+        claim = claim_run_dir(out, "bench", {"model": source_settings(model), "bench": dataclasses.asdict(config)}, force,
+                      inputs=[*source_paths(model), *([config.against] if config.against else [])])
     timer = Timer()
     with timer.phase("load"):
         loaded = open_model(model)
@@ -82,20 +96,26 @@ def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out
         dense, note = dense_original(loaded, config.against, dtype)
         if dense is not None:
             check_lengths(dense.cfg, config.prompt_lengths, config.new_tokens)
+        padded_dir = padded_beside(loaded)
+        padded = None if padded_dir is None else load_model(str(padded_dir), dtype)
     if out is not None:
-        record_command(out)
+        claim.take()
     with timer.phase("bench"):
         rows = speed_sweep(
             Contender(loaded.source, loaded.params, loaded.cfg),
             None if dense is None else Contender(dense.source, dense.params, dense.cfg),
             config.batch_sizes, config.prompt_lengths, config.new_tokens, config.repeats,
+            others=() if padded is None else (Contender(padded.source, padded.params, padded.cfg),),
         )
     params = {"model": param_counts(loaded)}
+    if padded is not None:
+        params["padded"] = param_counts(padded)
     if dense is not None:
         params["dense"] = param_counts(dense)
     metrics = {
         "model": loaded.source,
         "dense_model": None if dense is None else dense.source,
+        "padded_model": None if padded is None else padded.source,
         "dtype": dtype,
         "device": jax.devices()[0].device_kind,
         "batch_sizes": list(config.batch_sizes),

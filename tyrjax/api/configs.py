@@ -46,6 +46,16 @@ class DataConfig:
             raise TyrjaxError("DataConfig.eval_corpora is empty; name at least one corpus, e.g. ('shakespeare',)")
 
 
+def data_settings(data: DataConfig, calibrates: bool = True) -> dict:
+    """What a run directory records of `data`: the windows and corpora, not the batch size
+    (which changes only the speed); calibration only for a call that `calibrates`."""
+    settings = dataclasses.asdict(data)
+    del settings["batch_size"]
+    if not calibrates:
+        del settings["calib"], settings["calib_windows"]
+    return settings
+
+
 def corpora_list(text: str) -> tuple[str, ...]:
     """A comma-separated list of corpus names (`--eval-data shakespeare,pydoc`)."""
     return tuple(c for c in text.split(",") if c)

@@ -2,21 +2,22 @@
 dense original when the model is the output of a pruning run."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tyrjax.api.configs import DataConfig, TasksConfig, out_path
+from tyrjax.api.configs import DataConfig, TasksConfig, data_settings, out_path
 from tyrjax.api.results import EvalResult
-from tyrjax.api.scoring import dense_comparison, evaluation_sets, perplexity_metrics
-from tyrjax.api.sources import ModelSource, dtype_name, open_model
+from tyrjax.api.scoring import dense_comparison, evaluation_sets, perplexity_metrics, windows_digest
+from tyrjax.api.sources import ModelSource, dtype_name, open_model, source_paths, source_settings
 from tyrjax.checkpoints.loading import on_active_mesh
 from tyrjax.evaluation.zeroshot import prepare_tasks, zero_shot
 from tyrjax.files import write_json
 from tyrjax.parallel.distributed import is_writer
 from tyrjax.runs.report import write_report
-from tyrjax.runs.rundir import record_command
+from tyrjax.runs.rundir import claim_run_dir
 
 
 def evaluate(
@@ -27,13 +28,19 @@ def evaluate(
     sets: dict[str, np.ndarray] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> EvalResult:
     """Perplexity of `model` (a loaded `Model`, a `ModelSpec`, a path or hub name; None: the
     embedded default) on `data`'s evaluation windows (or the given `sets`), each window scored
     alone; with `tasks`, zero-shot accuracy through lm-evaluation-harness. A model written by
     `tyrjax prune` or `tyrjax sds` is compared with the dense model that run pruned. With `out`,
-    the run directory `tyrjax eval --out` writes."""
+    the run directory `tyrjax eval --out` writes (`force` as for `tyrjax.prune`)."""
     out = out_path(out)
+    if out is not None:
+        settings = {"model": source_settings(model), "data": data_settings(data, calibrates=False),
+                    "tasks": None if tasks is None else dataclasses.asdict(tasks),
+                    "sets": None if sets is None else {k: windows_digest(v) for k, v in sets.items()}}
+        claim = claim_run_dir(out, "eval", settings, force, inputs=source_paths(model))
     start = time.perf_counter()
     if tasks is not None:
         from tyrjax.evaluation.harness import require_lm_eval
@@ -55,7 +62,7 @@ def evaluate(
         tasks_wall_s["tasks"] = round(time.perf_counter() - tasks_start, 2)
     metrics["wall_s"] = {"total": round(time.perf_counter() - start, 2), **tasks_wall_s}
     if out is not None:
-        record_command(out)
+        claim.take()
         write_json(out / "metrics.json", metrics)
         if is_writer():
             write_report(out)

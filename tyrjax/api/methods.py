@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tyrjax.api.configs import DataConfig, SDSConfig
-from tyrjax.checkpoints.export import export_pruned
+from tyrjax.checkpoints.export import check_formats, export_pruned
 from tyrjax.checkpoints.hf import save_hf, save_orbax
 from tyrjax.checkpoints.loading import Model
 from tyrjax.errors import TyrjaxError
@@ -38,6 +39,9 @@ STREAMED_METHODS = ("tyr", "uniform")
 # stage's 131,072 tokens.
 PRESET_CALIB_WINDOWS = {"quick": 64, "paper": 256}
 UNSTRUCTURED_CALIB_WINDOWS = 64
+# TyrConfig fields that change how a run uses the machine, not its results: a run resumes
+# under other values of these.
+RUN_ONLY_SETTINGS = ("keep_supernets", "device_memory_gb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +137,13 @@ def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
     return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
 
 
+def _seconds_across_resumes(start: float, selection: Selection) -> float:
+    """Wall seconds since `start`, plus what earlier, interrupted runs spent building the
+    selection's supernet up to its last saved block."""
+    store = selection.supernet.store
+    return round(time.perf_counter() - start + (store.earlier_s if store else 0.0), 3)
+
+
 def _from_selection(selection: Selection) -> tuple[dict, Any, np.ndarray, np.ndarray]:
     compact, ccfg = selection.compact()
     return (compact, ccfg, *selection.masks())
@@ -148,6 +159,7 @@ class StructuredMethod:
     config: TyrConfig = PRESETS["quick"]
     preset: str = "quick"
     distribution: Path | None = None
+    exports: tuple[str, ...] = ()  # extra checkpoints to write: `checkpoints.export.EXPORT_FORMATS`
 
     phases = Phases(data="load", pruned_eval="pruned_eval", save="export", total=False)
 
@@ -158,9 +170,27 @@ class StructuredMethod:
             raise TyrjaxError(f"--sparsity {self.sparsity}: must lie strictly between 0 and 1 (e.g. 0.5)")
         if stream and self.method not in STREAMED_METHODS and self.distribution is None:
             raise not_streamable(self.method)
+        check_formats(self.exports)
+        if "hf-padded" in self.exports and self.method == "flap" and self.distribution is None:
+            raise TyrjaxError("--export hf-padded: FLAP adds biases to o_proj and down_proj, which a stock checkpoint "
+                              "cannot hold; drop --export (RUN_DIR/model loads in tyrjax)")
 
     def calib_windows(self) -> int:
         return PRESET_CALIB_WINDOWS.get(self.preset, UNSTRUCTURED_CALIB_WINDOWS)
+
+    def settings(self) -> dict[str, Any]:
+        """What a run directory records of the method: all but what changes only how it runs
+        (the memory budget, whether supernets are kept)."""
+        settings = dataclasses.asdict(self)
+        del settings["exports"]  # what is written beside the model, not the model
+        for name in RUN_ONLY_SETTINGS:
+            del settings["config"][name]
+        if self.distribution is not None:
+            settings["distribution"] = str(Path(self.distribution).expanduser().resolve())
+        return settings
+
+    def inputs(self) -> list[str]:
+        return [] if self.distribution is None else [str(self.distribution)]
 
     def bind(self, model: Model) -> np.ndarray | None:
         """What the model must agree with before any work: the saved distribution, if any."""
@@ -174,19 +204,22 @@ class StructuredMethod:
         is built, the supernets there are deleted (`keep_supernets` keeps them)."""
         cfg, tcfg, phase_s, history = model.cfg, self.config, None, None
         work_dir = out / "work" if out is not None else None
+        start = time.perf_counter()
         if bound is not None:
-            compact, ccfg, head, ffn = _from_selection(distribution_selection(
-                model.params, cfg, calib, bound, tcfg, progress,
-                store_dir=work_dir / "supernet_distribution" if work_dir else None))
+            selection = distribution_selection(model.params, cfg, calib, bound, tcfg, progress,
+                                               store_dir=work_dir / "supernet_distribution" if work_dir else None)
+            compact, ccfg, head, ffn = _from_selection(selection)
+            phase_s = {"prune": _seconds_across_resumes(start, selection)}
         elif self.method == "tyr":
             result = run_tyr(model.params, cfg, calib, self.sparsity, tcfg, work_dir=work_dir, progress=progress)
             compact, ccfg, head, ffn = _from_selection(result.selection)
             history = [it.history for it in result.iterations]
             phase_s = {"supernet": round(sum(result.supernet_s), 2), "search": round(sum(result.search_s), 2)}
         elif self.method == "uniform":
-            compact, ccfg, head, ffn = _from_selection(uniform_selection(
-                model.params, cfg, calib, self.sparsity, tcfg, progress,
-                store_dir=work_dir / "supernet_uniform" if work_dir else None))
+            selection = uniform_selection(model.params, cfg, calib, self.sparsity, tcfg, progress,
+                                          store_dir=work_dir / "supernet_uniform" if work_dir else None)
+            compact, ccfg, head, ffn = _from_selection(selection)
+            phase_s = {"prune": _seconds_across_resumes(start, selection)}
         else:
             from tyrjax.tyr.baselines import structured_baseline
 
@@ -206,8 +239,9 @@ class StructuredMethod:
         return Pruned(pruned, served, head, ffn, history, phase_s)
 
     def save(self, pruned: Pruned, out: Path, dense_model: Model, tokenizer_dir: Path | None) -> dict[str, str]:
-        """RUN_DIR/model (compact) and, where transformers can load it, RUN_DIR/hf_llama."""
-        return export_pruned(pruned.model.params, pruned.model.cfg, out, dense_model.directory)
+        """RUN_DIR/model (compact), RUN_DIR/hf_llama where every layer has the same widths, and
+        the `exports` asked for (`checkpoints.export`)."""
+        return export_pruned(pruned.model.params, pruned.model.cfg, out, dense_model.directory, self.exports)
 
     def metrics(self, run: RunFacts) -> dict[str, Any]:
         dense, evaluated, pruned = run.dense, run.evaluated, run.pruned
@@ -282,6 +316,12 @@ class UnstructuredMethod:
 
     def calib_windows(self) -> int:
         return UNSTRUCTURED_CALIB_WINDOWS
+
+    def settings(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def inputs(self) -> list[str]:
+        return []
 
     def bind(self, model: Model) -> None:
         check_pattern_fits(model.params, self.pattern)

@@ -3,31 +3,36 @@ model, prune, score the pruned model, write the run directory."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
-from tyrjax.api.configs import DataConfig, SDSConfig, out_path
+from tyrjax.api.configs import DataConfig, SDSConfig, data_settings, out_path
 from tyrjax.api.methods import (PRUNE_METHODS, UNSTRUCTURED_METHODS, RunFacts, StructuredMethod,
                                 UnstructuredMethod)
 from tyrjax.api.results import PruneResult
 from tyrjax.api.scoring import calibration_windows, dense_reference, evaluation_sets, perplexity_metrics
-from tyrjax.api.sources import ModelSource, dtype_name, is_streamed, open_model, tokenizer_dir
+from tyrjax.api.sources import (ModelSource, dtype_name, is_streamed, open_model, source_paths, source_settings,
+                                tokenizer_dir)
 from tyrjax.checkpoints.loading import on_active_mesh
 from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
 from tyrjax.parallel.distributed import is_writer
 from tyrjax.runs.report import write_report
-from tyrjax.runs.rundir import Timer, record_command
+from tyrjax.runs.rundir import Timer, claim_run_dir
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig, removed_groups
 
 PruningMethod = Union[StructuredMethod, UnstructuredMethod]
 
 
 def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, out: Path | None,
-                progress: bool = True) -> PruneResult:
+                progress: bool = True, command: str = "prune", force: bool = False) -> PruneResult:
     """Prune the model of `source` with `method`; with `out`, write the run directory (metrics.json,
-    the pruned model, report.md and the method's files)."""
+    the pruned model, report.md and the method's files) of `command`: see `claim_run_dir`."""
     method.check(is_streamed(source))  # before anything is loaded or written
+    if out is not None:
+        settings = {"model": source_settings(source), "method": method.settings(), "data": data_settings(data)}
+        claim = claim_run_dir(out, command, settings, force, inputs=[*source_paths(source), *method.inputs()])
     timer = Timer()
     with timer.phase("load"):
         model = open_model(source)
@@ -37,7 +42,7 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
         calib = calibration_windows(model, data.calib, data.calib_windows or method.calib_windows())
         sets = evaluation_sets(model, data.eval_windows, data.eval_corpora)
     if out is not None:
-        record_command(out)
+        claim.take()
     with timer.phase("dense_eval"):
         dense = dense_reference(on_active_mesh(model), sets, data.batch_size, progress)
     with timer.phase("prune"):
@@ -56,6 +61,7 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
     wall_s = {**timer.wall_s, "total": round(sum(timer.wall_s.values()), 3)} if method.phases.total else timer.wall_s
     metrics = method.metrics(RunFacts(dense_model, pruned, dense, evaluated, calib, sets, wall_s, outputs, data, dtype))
     if out is not None:
+        metrics["resumes"] = claim.resume_count
         method.write_files(out, dense_model, pruned, metrics)
         write_json(out / "metrics.json", metrics)
         if is_writer():
@@ -70,7 +76,7 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
 
 
 def pruning_method(method: str, sparsity: float | None, pattern: str | None, config: TyrConfig | None,
-                   preset: str, distribution: str | Path | None) -> PruningMethod:
+                   preset: str, distribution: str | Path | None, export: Sequence[str] = ()) -> PruningMethod:
     """The method `tyrjax.prune` runs: structured with a sparsity, unstructured with a pattern."""
     if method not in PRUNE_METHODS:
         raise TyrjaxError(f"prune: unknown method {method!r}; use one of {', '.join(PRUNE_METHODS)}")
@@ -84,10 +90,14 @@ def pruning_method(method: str, sparsity: float | None, pattern: str | None, con
             raise TyrjaxError(f"prune: --method {method} is structured; use --sparsity instead of --pattern")
         if pattern is None:
             raise TyrjaxError(f"prune: --method {method} needs --pattern (e.g. 0.5, 2:4, 4:8)")
+        if export:
+            raise TyrjaxError(f"--export {export[0]}: applies to structured pruning (--sparsity); an unstructured "
+                              "run writes RUN_DIR/hf, a stock checkpoint with zeros")
         return UnstructuredMethod(method, pattern, seed=config.seed)
     if sparsity is None:
         raise TyrjaxError(f"prune: --method {method} needs --sparsity in (0, 1), e.g. --sparsity 0.5")
-    return StructuredMethod(method, sparsity, config, preset, None if distribution is None else Path(distribution))
+    return StructuredMethod(method, sparsity, config, preset, None if distribution is None else Path(distribution),
+                            tuple(export))
 
 
 def prune(
@@ -99,9 +109,11 @@ def prune(
     config: TyrConfig | None = None,
     preset: str = "quick",
     distribution: str | Path | None = None,
+    export: Sequence[str] = (),
     data: DataConfig = DataConfig(),
     out: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> PruneResult:
     """Prune `model` (a loaded `Model`, a `ModelSpec`, a path or hub name; None: the embedded
     default) and score it against the dense model on the evaluation windows.
@@ -109,11 +121,14 @@ def prune(
     Structured, with `sparsity` (the fraction of attention+MLP parameters to remove):
     tyr, uniform, wanda-sp, flap, magnitude; `config` (default: the `preset`'s `TyrConfig`)
     sets Týr's search and the local pruner, `distribution` applies a saved run's
-    distribution.json instead of searching. Unstructured, with `pattern` (0.5, 2:4, 4:8):
-    sparsegpt, wanda, magnitude. With `out`, the run directory `tyrjax prune --out` writes.
+    distribution.json instead of searching, `export` ("hf-padded") adds checkpoints beside
+    RUN_DIR/model (`tyrjax.checkpoints.export`). Unstructured, with `pattern` (0.5, 2:4, 4:8):
+    sparsegpt, wanda, magnitude. With `out`, the run directory `tyrjax prune --out` writes: a
+    directory holding another run stops the call before any work unless `force`
+    (`tyrjax.runs.rundir.claim_run_dir`); the same call resumes there.
     """
-    chosen = pruning_method(method, sparsity, pattern, config, preset, distribution)
-    return run_pruning(model, chosen, data, out_path(out), progress)
+    chosen = pruning_method(method, sparsity, pattern, config, preset, distribution, export)
+    return run_pruning(model, chosen, data, out_path(out), progress, "prune", force)
 
 
 def sds(
@@ -123,9 +138,10 @@ def sds(
     data: DataConfig = DataConfig(),
     out: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> PruneResult:
     """SDS (Sparse-Dense-Sparse) on every attention and MLP linear layer of `model`: prune
     one-shot, re-dense toward the dense layer's outputs, prune again (see `SDSConfig`). With
-    `out`, the run directory `tyrjax sds --out` writes."""
+    `out`, the run directory `tyrjax sds --out` writes (`force` as for `prune`)."""
     method = UnstructuredMethod(f"sds-{config.pruner}", config.pattern, sds=config, seed=config.seed)
-    return run_pruning(model, method, data, out_path(out), progress)
+    return run_pruning(model, method, data, out_path(out), progress, "sds", force)

@@ -28,6 +28,32 @@ def is_streamed(source: ModelSource) -> bool:
     return isinstance(source, ModelSpec) and source.stream
 
 
+def _location(path: str | None) -> str | None:
+    """A local path made absolute (a run resumed from another directory names the same files);
+    a hub name as given."""
+    if path is None:
+        return None
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
+def source_settings(source: ModelSource) -> dict:
+    """What a run directory records of its model: where it is loaded from, the tokenizer and the
+    dtype (streaming changes only how the blocks are read, not the results)."""
+    if isinstance(source, Model):
+        return {"model": source.source, "directory": _location(None if source.directory is None else str(source.directory))}
+    spec = as_spec(source)
+    return {"model": _location(spec.path), "tokenizer": _location(spec.tokenizer), "dtype": spec.dtype}
+
+
+def source_paths(source: ModelSource) -> list[str]:
+    """The local paths a call reads its model from (a run directory must not hold them to be replaced)."""
+    spec = as_spec(source)
+    if spec is None:
+        return [] if source.directory is None else [str(source.directory)]
+    return [p for p in (spec.path, spec.tokenizer) if p is not None and Path(p).expanduser().exists()]
+
+
 def open_model(source: ModelSource) -> Model:
     spec = as_spec(source)
     if spec is None:

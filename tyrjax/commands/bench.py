@@ -45,7 +45,7 @@ def bench_config(args: argparse.Namespace) -> api.BenchConfig:
 
 def run(args: argparse.Namespace) -> None:
     out = out_dir(args, "bench")
-    result = api.bench(model_spec(args), bench_config(args), out=out)
+    result = api.bench(model_spec(args), bench_config(args), out=out, force=args.force)
     if result.dense_note:
         print(result.dense_note)
     print_table(speed_table(result.rows))

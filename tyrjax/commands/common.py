@@ -44,7 +44,12 @@ def data_args(p: argparse.ArgumentParser, calib_default: int | None = 64) -> Non
 
 
 def out_arg(p: argparse.ArgumentParser, command: str) -> None:
-    p.add_argument("--out", type=Path, default=None, help=f"run directory (default runs/{command}-TIMESTAMP)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"run directory (default runs/{command}-TIMESTAMP); rerunning the same command with the same "
+                        "settings resumes there, anything else stops if it holds files")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even when it holds another run (whose files are deleted first) or files "
+                        "tyrjax did not write (which are kept)")
 
 
 def scale_args(p: argparse.ArgumentParser) -> None:

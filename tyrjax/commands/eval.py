@@ -33,7 +33,8 @@ def tasks_config(args: argparse.Namespace) -> api.TasksConfig | None:
 
 def run(args: argparse.Namespace) -> None:
     out = out_dir(args, "eval")
-    result = api.evaluate(model_spec(args), data=data_config(args), tasks=tasks_config(args), out=out)
+    result = api.evaluate(model_spec(args), data=data_config(args), tasks=tasks_config(args), out=out,
+                          force=args.force)
     metrics = result.metrics
     rows = [("corpus", "windows", "perplexity")]
     rows += [(k, str(metrics["eval_windows"][k][0]), f"{v:.3f}") for k, v in metrics["ppl"].items()]

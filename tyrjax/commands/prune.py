@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tyrjax import api
 from tyrjax.api.methods import UNSTRUCTURED_METHODS, preset_config
+from tyrjax.checkpoints.export import EXPORT_FORMATS, EXPORT_USES
 from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_int,
                                     print_unstructured, scale_args)
 
@@ -48,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--preset", default="quick", choices=["quick", "paper"],
                    help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for accelerators")
     g.add_argument("--distribution", type=Path, default=None, help="apply a searched distribution file instead of searching")
+    g.add_argument("--export", action="append", default=[], choices=EXPORT_FORMATS,
+                   help="also write RUN_DIR/hf_padded: a stock Llama/Qwen2 checkpoint, each layer padded with zeros "
+                        "to the widest, that transformers and other engines load (RUN_DIR/model loads only in tyrjax)")
     g.add_argument("--keep-supernets", action="store_true",
                    help="keep the supernets in RUN_DIR/work (default: delete each once its search is done, "
                         "and the last once the pruned model is built; uniform and --distribution too)")
@@ -73,10 +77,14 @@ def run(args: argparse.Namespace) -> None:
     structured = args.pattern is None and args.method not in UNSTRUCTURED_METHODS
     out = out_dir(args, f"prune-{args.method}" if structured else "prune")
     result = api.prune(model_spec(args), args.method, sparsity=args.sparsity, pattern=args.pattern, config=config,
-                       preset=args.preset, distribution=args.distribution, data=data_config(args), out=out)
+                       preset=args.preset, distribution=args.distribution, export=args.export,
+                       data=data_config(args), out=out,
+                       force=args.force)
     if result.layers is None:
         print_structured(result.metrics)
         print(f"wrote {out}")
+        for name, path in result.metrics["outputs"].items():
+            print(f"  {path}: {EXPORT_USES[name]}")
     else:
         print_unstructured(result.metrics)
         print(f"wrote {out / 'metrics.json'}")

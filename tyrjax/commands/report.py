@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     out = out_dir(args, "report")
-    comparison = api.report(args.run_dirs, out)
+    comparison = api.report(args.run_dirs, out, force=args.force)
     print_table(comparison.table)
     if comparison.paired:
         print(f"\nagainst {args.run_dirs[0]}, window by window:")

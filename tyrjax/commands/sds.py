@@ -52,6 +52,6 @@ def sds_config(args: argparse.Namespace) -> api.SDSConfig:
 
 def run(args: argparse.Namespace) -> None:
     out = out_dir(args, "sds")
-    result = api.sds(model_spec(args), sds_config(args), data=data_config(args), out=out)
+    result = api.sds(model_spec(args), sds_config(args), data=data_config(args), out=out, force=args.force)
     print_unstructured(result.metrics)
     print(f"wrote {out / 'metrics.json'}")

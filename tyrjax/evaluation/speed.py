@@ -131,9 +131,10 @@ def add_speedups(rows: list[dict[str, Any]], dense_label: str) -> list[dict[str,
 
 
 def speed_sweep(model: Contender, dense: Contender | None, batch_sizes: Sequence[int], prompt_lengths: Sequence[int],
-                new_tokens: int, repeats: int) -> list[dict[str, Any]]:
-    """Rows of `measure_row` for every shape, the dense model measured right before `model` on
-    each shape so both see the same machine state; `model`'s rows carry speedups vs dense."""
-    contenders = [Contender(c.label, *to_compact(c.params, c.cfg)) for c in (dense, model) if c is not None]
+                new_tokens: int, repeats: int, others: Sequence[Contender] = ()) -> list[dict[str, Any]]:
+    """Rows of `measure_row` for every shape, the dense model measured right before `model` (and
+    `others` right after it) on each shape so all see the same machine state; every row but
+    the dense model's carries speedups vs dense."""
+    contenders = [Contender(c.label, *to_compact(c.params, c.cfg)) for c in (dense, model, *others) if c is not None]
     rows = [measure_row(c, b, p, new_tokens, repeats) for b, p in sweep_shapes(batch_sizes, prompt_lengths) for c in contenders]
     return add_speedups(rows, dense.label) if dense is not None else rows

@@ -14,6 +14,13 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+# A compact (pruned) model's config.json names one of these, with its per-layer widths under
+# "tyrjax": a loader that does not know them refuses the directory instead of misreading it.
+COMPACT_ARCHITECTURES = {
+    "TyrjaxCompactLlamaForCausalLM": "llama",
+    "TyrjaxCompactQwen2ForCausalLM": "qwen2",
+}
+COMPACT_MODEL_TYPE = "tyrjax_compact"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +124,8 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
         archs = hf.get("architectures") or []
-        arch = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        known = {**SUPPORTED_ARCHITECTURES, **COMPACT_ARCHITECTURES}
+        arch = next((known[a] for a in archs if a in known), None)
         if arch is None:
             model_type = hf.get("model_type")
             arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}.get(model_type)
@@ -147,6 +155,9 @@ class ModelConfig:
                 "use a checkpoint with sliding_window null (Mistral v0.2 and later)"
             )
         extra = hf.get("tyrjax") or {}
+        if any(a in COMPACT_ARCHITECTURES for a in archs) and not extra.get("layer_heads"):
+            raise TyrjaxError(f"config: {archs[0]} is a compact tyrjax model but config.json lacks its per-layer "
+                              "widths (\"tyrjax\": layer_heads, ...); re-export the model with tyrjax")
         eos = hf.get("eos_token_id")
         return cls(
             vocab_size=hf["vocab_size"],
@@ -176,11 +187,14 @@ class ModelConfig:
         )
 
     def to_hf(self) -> dict[str, Any]:
-        """A config.json dict; per-layer widths of a compact model go under "tyrjax"."""
+        """A config.json dict; a compact model names a tyrjax architecture (`COMPACT_ARCHITECTURES`)
+        and its per-layer widths go under "tyrjax"."""
         arch = "Qwen2ForCausalLM" if self.architecture == "qwen2" else "LlamaForCausalLM"
+        if self.is_compact:
+            arch = next(a for a, base in COMPACT_ARCHITECTURES.items() if base == self.architecture)
         hf: dict[str, Any] = {
             "architectures": [arch],
-            "model_type": self.architecture,
+            "model_type": COMPACT_MODEL_TYPE if self.is_compact else self.architecture,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "num_hidden_layers": self.n_layers,
@@ -202,7 +216,7 @@ class ModelConfig:
             hf["attention_bias"] = self.attention_bias
             hf["mlp_bias"] = False
         extra: dict[str, Any] = {}
-        if self.architecture == "qwen2" or self.o_bias != self.attention_bias:
+        if self.o_bias != (self.architecture == "llama" and self.attention_bias):  # from_hf's default
             extra["o_bias"] = self.o_bias
         if self.down_bias:
             extra["down_bias"] = True

@@ -2,9 +2,9 @@
 
 from tyrjax.runs.rundir import (
     Timer,
+    claim_run_dir,
     default_out,
     print_table,
-    record_command,
 )
 from tyrjax.runs.plan import (
     MeshSpec,
@@ -22,10 +22,10 @@ __all__ = [
     "SDSRun",
     "Timer",
     "TyrRun",
+    "claim_run_dir",
     "default_out",
     "per_layer_sparsity",
     "print_table",
-    "record_command",
     "sds_memory",
     "sds_seconds",
     "search_convergence",

@@ -12,7 +12,7 @@ from typing import Any
 from tyrjax.runs import plots
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.paired import format_ratio, paired_ratio
-from tyrjax.runs.rundir import record_command
+from tyrjax.runs.rundir import claim_run_dir
 from tyrjax.files import write_atomic
 
 # The plots a run directory may hold, in report order: (file, caption).
@@ -234,6 +234,14 @@ def _draw_plots(run_dir: Path, metrics: dict[str, Any], label: str) -> None:
                                  f"{label}: mean sparsity of each block's linear layers")
 
 
+def _resumes_note(resumes: Any) -> str:
+    if not isinstance(resumes, int) or resumes <= 0:
+        return ""
+    times = "once" if resumes == 1 else f"{resumes} times"
+    return (f"\n\nThe run was resumed {times}. The supernet, search and prune phases count the earlier runs' work "
+            "up to their last saved block or generation; the other phases are the last run's.")
+
+
 def write_report(run_dir: str | Path) -> Path:
     """RUN_DIR/report.md: the command, the settings, the metrics tables and the plots (drawing
     the perplexity, accuracy, speed and unstructured per-layer plots the metrics imply)."""
@@ -257,7 +265,8 @@ def write_report(run_dir: str | Path) -> Path:
         sections.append(_speed_section(metrics))
     wall = _number_map(metrics, "wall_s", run_dir)
     if wall:
-        sections.append("## Wall time\n\n" + markdown_table([("phase", "seconds")] + [(k, f"{v:.1f}") for k, v in wall.items()]))
+        sections.append("## Wall time\n\n" + markdown_table([("phase", "seconds")] + [(k, f"{v:.1f}") for k, v in wall.items()])
+                        + _resumes_note(metrics.get("resumes")))
     _draw_plots(run_dir, metrics, label)  # after the tables: malformed metrics fail before any file is written
     figures = [f"![{caption}]({name})" for name, caption in RUN_PLOTS if (run_dir / name).is_file()]
     if figures:
@@ -383,16 +392,18 @@ class Comparison:
     run_dir: Path
 
 
-def compare_runs(run_dirs: list[Path], out: Path) -> Comparison:
+def compare_runs(run_dirs: list[Path], out: Path, force: bool = False) -> Comparison:
     """OUT/comparison.md (the table) and OUT/ppl_vs_sparsity.png; every run is read and checked
-    before anything is written."""
+    before anything is written. OUT is a report's run directory (`claim_run_dir`)."""
     runs = [summarize_run(Path(d)) for d in run_dirs]
+    claim = claim_run_dir(out, "report", {"run_dirs": [str(Path(d).resolve()) for d in run_dirs]}, force,
+                          inputs=run_dirs)
     table = comparison_table(runs)
     points: dict[str, list[tuple[float, dict[str, float]]]] = {}
     for r in runs:
         if r.sparsity is not None:
             points.setdefault(r.series, []).append((r.sparsity, r.ppl))
-    record_command(out)
+    claim.take()
     corpora = list(dict.fromkeys(c for r in runs for c in r.ppl))
     figure = plots.perplexity_vs_sparsity(out / "ppl_vs_sparsity.png", corpora, points, [d for _, d in dense_references(runs)])
     unplotted = [str(r.run_dir) for r in runs if r.sparsity is None]

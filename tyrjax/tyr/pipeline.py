@@ -7,6 +7,7 @@ import io
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -184,6 +185,7 @@ class IterationResult:
     history: list[dict]
     head_mask: np.ndarray | None = None  # (L, H) bool: the found model's heads kept
     ffn_mask: np.ndarray | None = None  # (L, F) bool: its neurons kept
+    earlier_s: float = 0.0  # wall seconds of the search before it was resumed
 
 
 def save_found(path: Path, found: IterationResult, seconds: tuple[float, float]) -> None:
@@ -243,9 +245,11 @@ def search_iteration(
     bar = tqdm(total=search_cfg.generations, initial=state.generation if state else 0, desc=f"search {iteration + 1}",
                unit="gen", disable=not progress)
 
+    earlier_s, since = state.seconds if state else 0.0, time.perf_counter()
+
     def on_generation(s) -> None:
         if state_path is not None and is_writer():
-            save_state(state_path, s)
+            save_state(state_path, dataclasses.replace(s, seconds=round(earlier_s + time.perf_counter() - since, 3)))
         bar.set_postfix(best_kl=f"{s.parent_fitness:.4f}")
         bar.update(1)
 
@@ -253,7 +257,7 @@ def search_iteration(
                     on_generation=on_generation)
     bar.close()
     history = [{"generation": r.generation, "fitness": r.fitness, "replaced": r.replaced} for r in result.history]
-    return IterationResult(grid, np.asarray(result.genome), result.fitness, history)
+    return IterationResult(grid, np.asarray(result.genome), result.fitness, history, earlier_s=earlier_s)
 
 
 @dataclasses.dataclass
@@ -299,8 +303,6 @@ def run_tyr(
     model. On a mesh (default: the one of `sharding.use_mesh`, if any) every phase runs sharded
     and the result comes back on this process's default device, the same on every process.
     """
-    import time
-
     tcfg.check_extensions()
     mesh = resolve_mesh(mesh)
     model = as_blocks(params, cfg, mesh)
@@ -328,7 +330,9 @@ def run_tyr(
             state_path = work_dir / f"search_{it}.json" if work_dir else None
             found = search_iteration(model, cfg, supernet, grid, calib, teacher(), tcfg, it, state_path, progress, mesh)
             found.head_mask, found.ffn_mask = supernet.masks(found.genome)
-            supernet_s, search_s = t1 - t0, time.perf_counter() - t1
+            # what earlier, interrupted runs spent up to their last saved block or generation counts too
+            supernet_s = t1 - t0 + (supernet.store.earlier_s if supernet.store else 0.0)
+            search_s = time.perf_counter() - t1 + found.earlier_s
             if found_path is not None:
                 save_found(found_path, found, (supernet_s, search_s))
         if store is not None and not tcfg.keep_supernets and (tcfg.reprune_final or it < tcfg.iterations - 1):
@@ -347,7 +351,8 @@ def run_tyr(
         selection = distribution_selection(model, cfg, calib, removed_groups(last.head_mask, last.ffn_mask), tcfg,
                                            progress, mesh, work_dir / "supernet_final" if work_dir else None,
                                            settle_kv=True)
-        sn_times.append(time.perf_counter() - t0)
+        store = selection.supernet.store
+        sn_times.append(time.perf_counter() - t0 + (store.earlier_s if store else 0.0))
     else:
         if supernet is None:  # every iteration was read back: rebuild (or reopen) the last supernet
             supernet = build_supernet(model, cfg, calib, last.grid, propagation=tcfg.propagation,

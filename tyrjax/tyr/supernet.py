@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -223,6 +224,20 @@ class SupernetStore:
         self.dir = Path(directory)
         self.key = key
         self.dtype = np.dtype(dtype)
+        self.earlier_s = 0.0  # wall seconds earlier runs spent building the blocks found on disk
+        self._since = time.perf_counter()
+
+    def start_clock(self) -> None:
+        """Count build time from now, on top of what the completed blocks on disk took."""
+        self.earlier_s = self.seconds() if self.completed() else 0.0
+        self._since = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Wall seconds the build has taken up to its last saved block, across resumes."""
+        try:
+            return float(json.loads(self._meta().read_text()).get("seconds", 0.0))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError, ValueError):
+            return 0.0
 
     def _meta(self) -> Path:
         return self.dir / "supernet.json"
@@ -244,7 +259,8 @@ class SupernetStore:
         for field, array in levels._asdict().items():
             write_atomic(self.field_path(block, field), _npy_bytes(np.asarray(array)))
         write_atomic(self.dir / "stream.npy", _npy_bytes(host_array(stream)))
-        write_json(self._meta(), {"key": self.key, "completed": block + 1})
+        seconds = round(self.earlier_s + time.perf_counter() - self._since, 3)
+        write_json(self._meta(), {"key": self.key, "completed": block + 1, "seconds": seconds})
 
     def load_block(self, block: int) -> BlockLevels:
         """Block `block`'s levels as read-only memory maps of its files."""
@@ -314,6 +330,8 @@ def build_supernet(
     key = supernet_key(cfg, grid, windows, *settings, dtype=stored_dtype)
     store = SupernetStore(store_dir, key, stored_dtype) if store_dir else None
     start = agree(store.completed(), f"supernet store {store.dir}") if store else 0
+    if store:
+        store.start_clock()
     if start:
         stream = store.load_stream()
         x = jnp.asarray(stream) if mesh is None else put_axes(stream, HIDDEN, mesh)

@@ -132,7 +132,8 @@ class SearchState:
     """Everything needed to resume: JSON-serialisable via ``to_dict`` / ``from_dict``.
 
     ``generation`` counts completed generations; the RNG state is ``(seed, generation)``.
-    ``parent_fitness`` is None before the first generation.
+    ``parent_fitness`` is None before the first generation. ``seconds`` is the wall time the
+    search took to reach this state, across resumes (set by whoever saves it).
     """
 
     seed: int
@@ -142,6 +143,7 @@ class SearchState:
     history: Tuple[GenerationRecord, ...]
     config: dict
     grid: dict
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -157,6 +159,7 @@ class SearchState:
             ],
             "config": self.config,
             "grid": self.grid,
+            "seconds": self.seconds,
         }
 
     @classmethod
@@ -186,6 +189,7 @@ class SearchState:
                 ),
                 config=dict(d["config"]),
                 grid=dict(d["grid"]),
+                seconds=float(d.get("seconds", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TyrjaxError(f"Corrupt search state ({exc!r}); delete it and restart the search.") from exc
