@@ -115,5 +115,11 @@ def test_claim_rules(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(TyrjaxError, match="is a file"):
         claim_run_dir(tmp_path / "file", "eval", settings)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / RECORD).write_text(json.dumps({"argv": ["/venv/bin/tyrjax", "prune", "--method", "tyr"], "cwd": "/"}))
+    (legacy / "metrics.json").write_text("{}")
+    with pytest.raises(TyrjaxError, match="earlier tyrjax.*written by `tyrjax prune --method tyr`"):
+        claim_run_dir(legacy, "prune", {})
     assert settings_changed({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 0}) == ["a.c", "d"]
     assert settings_changed(None, {"a": (1, 2)}) == ["a"]

@@ -86,8 +86,9 @@ def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out
     OUT/metrics.json ("speed" rows) and OUT/report.md (`force` as for `tyrjax.prune`)."""
     out = out_path(out)
     if out is not None:
-        claim = claim_run_dir(out, "bench", {"model": source_settings(model), "bench": dataclasses.asdict(config)}, force,
-                      inputs=[*source_paths(model), *([config.against] if config.against else [])])
+        settings = {"model": source_settings(model), "bench": dataclasses.asdict(config)}
+        claim = claim_run_dir(out, "bench", settings, force,
+                              inputs=[*source_paths(model), *([config.against] if config.against else [])])
     timer = Timer()
     with timer.phase("load"):
         loaded = open_model(model)

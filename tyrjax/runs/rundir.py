@@ -68,7 +68,7 @@ def _shown_command(record: dict[str, Any]) -> str:
     argv = record.get("argv")
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
         return " ".join(["tyrjax", *argv[1:]] if Path(argv[0]).name == "tyrjax" else argv)
-    return f"tyrjax {record.get('command', '?')}"
+    return f"tyrjax {record.get('command') or '(command not recorded)'}"
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -143,8 +143,10 @@ def _refusal(out: Path, command: str, settings: dict[str, Any], record: dict[str
     if record is None:
         return (f"--out {out}: the directory is not empty and tyrjax did not write it; {fix} write this "
                 f"{command} run's files beside the ones there")
-    if record.get("command") != command:
-        what = f"holds a run of `tyrjax {record.get('command') or '?'}`, not of `tyrjax {command}`"
+    if record.get("command") is None:
+        what = "holds a run of an earlier tyrjax, which did not record its settings"
+    elif record.get("command") != command:
+        what = f"holds a run of `tyrjax {record['command']}`, not of `tyrjax {command}`"
     else:
         changed = settings_changed(record.get("settings"), settings)
         what = f"holds a run of `tyrjax {command}` with other settings ({', '.join(changed)})"
