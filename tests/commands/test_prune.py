@@ -44,7 +44,7 @@ def test_tyr_run_directory(tiny_dir, tmp_path):
         assert (out / f).stat().st_size > 0
     pruned = load_model(str(out / "model"))
     assert pruned.cfg.attn_mlp_params() == m["params"]["pruned"]["attn_mlp"]
-    assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--max-new-tokens", "3"]) == 0
+    assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--new-tokens", "3"]) == 0
 
 
 def test_streamed_run_gives_the_same_model_and_metrics(tiny_dir, tmp_path, capsys):
