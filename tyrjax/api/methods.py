@@ -118,6 +118,16 @@ def preset_config(preset: str = "quick", *, iterations: int | None = None, gener
                                supernet_dtype=supernet_dtype, **overrides)
 
 
+def resume_note(work_dir: Path | None) -> str | None:
+    """One line saying that a rerun picks up the work an earlier run of it left in `work_dir`."""
+    if work_dir is None or not work_dir.is_dir():
+        return None
+    kept = sorted(p.name + ("/" if p.is_dir() else "") for p in work_dir.iterdir() if not p.name.startswith("."))
+    if not kept:
+        return None
+    return f"resuming from {work_dir}: reusing {', '.join(kept)}"
+
+
 def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
     return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
 
@@ -162,6 +172,9 @@ class StructuredMethod:
         its supernets and search state in OUT/work, where a rerun resumes."""
         cfg, tcfg, phase_s, history = model.cfg, self.config, None, None
         work_dir = out / "work" if out is not None else None
+        note = resume_note(work_dir)
+        if note:
+            print(note)
         if bound is not None:
             compact, ccfg, head, ffn = _from_selection(distribution_selection(
                 model.params, cfg, calib, bound, tcfg, progress,
@@ -232,6 +245,11 @@ class StructuredMethod:
 
 def _per_layer_sparsity(layers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     return {k: r["sparsity"] for k, r in layers.items()}
+
+
+def zeros_in(layers: dict[str, dict[str, Any]]) -> int:
+    """The zero weights of the pruned linear layers (each layer's zero fraction of its weights)."""
+    return sum(round(r["sparsity"] * r["numel"]) for r in layers.values() if r["numel"])
 
 
 def layer_losses(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -305,7 +323,8 @@ class UnstructuredMethod:
             "window_nll": evaluated["window_nll"],
             "window_digest": evaluated["window_digest"],
             "dense_window_nll": dense["window_nll"],
-            "params": evaluated["params"],
+            "params": {**evaluated["params"],
+                       "attn_mlp_nonzero": evaluated["params"]["attn_mlp"] - zeros_in(report["layers"])},
             "hyperparameters": report.get("hyperparameters", {}),
             "chosen": report.get("chosen"),
             "data": run.data.calib,

@@ -142,12 +142,20 @@ def out_dir(args: argparse.Namespace, command: str) -> Path:
     return args.out or default_out(command)
 
 
-def print_unstructured(metrics: dict) -> None:
-    """The dense and the pruned perplexity per corpus, the sparsity and the wall time."""
+def print_results(metrics: dict) -> None:
+    """One layout for every pruning run: the dense and the pruned perplexity per corpus, the
+    attention+MLP parameters kept (nonzero, for unstructured runs), the sparsity and the wall time."""
+    label = f"{metrics['method']} {metrics['pattern']}" if metrics.get("pattern") else metrics["method"]
     dense, pruned = metrics["dense_ppl"], metrics["ppl"]
-    rows = [("corpus", "dense ppl", f"{metrics['method']} {metrics['pattern']} ppl", "change")]
-    rows += [(k, f"{dense[k]:.3f}", f"{pruned[k]:.3f}", f"{100 * (pruned[k] / dense[k] - 1):+.1f}%") for k in pruned]
+    rows = [("", "dense", label, "change")]
+    rows += [(f"ppl {k}", f"{dense[k]:.3f}", f"{pruned[k]:.3f}", f"{100 * (pruned[k] / dense[k] - 1):+.1f}%") for k in pruned]
+    params = metrics["params"]
+    if "pruned" in params:
+        before, after, what = params["dense"]["attn_mlp"], params["pruned"]["attn_mlp"], "attn+MLP params"
+    else:
+        before, after, what = params["attn_mlp"], params.get("attn_mlp_nonzero", params["attn_mlp"]), "attn+MLP nonzero"
+    rows.append((what, f"{before:,}", f"{after:,}", f"{100 * (after / before - 1):+.1f}%"))
     print_table(rows)
-    sparsity = metrics["sparsity"]
-    print(f"sparsity: target {sparsity['target']:.4f}, achieved {sparsity['achieved']:.4f} "
-          f"(attention+MLP linear weights); wall {metrics['wall_s']['total']:.1f} s")
+    sparsity, wall = metrics["sparsity"], metrics["wall_s"]
+    print(f"sparsity: target {sparsity['target']:.4f}, achieved {sparsity['achieved']:.4f} (attention+MLP); "
+          f"wall {wall.get('total', sum(wall.values())):.1f} s")

@@ -7,7 +7,7 @@ from pathlib import Path
 from tyrjax import api
 from tyrjax.api.methods import PRESET_CALIB_WINDOWS, UNSTRUCTURED_CALIB_WINDOWS, UNSTRUCTURED_METHODS, preset_config
 from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_float,
-                                    positive_int, print_unstructured, scale_args)
+                                    positive_int, print_results, scale_args)
 from tyrjax.tyr.pipeline import PRESETS
 
 PRESET_CHOICES = ("quick", "paper")
@@ -94,17 +94,9 @@ def run(args: argparse.Namespace) -> None:
     out = out_dir(args, f"prune-{args.method}" if structured else "prune")
     result = api.prune(model_spec(args), args.method, sparsity=args.sparsity, pattern=args.pattern, config=config,
                        preset=args.preset, distribution=args.distribution, data=data_config(args), out=out)
+    print_results(result.metrics)
     if result.layers is None:
-        print_structured(result.metrics)
         print(f"wrote {out}")
     else:
-        print_unstructured(result.metrics)
         print(f"wrote {out / 'metrics.json'}")
 
-
-def print_structured(m: dict) -> None:
-    print(f"{'':12}{'dense':>12}{m['method']:>14}")
-    for corpus, value in m["ppl"].items():
-        print(f"{'ppl ' + corpus:<12}{m['dense_ppl'][corpus]:>12.3f}{value:>14.3f}")
-    print(f"{'params':<12}{m['params']['dense']['attn_mlp']:>12,}{m['params']['pruned']['attn_mlp']:>14,}  (attention+MLP)")
-    print(f"sparsity: target {m['sparsity']['target']:.3f}, achieved {m['sparsity']['achieved']:.3f}")

@@ -11,7 +11,7 @@ import argparse
 
 from tyrjax import api
 from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, non_negative_int, out_arg, out_dir,
-                                    positive_int, print_unstructured, scale_args)
+                                    positive_int, print_results, scale_args)
 
 DESCRIPTION = """\
 SDS (Sparse-Dense-Sparse): 1) prune every linear layer one-shot, 2) re-dense: optimise all
@@ -57,5 +57,5 @@ def sds_config(args: argparse.Namespace) -> api.SDSConfig:
 def run(args: argparse.Namespace) -> None:
     out = out_dir(args, "sds")
     result = api.sds(model_spec(args), sds_config(args), data=data_config(args), out=out)
-    print_unstructured(result.metrics)
+    print_results(result.metrics)
     print(f"wrote {out / 'metrics.json'}")
