@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
+from tyrjax.api.bounds import check_decode_batch, held_bytes
 from tyrjax.api.configs import ALONE, BenchConfig, out_path
 from tyrjax.api.results import BenchResult
 from tyrjax.api.scoring import param_counts
@@ -16,6 +18,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.speed import Contender, speed_sweep
 from tyrjax.files import write_json
 from tyrjax.model.config import ModelConfig
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.runs.lineage import dense_spec, find_origin
 from tyrjax.runs.report import write_report
 from tyrjax.runs.rundir import Timer, record_command
@@ -65,8 +68,19 @@ def check_lengths(cfg: ModelConfig, prompt_lengths: Sequence[int], new_tokens: i
     if longest > cfg.max_position_embeddings:
         raise TyrjaxError(
             f"--prompt-lengths {max(prompt_lengths)} + --new-tokens {new_tokens} = {longest} positions, more than the "
-            f"model's {cfg.max_position_embeddings}; use shorter prompts or fewer new tokens"
+            f"model's {cfg.max_position_embeddings}; use --new-tokens {max(cfg.max_position_embeddings - max(prompt_lengths), 0)} "
+            f"or fewer, or prompts of at most {max(cfg.max_position_embeddings - new_tokens, 0)} tokens"
         )
+
+
+def check_memory(models: list[Model], config: BenchConfig) -> None:
+    """The largest batch of the sweep at its longest prompt against the memory of its decode,
+    with every measured model held."""
+    resident = sum(held_bytes(m) for m in models)
+    for m in models:
+        itemsize = jnp.dtype(m.params["embed"].dtype).itemsize
+        check_decode_batch(m.cfg, max(config.batch_sizes), max(config.prompt_lengths), config.new_tokens, itemsize,
+                           device_memory_bytes(), resident)
 
 
 def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out: str | Path | None = None) -> BenchResult:
@@ -82,6 +96,7 @@ def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out
         dense, note = dense_original(loaded, config.against, dtype)
         if dense is not None:
             check_lengths(dense.cfg, config.prompt_lengths, config.new_tokens)
+        check_memory([loaded] + ([] if dense is None else [dense]), config)
     if out is not None:
         record_command(out)
     with timer.phase("bench"):

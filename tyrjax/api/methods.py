@@ -19,6 +19,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
 from tyrjax.model.blocks import HeldBlocks, ModelBlocks
 from tyrjax.model.decoder import compact_from_masked
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.runs.plots import per_layer_sparsity, search_convergence
 from tyrjax.sparse.pruners import SPARSE_PRUNERS
@@ -161,6 +162,15 @@ class StructuredMethod:
     def calib_windows(self) -> int:
         return PRESET_CALIB_WINDOWS.get(self.preset, UNSTRUCTURED_CALIB_WINDOWS)
 
+    def budget_bytes(self) -> int:
+        """The per-device memory budget (--device-memory)."""
+        return self.config.budget_bytes()
+
+    @property
+    def calibration_streams(self) -> int:
+        """Calibration activation streams the method holds (structured magnitude reads no data)."""
+        return 0 if self.method == "magnitude" and self.distribution is None else 1
+
     def bind(self, model: Model) -> np.ndarray | None:
         """What the model must agree with before any work: the saved distribution, if any."""
         return load_distribution(self.distribution, model) if self.distribution is not None else None
@@ -286,6 +296,15 @@ class UnstructuredMethod:
 
     def calib_windows(self) -> int:
         return UNSTRUCTURED_CALIB_WINDOWS
+
+    def budget_bytes(self) -> int:
+        """The per-device memory budget: what the device reports (16 GB on CPU)."""
+        return device_memory_bytes()
+
+    @property
+    def calibration_streams(self) -> int:
+        """Calibration activation streams: the pruned model's, and SDS's dense-model stream too."""
+        return 1 if self.sds is None else 2
 
     def bind(self, model: Model) -> None:
         check_pattern_fits(model.params, self.pattern)
