@@ -157,5 +157,8 @@ def print_results(metrics: dict) -> None:
     rows.append((what, f"{before:,}", f"{after:,}", f"{100 * (after / before - 1):+.1f}%"))
     print_table(rows)
     sparsity, wall = metrics["sparsity"], metrics["wall_s"]
+    total = wall.get("total")
+    if not isinstance(total, (int, float)):
+        total = sum(v for v in wall.values() if isinstance(v, (int, float)))
     print(f"sparsity: target {sparsity['target']:.4f}, achieved {sparsity['achieved']:.4f} (attention+MLP); "
-          f"wall {wall.get('total', sum(wall.values())):.1f} s")
+          f"wall {total:.1f} s")
