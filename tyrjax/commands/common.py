@@ -74,20 +74,15 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    help="parameter dtype; statistics stay fp32 (default %(default)s)")
 
 
-CALIB_HELP = "calibration windows of 512 tokens (default %(default)s, the protocol's)"
-
-
-def data_args(p: argparse.ArgumentParser, calib_help: str | None = CALIB_HELP) -> None:
-    """The evaluation flags, and the calibration flags unless `calib_help` is None (a command
-    that calibrates nothing). A `calib_help` naming no %(default)s means --calib-windows
-    defaults to the method's own count."""
+def data_args(p: argparse.ArgumentParser, calibration: bool = True, calib_default: int | None = 64,
+              calib_help: str = "calibration windows of 512 tokens (default %(default)s, the protocol's)") -> None:
+    """The evaluation flags, and the calibration flags of a command that calibrates (`calibration`)."""
     g = p.add_argument_group("data (the shakespeare-v1 protocol by default)")
-    if calib_help is not None:
+    if calibration:
         g.add_argument("--data", default="shakespeare",
                        help="calibration corpus: shakespeare, pydoc, a text file or directory, a .jsonl/.parquet file with a "
                             "'text' field, or hf:NAME[:CONFIG[:SPLIT]] (default %(default)s)")
-        g.add_argument("--calib-windows", type=positive_int, default=64 if "%(default)s" in calib_help else None,
-                       help=calib_help)
+        g.add_argument("--calib-windows", type=positive_int, default=calib_default, help=calib_help)
     g.add_argument("--eval-windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default %(default)s)")
     g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default %(default)s)")
     g.add_argument("--batch-size", type=positive_int, default=1, help="evaluation windows scored per batch (default %(default)s)")

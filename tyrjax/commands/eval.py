@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Perplexity (each window scored alone) on held-out Shakespeare and Python docs, and with "
                                    "--tasks zero-shot accuracy through lm-evaluation-harness; writes OUT/metrics.json.")
     model_args(p)
-    data_args(p, calib_help=None)
+    data_args(p, calibration=False)
     g = p.add_argument_group("zero-shot tasks (lm-evaluation-harness; pip install 'tyrjax[eval]')")
     g.add_argument("--tasks", default=None,
                    help="comma-separated harness tasks, e.g. arc_easy,hellaswag (data from the Hugging Face hub); "

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--new-tokens", type=positive_int, default=64,
                    help="tokens to decode after the prompt, fewer when the model ends its text (default %(default)s)")
-    # the name this flag had before it took bench's
+    # the old spelling, before generate and bench named the decode length alike
     p.add_argument("--max-new-tokens", dest="new_tokens", type=positive_int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 is greedy (default %(default)s)")
     p.add_argument("--top-k", type=non_negative_int, default=0,

@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model (Týr, structured baselines, or one-shot SparseGPT/Wanda/magnitude)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_args(p)
-    data_args(p, calib_help=f"calibration windows of 512 tokens (default: {UNSTRUCTURED_CALIB_WINDOWS} for the unstructured "
-                             f"methods; the structured ones take the preset's, {per_preset(PRESET_CALIB_WINDOWS.get)})")
+    data_args(p, calib_default=None,
+              calib_help=f"calibration windows of 512 tokens (default: {UNSTRUCTURED_CALIB_WINDOWS} for the unstructured "
+                         f"methods; the structured ones take the preset's, {per_preset(PRESET_CALIB_WINDOWS.get)})")
     out_arg(p, "prune")
     scale_args(p)
     p.add_argument("--method", required=True, choices=api.PRUNE_METHODS, help="pruning method (see above)")
