@@ -17,6 +17,7 @@ from tyrjax.checkpoints.loading import HUB_NAME, Model, load_model, resolve_mode
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.speed import Contender, speed_sweep
 from tyrjax.files import write_json
+from tyrjax.model.blocks import ModelBlocks
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.runs.lineage import dense_spec, find_origin
@@ -78,7 +79,8 @@ def check_memory(models: list[Model], config: BenchConfig) -> None:
     with every measured model held."""
     resident = sum(held_bytes(m) for m in models)
     for m in models:
-        itemsize = jnp.dtype(m.params["embed"].dtype).itemsize
+        head = m.params.head if isinstance(m.params, ModelBlocks) else m.params
+        itemsize = jnp.dtype(head["embed"].dtype).itemsize
         check_decode_batch(m.cfg, max(config.batch_sizes), max(config.prompt_lengths), config.new_tokens, itemsize,
                            device_memory_bytes(), resident)
 
