@@ -54,8 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the search's random draws (default %(default)s)")
     g = p.add_argument_group("structured pruning")
     g.add_argument("--preset", default="quick", choices=PRESET_CHOICES,
-                   help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for "
-                        "accelerators (default %(default)s)")
+                   help="quick: sized for 2 CPU cores (about 25 min on the default model, the cores to itself); "
+                        "paper: the papers' settings, for accelerators (default %(default)s)")
     g.add_argument("--distribution", type=Path, default=None,
                    help="apply a searched distribution file instead of searching (default: search)")
     g.add_argument("--keep-supernets", action="store_true",
