@@ -95,3 +95,10 @@ def test_bench_batch_beyond_the_memory(tiny_dir, tmp_path, capsys):
     largest = largest_fitting(decode_bytes_per_row(CFG, 16, 4, 4), device_memory_bytes(), held_bytes(model))
     assert f"use --batch-sizes {largest} or fewer" in one_error_line(capsys, "bench", "--batch-sizes 1000000:")
     assert not out.exists()
+
+
+def test_generation_beyond_the_positions_names_the_largest_length(tiny_dir, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "Hello", "--new-tokens", "5000"]) == 2
+    err = capsys.readouterr().err
+    prompt = len(load_model(str(tiny_dir)).tokenizer.encode("Hello", add_special_tokens=False).ids)
+    assert err.count("\n") == 1 and f"ask for at most {2048 - prompt} new tokens (--new-tokens {2048 - prompt})" in err
