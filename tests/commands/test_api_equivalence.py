@@ -16,7 +16,8 @@ from tyrjax.model.decoder import init_random_params
 
 CFG = ModelConfig(vocab_size=49152, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                   intermediate_size=64, max_position_embeddings=2048, tie_word_embeddings=True)
-FLAGS = ["--calib-windows", "2", "--eval-windows", "1", "--eval-data", "pydoc"]
+EVAL_FLAGS = ["--eval-windows", "1", "--eval-data", "pydoc"]
+FLAGS = ["--calib-windows", "2", *EVAL_FLAGS]
 DATA = DataConfig(calib_windows=2, eval_windows=1, eval_corpora=("pydoc",))
 # Fields that differ between two runs of the same settings: wall-clock times, where files went.
 RUN_FIELDS = ("wall_s", "outputs")
@@ -73,7 +74,7 @@ def test_eval_command_writes_what_the_api_returns(tiny_dir, tmp_path):
     assert main(["prune", "--model", str(tiny_dir), "--method", "magnitude", "--pattern", "0.5", "--out", str(run),
                  *FLAGS]) == 0
     out = tmp_path / "cmd"
-    assert main(["eval", "--model", str(run / "model"), "--out", str(out), *FLAGS]) == 0
+    assert main(["eval", "--model", str(run / "model"), "--out", str(out), *EVAL_FLAGS]) == 0
     result = tyrjax.evaluate(str(run / "model"), data=DATA, progress=False)
     metrics = written(out)
     assert comparable(metrics) == comparable(result.metrics)

@@ -117,10 +117,10 @@ def test_bench_errors(tmp_path, capsys):
     assert main(["bench", "--model", str(model_dir), "--against", str(tmp_path / "nowhere"), "--prompt-lengths", "4",
                  "--out", str(tmp_path / "c")]) == 2
     assert f"--against {tmp_path / 'nowhere'}: no such file or directory" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["bench", "--batch-sizes", "1,x"])
-    with pytest.raises(SystemExit):
-        main(["bench", "--prompt-lengths", "0"])
+    assert main(["bench", "--batch-sizes", "1,x"]) == 2
+    assert "argument --batch-sizes: 'x' is not an integer" in capsys.readouterr().err
+    assert main(["bench", "--prompt-lengths", "0"]) == 2
+    assert "argument --prompt-lengths: '0' must be a positive integer" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
 
 

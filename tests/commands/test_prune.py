@@ -46,7 +46,7 @@ def test_tyr_run_directory(tiny_dir, tmp_path):
     assert (out / "work" / "found_0.npz").exists()  # the small iteration result stays
     pruned = load_model(str(out / "model"))
     assert pruned.cfg.attn_mlp_params() == m["params"]["pruned"]["attn_mlp"]
-    assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--max-new-tokens", "3"]) == 0
+    assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--new-tokens", "3"]) == 0
 
 
 def test_streamed_run_gives_the_same_model_and_metrics(tiny_dir, tmp_path, capsys):
@@ -145,3 +145,50 @@ def test_export_errors_come_before_any_work(tiny_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "w"), *FAST]) == 2
     assert "--export hf-padded: applies to structured pruning" in capsys.readouterr().err
     assert not (tmp_path / "f").exists() and not (tmp_path / "w").exists()
+
+
+def printed_table(text: str) -> list[list[str]]:
+    """The rows of the results table a prune run prints (header first, without the dashes)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["dense"])
+    end = next(i for i, line in enumerate(lines) if line.startswith("sparsity: "))
+    return [line.split("  ") for line in lines[start:end] if not set(line.strip()) <= {"-", " "}]
+
+
+def test_structured_and_unstructured_runs_print_one_table_layout(tiny_dir, tmp_path, capsys):
+    tables = {}
+    for method, target in (("uniform", ["--sparsity", "0.4"]), ("wanda", ["--pattern", "0.5"])):
+        assert main(["prune", "--model", str(tiny_dir), "--method", method, *target, "--out", str(tmp_path / method),
+                     *FAST]) == 0
+        tables[method] = [[cell.strip() for cell in row if cell.strip()] for row in printed_table(capsys.readouterr().out)]
+    assert tables["uniform"][0] == ["dense", "uniform", "change"]
+    assert tables["wanda"][0] == ["dense", "wanda 0.5", "change"]
+    assert [row[0] for row in tables["uniform"][1:]] == ["ppl shakespeare", "ppl pydoc", "attn+MLP params"]
+    assert [row[0] for row in tables["wanda"][1:]] == ["ppl shakespeare", "ppl pydoc", "attn+MLP nonzero"]
+    m = json.loads((tmp_path / "wanda" / "metrics.json").read_text())
+    nonzero = m["params"]["attn_mlp_nonzero"]
+    assert nonzero == pytest.approx(m["params"]["attn_mlp"] * (1 - m["sparsity"]["achieved"]), abs=1)
+    assert tables["wanda"][-1][1:3] == [f"{m['params']['attn_mlp']:,}", f"{nonzero:,}"]
+
+
+def test_a_resumed_run_says_so_in_one_line(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "tyr"
+    args = ["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "0.4", "--iterations", "1",
+            "--generations", "1", "--offspring", "4", "--keep-supernets", "--out", str(out), *FAST]
+    assert main(args) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert main(args) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "resuming" in line]
+    assert len(said) == 1 and said[0].startswith(f"resuming from {out / 'work'}: reusing ") and "found_0.npz" in said[0]
+
+
+def test_generate_points_a_run_directory_to_its_model(tiny_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["prune", "--model", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.4", "--out", str(run),
+                 *FAST]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", str(run), "--prompt", "Hello", "--new-tokens", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (f"tyrjax generate: error: --model {run} is a run directory; its model is "
+                                               f"{run / 'model'}: pass --model {run / 'model'}")
+    assert main(["generate", "--model", str(run / "model"), "--prompt", "Hello", "--new-tokens", "2"]) == 0
+    assert capsys.readouterr().err.count("generate") >= 1  # the progress bar of the decoded tokens

@@ -199,6 +199,17 @@ def test_unsupported_architecture_names_the_supported_ones():
         ModelConfig.from_hf({k: v for k, v in LLAMA_3_2.items() if k != "architectures"} | {"model_type": "phi3"})
 
 
+def test_model_type_that_contradicts_the_architecture_names_both_fields(tmp_path):
+    with pytest.raises(TyrjaxError, match=r"model_type 'gpt2' contradicts architectures 'LlamaForCausalLM'"):
+        ModelConfig.from_hf({**LLAMA_3_2, "model_type": "gpt2"})
+    with pytest.raises(TyrjaxError, match=r"model_type 'llama' contradicts architectures 'Qwen2ForCausalLM'"):
+        ModelConfig.from_hf({**QWEN2_5, "model_type": "llama"})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**MISTRAL_V03, "model_type": "qwen2"}))
+    with pytest.raises(TyrjaxError, match=r"'qwen2' contradicts architectures 'MistralForCausalLM'.*config.json"):
+        ModelConfig.from_json_file(path)
+
+
 def test_heads_not_a_multiple_of_kv_heads():
     with pytest.raises(TyrjaxError, match="num_attention_heads=6 is not a multiple of num_key_value_heads=4"):
         ModelConfig.from_hf({**LLAMA_3_2, "num_attention_heads": 6, "num_key_value_heads": 4})

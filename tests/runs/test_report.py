@@ -122,7 +122,8 @@ def test_report_command_compares_runs(tmp_path, capsys):
     assert text.count("| dense (of ") == 1  # both prune runs share one dense reference
     assert f"| dense (of {tyr}) | dense |  | 0 | 39.350 |  | 12.880 |  |  |" in text
     assert f"| {tyr} | tyr | 0.5 | 0.5031 | 71.234 | +81.0% | 20.500 | +59.2% | 52,768,000 |" in text
-    assert f"| {sgpt} | sparsegpt | 2:4 | 0.5000 | 95.500 | +142.7% | 30.250 | +134.9% | 106,168,320 |" in text
+    # unstructured: the weights kept (nonzero), not the dense shapes' count
+    assert f"| {sgpt} | sparsegpt | 2:4 | 0.5000 | 95.500 | +142.7% | 30.250 | +134.9% | 53,084,160 |" in text
     assert f"| {ev} | flap |  | 0.3000 | 50.000 |  | 15.000 |  | 4,000 |" in text
     assert f"| {plain} | model |  | – | 39.000 |  |  |  | 2 |" in text and f"Not plotted (achieved sparsity unknown): {plain}" in text
     assert str(sgpt) in printed and "+142.7%" in printed
@@ -207,3 +208,37 @@ def test_run_report_gives_the_change_against_dense_with_its_interval(tmp_path):
     text = write_report(make_run(tmp_path / "run", metrics)).read_text()
     assert f"| shakespeare | 39.350 | 71.234 | +81.0% | {format_ratio(paired_ratio(dense, pruned))} |" in text
     assert "| pydoc | 12.880 | 20.500 | +59.2% |  |" in text
+
+
+def test_report_counts_the_nonzero_parameters_of_an_unstructured_run(tmp_path):
+    recorded = {**SPARSEGPT_METRICS, "params": {**SPARSEGPT_METRICS["params"], "attn_mlp_nonzero": 53_100_000}}
+    run = make_run(tmp_path / "sgpt", recorded)
+    out = tmp_path / "cmp"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "| 53,100,000 |" in (out / "comparison.md").read_text()
+    write_report(run)
+    assert "| attention+MLP parameters, nonzero | 53,100,000 |" in (run / "report.md").read_text()
+
+
+def test_ppl_vs_sparsity_keeps_every_point_inside_the_axes_and_the_legend_off_them():
+    points = {"tyr": [(0.3, {"shakespeare": 35.0}), (0.5, {"shakespeare": 70.0})],
+              "wanda": [(0.1, {"shakespeare": 5000.0})], "uniform": [(0.5, {"shakespeare": 120.0})]}
+    fig = plots.perplexity_vs_sparsity_figure(["shakespeare"], points, [{"shakespeare": 20.0}])
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert low < 20.0 / 1.2 and high > 5000.0 * 1.2  # room for the markers at both ends
+    left, right = ax.get_xlim()
+    assert left < 0.0 and right > 0.5
+    assert ax.get_legend() is None and len(fig.legends) == 1  # below the panels, over no point
+    plots.plt.close(fig)
+
+
+def test_search_convergence_counts_whole_generations():
+    histories = [[{"generation": g, "fitness": 1.0 / (g + 1)} for g in range(3)],
+                 [{"generation": g, "fitness": 0.3 / (g + 1)} for g in range(2)]]
+    fig = plots.search_convergence_figure(histories)
+    ax = fig.axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[0, 1, 2], [3, 4]]
+    plots.plt.close(fig)

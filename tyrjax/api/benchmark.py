@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
+from tyrjax.api.bounds import check_decode_batch, held_bytes
 from tyrjax.api.configs import ALONE, BenchConfig, out_path
 from tyrjax.api.results import BenchResult
 from tyrjax.api.scoring import param_counts
@@ -16,7 +18,9 @@ from tyrjax.checkpoints.loading import HUB_NAME, Model, load_model, resolve_mode
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation.speed import Contender, speed_sweep
 from tyrjax.files import write_json
+from tyrjax.model.blocks import ModelBlocks
 from tyrjax.model.config import ModelConfig
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.runs.lineage import dense_spec, find_origin
 from tyrjax.runs.report import write_report
 from tyrjax.runs.rundir import Timer, claim_run_dir
@@ -74,8 +78,20 @@ def check_lengths(cfg: ModelConfig, prompt_lengths: Sequence[int], new_tokens: i
     if longest > cfg.max_position_embeddings:
         raise TyrjaxError(
             f"--prompt-lengths {max(prompt_lengths)} + --new-tokens {new_tokens} = {longest} positions, more than the "
-            f"model's {cfg.max_position_embeddings}; use shorter prompts or fewer new tokens"
+            f"model's {cfg.max_position_embeddings}; use --new-tokens {max(cfg.max_position_embeddings - max(prompt_lengths), 0)} "
+            f"or fewer, or prompts of at most {max(cfg.max_position_embeddings - new_tokens, 0)} tokens"
         )
+
+
+def check_memory(models: list[Model], config: BenchConfig) -> None:
+    """The largest batch of the sweep at its longest prompt against the memory of its decode,
+    with every measured model held."""
+    resident = sum(held_bytes(m) for m in models)
+    for m in models:
+        head = m.params.head if isinstance(m.params, ModelBlocks) else m.params
+        itemsize = jnp.dtype(head["embed"].dtype).itemsize
+        check_decode_batch(m.cfg, max(config.batch_sizes), max(config.prompt_lengths), config.new_tokens, itemsize,
+                           device_memory_bytes(), resident)
 
 
 def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out: str | Path | None = None,
@@ -99,6 +115,7 @@ def bench(model: ModelSource = None, config: BenchConfig = BenchConfig(), *, out
             check_lengths(dense.cfg, config.prompt_lengths, config.new_tokens)
         padded_dir = padded_beside(loaded)
         padded = None if padded_dir is None else load_model(str(padded_dir), dtype)
+        check_memory([m for m in (loaded, dense, padded) if m is not None], config)
     if out is not None:
         claim.take()
     with timer.phase("bench"):

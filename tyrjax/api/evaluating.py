@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tyrjax.api.bounds import check_run_sizes
 from tyrjax.api.configs import DataConfig, TasksConfig, data_settings, out_path
 from tyrjax.api.results import EvalResult
 from tyrjax.api.scoring import dense_comparison, evaluation_sets, perplexity_metrics, windows_digest
@@ -16,6 +17,7 @@ from tyrjax.checkpoints.loading import on_active_mesh
 from tyrjax.evaluation.zeroshot import prepare_tasks, zero_shot
 from tyrjax.files import write_json
 from tyrjax.parallel.distributed import is_writer
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.runs.report import write_report
 from tyrjax.runs.rundir import claim_run_dir
 
@@ -50,6 +52,7 @@ def evaluate(
     loaded = open_model(model)
     dtype = dtype_name(model, loaded)
     if sets is None:
+        check_run_sizes(loaded, data, None, device_memory_bytes())
         sets = evaluation_sets(loaded, data.eval_windows, data.eval_corpora)
     metrics = perplexity_metrics(on_active_mesh(loaded), sets, data.batch_size, progress)
     metrics.update(dense_comparison(loaded.source, sets, dtype, data.batch_size))

@@ -22,6 +22,7 @@ from tyrjax.files import write_json
 from tyrjax.model.blocks import HeldBlocks, ModelBlocks
 from tyrjax.model.decoder import compact_from_masked
 from tyrjax.parallel.distributed import agree, is_writer
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.runs.plots import per_layer_sparsity, search_convergence
 from tyrjax.sparse.pruners import SPARSE_PRUNERS
@@ -133,6 +134,16 @@ def delete_supernets(work_dir: Path) -> None:
             shutil.rmtree(store, ignore_errors=True)
 
 
+def resume_note(work_dir: Path | None) -> str | None:
+    """One line saying that a rerun picks up the work an earlier run of it left in `work_dir`."""
+    if work_dir is None or not work_dir.is_dir():
+        return None
+    kept = sorted(p.name + ("/" if p.is_dir() else "") for p in work_dir.iterdir() if not p.name.startswith("."))
+    if not kept:
+        return None
+    return f"resuming from {work_dir}: reusing {', '.join(kept)}"
+
+
 def per_layer(head: np.ndarray, ffn: np.ndarray) -> dict[str, list[float]]:
     return {"attention": [round(float(1 - h.mean()), 4) for h in head], "mlp": [round(float(1 - f.mean()), 4) for f in ffn]}
 
@@ -192,6 +203,15 @@ class StructuredMethod:
     def inputs(self) -> list[str]:
         return [] if self.distribution is None else [str(self.distribution)]
 
+    def budget_bytes(self) -> int:
+        """The per-device memory budget (--device-memory)."""
+        return self.config.budget_bytes()
+
+    @property
+    def calibration_streams(self) -> int:
+        """Calibration activation streams the method holds (structured magnitude reads no data)."""
+        return 0 if self.method == "magnitude" and self.distribution is None else 1
+
     def bind(self, model: Model) -> np.ndarray | None:
         """What the model must agree with before any work: the saved distribution, if any."""
         return load_distribution(self.distribution, model) if self.distribution is not None else None
@@ -205,6 +225,9 @@ class StructuredMethod:
         cfg, tcfg, phase_s, history = model.cfg, self.config, None, None
         work_dir = out / "work" if out is not None else None
         start = time.perf_counter()
+        note = resume_note(work_dir)
+        if note:
+            print(note)
         if bound is not None:
             selection = distribution_selection(model.params, cfg, calib, bound, tcfg, progress,
                                                store_dir=work_dir / "supernet_distribution" if work_dir else None)
@@ -282,6 +305,11 @@ def _per_layer_sparsity(layers: dict[str, dict[str, Any]]) -> dict[str, float | 
     return {k: r["sparsity"] for k, r in layers.items()}
 
 
+def zeros_in(layers: dict[str, dict[str, Any]]) -> int:
+    """The zero weights of the pruned linear layers (each layer's zero fraction of its weights)."""
+    return sum(round(r["sparsity"] * r["numel"]) for r in layers.values() if r["numel"])
+
+
 def layer_losses(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per layer: the loss (one-shot) or the loss of every step and the kept one (SDS)."""
     out = {}
@@ -323,6 +351,15 @@ class UnstructuredMethod:
     def inputs(self) -> list[str]:
         return []
 
+    def budget_bytes(self) -> int:
+        """The per-device memory budget: what the device reports (16 GB on CPU)."""
+        return device_memory_bytes()
+
+    @property
+    def calibration_streams(self) -> int:
+        """Calibration activation streams: the pruned model's, and SDS's dense-model stream too."""
+        return 1 if self.sds is None else 2
+
     def bind(self, model: Model) -> None:
         check_pattern_fits(model.params, self.pattern)
 
@@ -359,7 +396,8 @@ class UnstructuredMethod:
             "window_nll": evaluated["window_nll"],
             "window_digest": evaluated["window_digest"],
             "dense_window_nll": dense["window_nll"],
-            "params": evaluated["params"],
+            "params": {**evaluated["params"],
+                       "attn_mlp_nonzero": evaluated["params"]["attn_mlp"] - zeros_in(report["layers"])},
             "hyperparameters": report.get("hyperparameters", {}),
             "chosen": report.get("chosen"),
             "data": run.data.calib,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
+from tyrjax.api.bounds import check_run_sizes
 from tyrjax.api.configs import DataConfig, SDSConfig, data_settings, out_path
 from tyrjax.api.methods import (PRUNE_METHODS, UNSTRUCTURED_METHODS, RunFacts, StructuredMethod,
                                 UnstructuredMethod)
@@ -38,8 +39,11 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
         model = open_model(source)
         dtype = dtype_name(source, model)
         bound = method.bind(model)
+        n_calib = data.calib_windows or method.calib_windows()
+        check_run_sizes(model, data, n_calib, method.budget_bytes(), method.calibration_streams,
+                        "--device-memory" if isinstance(method, StructuredMethod) else None)
     with timer.phase(method.phases.data):
-        calib = calibration_windows(model, data.calib, data.calib_windows or method.calib_windows())
+        calib = calibration_windows(model, data.calib, n_calib)
         sets = evaluation_sets(model, data.eval_windows, data.eval_corpora)
     if out is not None:
         claim.take()

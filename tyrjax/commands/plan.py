@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tyrjax.commands.common import positive_float, positive_int
 from tyrjax.files import write_json
 from tyrjax.model.catalog import HF_CONFIGS, resolve_config
 from tyrjax.parallel.memory import device_memory_bytes
@@ -35,15 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="per-device memory of every phase, from XLA's analysis of the compiled functions",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="CONFIG", help="built-in name, config.json or model directory")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="Týr preset (default paper)")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="Týr preset (default %(default)s)")
     p.add_argument("--mesh", default=None,
                    help="device mesh, e.g. data=2,tensor=4 (axes data, fsdp, tensor); default: one device")
     p.add_argument("--stream", action="store_true", help="blocks read from the checkpoint when needed, only the head held")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                   help="weights' dtype (default bfloat16)")
-    p.add_argument("--calib-windows", type=int, default=None,
+                   help="weights' dtype (default %(default)s)")
+    p.add_argument("--calib-windows", type=positive_int, default=None,
                    help="512-token calibration windows (default: the last search stage's, at least 64)")
-    p.add_argument("--device-memory", type=float, default=None, metavar="GB",
+    p.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
                    help="per-device budget in GB (default: what the device reports; 16 on CPU)")
     p.add_argument("--out", type=Path, required=True, help="directory for plan.json")
     p.set_defaults(func=run)

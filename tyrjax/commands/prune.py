@@ -5,10 +5,13 @@ import argparse
 from pathlib import Path
 
 from tyrjax import api
-from tyrjax.api.methods import UNSTRUCTURED_METHODS, preset_config
+from tyrjax.api.methods import PRESET_CALIB_WINDOWS, UNSTRUCTURED_CALIB_WINDOWS, UNSTRUCTURED_METHODS, preset_config
 from tyrjax.checkpoints.export import EXPORT_FORMATS, EXPORT_USES
-from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_int,
-                                    print_unstructured, scale_args)
+from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_float,
+                                    positive_int, print_results, scale_args)
+from tyrjax.tyr.pipeline import PRESETS
+
+PRESET_CHOICES = ("quick", "paper")
 
 DESCRIPTION = """\
 Prune a model and write RUN_DIR with metrics.json, the pruned model and plots.
@@ -38,20 +41,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model (Týr, structured baselines, or one-shot SparseGPT/Wanda/magnitude)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_args(p)
-    data_args(p, calib_default=None)
+    data_args(p, calib_default=None,
+              calib_help=f"calibration windows of 512 tokens (default: {UNSTRUCTURED_CALIB_WINDOWS} for the unstructured "
+                         f"methods; the structured ones take the preset's, {per_preset(PRESET_CALIB_WINDOWS.get)})")
     out_arg(p, "prune")
     scale_args(p)
     p.add_argument("--method", required=True, choices=api.PRUNE_METHODS, help="pruning method (see above)")
-    p.add_argument("--sparsity", type=float, default=None, help="structured: fraction of attention+MLP parameters to remove, in (0, 1)")
-    p.add_argument("--pattern", default=None, help="unstructured: a fraction like 0.5, or N:M like 2:4 / 4:8")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="structured: fraction of attention+MLP parameters to remove, in (0, 1) (no default: "
+                        "the structured methods need it)")
+    p.add_argument("--pattern", default=None,
+                   help="unstructured: a fraction like 0.5, or N:M like 2:4 / 4:8 (no default: the unstructured methods need it)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search's random draws (default %(default)s)")
     g = p.add_argument_group("structured pruning")
-    g.add_argument("--preset", default="quick", choices=["quick", "paper"],
-                   help="quick: sized for 2 CPU cores (~30 min on the default model); paper: the papers' settings, for accelerators")
-    g.add_argument("--distribution", type=Path, default=None, help="apply a searched distribution file instead of searching")
+    g.add_argument("--preset", default="quick", choices=PRESET_CHOICES,
+                   help="quick: sized for 2 CPU cores (about 25 min on the default model, the cores to itself); "
+                        "paper: the papers' settings, for accelerators (default %(default)s)")
+    g.add_argument("--distribution", type=Path, default=None,
+                   help="apply a searched distribution file instead of searching (default: search)")
     g.add_argument("--export", action="append", default=[], choices=EXPORT_FORMATS,
                    help="also write RUN_DIR/hf_padded: a stock Llama/Qwen2 checkpoint, each layer padded with zeros "
-                        "to the widest, that transformers and other engines load (RUN_DIR/model loads only in tyrjax)")
+                        "to the widest, that transformers and other engines load (RUN_DIR/model loads only in tyrjax; "
+                        "default: none)")
     g.add_argument("--keep-supernets", action="store_true",
                    help="keep the supernets in RUN_DIR/work (default: delete each once its search is done, "
                         "and the last once the pruned model is built; uniform and --distribution too)")
@@ -59,15 +70,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="hold only the embedding and head; read each decoder block from the checkpoint when a phase "
                         "needs it, so memory does not grow with depth (tyr, uniform and --distribution; "
                         "safetensors checkpoints)")
-    g.add_argument("--iterations", type=positive_int, default=None, help="Týr prune-and-search iterations (preset default)")
-    g.add_argument("--generations", type=positive_int, default=None, help="search generations per iteration (preset default)")
-    g.add_argument("--offspring", type=positive_int, default=None, help="offspring per generation (preset default)")
-    g.add_argument("--device-memory", type=float, default=None, metavar="GB",
+    g.add_argument("--iterations", type=positive_int, default=None,
+                   help=f"Týr prune-and-search iterations (default: the preset's, {per_preset(preset_field('iterations'))})")
+    g.add_argument("--generations", type=positive_int, default=None,
+                   help=f"search generations per iteration (default: the preset's, {per_preset(preset_field('generations'))})")
+    g.add_argument("--offspring", type=positive_int, default=None,
+                   help=f"offspring per generation (default: the preset's, {per_preset(preset_field('offspring'))})")
+    g.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
                    help="per-device memory budget every Týr phase is chunked to (default: what the device reports; "
                         "16 GB on CPU); a budget below a phase's smallest chunk stops before any work")
     g.add_argument("--supernet-dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the supernet levels on disk (default: the model's dtype)")
     p.set_defaults(func=run)
+
+
+def preset_field(name: str):
+    return lambda preset: getattr(PRESETS[preset], name)
+
+
+def per_preset(value_of) -> str:
+    """Each preset's value of a setting, e.g. "quick 2, paper 4"."""
+    return ", ".join(f"{preset} {value_of(preset)}" for preset in PRESET_CHOICES)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -80,19 +103,11 @@ def run(args: argparse.Namespace) -> None:
                        preset=args.preset, distribution=args.distribution, export=args.export,
                        data=data_config(args), out=out,
                        force=args.force)
+    print_results(result.metrics)
     if result.layers is None:
-        print_structured(result.metrics)
         print(f"wrote {out}")
         for name, path in result.metrics["outputs"].items():
             print(f"  {path}: {EXPORT_USES[name]}")
     else:
-        print_unstructured(result.metrics)
         print(f"wrote {out / 'metrics.json'}")
 
-
-def print_structured(m: dict) -> None:
-    print(f"{'':12}{'dense':>12}{m['method']:>14}")
-    for corpus, value in m["ppl"].items():
-        print(f"{'ppl ' + corpus:<12}{m['dense_ppl'][corpus]:>12.3f}{value:>14.3f}")
-    print(f"{'params':<12}{m['params']['dense']['attn_mlp']:>12,}{m['params']['pruned']['attn_mlp']:>14,}  (attention+MLP)")
-    print(f"sparsity: target {m['sparsity']['target']:.3f}, achieved {m['sparsity']['achieved']:.3f}")

@@ -228,7 +228,7 @@ def eval_windows(ids: np.ndarray, n: int = 16, length: int = EVAL_LENGTH, corpus
     if len(ids) < n * length:
         raise TyrjaxError(
             f"{corpus}: {len(ids)} tokens are too few for {n} evaluation windows of {length} tokens "
-            f"(need {n * length}); use fewer or shorter windows, or a larger corpus"
+            f"(need {n * length}); use at most {len(ids) // length} windows, shorter windows or a larger corpus"
         )
     return ids[: n * length].reshape(n, length)
 

@@ -21,6 +21,12 @@ COMPACT_ARCHITECTURES = {
     "TyrjaxCompactQwen2ForCausalLM": "qwen2",
 }
 COMPACT_MODEL_TYPE = "tyrjax_compact"
+# The model_type transformers writes beside each architecture (its config class's).
+ARCHITECTURE_MODEL_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +129,7 @@ class ModelConfig:
     # --- Hugging Face config.json -------------------------------------------------------
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
+        check_model_type(hf)
         archs = hf.get("architectures") or []
         known = {**SUPPORTED_ARCHITECTURES, **COMPACT_ARCHITECTURES}
         arch = next((known[a] for a in archs if a in known), None)
@@ -247,6 +254,21 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_model_type(hf: dict[str, Any]) -> None:
+    """Refuse a config.json whose `model_type` is not the one its `architectures` entry implies
+    (e.g. "gpt2" beside LlamaForCausalLM): which of the two is wrong cannot be guessed."""
+    model_type = hf.get("model_type")
+    if model_type is None:
+        return
+    for arch in hf.get("architectures") or []:
+        expected = ARCHITECTURE_MODEL_TYPES.get(arch)
+        if expected is not None and model_type != expected:
+            raise TyrjaxError(
+                f"config: model_type {model_type!r} contradicts architectures {arch!r} (whose model_type is "
+                f"{expected!r}); fix whichever of the two fields is wrong in config.json"
+            )
 
 
 def _tuple_or_none(x: Any) -> tuple[int, ...] | None:

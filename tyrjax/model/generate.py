@@ -6,6 +6,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
@@ -62,18 +63,22 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     eos_id: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Continue `prompt` (B, T0) by up to `max_new_tokens`; returns (B, T0 + n) token ids.
 
-    Rows stop together at `eos_id` once every row has produced it."""
+    Rows stop together at `eos_id` once every row has produced it. `progress` shows a bar of
+    the tokens decoded (stderr)."""
     prompt = np.atleast_2d(np.asarray(prompt, np.int32))
     if prompt.shape[1] == 0:
         raise TyrjaxError("generate: the prompt is empty; give at least one token")
     total = prompt.shape[1] + max_new_tokens
+    room = max(cfg.max_position_embeddings - prompt.shape[1], 0)
     if total > cfg.max_position_embeddings:
         raise TyrjaxError(
-            f"generate: prompt ({prompt.shape[1]}) + new tokens ({max_new_tokens}) exceed the model's "
-            f"{cfg.max_position_embeddings} positions; ask for fewer tokens"
+            f"generate: the prompt's {prompt.shape[1]} tokens and {max_new_tokens} new tokens exceed the model's "
+            f"{cfg.max_position_embeddings} positions; ask for at most {room} new tokens (--new-tokens {room}) "
+            "or give a shorter prompt"
         )
     params, cfg = to_compact(params, cfg)
     dtype = params["embed"].dtype
@@ -82,7 +87,7 @@ def generate(
     key = jax.random.PRNGKey(seed)
     logits, caches = decode_step(params, cfg, jnp.asarray(prompt), caches)
     out, finished = [prompt], np.zeros(prompt.shape[0], bool)
-    for _ in range(max_new_tokens):
+    for _ in tqdm(range(max_new_tokens), desc="generate", unit="token", disable=not progress, leave=False):
         key, sub = jax.random.split(key)
         nxt = np.asarray(sample_next(sub, logits, temperature, top_k, top_p), np.int32)
         out.append(nxt[:, None])

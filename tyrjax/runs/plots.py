@@ -3,6 +3,7 @@ against the dense model, perplexity against sparsity across runs (written atomic
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
@@ -38,17 +39,23 @@ def per_layer_sparsity(path: Path, attention: list[float], mlp: list[float], tit
 def search_convergence(path: Path, histories: list[list[dict]]) -> Path:
     """The parent's fitness per generation, one line per iteration. Each generation scores on
     fresh token batches (as the method prescribes), so the curve carries batch-to-batch noise."""
+    return _save(search_convergence_figure(histories), path)
+
+
+def search_convergence_figure(histories: list[list[dict]]):
+    """The figure of `search_convergence`: generations counted across iterations, whole-number ticks."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     offset = 0
     for i, hist in enumerate(histories):
         gens = [offset + h["generation"] for h in hist]
         ax.plot(gens, [h["fitness"] for h in hist], marker=".", label=f"iteration {i + 1}")
         offset += len(hist)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel("KL(dense ‖ parent)")
     ax.set_title("Týr search: parent's KL on each generation's final-stage tokens", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def _short(value: float) -> str:
@@ -108,27 +115,62 @@ def speed_comparison(path: Path, rows: list[dict]) -> Path:
     return _save(fig, path)
 
 
+def log_limits(values: list[float], margin: float = 1.25) -> tuple[float, float]:
+    """Limits of a log axis that hold every positive value with room for its marker:
+    `margin` times beyond the lowest and the highest."""
+    shown = [v for v in values if v > 0 and math.isfinite(v)]
+    if not shown:
+        return 1.0, 10.0
+    return min(shown) / margin, max(shown) * margin
+
+
+def linear_limits(values: list[float], margin: float = 0.05) -> tuple[float, float]:
+    """Limits of a linear axis that hold every value with `margin` of the span (or of 1) on each side."""
+    lo, hi = min(values), max(values)
+    pad = margin * ((hi - lo) or 1.0)
+    return lo - pad, hi + pad
+
+
 def perplexity_vs_sparsity(path: Path, corpora: list[str], points: dict[str, list[tuple[float, dict[str, float]]]],
                            dense: list[dict[str, float]]) -> Path:
+    """`perplexity_vs_sparsity_figure` as a PNG."""
+    return _save(perplexity_vs_sparsity_figure(corpora, points, dense), path)
+
+
+def perplexity_vs_sparsity_figure(corpora: list[str], points: dict[str, list[tuple[float, dict[str, float]]]],
+                                  dense: list[dict[str, float]]):
     """One panel per corpus: each method's perplexity against its achieved sparsity, the dense
-    model(s) as horizontal reference lines. `points`: method -> [(sparsity, {corpus: ppl})]."""
+    model(s) as horizontal reference lines. `points`: method -> [(sparsity, {corpus: ppl})].
+    The axes hold every point and line with a margin; the legend sits below the panels, where
+    it covers none of them."""
     fig, axes = plt.subplots(1, len(corpora), figsize=(4.6 * len(corpora), 3.6), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
+        ys: list[float] = []
+        xs: list[float] = [0.0]
         for i, ref in enumerate(dense):
             if corpus in ref:
                 ax.axhline(ref[corpus], color="black", linestyle="--", linewidth=1, label="dense" if i == 0 else None)
+                ys.append(ref[corpus])
         for method, pts in points.items():
             xy = sorted((s, ppl[corpus]) for s, ppl in pts if corpus in ppl)
             if xy:
                 ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=method)
+                xs += [x for x, _ in xy]
+                ys += [y for _, y in xy]
         ax.set_yscale("log")
+        ax.set_ylim(*log_limits(ys))
+        ax.set_xlim(*linear_limits(xs))
         plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        # minor labels only where the axis spans less than a decade (else they crowd the major ones)
+        low, high = ax.get_ylim()
+        ax.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
         ax.tick_params(axis="y", which="both", labelsize=8)
         ax.set_xlabel("achieved sparsity (attention+MLP)")
         ax.set_ylabel(f"perplexity, {corpus}")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.subplots_adjust(bottom=0.26)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
     fig.suptitle("Perplexity against sparsity (log scale; lower is better)", fontsize=9)
-    return _save(fig, path)
+    return fig

@@ -142,8 +142,11 @@ def _param_rows(params: Any, prefix: str = "") -> list[tuple[str, str]]:
     if not isinstance(params, dict):
         return []
     if "attn_mlp" in params:
-        return [(f"{prefix}attention+MLP parameters", f"{params['attn_mlp']:,}"),
+        rows = [(f"{prefix}attention+MLP parameters", f"{params['attn_mlp']:,}"),
                 (f"{prefix}total parameters", f"{params.get('total', 0):,}")]
+        if "attn_mlp_nonzero" in params:
+            rows.insert(1, (f"{prefix}attention+MLP parameters, nonzero", f"{params['attn_mlp_nonzero']:,}"))
+        return rows
     return [row for role, counts in params.items() for row in _param_rows(counts, f"{role} ")]
 
 
@@ -306,12 +309,31 @@ def summarize_run(run_dir: Path) -> RunSummary:
         target = f"{sparsity['target']:g}"
     else:
         target = ""
+    attn_mlp = kept_params(metrics)
+    return RunSummary(Path(run_dir), method_name(metrics), series_name(metrics), target, achieved_sparsity(metrics), ppl,
+                      _number_map(metrics, "dense_ppl", run_dir), attn_mlp,
+                      _window_losses(metrics, run_dir), _window_digests(metrics))
+
+
+def kept_params(metrics: dict[str, Any]) -> int | None:
+    """The attention+MLP parameters the run's model keeps: the compact model's count for a
+    structured run, the nonzero weights (and biases) for an unstructured one, whose weights
+    keep their dense shapes."""
     params = metrics.get("params")
     counts = params.get("pruned", params) if isinstance(params, dict) else None
-    attn_mlp = counts.get("attn_mlp") if isinstance(counts, dict) else None
-    return RunSummary(Path(run_dir), method_name(metrics), series_name(metrics), target, achieved_sparsity(metrics), ppl,
-                      _number_map(metrics, "dense_ppl", run_dir), attn_mlp if isinstance(attn_mlp, int) else None,
-                      _window_losses(metrics, run_dir), _window_digests(metrics))
+    if not isinstance(counts, dict):
+        return None
+    if isinstance(counts.get("attn_mlp_nonzero"), int):
+        return counts["attn_mlp_nonzero"]
+    attn_mlp = counts.get("attn_mlp")
+    if not isinstance(attn_mlp, int):
+        return None
+    sparsity = metrics.get("sparsity")
+    if metrics.get("pattern") and isinstance(sparsity, dict) and _is_number(sparsity.get("achieved")):
+        # runs written before metrics.json recorded the nonzero count: the achieved zero fraction
+        # of the pruned weights, which leaves the few biases out of the count
+        return round(attn_mlp * (1 - float(sparsity["achieved"])))
+    return attn_mlp
 
 
 def _window_digests(metrics: dict[str, Any]) -> dict[str, str] | None:
@@ -345,7 +367,7 @@ def comparison_table(runs: list[RunSummary]) -> list[tuple[str, ...]]:
     that run's own dense model, per corpus."""
     corpora = list(dict.fromkeys(c for r in runs for c in r.ppl))
     per_corpus = tuple(x for c in corpora for x in (f"ppl {c}", "change"))
-    header = ("run", "method", "target", "sparsity") + per_corpus + ("attn+MLP params",)
+    header = ("run", "method", "target", "sparsity") + per_corpus + ("attn+MLP params kept",)
     rows = [header]
     for r, dense in dense_references(runs):
         rows.append((f"dense (of {r.run_dir})", "dense", "", "0")
