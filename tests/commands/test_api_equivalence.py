@@ -20,7 +20,7 @@ EVAL_FLAGS = ["--eval-windows", "1", "--eval-data", "pydoc"]
 FLAGS = ["--calib-windows", "2", *EVAL_FLAGS]
 DATA = DataConfig(calib_windows=2, eval_windows=1, eval_corpora=("pydoc",))
 # Fields that differ between two runs of the same settings: wall-clock times, where files went.
-RUN_FIELDS = ("wall_s", "outputs")
+RUN_FIELDS = ("wall_s", "outputs", "resumes")
 
 
 @pytest.fixture(scope="module")
