@@ -56,6 +56,15 @@ def test_eval_over_a_prune_run_stops_before_any_work_and_touches_nothing(prune_r
     assert snapshot(prune_run) == before
 
 
+def test_plan_and_report_over_a_prune_run_stop_too(prune_run, capsys):
+    before = snapshot(prune_run)
+    assert main(["plan", "--model", "llama-3.2-1b", "--out", str(prune_run)]) == 2
+    assert "holds a run of `tyrjax prune`, not of `tyrjax plan`" in capsys.readouterr().err
+    assert main(["report", str(prune_run), "--out", str(prune_run)]) == 2
+    assert "holds a run of `tyrjax prune`, not of `tyrjax report`" in capsys.readouterr().err
+    assert snapshot(prune_run) == before
+
+
 def test_other_settings_stop_and_name_what_changed(prune_run, tiny_dir, capsys):
     before = snapshot(prune_run)
     assert main(prune_args(tiny_dir, prune_run, sparsity="0.4")) == 2

@@ -107,7 +107,7 @@ def test_budget_below_the_smallest_chunk_fails_naming_the_phase(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(SMALL.to_hf()))
     args = argparse.Namespace(model=str(config), preset="quick", mesh=None, stream=False, dtype="float32",
-                              calib_windows=8, device_memory=0.001, out=tmp_path / "out")
+                              calib_windows=8, device_memory=0.001, out=tmp_path / "out", force=False)
     with pytest.raises(TyrjaxError, match=r"teacher needs at least .* GB per device .* --device-memory"):
         plan_command.run(args)
     written = json.loads((tmp_path / "out" / "plan.json").read_text())

@@ -64,8 +64,8 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
         outputs = method.save(pruned, out, dense_model, tokenizer_dir(source)) if out is not None and is_writer() else {}
     wall_s = {**timer.wall_s, "total": round(sum(timer.wall_s.values()), 3)} if method.phases.total else timer.wall_s
     metrics = method.metrics(RunFacts(dense_model, pruned, dense, evaluated, calib, sets, wall_s, outputs, data, dtype))
+    metrics["resumes"] = claim.resume_count if out is not None else 0  # wall_s includes the resumed runs' work
     if out is not None:
-        metrics["resumes"] = claim.resume_count
         method.write_files(out, dense_model, pruned, metrics)
         write_json(out / "metrics.json", metrics)
         if is_writer():

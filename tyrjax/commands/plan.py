@@ -9,6 +9,7 @@ from tyrjax.files import write_json
 from tyrjax.model.catalog import HF_CONFIGS, resolve_config
 from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.parallel.sharding import make_mesh
+from tyrjax.runs.rundir import claim_run_dir
 from tyrjax.runs.xla_plan import PlanSettings, plan
 from tyrjax.tyr.pipeline import PRESETS
 
@@ -46,18 +47,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="512-token calibration windows (default: the last search stage's, at least 64)")
     p.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
                    help="per-device budget in GB (default: what the device reports; 16 on CPU)")
-    p.add_argument("--out", type=Path, required=True, help="directory for plan.json")
+    p.add_argument("--out", type=Path, required=True,
+                   help="directory for plan.json (a new one, or one of an earlier plan; another run's stops)")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even when it holds another run (whose files are deleted first) or files "
+                        "tyrjax did not write (which are kept)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    # A plan takes seconds to remake: any plan may replace one, no other command's run.
+    claim = claim_run_dir(Path(args.out), "plan", {}, args.force, inputs=[p for p in [args.model] if Path(p).exists()])
     cfg = resolve_config(args.model)
     mesh = make_mesh(args.mesh) if args.mesh else None
     budget = device_memory_bytes(args.device_memory)
     settings = PlanSettings(preset=args.preset, stream=args.stream, dtype=args.dtype, calib_windows=args.calib_windows)
     result = plan(cfg, args.preset, mesh, args.stream, budget, model_name=str(args.model), settings=settings)
-    out = Path(args.out)
-    path = write_json(out / "plan.json", result.to_json())
+    claim.take()
+    path = write_json(Path(args.out) / "plan.json", result.to_json())
     print(result.table())
     print(f"wrote {path}")
     result.check_budget()
