@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tyrjax.api.budgets import evaluation_vocab_chunk
 from tyrjax.api.configs import DataConfig, TasksConfig, out_path
 from tyrjax.api.results import EvalResult
 from tyrjax.api.scoring import dense_comparison, evaluation_sets, perplexity_metrics
@@ -15,6 +16,7 @@ from tyrjax.checkpoints.loading import on_active_mesh
 from tyrjax.evaluation.zeroshot import prepare_tasks, zero_shot
 from tyrjax.files import write_json
 from tyrjax.parallel.distributed import is_writer
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.runs.report import write_report
 from tyrjax.runs.rundir import record_command
 
@@ -27,13 +29,17 @@ def evaluate(
     sets: dict[str, np.ndarray] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    device_memory_gb: float | None = None,
 ) -> EvalResult:
     """Perplexity of `model` (a loaded `Model`, a `ModelSpec`, a path or hub name; None: the
     embedded default) on `data`'s evaluation windows (or the given `sets`), each window scored
     alone; with `tasks`, zero-shot accuracy through lm-evaluation-harness. A model written by
     `tyrjax prune` or `tyrjax sds` is compared with the dense model that run pruned. With `out`,
-    the run directory `tyrjax eval --out` writes."""
+    the run directory `tyrjax eval --out` writes. The LM head runs in vocabulary chunks sized to
+    `device_memory_gb` per device (None: what the device reports, `parallel.memory`); a budget
+    below one chunk stops before any window is scored."""
     out = out_path(out)
+    budget = device_memory_bytes(device_memory_gb)
     start = time.perf_counter()
     if tasks is not None:
         from tyrjax.evaluation.harness import require_lm_eval
@@ -44,8 +50,10 @@ def evaluate(
     dtype = dtype_name(model, loaded)
     if sets is None:
         sets = evaluation_sets(loaded, data.eval_windows, data.eval_corpora)
-    metrics = perplexity_metrics(on_active_mesh(loaded), sets, data.batch_size, progress)
-    metrics.update(dense_comparison(loaded.source, sets, dtype, data.batch_size))
+    served = on_active_mesh(loaded)
+    evaluation_vocab_chunk(served, sets, data.batch_size, budget)
+    metrics = perplexity_metrics(served, sets, data.batch_size, progress, budget)
+    metrics.update(dense_comparison(loaded.source, sets, dtype, data.batch_size, budget))
     metrics["eval_windows"] = {k: list(v.shape) for k, v in sets.items()}
     metrics["dtype"] = dtype
     tasks_wall_s = {}

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from tyrjax.api.budgets import evaluation_vocab_chunk, sds_capture_chunk
 from tyrjax.api.configs import DataConfig, SDSConfig
 from tyrjax.checkpoints.export import export_pruned
 from tyrjax.checkpoints.hf import save_hf, save_orbax
@@ -19,6 +20,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
 from tyrjax.model.blocks import HeldBlocks, ModelBlocks
 from tyrjax.model.decoder import compact_from_masked
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.runs.plots import per_layer_sparsity, search_convergence
 from tyrjax.sparse.pruners import SPARSE_PRUNERS
@@ -147,6 +149,15 @@ class StructuredMethod:
             raise TyrjaxError(f"--sparsity {self.sparsity}: must lie strictly between 0 and 1 (e.g. 0.5)")
         if stream and self.method not in STREAMED_METHODS and self.distribution is None:
             raise not_streamable(self.method)
+        self.budget_bytes()
+
+    def budget_bytes(self) -> int:
+        """The per-device memory budget of every phase (`TyrConfig.device_memory_gb`)."""
+        return self.config.budget_bytes()
+
+    def check_budget(self, model: Model, calib: np.ndarray, sets: dict[str, np.ndarray], batch_size: int) -> None:
+        """Evaluation within the budget (Týr checks its own phases as it reaches them)."""
+        evaluation_vocab_chunk(model, sets, batch_size, self.budget_bytes())
 
     def calib_windows(self) -> int:
         return PRESET_CALIB_WINDOWS.get(self.preset, UNSTRUCTURED_CALIB_WINDOWS)
@@ -252,6 +263,7 @@ class UnstructuredMethod:
     pattern: str
     sds: SDSConfig | None = None
     seed: int = 0
+    device_memory_gb: float | None = None
 
     phases = Phases(data="data", pruned_eval="eval", save="save", total=True)
 
@@ -265,6 +277,17 @@ class UnstructuredMethod:
         if self.sds is not None:
             s = self.sds
             sds_settings(s.pruner, s.steps, s.adjust_steps, s.lr, s.l1, s.l2, s.optimizer, s.inputs, s.adjust)
+        self.budget_bytes()
+
+    def budget_bytes(self) -> int:
+        """The per-device memory budget of every phase (`device_memory_gb`; None: the device's)."""
+        return device_memory_bytes(self.device_memory_gb)
+
+    def check_budget(self, model: Model, calib: np.ndarray, sets: dict[str, np.ndarray], batch_size: int) -> None:
+        """Evaluation, and SDS's block loop at one window per capture call, within the budget."""
+        evaluation_vocab_chunk(model, sets, batch_size, self.budget_bytes())
+        if self.sds is not None:
+            sds_capture_chunk(model, calib, self.budget_bytes())
 
     def calib_windows(self) -> int:
         return UNSTRUCTURED_CALIB_WINDOWS

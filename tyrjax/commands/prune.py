@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tyrjax import api
 from tyrjax.api.methods import UNSTRUCTURED_METHODS, preset_config
-from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_int,
+from tyrjax.commands.common import (data_args, data_config, device_memory_arg, model_args, model_spec, out_arg, out_dir, positive_int,
                                     print_unstructured, scale_args)
 
 DESCRIPTION = """\
@@ -57,9 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--iterations", type=positive_int, default=None, help="Týr prune-and-search iterations (preset default)")
     g.add_argument("--generations", type=positive_int, default=None, help="search generations per iteration (preset default)")
     g.add_argument("--offspring", type=positive_int, default=None, help="offspring per generation (preset default)")
-    g.add_argument("--device-memory", type=float, default=None, metavar="GB",
-                   help="per-device memory budget every Týr phase is chunked to (default: what the device reports; "
-                        "16 GB on CPU); a budget below a phase's smallest chunk stops before any work")
+    device_memory_arg(g, "every phase (Týr's and the evaluation) is chunked to")
     g.add_argument("--supernet-dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the supernet levels on disk (default: the model's dtype)")
     p.set_defaults(func=run)
