@@ -13,11 +13,17 @@ mark (VmHWM, reset after the model and data are loaded; Linux `/proc/self/clear_
   increment  peak − resident set once the model and data are loaded (the phase alone)
 
 beside the XLA figure and the analytical count of `tyrjax.runs.xla_plan.plan` for the same
-settings. The search subprocess reads the supernet the supernet subprocess wrote.
+settings. The supernet build runs on the model's first --supernet-blocks blocks (what it holds
+does not grow with the blocks built; the whole build takes many minutes here) and is planned for
+that config; the search scores the quick preset's last stage (3 offspring on 4 windows) on a
+whole-model supernet kept in TYRJAX_CACHE/bench_supernets (built once, as experiments/bench_flops.py
+builds it).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import subprocess
 import sys
@@ -47,6 +53,14 @@ def settings_of(args):
     return PlanSettings(preset="quick", dtype="float32", calib_windows=args.calib_windows, eval_windows=args.eval_windows,
                         sds_windows=args.sds_windows, sds_window=args.sds_window, sds_pattern="2:4",
                         sds_steps=args.sds_steps)
+
+
+def first_blocks(params, cfg, n: int):
+    """The model cut to its first `n` decoder blocks (the real shapes)."""
+    import jax
+
+    layers = jax.tree_util.tree_map(lambda a: a[:n], params["layers"])
+    return dict(params, layers=layers), dataclasses.replace(cfg, n_layers=n)
 
 
 def run_phase(args) -> dict:
@@ -102,14 +116,20 @@ def run_phase(args) -> dict:
             def phase():
                 return teacher_topk(params, cfg, calib, tcfg.topk).logp
         elif args.phase == "supernet":
+            part, part_cfg = first_blocks(params, cfg, args.supernet_blocks)
+            part_grid = initial_grid(part_cfg, 0.5, tcfg)
+            params = model = None  # only the first blocks stay
+            gc.collect()
+
             def phase():
-                build_supernet(params, cfg, calib, grid, store_dir=store, dtype="float32", progress=False)
+                build_supernet(part, part_cfg, calib, part_grid, store_dir=store, progress=False)
         else:
+            from tyrjax.files import cache_dir
+
             windows = calib[:min(s.n_calib, -(-tcfg.stages[-1][1] // s.window))]
             teacher = teacher_topk(params, cfg, windows, tcfg.topk)
-            supernet = build_supernet(params, cfg, calib, grid, store_dir=store, dtype="float32", progress=False)
-            if supernet.store is None or supernet.store.completed() != cfg.n_layers:
-                raise SystemExit("run the supernet phase first: its store is missing")
+            supernet = build_supernet(params, cfg, calib[:2], grid, store_dir=cache_dir() / "bench_supernets" / "quick-2w",
+                                      progress=False)
             parent = centre_genome(grid)
             rng = np.random.default_rng(0)
             genomes = np.stack([level_switch(rng, parent, grid) for _ in range(tcfg.stages[-1][0])])
@@ -118,7 +138,6 @@ def run_phase(args) -> dict:
 
             def phase():
                 return scorer(genomes, parent, windows, teacher.idx, teacher.logp)
-    jax.block_until_ready(params)
     loaded = status_kb("VmRSS") * 1024
     reset_peak()
     start = time.perf_counter()
@@ -128,14 +147,18 @@ def run_phase(args) -> dict:
     return {"phase": args.phase, "after_imports": after_imports, "loaded": loaded, "peak": peak, "wall_s": wall, **extra}
 
 
-def plan_figures(args) -> dict:
+def plan_figures(args, phases: list[str]) -> dict:
+    """The plan of every phase for the default model (the supernet's for its first blocks)."""
     from tyrjax.checkpoints.loading import load_model
     from tyrjax.runs.xla_plan import plan
 
     cfg = load_model().cfg
-    result = plan(cfg, "quick", None, False, settings=settings_of(args), model_name="SmolLM2-135M")
-    return {name: {"xla": p.xla_bytes_per_device, "plan": p.plan_bytes_per_device, "chunks": p.chunks}
-            for name, p in result.phases.items()}
+    figures = {}
+    for name in phases:
+        phase_cfg = dataclasses.replace(cfg, n_layers=args.supernet_blocks) if name == "supernet" else cfg
+        p = plan(phase_cfg, "quick", None, False, settings=settings_of(args), phases=(name,)).phases[name]
+        figures[name] = {"xla": p.xla_bytes_per_device, "plan": p.plan_bytes_per_device, "chunks": p.chunks}
+    return figures
 
 
 def main() -> None:
@@ -146,6 +169,7 @@ def main() -> None:
     ap.add_argument("--sds-windows", type=int, default=8)
     ap.add_argument("--sds-window", type=int, default=512)
     ap.add_argument("--sds-steps", type=int, default=5)
+    ap.add_argument("--supernet-blocks", type=int, default=3, help="blocks of the supernet build (of 30)")
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -154,13 +178,11 @@ def main() -> None:
         print("RESULT " + json.dumps(run_phase(args)))
         return
     phases = [p for p in args.phases.split(",") if p]
-    if "search" in phases and "supernet" not in phases:
-        ap.error("the search reads the supernet phase's store: list supernet before search")
-    figures = plan_figures(args)
+    figures = plan_figures(args, phases)
     work = tempfile.mkdtemp(prefix="bench_phase_memory_")
     common = [f"--calib-windows={args.calib_windows}", f"--eval-windows={args.eval_windows}",
               f"--sds-windows={args.sds_windows}", f"--sds-window={args.sds_window}", f"--sds-steps={args.sds_steps}",
-              f"--work={work}"]
+              f"--supernet-blocks={args.supernet_blocks}", f"--work={work}"]
     rows = []
     for name in phases:
         done = subprocess.run([sys.executable, __file__, f"--phase={name}", *common], capture_output=True, text=True)
