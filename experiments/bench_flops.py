@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import math
 import sys
 import tempfile
@@ -180,9 +181,12 @@ def measure(name: str, phase, eager_flops: float = 0.0) -> dict:
     phase(1)
     wall = time.perf_counter() - start
     peak_after = matmul_peak()[0]
-    return {"phase": name, "flops": counter.flops, "xla_flops": sum(k.xla_flops for k in counter.kernels.values()),
-            "wall_s": wall, "kernel_s": sum(k.seconds for k in counter.kernels.values()),
-            "peak": (peak_before + peak_after) / 2, "peaks": (peak_before, peak_after), "kernels": dict(counter.kernels)}
+    row = {"phase": name, "flops": counter.flops, "xla_flops": sum(k.xla_flops for k in counter.kernels.values()),
+           "wall_s": wall, "kernel_s": sum(k.seconds for k in counter.kernels.values()),
+           "peak": (peak_before + peak_after) / 2, "peaks": (peak_before, peak_after), "kernels": dict(counter.kernels)}
+    print(f"{name}: {row['flops'] / 1e9:.1f} GFLOP in {wall:.2f} s, peak {peak_before / 1e9:.0f} / {peak_after / 1e9:.0f} "
+          "GFLOP/s", flush=True)
+    return row
 
 
 def main() -> None:
@@ -195,13 +199,15 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=16, help="offspring scored (quick preset's first stage: 16)")
     ap.add_argument("--score-windows", type=int, default=1, help="512-token windows they are scored on (first stage: 1)")
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--phases", default="supernet,scoring,teacher,evaluation", help="which phases to run")
     args = ap.parse_args()
+    phases = set(args.phases.split(","))
     from tyrjax.tyr.fitness import BatchScorer, teacher_topk
     from tyrjax.tyr.pipeline import PRESETS, initial_grid
     from tyrjax.tyr.search.levels import centre_genome
     from tyrjax.tyr.search.mutation import level_switch
     from tyrjax.tyr.supernet import build_supernet
-    from tyrjax.evaluation import perplexity
+    perplexity = importlib.import_module("tyrjax.evaluation.perplexity")  # the package re-exports a function of that name
     from tyrjax.files import cache_dir
 
     tcfg = PRESETS["quick"]
@@ -217,10 +223,11 @@ def main() -> None:
     params, cfg = first_blocks(model, args.blocks)
     grid = initial_grid(cfg, args.sparsity, tcfg)
     build_windows = calib[:args.calib_windows]
-    rows.append(measure(f"supernet build ({args.blocks} blocks, {args.calib_windows}x512 tokens)",
-                        lambda run: build_supernet(params, cfg, build_windows, grid, store_dir=tmp / f"build{run}",
-                                                   progress=False),
-                        eager_flops=eager_supernet_flops(cfg, build_windows)))
+    if "supernet" in phases:
+        rows.append(measure(f"supernet build ({args.blocks} blocks, {args.calib_windows}x512 tokens)",
+                            lambda run: build_supernet(params, cfg, build_windows, grid, store_dir=tmp / f"build{run}",
+                                                       progress=False),
+                            eager_flops=eager_supernet_flops(cfg, build_windows)))
 
     full_grid = initial_grid(model.cfg, args.sparsity, tcfg)
     # kept between runs: building every block's levels takes minutes and is not measured here
@@ -233,14 +240,17 @@ def main() -> None:
     rng = np.random.default_rng(0)
     genomes = np.stack([level_switch(rng, parent, full_grid) for _ in range(args.candidates)])
     scorer = BatchScorer(model.params, model.cfg, supernet, batch=tcfg.candidate_batch)
-    rows.append(measure(f"candidate scoring ({args.candidates} x {args.score_windows}x512 tokens, {model.cfg.n_layers} blocks)",
-                        lambda run: scorer(genomes, parent, tokens, teacher.idx, teacher.logp)))
-    rows.append(measure(f"teacher top-{tcfg.topk} ({args.score_windows}x512 tokens)",
-                        lambda run: teacher_topk(model.params, model.cfg, tokens, tcfg.topk)))
+    if "scoring" in phases:
+        rows.append(measure(f"candidate scoring ({args.candidates} x {args.score_windows}x512 tokens, "
+                            f"{model.cfg.n_layers} blocks)", lambda run: scorer(genomes, parent, tokens, teacher.idx, teacher.logp)))
+    if "teacher" in phases:
+        rows.append(measure(f"teacher top-{tcfg.topk} ({args.score_windows}x512 tokens)",
+                            lambda run: teacher_topk(model.params, model.cfg, tokens, tcfg.topk)))
     window = tyrjax.evaluation_sets(model, 1, ("shakespeare",))["shakespeare"]
-    rows.append(measure("evaluation forward (1x1024 tokens)",
-                        lambda run: np.asarray(perplexity.window_nll_sums(model.params, model.cfg,
-                                                                          jnp.asarray(window)))))
+    if "evaluation" in phases:
+        rows.append(measure("evaluation forward (1x1024 tokens)",
+                            lambda run: np.asarray(perplexity.window_nll_sums(model.params, model.cfg,
+                                                                              jnp.asarray(window)))))
 
     peak_after, size_after = matmul_peak()
     print(f"fp32 matmul peak after the phases: {peak_after / 1e9:.1f} GFLOP/s (n={size_after})\n")
