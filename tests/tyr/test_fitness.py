@@ -2,9 +2,11 @@
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tyrjax.model.decoder import cast_params
 from tyrjax.tyr.genome import Genome, split
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
@@ -88,3 +90,17 @@ def test_kl_is_zero_for_the_teacher_and_positive_otherwise():
     t_logp = jax.nn.log_softmax(top, -1)
     assert float(kl_topk(top, t_logp).max()) < 1e-6
     assert float(kl_topk(top * 0.5, t_logp).min()) > 0
+
+
+def test_a_bf16_model_scores_float32_levels_as_its_own_dtype(setup):
+    """`--supernet-dtype float32` on a bf16 model: the levels compute in bf16, so the scores equal
+    those of levels stored in bf16."""
+    params, calib, grid = setup
+    low = cast_params(params, jnp.bfloat16)
+    teacher = teacher_topk(low, CFG, calib[:2], 16)
+    parent = centre_genome(grid)
+    genomes = np.stack([level_switch(i, parent, grid) for i in range(4)])
+    scores = {dtype: BatchScorer(low, CFG, build_supernet(low, CFG, calib, grid, dtype=dtype, progress=False), batch=4)(
+        genomes, parent, calib[:2], teacher.idx, teacher.logp) for dtype in ("float32", "bfloat16")}
+    assert np.all(np.isfinite(scores["float32"]))
+    np.testing.assert_array_equal(scores["float32"], scores["bfloat16"])

@@ -64,7 +64,9 @@ def corpora_list(text: str) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class SDSConfig:
     """SDS (Sparse-Dense-Sparse) settings; None takes the pruner's tuned default
-    (`tyrjax.sds.sds_settings`). `seed` is recorded with the run: the method draws no randomness."""
+    (`tyrjax.sds.sds_settings`). `seed` is recorded with the run: the method draws no randomness.
+    `device_memory_gb` is the per-device budget of the run's phases (None: what the device
+    reports; `parallel.memory`)."""
 
     pruner: str = "sparsegpt"
     pattern: str = "0.5"
@@ -77,6 +79,7 @@ class SDSConfig:
     optimizer: str = "adam"
     inputs: str = "pruned"
     seed: int = 0
+    device_memory_gb: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

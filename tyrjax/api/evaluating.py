@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tyrjax.api.bounds import check_run_sizes
+from tyrjax.api.budgets import evaluation_vocab_chunk
 from tyrjax.api.configs import DataConfig, TasksConfig, data_settings, out_path
 from tyrjax.api.results import EvalResult
 from tyrjax.api.scoring import dense_comparison, evaluation_sets, perplexity_metrics, windows_digest
@@ -31,13 +32,17 @@ def evaluate(
     out: str | Path | None = None,
     progress: bool = True,
     force: bool = False,
+    device_memory_gb: float | None = None,
 ) -> EvalResult:
     """Perplexity of `model` (a loaded `Model`, a `ModelSpec`, a path or hub name; None: the
     embedded default) on `data`'s evaluation windows (or the given `sets`), each window scored
     alone; with `tasks`, zero-shot accuracy through lm-evaluation-harness. A model written by
     `tyrjax prune` or `tyrjax sds` is compared with the dense model that run pruned. With `out`,
-    the run directory `tyrjax eval --out` writes (`force` as for `tyrjax.prune`)."""
+    the run directory `tyrjax eval --out` writes (`force` as for `tyrjax.prune`). The LM head runs
+    in vocabulary chunks sized to `device_memory_gb` per device (None: what the device reports,
+    `parallel.memory`); a budget below one chunk stops before any window is scored."""
     out = out_path(out)
+    budget = device_memory_bytes(device_memory_gb)
     if out is not None:
         settings = {"model": source_settings(model), "data": data_settings(data, calibrates=False),
                     "tasks": None if tasks is None else dataclasses.asdict(tasks),
@@ -52,10 +57,12 @@ def evaluate(
     loaded = open_model(model)
     dtype = dtype_name(model, loaded)
     if sets is None:
-        check_run_sizes(loaded, data, None, device_memory_bytes())
+        check_run_sizes(loaded, data, None, budget, budget_flag="--device-memory")
         sets = evaluation_sets(loaded, data.eval_windows, data.eval_corpora)
-    metrics = perplexity_metrics(on_active_mesh(loaded), sets, data.batch_size, progress)
-    metrics.update(dense_comparison(loaded.source, sets, dtype, data.batch_size))
+    served = on_active_mesh(loaded)
+    evaluation_vocab_chunk(served, sets, data.batch_size, budget)
+    metrics = perplexity_metrics(served, sets, data.batch_size, progress, budget)
+    metrics.update(dense_comparison(loaded.source, sets, dtype, data.batch_size, budget))
     metrics["eval_windows"] = {k: list(v.shape) for k, v in sets.items()}
     metrics["dtype"] = dtype
     tasks_wall_s = {}

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tyrjax.api.budgets import evaluation_vocab_chunk, sds_capture_chunk
 from tyrjax.api.configs import DataConfig, SDSConfig
 from tyrjax.checkpoints.export import check_formats, export_pruned
 from tyrjax.checkpoints.hf import save_hf, save_orbax
@@ -185,6 +186,15 @@ class StructuredMethod:
         if "hf-padded" in self.exports and self.method == "flap" and self.distribution is None:
             raise TyrjaxError("--export hf-padded: FLAP adds biases to o_proj and down_proj, which a stock checkpoint "
                               "cannot hold; drop --export (RUN_DIR/model loads in tyrjax)")
+        self.budget_bytes()
+
+    def budget_bytes(self) -> int:
+        """The per-device memory budget of every phase (`TyrConfig.device_memory_gb`)."""
+        return self.config.budget_bytes()
+
+    def check_budget(self, model: Model, calib: np.ndarray, sets: dict[str, np.ndarray], batch_size: int) -> None:
+        """Evaluation within the budget (Týr checks its own phases as it reaches them)."""
+        evaluation_vocab_chunk(model, sets, batch_size, self.budget_bytes())
 
     def calib_windows(self) -> int:
         return PRESET_CALIB_WINDOWS.get(self.preset, UNSTRUCTURED_CALIB_WINDOWS)
@@ -202,10 +212,6 @@ class StructuredMethod:
 
     def inputs(self) -> list[str]:
         return [] if self.distribution is None else [str(self.distribution)]
-
-    def budget_bytes(self) -> int:
-        """The per-device memory budget (--device-memory)."""
-        return self.config.budget_bytes()
 
     @property
     def calibration_streams(self) -> int:
@@ -328,6 +334,7 @@ class UnstructuredMethod:
     pattern: str
     sds: SDSConfig | None = None
     seed: int = 0
+    device_memory_gb: float | None = None
 
     phases = Phases(data="data", pruned_eval="eval", save="save", total=True)
 
@@ -341,6 +348,17 @@ class UnstructuredMethod:
         if self.sds is not None:
             s = self.sds
             sds_settings(s.pruner, s.steps, s.adjust_steps, s.lr, s.l1, s.l2, s.optimizer, s.inputs, s.adjust)
+        self.budget_bytes()
+
+    def budget_bytes(self) -> int:
+        """The per-device memory budget of every phase (`device_memory_gb`; None: the device's)."""
+        return device_memory_bytes(self.device_memory_gb)
+
+    def check_budget(self, model: Model, calib: np.ndarray, sets: dict[str, np.ndarray], batch_size: int) -> None:
+        """Evaluation, and SDS's block loop at one window per capture call, within the budget."""
+        evaluation_vocab_chunk(model, sets, batch_size, self.budget_bytes())
+        if self.sds is not None:
+            sds_capture_chunk(model, calib, self.budget_bytes())
 
     def calib_windows(self) -> int:
         return UNSTRUCTURED_CALIB_WINDOWS
@@ -350,10 +368,6 @@ class UnstructuredMethod:
 
     def inputs(self) -> list[str]:
         return []
-
-    def budget_bytes(self) -> int:
-        """The per-device memory budget: what the device reports (16 GB on CPU)."""
-        return device_memory_bytes()
 
     @property
     def calibration_streams(self) -> int:

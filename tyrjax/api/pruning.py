@@ -40,15 +40,18 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
         dtype = dtype_name(source, model)
         bound = method.bind(model)
         n_calib = data.calib_windows or method.calib_windows()
-        check_run_sizes(model, data, n_calib, method.budget_bytes(), method.calibration_streams,
-                        "--device-memory" if isinstance(method, StructuredMethod) else None)
+        check_run_sizes(model, data, n_calib, method.budget_bytes(), method.calibration_streams, "--device-memory")
     with timer.phase(method.phases.data):
         calib = calibration_windows(model, data.calib, n_calib)
         sets = evaluation_sets(model, data.eval_windows, data.eval_corpora)
+        dense_served = on_active_mesh(model)
+        method.check_budget(dense_served, calib, sets, data.batch_size)  # before any work is written
+    budget = method.budget_bytes()
     if out is not None:
         claim.take()
     with timer.phase("dense_eval"):
-        dense = dense_reference(on_active_mesh(model), sets, data.batch_size, progress)
+        dense = dense_reference(dense_served, sets, data.batch_size, progress, budget)
+    del dense_served
     with timer.phase("prune"):
         pruned = method.prune(model, calib, out, bound, progress)
     if pruned.phase_s:
@@ -58,7 +61,7 @@ def run_pruning(source: ModelSource, method: PruningMethod, data: DataConfig, ou
     dense_model = dataclasses.replace(model, params=None)
     del model
     with timer.phase(method.phases.pruned_eval):
-        evaluated = perplexity_metrics(on_active_mesh(pruned.served), sets, data.batch_size, progress)
+        evaluated = perplexity_metrics(on_active_mesh(pruned.served), sets, data.batch_size, progress, budget)
     with timer.phase(method.phases.save):
         # in a multi-process run, process 0 writes the run directory
         outputs = method.save(pruned, out, dense_model, tokenizer_dir(source)) if out is not None and is_writer() else {}
@@ -97,7 +100,7 @@ def pruning_method(method: str, sparsity: float | None, pattern: str | None, con
         if export:
             raise TyrjaxError(f"--export {export[0]}: applies to structured pruning (--sparsity); an unstructured "
                               "run writes RUN_DIR/hf, a stock checkpoint with zeros")
-        return UnstructuredMethod(method, pattern, seed=config.seed)
+        return UnstructuredMethod(method, pattern, seed=config.seed, device_memory_gb=config.device_memory_gb)
     if sparsity is None:
         raise TyrjaxError(f"prune: --method {method} needs --sparsity in (0, 1), e.g. --sparsity 0.5")
     return StructuredMethod(method, sparsity, config, preset, None if distribution is None else Path(distribution),
@@ -147,5 +150,6 @@ def sds(
     """SDS (Sparse-Dense-Sparse) on every attention and MLP linear layer of `model`: prune
     one-shot, re-dense toward the dense layer's outputs, prune again (see `SDSConfig`). With
     `out`, the run directory `tyrjax sds --out` writes (`force` as for `prune`)."""
-    method = UnstructuredMethod(f"sds-{config.pruner}", config.pattern, sds=config, seed=config.seed)
+    method = UnstructuredMethod(f"sds-{config.pruner}", config.pattern, sds=config, seed=config.seed,
+                                device_memory_gb=config.device_memory_gb)
     return run_pruning(model, method, data, out_path(out), progress, "sds", force)

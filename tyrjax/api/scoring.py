@@ -52,18 +52,22 @@ def param_counts(model: Model) -> dict[str, int]:
     return {"total": total, "attn_mlp": model.cfg.attn_mlp_params()}
 
 
-def perplexity_metrics(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+def perplexity_metrics(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True,
+                       budget_bytes: int | None = None) -> dict[str, Any]:
     """Perplexity on each evaluation set, each window's mean next-token NLL and a digest of the
     windows' tokens (for paired comparisons of models scored on the same windows,
     `tyrjax.evaluation.paired`), and parameter counts: the core of metrics.json. A model whose `params`
-    are `ModelBlocks` is evaluated block by block."""
+    are `ModelBlocks` is evaluated block by block. The LM head runs in vocabulary chunks when a
+    batch's logits exceed `budget_bytes` per device (default: `parallel.memory.device_memory_bytes()`)."""
     ppl, window_nll = {}, {}
     for name, windows in sets.items():
         desc = f"ppl {name}"
         if isinstance(model.params, ModelBlocks):
-            sums = window_nlls_blockwise(model.params, windows, batch_size, desc=desc, progress=progress)
+            sums = window_nlls_blockwise(model.params, windows, batch_size, desc=desc, progress=progress,
+                                         budget_bytes=budget_bytes)
         else:
-            sums = window_nlls(model.params, model.cfg, windows, batch_size, desc=desc, progress=progress)
+            sums = window_nlls(model.params, model.cfg, windows, batch_size, desc=desc, progress=progress,
+                               budget_bytes=budget_bytes)
         ppl[name] = ppl_of(float(sums.sum()), windows, desc)
         window_nll[name] = [float(x) for x in sums / (np.shape(windows)[1] - 1)]
     return {"model": model.source, "ppl": ppl, "window_nll": window_nll,
@@ -77,7 +81,8 @@ def windows_digest(windows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(windows, np.int32).tobytes()).hexdigest()[:16]
 
 
-def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True,
+                    budget_bytes: int | None = None) -> dict[str, Any]:
     """`perplexity_metrics` of an unpruned model, cached on disk: every pruning run compares against it,
     and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
     identity, the config and the exact windows; a model not loaded from a directory is not cached."""
@@ -88,7 +93,7 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
     from tyrjax.files import write_json
 
     if model.directory is None:
-        return perplexity_metrics(model, sets, batch_size, progress)
+        return perplexity_metrics(model, sets, batch_size, progress, budget_bytes)
     h = hashlib.sha256(json.dumps(model.cfg.to_hf(), sort_keys=True).encode())
     for f in sorted(model.directory.glob("*.safetensors")) + sorted(model.directory.glob("orbax/**/*")):
         if f.is_file():
@@ -103,12 +108,13 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
         cached = json.loads(path.read_text())
         if "window_nll" in cached:
             return cached
-    result = perplexity_metrics(model, sets, batch_size, progress)
+    result = perplexity_metrics(model, sets, batch_size, progress, budget_bytes)
     write_json(path, result)
     return result
 
 
-def dense_comparison(source: str | None, sets: dict[str, np.ndarray], dtype: str, batch_size: int) -> dict[str, Any]:
+def dense_comparison(source: str | None, sets: dict[str, np.ndarray], dtype: str, batch_size: int,
+                     budget_bytes: int | None = None) -> dict[str, Any]:
     """metrics.json fields comparing a pruned model (loaded from `source`) with its dense original
     on the same evaluation windows (`dense_reference`, cached): {} for a model no run wrote."""
     origin = find_origin(source)
@@ -120,7 +126,7 @@ def dense_comparison(source: str | None, sets: dict[str, np.ndarray], dtype: str
     except TyrjaxError as e:
         print(f"no dense reference ({e}); metrics and report show this model alone", file=sys.stderr)
         return fields
-    reference = dense_reference(load_model(dense, dtype), sets, batch_size)
+    reference = dense_reference(load_model(dense, dtype), sets, batch_size, budget_bytes=budget_bytes)
     fields.update(dense_model=reference["model"], dense_ppl=reference["ppl"], dense_window_nll=reference["window_nll"],
                   dense_params=reference["params"])
     return fields

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tyrjax.api import DataConfig, ModelSpec
 from tyrjax.api.configs import corpora_list
+from tyrjax.parallel.memory import CPU_DEFAULT_BYTES, GB
 from tyrjax.runs.rundir import default_out, print_table
 
 
@@ -86,6 +87,14 @@ def data_args(p: argparse.ArgumentParser, calibration: bool = True, calib_defaul
     g.add_argument("--eval-windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default %(default)s)")
     g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default %(default)s)")
     g.add_argument("--batch-size", type=positive_int, default=1, help="evaluation windows scored per batch (default %(default)s)")
+
+
+def device_memory_arg(g: argparse._ActionsContainer, use: str) -> None:
+    """`--device-memory GB`: the per-device budget, and what the command does with it (`use`)."""
+    g.add_argument("--device-memory", type=float, default=None, metavar="GB",
+                   help=f"per-device memory budget {use} (default: what the device reports; "
+                        f"{CPU_DEFAULT_BYTES / GB:g} GB on CPU); a budget below a phase's smallest chunk stops before "
+                        "any work, naming the phase and the smallest budget that works")
 
 
 def out_arg(p: argparse.ArgumentParser, command: str) -> None:

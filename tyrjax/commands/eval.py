@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from tyrjax import api
-from tyrjax.commands.common import data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_int, scale_args
+from tyrjax.commands.common import (data_args, data_config, device_memory_arg, model_args, model_spec, out_arg, out_dir,
+                                    positive_int, scale_args)
 from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT
 from tyrjax.runs.rundir import print_table
 
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tasks-batch-size", type=positive_int, default=16, help="harness requests scored per batch (default 16)")
     out_arg(p, "eval")
     scale_args(p)
+    device_memory_arg(p, "the evaluation's LM head is chunked to")
     p.set_defaults(func=run)
 
 
@@ -35,7 +37,7 @@ def tasks_config(args: argparse.Namespace) -> api.TasksConfig | None:
 def run(args: argparse.Namespace) -> None:
     out = out_dir(args, "eval")
     result = api.evaluate(model_spec(args), data=data_config(args), tasks=tasks_config(args), out=out,
-                          force=args.force)
+                          force=args.force, device_memory_gb=args.device_memory)
     metrics = result.metrics
     rows = [("corpus", "windows", "perplexity")]
     rows += [(k, str(metrics["eval_windows"][k][0]), f"{v:.3f}") for k, v in metrics["ppl"].items()]

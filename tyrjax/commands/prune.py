@@ -7,7 +7,7 @@ from pathlib import Path
 from tyrjax import api
 from tyrjax.api.methods import PRESET_CALIB_WINDOWS, UNSTRUCTURED_CALIB_WINDOWS, UNSTRUCTURED_METHODS, preset_config
 from tyrjax.checkpoints.export import EXPORT_FORMATS, EXPORT_USES
-from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, out_arg, out_dir, positive_float,
+from tyrjax.commands.common import (data_args, data_config, device_memory_arg, model_args, model_spec, out_arg, out_dir,
                                     positive_int, print_results, scale_args)
 from tyrjax.tyr.pipeline import PRESETS
 
@@ -76,9 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"search generations per iteration (default: the preset's, {per_preset(preset_field('generations'))})")
     g.add_argument("--offspring", type=positive_int, default=None,
                    help=f"offspring per generation (default: the preset's, {per_preset(preset_field('offspring'))})")
-    g.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
-                   help="per-device memory budget every Týr phase is chunked to (default: what the device reports; "
-                        "16 GB on CPU); a budget below a phase's smallest chunk stops before any work")
+    device_memory_arg(g, "every phase (Týr's and the evaluation) is chunked to")
     g.add_argument("--supernet-dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the supernet levels on disk (default: the model's dtype)")
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from tyrjax import api
-from tyrjax.commands.common import (data_args, data_config, model_args, model_spec, non_negative_int, out_arg, out_dir,
+from tyrjax.commands.common import (data_args, data_config, device_memory_arg, model_args, model_spec, non_negative_int, out_arg, out_dir,
                                     positive_int, print_results, scale_args)
 
 DESCRIPTION = """\
@@ -45,13 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="re-dense inputs from the pruned model (the paper's) or the dense model (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="recorded with the run; SDS draws no randomness (default %(default)s)")
+    device_memory_arg(p, "the evaluation is chunked to and SDS's block loop must fit")
     p.set_defaults(func=run)
 
 
 def sds_config(args: argparse.Namespace) -> api.SDSConfig:
     return api.SDSConfig(pruner=args.pruner, pattern=args.pattern, steps=args.steps, adjust_steps=args.adjust_steps,
                          adjust=args.adjust, lr=args.lr, l1=args.l1, l2=args.l2, optimizer=args.optimizer,
-                         inputs=args.inputs, seed=args.seed)
+                         inputs=args.inputs, seed=args.seed, device_memory_gb=args.device_memory)
 
 
 def run(args: argparse.Namespace) -> None:

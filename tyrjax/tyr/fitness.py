@@ -208,7 +208,8 @@ def _candidate_block(p: Params, cfg: ModelConfig, levels: BlockLevels, h: jax.Ar
     kv_map = cfg.kv_map(0)
 
     def one(wo, head_keep, w_down, ffn_keep, x):
-        q = dict(p, wo=wo, w_down=w_down)
+        # Levels stored in another dtype than the model's (--supernet-dtype) compute in the model's.
+        q = dict(p, wo=wo.astype(p["wo"].dtype), w_down=w_down.astype(p["w_down"].dtype))
         return decoder_layer(q, cfg, x, cos, sin, kv_map, head_keep.astype(jnp.float32), ffn_keep.astype(jnp.float32))[0]
 
     return jax.vmap(one)(*levels, h)

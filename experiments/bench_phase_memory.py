@@ -1,0 +1,209 @@
+"""Each phase's measured peak memory on the default model against `tyrjax plan`'s figures.
+
+    python experiments/bench_phase_memory.py [--calib-windows 16 --eval-windows 4 --sds-windows 8 --sds-steps 5]
+
+Every phase (teacher, supernet build, search scoring, evaluation, SDS, the Wanda-sp baseline)
+runs in its own subprocess on the embedded SmolLM2-135M in fp32, with the settings the plan is
+made for (`runs.xla_plan.PlanSettings`: the quick preset, fp32, these window counts). On CPU
+the device's memory is the process's, so a phase's peak is the process's resident high-water
+mark (VmHWM, reset after the model and data are loaded; Linux `/proc/self/clear_refs`):
+
+  measured   peak − resident set after the imports (the model's weights, the data and the
+             phase's arrays: what the plan counts)
+  increment  peak − resident set once the model and data are loaded (the phase alone)
+
+beside the XLA figure and the analytical count of `tyrjax.runs.xla_plan.plan` for the same
+settings. The supernet build runs on the model's first --supernet-blocks blocks (what it holds
+does not grow with the blocks built; the whole build takes many minutes here) and is planned for
+that config; the search scores the quick preset's last stage (3 offspring on 4 windows) on a
+whole-model supernet kept in TYRJAX_CACHE/bench_supernets (built once, as experiments/bench_flops.py
+builds it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PHASES = ("teacher", "supernet", "search", "evaluation", "sds", "baselines")
+GB = 1e9
+
+
+def status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak() -> None:
+    """Set the resident high-water mark to the current resident set (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def settings_of(args):
+    from tyrjax.runs.xla_plan import PlanSettings
+
+    return PlanSettings(preset="quick", dtype="float32", calib_windows=args.calib_windows, eval_windows=args.eval_windows,
+                        sds_windows=args.sds_windows, sds_window=args.sds_window, sds_pattern="2:4",
+                        sds_steps=args.sds_steps)
+
+
+def first_blocks(params, cfg, n: int):
+    """The model cut to its first `n` decoder blocks (the real shapes)."""
+    import jax
+
+    layers = jax.tree_util.tree_map(lambda a: a[:n], params["layers"])
+    return dict(params, layers=layers), dataclasses.replace(cfg, n_layers=n)
+
+
+def run_phase(args) -> dict:
+    """In the subprocess: load, reset the peak, run one phase, report the resident figures."""
+    import jax
+    import numpy as np
+
+    import tyrjax
+
+    jax.devices()
+    after_imports = status_kb("VmRSS") * 1024
+    from tyrjax.runs.xla_plan import plan
+
+    s = settings_of(args)
+    model = tyrjax.load_model()
+    cfg, params, tcfg = model.cfg, model.params, s.tyr
+    calib = tyrjax.calibration_windows(model, calib_windows=s.n_calib, length=s.window)
+    store = Path(args.work) / "supernet"
+    extra = {}
+    if args.phase == "evaluation":
+        from tyrjax.evaluation.perplexity import window_nlls
+
+        batch = plan(cfg, "quick", None, False, settings=s, phases=("evaluation",)).phases["evaluation"].chunks[
+            "windows_per_call"]
+        windows = tyrjax.evaluation_sets(model, s.eval_windows, ("shakespeare",), s.eval_window)["shakespeare"]
+        extra["windows_per_call"] = batch
+
+        def phase():
+            return window_nlls(params, cfg, windows, batch, progress=False)
+    elif args.phase == "sds":
+        from tyrjax.sds.pipeline import run_sds_pipeline
+
+        sds_calib = tyrjax.calibration_windows(model, calib_windows=s.sds_windows, length=s.sds_window)
+
+        def phase():
+            return run_sds_pipeline(params, cfg, sds_calib, s.sds_pattern, "sparsegpt", steps=s.sds_steps,
+                                    progress=False)[0]
+    elif args.phase == "baselines":
+        from tyrjax.tyr.baselines import structured_baseline
+
+        def phase():
+            return structured_baseline(params, cfg, calib, 0.5, "wanda-sp", mlp_multiple=tcfg.mlp_multiple,
+                                       progress=False)[0]
+    else:
+        from tyrjax.tyr.fitness import BatchScorer, teacher_topk
+        from tyrjax.tyr.pipeline import initial_grid
+        from tyrjax.tyr.search.levels import centre_genome
+        from tyrjax.tyr.search.mutation import level_switch
+        from tyrjax.tyr.supernet import build_supernet
+
+        grid = initial_grid(cfg, 0.5, tcfg)
+        if args.phase == "teacher":
+            def phase():
+                return teacher_topk(params, cfg, calib, tcfg.topk).logp
+        elif args.phase == "supernet":
+            part, part_cfg = first_blocks(params, cfg, args.supernet_blocks)
+            part_grid = initial_grid(part_cfg, 0.5, tcfg)
+            params = model = None  # only the first blocks stay
+            gc.collect()
+
+            def phase():
+                build_supernet(part, part_cfg, calib, part_grid, store_dir=store, progress=False)
+        else:
+            from tyrjax.files import cache_dir
+
+            windows = calib[:min(s.n_calib, -(-tcfg.stages[-1][1] // s.window))]
+            teacher = teacher_topk(params, cfg, windows, tcfg.topk)
+            supernet = build_supernet(params, cfg, calib[:2], grid, store_dir=cache_dir() / "bench_supernets" / "quick-2w",
+                                      progress=False)
+            parent = centre_genome(grid)
+            rng = np.random.default_rng(0)
+            genomes = np.stack([level_switch(rng, parent, grid) for _ in range(tcfg.stages[-1][0])])
+            scorer = BatchScorer(params, cfg, supernet, batch=tcfg.candidate_batch)
+            extra["windows"], extra["candidates"] = len(windows), len(genomes)
+
+            def phase():
+                return scorer(genomes, parent, windows, teacher.idx, teacher.logp)
+    loaded = status_kb("VmRSS") * 1024
+    reset_peak()
+    start = time.perf_counter()
+    jax.block_until_ready(phase())
+    wall = time.perf_counter() - start
+    peak = status_kb("VmHWM") * 1024
+    return {"phase": args.phase, "after_imports": after_imports, "loaded": loaded, "peak": peak, "wall_s": wall, **extra}
+
+
+def plan_figures(args, phases: list[str]) -> dict:
+    """The plan of every phase for the default model (the supernet's for its first blocks)."""
+    from tyrjax.checkpoints.loading import load_model
+    from tyrjax.runs.xla_plan import plan
+
+    cfg = load_model().cfg
+    figures = {}
+    for name in phases:
+        phase_cfg = dataclasses.replace(cfg, n_layers=args.supernet_blocks) if name == "supernet" else cfg
+        p = plan(phase_cfg, "quick", None, False, settings=settings_of(args), phases=(name,)).phases[name]
+        figures[name] = {"xla": p.xla_bytes_per_device, "plan": p.plan_bytes_per_device, "chunks": p.chunks}
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows (teacher, supernet, "
+                                                                  "baseline; the search scores on the quick preset's last stage)")
+    ap.add_argument("--eval-windows", type=int, default=4, help="1024-token evaluation windows")
+    ap.add_argument("--sds-windows", type=int, default=8)
+    ap.add_argument("--sds-window", type=int, default=512)
+    ap.add_argument("--sds-steps", type=int, default=5)
+    ap.add_argument("--supernet-blocks", type=int, default=3, help="blocks of the supernet build (of 30)")
+    ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        print("RESULT " + json.dumps(run_phase(args)))
+        return
+    phases = [p for p in args.phases.split(",") if p]
+    figures = plan_figures(args, phases)
+    work = tempfile.mkdtemp(prefix="bench_phase_memory_")
+    common = [f"--calib-windows={args.calib_windows}", f"--eval-windows={args.eval_windows}",
+              f"--sds-windows={args.sds_windows}", f"--sds-window={args.sds_window}", f"--sds-steps={args.sds_steps}",
+              f"--supernet-blocks={args.supernet_blocks}", f"--work={work}"]
+    rows = []
+    for name in phases:
+        done = subprocess.run([sys.executable, __file__, f"--phase={name}", *common], capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            sys.exit(f"phase {name} failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(lines[0][len("RESULT "):]))
+        print(f"{name}: {rows[-1]}", file=sys.stderr)
+    print(f"settings: {settings_of(args)}")
+    print("| phase | measured GB (peak − after imports) | increment GB (peak − loaded) | XLA plan GB | analytical GB "
+          "| measured / XLA | measured / analytical | plan chunks | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = figures[r["phase"]]
+        measured, increment = r["peak"] - r["after_imports"], r["peak"] - r["loaded"]
+        chunks = ", ".join(f"{k}={v}" for k, v in f["chunks"].items())
+        print(f"| {r['phase']} | {measured / GB:.2f} | {increment / GB:.2f} | {f['xla'] / GB:.2f} | {f['plan'] / GB:.2f} "
+              f"| {measured / f['xla']:.2f} | {measured / f['plan']:.2f} | {chunks} | {r['wall_s']:.1f} |")
+    print(f"resident after imports: {rows[0]['after_imports'] / GB:.2f} GB; with the model and data: "
+          f"{rows[0]['loaded'] / GB:.2f} GB (first phase)")
+
+
+if __name__ == "__main__":
+    main()
