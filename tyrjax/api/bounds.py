@@ -8,6 +8,8 @@ the items are split over the devices of the data axes, so each device holds its 
 """
 from __future__ import annotations
 
+import math
+
 from tyrjax.api.configs import DataConfig
 from tyrjax.checkpoints.loading import Model
 from tyrjax.data.corpora import CALIB_LENGTH, EVAL_LENGTH
@@ -21,12 +23,10 @@ F32 = 4
 
 
 def calibration_bytes_per_window(cfg: ModelConfig, length: int, streams: int = 1) -> int:
-    """The calibration activations one window holds while a block is processed: per stream (the
-    pruned model's, and the dense model's where a method also follows it) the block's input,
-    its attention output and the normed input (`hidden_size` each), and the MLP's gate, up and
-    hidden activations (the widest of its width and the attention's query width, each)."""
-    widest = max(cfg.intermediate_size, cfg.n_heads * cfg.head_dim)
-    return streams * length * F32 * (3 * cfg.hidden_size + 3 * widest)
+    """The calibration activations one window holds for the whole run: its hidden states, per
+    stream (the pruned model's, and the dense model's where a method also follows it). A block's
+    own activations are not counted: each phase runs them in window chunks sized to the budget."""
+    return streams * length * F32 * cfg.hidden_size
 
 
 def evaluation_bytes_per_window(cfg: ModelConfig, length: int) -> int:
@@ -50,12 +50,24 @@ def check_fits(flag: str, count: int, per_item: float, budget_bytes: int, reside
     if count <= largest:
         return
     need = resident_bytes + -(-count // devices) * per_item
-    fix = f"use {flag} {largest} or fewer" if largest > 0 else f"even one does not fit; use {flag} 1 on a larger device"
-    if budget_flag:
-        fix += f", or a larger {budget_flag} if the device has the memory"
+    if largest > 0:
+        fix = f"use {flag} {largest} or fewer"
+        if budget_flag:
+            fix += f", or a larger {budget_flag} if the device has the memory"
+    elif budget_flag:
+        fix = f"even one does not fit; the smallest budget that works is {budget_flag} {smallest_gb(resident_bytes + per_item)}"
+    else:
+        fix = f"even one does not fit; use {flag} 1 on a larger device"
     raise TyrjaxError(
         f"{flag} {count}: {what} need {gigabytes(need)} per device with the parameters, but the per-device budget "
         f"is {gigabytes(budget_bytes)}; {fix}")
+
+
+def smallest_gb(n: float) -> str:
+    """`n` bytes as a --device-memory value, rounded up to two significant digits."""
+    value = n / GB
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return f"{math.ceil(value / scale) * scale:.6g}"
 
 
 def gigabytes(n: float) -> str:

@@ -91,7 +91,7 @@ def data_args(p: argparse.ArgumentParser, calibration: bool = True, calib_defaul
 
 def device_memory_arg(g: argparse._ActionsContainer, use: str) -> None:
     """`--device-memory GB`: the per-device budget, and what the command does with it (`use`)."""
-    g.add_argument("--device-memory", type=float, default=None, metavar="GB",
+    g.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
                    help=f"per-device memory budget {use} (default: what the device reports; "
                         f"{CPU_DEFAULT_BYTES / GB:g} GB on CPU); a budget below a phase's smallest chunk stops before "
                         "any work, naming the phase and the smallest budget that works")
