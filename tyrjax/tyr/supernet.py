@@ -30,9 +30,8 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.model.blocks import ModelBlocks, as_blocks
-from tyrjax.calibration.statistics import attention_inputs, check_finite, embed_windows, mlp_inputs, stats_of
-from tyrjax.model.blocks import map_chunks
+from tyrjax.calibration.statistics import InputStats, attention_inputs, check_finite, embed_windows, mlp_inputs, stats_of
+from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, map_chunks
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.distributed import agree
 from tyrjax.errors import TyrjaxError
@@ -42,6 +41,7 @@ from tyrjax.registry import Registry
 from tyrjax.tyr.budget import KVLedger
 from tyrjax.tyr.genome import Genome, layer_index, n_searchable
 from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid
+from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.parallel.sharding import HIDDEN, host_array, put_axes, resolve_mesh
 from tyrjax.structured.local_pruner import prune_levels
 
@@ -167,32 +167,136 @@ def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.einsum("e,eio->io", weights, levels)
 
 
+F32 = 4
+STATS_CHUNK = 8  # windows per device of one capture call: bounds the attention scores' temporaries
+
+
+def widest_input(cfg: ModelConfig) -> int:
+    """The widest input a block's pruned projections read: o_proj's (all heads) or down_proj's (all neurons)."""
+    return max(cfg.n_heads * cfg.head_dim, cfg.intermediate_size)
+
+
+def capture_fixed_bytes(cfg: ModelConfig, n_local: int, length: int, resident_bytes: float) -> float:
+    """What a capture call of the build holds per device besides its captured inputs: the
+    weights held (`resident_bytes`: the model's resident part and the block), the fp32
+    calibration stream in and out, the Gram of the widest input and one capture call's
+    temporaries."""
+    stream = n_local * length * cfg.hidden_size * F32
+    return (resident_bytes + 2 * stream + widest_input(cfg) ** 2 * F32
+            + min(STATS_CHUNK, n_local) * block_activation_bytes(cfg, length))
+
+
+def capture_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float) -> int:
+    """Windows per device whose captured o_proj / down_proj inputs (fp32) the build holds at
+    once: all of them when they fit `budget_bytes` (then each layer is captured once and the
+    capture feeds both its Gram and the next block's input), else the largest multiple of
+    `STATS_CHUNK` that fits (each chunk is captured twice: for the Gram, then after the layer
+    is pruned for the stream). Fails naming the phase when not even one capture call fits."""
+    return chunking(n_local, length * widest_input(cfg) * F32, budget_bytes,
+                    fixed_bytes=capture_fixed_bytes(cfg, n_local, length, resident_bytes), phase="supernet build",
+                    multiple=min(STATS_CHUNK, n_local)).size
+
+
+def held_while_pruning(cfg: ModelConfig, n_local: int, length: int, resident_bytes: float, chunked: bool) -> float:
+    """Per-device bytes the build holds while the local pruner runs: the weights held, the fp32
+    stream and, unless the captures are chunked, the widest layer's captured input."""
+    stream = n_local * length * cfg.hidden_size * F32
+    captured = 0 if chunked else n_local * length * widest_input(cfg) * F32
+    return resident_bytes + stream + captured
+
+
+def _window_chunks(x: jax.Array, size: int, mesh: Mesh | None):
+    """(chunk, windows in it) of `size` windows of `x` at a time, the last padded with copies
+    of its last window so every chunk has one shape."""
+    for start in range(0, x.shape[0], size):
+        part = x[start:start + size]
+        valid = part.shape[0]
+        if valid < size:
+            part = jnp.concatenate([part, jnp.repeat(part[-1:], size - valid, 0)])
+        yield (part if mesh is None else put_axes(part, HIDDEN, mesh)), valid
+
+
+@jax.jit
+def _zero_padding(a: jax.Array, valid: jax.Array) -> jax.Array:
+    """`a` with its windows from `valid` on set to zero (they add nothing to a Gram)."""
+    return jnp.where((jnp.arange(a.shape[0]) < valid)[:, None, None], a, 0.0)
+
+
+def chunked_stats(capture: Callable, x: jax.Array, size: int, mesh: Mesh | None) -> InputStats:
+    """Statistics of `capture`'s output over every window of `x`, summed over chunks of `size`
+    windows (padding windows zeroed)."""
+    gram = total = None
+    for part, valid in _window_chunks(x, size, mesh):
+        s = stats_of(_zero_padding(capture(part), jnp.int32(valid)), mesh)
+        gram, total = (s.gram, s.total) if gram is None else (gram + s.gram, total + s.total)
+    return InputStats(gram, total, x.shape[0] * x.shape[1])
+
+
+def chunked_stream(step: Callable, x: jax.Array, size: int, mesh: Mesh | None) -> jax.Array:
+    """`step` applied to `x` in chunks of `size` windows, concatenated over the windows."""
+    out = jnp.concatenate([step(part)[:valid] for part, valid in _window_chunks(x, size, mesh)])
+    return out if mesh is None else put_axes(out, HIDDEN, mesh)
+
+
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
-    rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8, local_pruner: str = "tyr",
+    rng: np.random.Generator, saliency: str = "tyr", chunk: int = STATS_CHUNK, local_pruner: str = "tyr",
     mesh: Mesh | None = None, budget_bytes: int | None = None, ledger: KVLedger | None = None,
+    resident_bytes: float = 0,
 ) -> tuple[BlockLevels, jax.Array]:
     """All levels of block `block`'s attention and MLP (float32), and the next block's
     calibration input.
 
     With a `ledger` (one-level grids), the MLP's removal pays for the KV heads the attention frees.
     On a mesh, windows are split over the data axes, heads and neurons over tensor, and the
-    local pruner receives the mesh (its levels spread over devices). With `budget_bytes` the
-    local pruner receives the per-device budget its levels are grouped to."""
+    local pruner receives the mesh (its levels spread over devices).
+
+    Memory: beside `resident_bytes` per device (the weights the caller holds), a layer's
+    captured input for all windows is held when it fits the budget (`budget_bytes`, default
+    `parallel.memory.device_memory_bytes()`); else its Gram is summed over chunks of windows
+    (`capture_windows`) and each chunk is captured again for the next block's input. With
+    `budget_bytes` the local pruner receives what is left of it beside what the build holds
+    while it runs (`held_while_pruning`), to group its levels to."""
     prune_levels = get_local_pruner(local_pruner)
-    options = {"mesh": mesh, "budget_bytes": budget_bytes}
+    split = data_split(mesh)
+    n_local, length = -(-x.shape[0] // split), x.shape[1]
+    resident = resident_bytes + device_bytes(p)
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    size = capture_windows(cfg, n_local, length, budget, resident)
+    chunked = size < n_local
+    options = {"mesh": mesh}
+    if budget_bytes is not None:
+        held = held_while_pruning(cfg, n_local, length, resident, chunked)
+        options["budget_bytes"] = max(int(budget_bytes - held), 1)
     options = {name: value for name, value in options.items() if value is not None}
-    heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
-    stats = stats_of(heads, mesh)
-    check_finite(stats, f"block {block} o_proj")
+
+    def heads_of(xs: jax.Array) -> jax.Array:
+        return map_chunks(lambda c: attention_inputs(p, cfg, c, mesh=mesh)[1], xs, chunk)
+
+    def hidden_of(xs: jax.Array) -> jax.Array:
+        return map_chunks(lambda c: mlp_inputs(p, cfg, c, mesh=mesh)[1], xs, chunk)
+
     a_row, m_row = layer_index(block, ATTENTION), layer_index(block, MLP)
+    if chunked:
+        stats = chunked_stats(heads_of, x, size * split, mesh)
+    else:
+        heads = heads_of(x)
+        stats = stats_of(heads, mesh)
+    check_finite(stats, f"block {block} o_proj")
     wo_lv, head_keep = prune_levels(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
                                     saliency=saliency, **options)
     wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
-    x = x + heads @ wo_in + (p["bo"] if "bo" in p else 0.0)
-    del heads
-    hidden = map_chunks(lambda xs: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
-    stats = stats_of(hidden, mesh)
+    bo = p["bo"] if "bo" in p else 0.0
+    if chunked:
+        x = chunked_stream(lambda xs: xs + heads_of(xs) @ wo_in + bo, x, size * split, mesh)
+    else:
+        x = x + heads @ wo_in + bo
+        del heads
+    if chunked:
+        stats = chunked_stats(hidden_of, x, size * split, mesh)
+    else:
+        hidden = hidden_of(x)
+        stats = stats_of(hidden, mesh)
     check_finite(stats, f"block {block} down_proj")
     mlp_counts = _removal_counts(grid, m_row)
     if ledger is not None:
@@ -200,7 +304,11 @@ def prune_block(
     wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS,
                                    saliency=saliency, **options)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
-    x = x + hidden @ wd_in + (p["b_down"] if "b_down" in p else 0.0)
+    b_down = p["b_down"] if "b_down" in p else 0.0
+    if chunked:
+        x = chunked_stream(lambda xs: xs + hidden_of(xs) @ wd_in + b_down, x, size * split, mesh)
+    else:
+        x = x + hidden @ wd_in + b_down
     levels = BlockLevels(np.asarray(wo_lv), np.asarray(head_keep), np.asarray(wd_lv), np.asarray(ffn_keep))
     return levels, x
 
@@ -330,7 +438,7 @@ def build_supernet(
         rng = np.random.default_rng([seed, b])
         p = model.block(b)
         levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh,
-                                budget_bytes=budget_bytes, ledger=ledger)
+                                budget_bytes=budget_bytes, ledger=ledger, resident_bytes=model.resident_bytes())
         levels = stored_as(levels, stored_dtype)
         if store:
             store.save_block(b, levels, x)
