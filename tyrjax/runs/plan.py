@@ -89,6 +89,8 @@ class TyrRun:
     head_chunk: int = 64  # positions per step of the student's top-k head (tyr.fitness.topk_logprobs)
     head_vocab: int = 0  # vocabulary columns per step of that head; 0: the head's rows at the top-k are gathered
     forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
+    capture_windows: int = 0  # windows whose captured layer inputs the supernet build holds at once; 0: all
+    levels_per_call: int = 0  # levels the local pruner runs at once on one device; 0: all
     utilisation: float = 0.4
     stream: bool = False  # blocks read from the checkpoint when needed, only the head held
 
@@ -183,11 +185,12 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     # One device prunes all levels at once (vmap: the damped Gram and its inverse are shared); on a
     # mesh each device prunes its share one at a time, damping and inverting the Gram for each level
     # (damped Gram, Cholesky factor, inverse, refit matrix, weight).
-    pruner_state = (f"pruner state of the {E} levels (inverse, refit matrix, weight; fp32)", E * (2 * D * D + D * d))
+    E_call = run.levels_per_call or E
+    pruner_state = (f"pruner state of {E_call} levels at once (inverse, refit matrix, weight; fp32)",
+                    E_call * (2 * D * D + D * d))
     if mesh.devices > 1:
         pruner_state = ("pruner state of one level at a time (damped Gram, factor, inverse, refit matrix, weight; fp32)",
                         4 * D * D + D * d)
-    E_pad = round_up(E, axis_size(mesh, "level"))  # the pruner pads the levels to the level axis
     logits = (B, T, cfg.vocab_size)
     candidate_split = split_factor((C,), Axes("candidate"), mesh)
 
@@ -209,14 +212,7 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
              dev(logits, Axes("batch", "seq", "vocab"), F32) + dev(logits, REPLICATED, F32)),
         Line("teacher", "hidden states of all calibration windows (run block by block)", dev((N, T, d), HIDDEN, wb)),
         Line("teacher", "top-k of all calibration tokens (replicated)", dev((N, T, k), REPLICATED, INDEX_AND_LOGP)),
-        Line("supernet", *(("model head (blocks streamed)", head) if run.stream else ("model weights", model))),
-        Line("supernet", "weights of one block", block_per_device(cfg, wb, mesh)),
-        Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
-        Line("supernet", pruner_state[0], pruner_state[1] * F32),
-        Line("supernet", f"{E} levels of one block's o_proj + down_proj (replicated, fp32)",
-             (E * q_width(cfg) + E_pad * f) * d * F32),
-        Line("supernet", "calibration stream (fp32)", dev((N, T, d), HIDDEN, F32)),
-        Line("supernet", "captured input of the widest layer (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
+        *supernet_lines(cfg, run, mesh, model, pruner_state),
         Line("search", *search_weights),
         Line("search", f"supernet levels of one call ({C} candidates x {per_call} blocks, read from disk)",
              levels_of_call),
@@ -236,6 +232,41 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
         Line(SEARCH_HEAD, "student logits at the teacher's top-k (fp32)", dev((B, T, k), Axes("batch", "seq"), F32)),
         head_line(cfg, run, dev, candidate_split),
     ]
+
+
+def supernet_lines(cfg: ModelConfig, run: TyrRun, mesh: MeshSpec, model: float,
+                   pruner_state: tuple[str, float]) -> list[Line]:
+    """The supernet build at its widest layer. With every window's captured input held, the
+    capture and the local pruner are alive together; with captures in window chunks, the
+    pruner runs after the chunks (`"supernet, local pruner"`) beside the stream alone."""
+    d, f, N, T = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window
+    D, E = widest_input(cfg), run.n_levels
+    E_pad = round_up(E, axis_size(mesh, "level"))  # the pruner pads the levels to the level axis
+    captured = min(N, run.capture_windows or N)
+    chunked = captured < N
+
+    def dev(shape, axes, itemsize):
+        return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
+
+    weights = [Line("supernet", *(("model head (blocks streamed)", head_per_device(cfg, run.weight_bytes, mesh))
+                                  if run.stream else ("model weights", model))),
+               Line("supernet", "weights of one block", block_per_device(cfg, run.weight_bytes, mesh)),
+               Line("supernet", f"{E} levels of one block's o_proj + down_proj (replicated, fp32)",
+                    (E * q_width(cfg) + E_pad * f) * d * F32)]
+    stream = dev((N, T, d), HIDDEN, F32)
+    capture = [Line("supernet", "calibration stream (fp32)" + (", in and out" if chunked else ""),
+                    (1 + chunked) * stream),
+               Line("supernet", f"captured input of the widest layer, {captured} windows (fp32)",
+                    dev((captured, T, f), MLP_HIDDEN, F32))]
+    pruner = [Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)",
+                   3 * dev((D, D), REPLICATED, F32)),
+              Line("supernet", pruner_state[0], pruner_state[1] * F32)]
+    if not chunked:
+        return [*weights, *capture, *pruner]
+    step = "supernet, local pruner"
+    return [*weights, *capture, Line("supernet", "Gram of the widest input (fp32)", dev((D, D), REPLICATED, F32)),
+            *(Line(step, line.item, line.bytes) for line in (*weights, *pruner)),
+            Line(step, "calibration stream (fp32)", stream)]
 
 
 def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int) -> Line:

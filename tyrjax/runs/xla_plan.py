@@ -45,15 +45,15 @@ from tyrjax.sds.capture import WINDOW_CHUNK
 from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse_adjust
 from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
-from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit
+from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit, level_groups
 from tyrjax.model.vocab import VOCAB_MULTIPLE
 from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
                                 blocks_per_call, candidate_blocks, candidate_fitness, fitness_chunks)
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig
-from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS, BlockLevels
+from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, capture_windows,
+                                 held_while_pruning)
 
 F32 = 4
-STATS_CHUNK = 8  # windows per device of one capture call (tyr.supernet.prune_block)
 TEACHER_K_BYTES = analytical.INDEX_AND_LOGP
 PLAN_PLATFORM = "gpu"  # the search head's chunks are planned as an accelerator takes them (tyr.fitness.gathers_rows)
 
@@ -303,43 +303,71 @@ class PhaseBuilder:
                          self.dev((N - b, T, k), REPLICATED, TEACHER_K_BYTES)))),
         ]
 
-    # supernet: per block, capture o_proj's and down_proj's inputs, their Grams, prune all levels
-    def supernet(self) -> list[Step]:
+    # supernet: per block, capture o_proj's and down_proj's inputs (in window chunks when they do
+    # not fit), their Grams, prune the levels in groups that fit
+    def supernet_chunks(self, budget: int) -> tuple[int, int, int]:
+        """(windows per device captured at once, levels per call of the local pruner at o_proj
+        and at down_proj) that `tyr.supernet.prune_block` takes for this budget; raises the
+        budget error."""
+        cfg, T = self.cfg, self.s.window
+        n_local = -(-self.s.n_calib // self.batch_split(self.s.n_calib))
+        resident = self.head_bytes() + self.blocks_bytes() + self.block_bytes()
+        size = capture_windows(cfg, n_local, T, budget, resident)
+        if self.mesh is not None:  # each device prunes its levels one at a time
+            return size, 1, 1
+        left = max(int(budget - held_while_pruning(cfg, n_local, T, resident, size < n_local)), 1)
+        attn, mlp = (level_groups(self.s.tyr.n_levels, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize).size
+                     for d_in, rounds in ((cfg.n_heads * cfg.head_dim, ATTN_ROUNDS),
+                                          (cfg.intermediate_size, MLP_ROUNDS)))
+        return size, attn, mlp
+
+    def supernet(self, capture: int, attn_levels: int, mlp_levels: int) -> list[Step]:
+        """The build's steps with `capture` windows per device captured at once and the levels
+        per call of the local pruner at o_proj and down_proj (`supernet_chunks`)."""
         cfg, N, T, d, f = self.cfg, self.s.n_calib, self.s.window, self.cfg.hidden_size, self.cfg.intermediate_size
         q = cfg.n_heads * cfg.head_dim
         E = self.s.tyr.n_levels
-        b = min(N, STATS_CHUNK * self.batch_split(N))
+        split = self.batch_split(N)
+        chunked = capture * split < N
+        nc = min(N, capture * split)
+        b = min(N, STATS_CHUNK * split)
         block = (block_structs(cfg, self.wdt), layer_axes(cfg))
-        stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
+        streams = 2 if chunked else 1  # chunked: the next block's stream is built beside this one's
+        stream = ("calibration stream (fp32)" + (", in and out" if chunked else ""),
+                  streams * self.dev((N, T, d), HIDDEN, F32))
         weights = (("model head", self.head_bytes()), ("held blocks", self.blocks_bytes()))
         block_res = ("weights of the block", self.block_bytes())
-        heads = ("captured input of o_proj (fp32)", self.dev((N, T, q), HEADS_OUT, F32))
-        hidden = ("captured input of down_proj (fp32)", self.dev((N, T, f), MLP_HIDDEN, F32))
+        heads = ("captured input of o_proj (fp32)", self.dev((nc, T, q), HEADS_OUT, F32))
+        hidden = ("captured input of down_proj (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32))
+        kept = () if chunked else (heads,)
+        kept_hidden = () if chunked else (hidden,)
+        one_stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
         wo_levels = ("o_proj levels (fp32, replicated)", self.dev((E, q, d), REPLICATED, F32) + E * cfg.n_heads)
         x = (struct((b, T, d), jnp.float32), HIDDEN)
         return [
             Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
-                      {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*weights, stream, heads)),
-            Step(Call("gram o_proj", _sums, {"a": (struct((N, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
+                      {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*weights, block_res, stream, heads)),
+            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
                  (*weights, block_res, stream)),
-            Step(self.prune_call("prune o_proj levels", (q, d), cfg.head_dim, ATTN_ROUNDS),
-                 (*weights, block_res, stream, heads)),
+            Step(self.prune_call("prune o_proj levels", (q, d), cfg.head_dim, ATTN_ROUNDS, attn_levels),
+                 (*weights, block_res, one_stream, *kept)),
             Step(Call("mlp_inputs", mlp_inputs, {"p": block, "x": x}, (HIDDEN, MLP_HIDDEN), {"cfg": cfg}),
-                 (*weights, stream, wo_levels, hidden)),
-            Step(Call("gram down_proj", _sums, {"a": (struct((N, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
-                 (*weights, block_res, stream, wo_levels)),
-            Step(self.prune_call("prune down_proj levels", (f, d), 1, MLP_ROUNDS),
                  (*weights, block_res, stream, wo_levels, hidden)),
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+                 (*weights, block_res, stream, wo_levels)),
+            Step(self.prune_call("prune down_proj levels", (f, d), 1, MLP_ROUNDS, mlp_levels),
+                 (*weights, block_res, one_stream, wo_levels, *kept_hidden)),
         ]
 
-    def prune_call(self, name: str, w_shape: tuple[int, int], group_size: int, rounds: int) -> Call:
+    def prune_call(self, name: str, w_shape: tuple[int, int], group_size: int, rounds: int, levels: int) -> Call:
         E = self.s.tyr.n_levels
         d_in = w_shape[0]
         common = {"group_size": group_size, "rounds": rounds, "saliency": self.s.tyr.saliency}
         if self.mesh is None:
             inputs = {"W_dense": (struct(w_shape, self.wdt), REPLICATED),
                       "H": (struct((d_in, d_in), jnp.float32), REPLICATED),
-                      "n_remove": (struct((E,), jnp.int32), REPLICATED), "damp": (struct((), jnp.float32), REPLICATED)}
+                      "n_remove": (struct((levels,), jnp.int32), REPLICATED),
+                      "damp": (struct((), jnp.float32), REPLICATED)}
             return Call(name, _prune_levels_jit, inputs, REPLICATED, common)
         padded = round_up(E, axis_size(self.mesh, "level"))
         inputs = {"W_dense": (struct(w_shape, self.wdt), REPLICATED),
@@ -480,9 +508,11 @@ class PhaseBuilder:
 
 # --- the analytical figures ----------------------------------------------------------------
 def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | None,
-                   candidate_batch: int | None = None, head: FitnessChunks | None = None) -> analytical.TyrRun:
+                   candidate_batch: int | None = None, head: FitnessChunks | None = None, capture: int = 0,
+                   levels: int = 0) -> analytical.TyrRun:
     t = settings.tyr
     head_steps = {} if head is None else {"head_chunk": head.tokens, "head_vocab": 0 if head.gather else head.vocab}
+    head_steps.update(capture_windows=capture, levels_per_call=levels)
     return analytical.TyrRun(calib_windows=settings.n_calib, window=settings.window, weight_bytes=settings.weight_bytes,
                              level_bytes=settings.weight_bytes, n_levels=t.n_levels, topk=t.topk,
                              candidate_batch=candidate_batch or t.candidate_batch, stages=t.stages,
@@ -491,7 +521,8 @@ def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | No
 
 
 def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None, phase: str, forward_windows: int,
-                    candidate_batch: int | None = None, head: FitnessChunks | None = None) -> float:
+                    candidate_batch: int | None = None, head: FitnessChunks | None = None, capture: int = 0,
+                    levels: int = 0) -> float:
     spec = mesh_spec(mesh)
     if phase == "sds":
         run = analytical.SDSRun(calib_windows=settings.sds_windows, window=settings.sds_window,
@@ -505,7 +536,7 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
         run = analytical.EvalRun(windows=settings.eval_windows, window=settings.eval_window,
                                  weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream)
         return analytical.phase_peaks(analytical.evaluation_memory(cfg, spec, run))[phase]
-    run = analytical_run(settings, forward_windows, mesh, candidate_batch, head)
+    run = analytical_run(settings, forward_windows, mesh, candidate_batch, head, capture, levels)
     return analytical.phase_peaks(analytical.tyr_memory(cfg, spec, run))[phase]
 
 
@@ -581,10 +612,20 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
                       "capture_windows_per_call": min(s.sds_windows, WINDOW_CHUNK * build.batch_split(s.sds_windows))}
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
         elif name == "supernet":
-            figures, error = whole_phase(name, build.supernet(), budget, mesh, hd)
-            chunks = {"levels_per_call": s.tyr.n_levels,
-                      "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * build.batch_split(s.n_calib))}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
+            try:
+                capture, attn_levels, mlp_levels = build.supernet_chunks(budget)
+            except TyrjaxError as e:  # not even one chunk fits: plan it at the smallest
+                (capture, attn_levels, mlp_levels), chunk_error = (min(STATS_CHUNK, s.n_calib), 1, 1), str(e)
+            else:
+                chunk_error = None
+            figures, error = whole_phase(name, build.supernet(capture, attn_levels, mlp_levels), budget, mesh, hd)
+            error = chunk_error or error
+            split = build.batch_split(s.n_calib)
+            chunks = {"levels_per_call": {"o_proj": attn_levels, "down_proj": mlp_levels},
+                      "capture_windows_per_chunk": min(s.n_calib, capture * split),
+                      "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * split)}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=min(s.n_calib, capture * split),
+                                         levels=mlp_levels)
         else:
             C, B, kb, _ = build.search_shape()
             try:
