@@ -48,7 +48,8 @@ from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit, level_groups
 from tyrjax.model.vocab import VOCAB_MULTIPLE
 from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
-                                blocks_per_call, candidate_blocks, candidate_fitness, fitness_chunks)
+                                blocks_per_call, call_bytes, candidate_blocks, candidate_fitness, fitness_chunks,
+                                scoring_windows)
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig
 from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, capture_windows,
                                  held_while_pruning)
@@ -377,30 +378,40 @@ class PhaseBuilder:
         return Call(name, _levels_per_device, inputs, REPLICATED, {**common, "mesh": self.mesh})
 
     # search: the candidates of one batch scored on the last (largest) stage's windows
-    def search_shape(self) -> tuple[int, int, int, int]:
-        """(candidates per call, windows per forward, blocks per call, top-k)."""
+    def search_shape(self, budget: int | None = None) -> tuple[int, int, int, int]:
+        """(candidates per call, windows per forward, blocks per call, top-k): the last stage's
+        windows, in chunks of the windows `BatchScorer` takes for `budget` (None: all at once)."""
         tcfg, cfg = self.s.tyr, self.cfg
         C = tcfg.candidate_batch if self.mesh is None else round_up(tcfg.candidate_batch, axis_size(self.mesh, "candidate"))
         B = min(self.s.n_calib, max(1, math.ceil(tcfg.stages[-1][1] / self.s.window)))
         level = analytical.level_params(cfg) * self.wdt.itemsize + cfg.n_heads + cfg.intermediate_size
         block = sum(math.prod(s) for s in layer_shapes(cfg, 0).values()) * self.wdt.itemsize
-        return C, B, blocks_per_call(level, C, cfg.n_layers, block), min(tcfg.topk, cfg.vocab_size)
+        kb, k = blocks_per_call(level, C, cfg.n_layers, block), min(tcfg.topk, cfg.vocab_size)
+        if budget is not None:
+            split = self.batch_split(B)
+            c_local = C // (1 if self.mesh is None else axis_size(self.mesh, "candidate"))
+            fixed = self.head_bytes() + self.blocks_bytes() + call_bytes(cfg, c_local, kb, self.wdt.itemsize,
+                                                                         self.wdt.itemsize)
+            size = scoring_windows(cfg, c_local, -(-B // split), self.s.window, k, budget, fixed, self.wdt.itemsize)
+            B = min(B, size * split)
+        return C, B, kb, k
 
     def search_head_chunks(self, budget: int) -> FitnessChunks:
         """The student's head chunks `BatchScorer` takes for this budget, as on an accelerator
         (`tyr.fitness.gathers_rows`): beside the held weights, the candidates' hidden states and
-        the teacher's top-k."""
+        the teacher's top-k of one forward."""
         cfg, T = self.cfg, self.s.window
-        C, B, _, k = self.search_shape()
+        C, B, _, k = self.search_shape(budget)
         windows = -(-B // self.batch_split(B))
         held = 2 * C * windows * T * cfg.hidden_size * self.wdt.itemsize + windows * T * k * TEACHER_K_BYTES
         fixed = self.head_bytes() + self.blocks_bytes() + held
         return fitness_chunks(windows, T, k, cfg, budget, fixed, self.wdt.itemsize, platform=PLAN_PLATFORM)
 
-    def search(self, chunks: FitnessChunks) -> list[Step]:
-        """The search's steps with the student's head in `chunks` (`search_head_chunks`)."""
+    def search(self, chunks: FitnessChunks, budget: int | None = None) -> list[Step]:
+        """The search's steps with the student's head in `chunks` (`search_head_chunks`) and
+        the windows of one forward for `budget`."""
         cfg, T, d = self.cfg, self.s.window, self.cfg.hidden_size
-        C, B, kb, k = self.search_shape()
+        C, B, kb, k = self.search_shape(budget)
         layers = block_structs(cfg, self.wdt, kb)
         parent_states = ("parent's input of every block", self.dev((cfg.n_layers + 1, 1, B, T, d),
                                                                    Axes(None, *CANDIDATE_HIDDEN), self.wdt.itemsize))
@@ -627,14 +638,20 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=min(s.n_calib, capture * split),
                                          levels=mlp_levels)
         else:
-            C, B, kb, _ = build.search_shape()
             try:
-                head = build.search_head_chunks(budget)
-            except TyrjaxError as e:  # not even one step of the head fits: plan it at the narrowest
-                head, head_error = FitnessChunks(1, min(VOCAB_MULTIPLE, cfg.vocab_size)), str(e)
+                C, B, kb, _ = build.search_shape(budget)
+                forward_budget = budget
+            except TyrjaxError as e:  # not even one window fits: plan one forward of one window
+                C, B, kb, _ = build.search_shape(None)
+                B, forward_budget, head_error = 1, None, str(e)
             else:
                 head_error = None
-            figures, error = whole_phase(name, build.search(head), budget, mesh, hd)
+            try:
+                head = build.search_head_chunks(budget) if forward_budget else FitnessChunks(1, min(VOCAB_MULTIPLE,
+                                                                                                  cfg.vocab_size))
+            except TyrjaxError as e:  # not even one step of the head fits: plan it at the narrowest
+                head, head_error = FitnessChunks(1, min(VOCAB_MULTIPLE, cfg.vocab_size)), str(e)
+            figures, error = whole_phase(name, build.search(head, forward_budget), budget, mesh, hd)
             error = head_error or error
             chunks = {"candidates_per_call": C, "windows_per_forward": B, "blocks_per_call": kb,
                       "head_positions_per_step": head.tokens, "head_vocab_per_step": head.vocab or "rows gathered"}
