@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tyrjax.errors import TyrjaxError
-from tyrjax.calibration.statistics import heads_of, hidden_of
+from tyrjax.calibration.statistics import heads_of, hidden_of, zero_padding
 from tyrjax.model.blocks import device_bytes, layer
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import cast_params, init_random_params
@@ -16,7 +16,7 @@ from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr, supernet_settings, uniform_selection
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
-from tyrjax.tyr.supernet import (BlockLevels, SupernetStore, _zero_padding, build_supernet, capture_fixed_bytes,
+from tyrjax.tyr.supernet import (BlockLevels, PackedLevels, SupernetStore, build_supernet, capture_fixed_bytes,
                                  capture_windows, held_while_pruning, supernet_key)
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
@@ -150,7 +150,7 @@ def test_captures_chunked_to_a_small_budget_give_the_same_supernet_and_compile_o
     budget = int(capture_fixed_bytes(CFG, 24, length, resident)) + 16 * length * width * 4
     assert capture_windows(CFG, 24, length, budget, resident) == 16  # two chunks, the second padded
     whole = build_supernet(params, CFG, calib, grid, progress=False)
-    for jitted in (heads_of, hidden_of, _zero_padding):
+    for jitted in (heads_of, hidden_of, zero_padding):
         jitted.clear_cache()
     chunked = build_supernet(params, CFG, calib, grid, budget_bytes=budget, progress=False)
     for a, b in zip(blocks(chunked), blocks(whole)):
@@ -159,7 +159,7 @@ def test_captures_chunked_to_a_small_budget_give_the_same_supernet_and_compile_o
         np.testing.assert_allclose(a.wo, b.wo, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.w_down, b.w_down, rtol=1e-4, atol=1e-5)
     assert heads_of._cache_size() == hidden_of._cache_size() == 1
-    assert _zero_padding._cache_size() == 2  # one per captured width (o_proj's, down_proj's), not per chunk
+    assert zero_padding._cache_size() == 2  # one per captured width (o_proj's, down_proj's), not per chunk
     with pytest.raises(TyrjaxError, match="supernet build needs at least"):
         build_supernet(params, CFG, calib, grid, budget_bytes=resident, progress=False)
 
@@ -171,3 +171,25 @@ def test_bad_supernet_dtype_or_budget_fails_before_any_work():
         TyrConfig(device_memory_gb=0).check_extensions()
     assert supernet_settings(TyrConfig()) == {"saliency": "tyr", "local_pruner": "tyr", "dtype": None,
                                               "budget_bytes": None}
+
+
+def test_levels_are_stored_as_the_rows_they_keep_and_read_back_exactly(setup, tmp_path):
+    params, calib, grid = setup
+    stored = build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "store", progress=False)
+    held = build_supernet(params, CFG, calib, grid, progress=False)
+    kept_rows = dense_rows = 0
+    for b in range(CFG.n_layers):
+        packed, whole = stored.block(b), held.block(b)
+        assert isinstance(packed.wo, PackedLevels) and isinstance(packed.w_down, PackedLevels)
+        for field in ("wo", "w_down"):
+            np.testing.assert_array_equal(np.asarray(getattr(packed, field)), getattr(whole, field))
+            for e in range(grid.n_levels):
+                np.testing.assert_array_equal(getattr(packed, field)[e], getattr(whole, field)[e])
+        np.testing.assert_array_equal(packed.w_down.take([3, 0, 3]), whole.w_down[[3, 0, 3]])
+        kept = int(whole.head_keep.sum()) * CFG.head_dim + int(whole.ffn_keep.sum())
+        assert packed.wo.packed.shape[0] + packed.w_down.packed.shape[0] == kept
+        kept_rows += kept
+        dense_rows += grid.n_levels * (CFG.n_heads * CFG.head_dim + CFG.intermediate_size)
+    header = 128 * 2 * CFG.n_layers  # one .npy header per file
+    assert weight_file_bytes(tmp_path / "store") - header == kept_rows * CFG.hidden_size * 4
+    assert kept_rows < 0.75 * dense_rows  # the levels' mean density of the dense bytes

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from tyrjax.checkpoints.hf import abstract_params, global_shapes, layer_shapes
 from tyrjax.model.config import ModelConfig
@@ -89,6 +90,7 @@ class TyrRun:
     head_chunk: int = 64  # positions per step of the student's top-k head (tyr.fitness.topk_logprobs)
     head_vocab: int = 0  # vocabulary columns per step of that head; 0: the head's rows at the top-k are gathered
     forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
+    level_density: float = 1.0  # kept rows over all rows of the levels: the store holds only the rows kept
     capture_windows: int = 0  # windows whose captured layer inputs the supernet build holds at once; 0: all
     levels_per_call: int = 0  # levels the local pruner runs at once on one device; 0: all
     utilisation: float = 0.4
@@ -137,10 +139,18 @@ def level_params(cfg: ModelConfig) -> int:
 
 
 def supernet_disk_bytes(cfg: ModelConfig, run: TyrRun) -> float:
-    """One supernet on disk: every block's levels with their keep masks, plus the calibration stream."""
+    """One supernet on disk: every block's levels (the rows they keep, `run.level_density` of
+    the dense rows) with their keep masks, plus the calibration stream."""
     masks = run.n_levels * (cfg.n_heads + cfg.intermediate_size)  # bool
-    per_block = run.n_levels * level_params(cfg) * run.level_bytes + masks
+    per_block = run.n_levels * level_params(cfg) * run.level_bytes * run.level_density + masks
     return cfg.n_layers * per_block + run.calib_tokens * cfg.hidden_size * F32
+
+
+def level_density(removed: np.ndarray, n_groups: np.ndarray, group_rows: np.ndarray) -> float:
+    """The rows a supernet's levels keep over all their rows: `removed (layers, E)` groups of
+    `n_groups (layers,)`, each group `group_rows (layers,)` rows of its layer's weight."""
+    kept = (n_groups[:, None] - np.clip(removed, 0, n_groups[:, None])) * group_rows[:, None]
+    return float(kept.sum() / (n_groups * group_rows).sum() / removed.shape[1])
 
 
 # --- memory --------------------------------------------------------------------------------

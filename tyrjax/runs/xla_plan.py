@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from tyrjax.calibration.statistics import _sums, attention_inputs, attention_residual, mlp_inputs, mlp_residual
@@ -50,7 +51,8 @@ from tyrjax.model.vocab import VOCAB_MULTIPLE
 from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
                                 blocks_per_call, call_bytes, candidate_blocks, candidate_fitness, fitness_chunks,
                                 scoring_windows)
-from tyrjax.tyr.pipeline import PRESETS, TyrConfig
+from tyrjax.tyr.pipeline import PRESETS, TyrConfig, initial_grid
+from tyrjax.tyr.search.levels import ATTENTION
 from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, capture_windows,
                                  held_while_pruning)
 
@@ -67,6 +69,7 @@ class PlanSettings:
 
     preset: str = "paper"
     stream: bool = False
+    sparsity: float = 0.5  # the run's target: its first supernet's levels centre on it
     dtype: str = "bfloat16"
     calib_windows: int | None = None  # default: the last search stage's windows, at least 64
     window: int = 512
@@ -551,6 +554,13 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
     return analytical.phase_peaks(analytical.tyr_memory(cfg, spec, run))[phase]
 
 
+def first_level_density(cfg: ModelConfig, settings: PlanSettings) -> float:
+    """The rows the first supernet's levels keep (`initial_grid` at the run's sparsity) over all their rows."""
+    grid = initial_grid(cfg, settings.sparsity, settings.tyr)
+    rows = np.where(grid.module_type == ATTENTION, cfg.head_dim, 1)
+    return analytical.level_density(grid.removed, grid.n_groups, rows)
+
+
 # --- the plan ------------------------------------------------------------------------------
 def chunked_phase(name: str, make_steps: Callable[[int], list[Step]], n_items: int, budget: int,
                   mesh: Mesh | None, head_dim: int) -> tuple[list[StepFigures], int, str | None]:
@@ -659,5 +669,6 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
         xla = phase_peak(figures)
         out[name] = PhasePlan(name, xla, plan_bytes, chunks, sum(f.flops for f in figures), tuple(figures),
                               error is None and xla <= budget, error)
-    disk = analytical.supernet_disk_bytes(cfg, analytical_run(s, 1, mesh))
+    disk = analytical.supernet_disk_bytes(cfg, dataclasses.replace(analytical_run(s, 1, mesh),
+                                                                   level_density=first_level_density(cfg, s)))
     return PlanResult(model_name, mesh_shape(mesh), budget, out, disk)

@@ -30,7 +30,8 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration.statistics import InputStats, attention_inputs, check_finite, embed_windows, mlp_inputs, stats_of
+from tyrjax.calibration.statistics import (InputStats, attention_inputs, check_finite, embed_windows, mlp_inputs, stats_of,
+                                           zero_padding)
 from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, map_chunks
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.distributed import agree
@@ -120,7 +121,7 @@ class Supernet:
         if out is None:
             out = BlockLevels(*(np.empty((len(i), *x.shape[1:]), x.dtype) for x, i in zip(levels, (a, a, m, m))))
         for source, chosen, target in zip(levels, (a, a, m, m), out):
-            np.take(source, chosen, axis=0, out=target)  # from a memory map, reads only these levels
+            np.take(source, chosen, axis=0, out=target)  # from a memory map or packed rows: only these levels
         return out
 
     def candidate(self, genome: np.ndarray | Genome) -> BlockLevels:
@@ -216,18 +217,12 @@ def _window_chunks(x: jax.Array, size: int, mesh: Mesh | None):
         yield (part if mesh is None else put_axes(part, HIDDEN, mesh)), valid
 
 
-@jax.jit
-def _zero_padding(a: jax.Array, valid: jax.Array) -> jax.Array:
-    """`a` with its windows from `valid` on set to zero (they add nothing to a Gram)."""
-    return jnp.where((jnp.arange(a.shape[0]) < valid)[:, None, None], a, 0.0)
-
-
 def chunked_stats(capture: Callable, x: jax.Array, size: int, mesh: Mesh | None) -> InputStats:
     """Statistics of `capture`'s output over every window of `x`, summed over chunks of `size`
     windows (padding windows zeroed)."""
     gram = total = None
     for part, valid in _window_chunks(x, size, mesh):
-        s = stats_of(_zero_padding(capture(part), jnp.int32(valid)), mesh)
+        s = stats_of(zero_padding(capture(part), jnp.int32(valid)), mesh)
         gram, total = (s.gram, s.total) if gram is None else (gram + s.gram, total + s.total)
     return InputStats(gram, total, x.shape[0] * x.shape[1])
 
@@ -319,18 +314,72 @@ def _npy_bytes(array: np.ndarray) -> memoryview:
     return buf.getbuffer()
 
 
+LEVEL_GROUPS = {"wo": "head_keep", "w_down": "ffn_keep"}  # a stored weight field and the keep mask of its rows
+
+
+class PackedLevels:
+    """One weight field of a block's levels, (E, rows, d), stored as only the rows each level
+    keeps: level e's kept rows (its keep mask repeated over `group` rows per group), levels one
+    after another in `packed (R, d)`. A level's removed rows are exactly zero, so a level read
+    back equals the one written, and the file takes the levels' mean density of the dense bytes.
+    Reads expand only the levels asked for (`take`, `[e]`); `numpy.asarray` expands them all."""
+
+    ndim = 3
+
+    def __init__(self, packed: np.ndarray, keep: np.ndarray, group: int):
+        self.packed = packed
+        self.rows = np.repeat(np.asarray(keep, bool), group, axis=1)  # (E, rows)
+        self.offsets = np.concatenate([[0], np.cumsum(self.rows.sum(1))])
+        self.shape = (*self.rows.shape, packed.shape[1])
+        self.dtype = packed.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def level_into(self, level: int, out: np.ndarray) -> None:
+        out[...] = 0
+        out[self.rows[level]] = self.packed[self.offsets[level]:self.offsets[level + 1]]
+
+    def __getitem__(self, level: int) -> np.ndarray:
+        out = np.empty(self.shape[1:], self.dtype)
+        self.level_into(int(level), out)
+        return out
+
+    def take(self, indices, axis: int = 0, out: np.ndarray | None = None, mode: str = "raise") -> np.ndarray:
+        """Levels `indices` (E',  rows, d), written into `out` when given (as `numpy.take` on axis 0)."""
+        if axis != 0:
+            raise TyrjaxError("packed supernet levels are read by level (axis 0) only")
+        indices = np.asarray(indices).reshape(-1)
+        if out is None:
+            out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        for j, level in enumerate(indices):
+            self.level_into(int(level), out[j])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self.take(np.arange(len(self)))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def packed_rows(levels: np.ndarray, keep: np.ndarray, group: int) -> np.ndarray:
+    """The rows each level keeps, levels one after another (R, d) (`PackedLevels`)."""
+    return np.asarray(levels)[np.repeat(np.asarray(keep, bool), group, axis=1)]
+
+
 class SupernetStore:
     """Levels on disk, one `.npy` file per block and field, plus the stream entering the next
     block, so an interrupted build resumes at the first missing block and produces the same
     supernet. `supernet.json` names the build's key and the blocks completed: a block's files
     count only once it lists them (files of a stale or unfinished build are rewritten).
     The weights' files hold `dtype` (`.npy` stores bfloat16 as raw 2-byte items, read back as
-    bfloat16 here)."""
+    bfloat16 here), and only the rows each level keeps (`PackedLevels`); `head_dim` is the
+    rows of one o_proj group."""
 
-    def __init__(self, directory: Path, key: str, dtype: np.dtype = np.dtype(np.float32)):
+    def __init__(self, directory: Path, key: str, dtype: np.dtype = np.dtype(np.float32), head_dim: int = 1):
         self.dir = Path(directory)
         self.key = key
         self.dtype = np.dtype(dtype)
+        self.groups = {"wo": head_dim, "w_down": 1}
 
     def _meta(self) -> Path:
         return self.dir / "supernet.json"
@@ -349,29 +398,36 @@ class SupernetStore:
         return self.dir / f"block_{block:04d}.{field}.npy"
 
     def save_block(self, block: int, levels: BlockLevels, stream: jax.Array) -> None:
-        for field, array in levels._asdict().items():
+        fields = levels._asdict()
+        for field, array in fields.items():
+            if field in LEVEL_GROUPS:
+                array = packed_rows(array, fields[LEVEL_GROUPS[field]], self.groups[field])
             write_atomic(self.field_path(block, field), _npy_bytes(np.asarray(array)))
         write_atomic(self.dir / "stream.npy", _npy_bytes(host_array(stream)))
         write_json(self._meta(), {"key": self.key, "completed": block + 1})
 
     def load_block(self, block: int) -> BlockLevels:
-        """Block `block`'s levels as read-only memory maps of its files."""
-        maps = BlockLevels(*(np.load(self.field_path(block, f), mmap_mode="r") for f in BlockLevels._fields))
-        return maps._replace(wo=maps.wo.view(self.dtype), w_down=maps.w_down.view(self.dtype))
+        """Block `block`'s levels over read-only memory maps of its files (nothing read yet)."""
+        maps = {f: np.load(self.field_path(block, f), mmap_mode="r") for f in BlockLevels._fields}
+        for field, keep in LEVEL_GROUPS.items():
+            maps[field] = PackedLevels(maps[field].view(self.dtype), maps[keep], self.groups[field])
+        return BlockLevels(**maps)
 
     def load_stream(self) -> np.ndarray:
         return np.load(self.dir / "stream.npy")
 
 
+STORE_FORMAT = "rows-kept"  # stores of another layout (every level's rows in full) are rebuilt, not misread
+
+
 def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, *settings,
                  dtype: np.dtype = np.dtype(np.float32)) -> str:
     """Identifies a build: a store with another key is rebuilt, never mixed. The levels' dtype
-    is part of it, named only when not float32 (so float32 keys are those of stores written
-    before levels had another dtype)."""
+    is part of it (named only when not float32), and so is the store's layout."""
     if np.dtype(dtype) != np.float32:
         settings = (*settings, np.dtype(dtype).name)
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.to_hf(), grid.to_dict(), *settings], sort_keys=True).encode())
+    h.update(json.dumps([cfg.to_hf(), grid.to_dict(), *settings, STORE_FORMAT], sort_keys=True).encode())
     h.update(np.ascontiguousarray(windows).tobytes())
     return h.hexdigest()[:20]
 
@@ -420,7 +476,7 @@ def build_supernet(
     stored_dtype = levels_dtype(dtype, model.head["embed"].dtype)
     settings = (propagation, saliency, local_pruner, seed) + ((settle_kv,) if settle_kv else ())
     key = supernet_key(cfg, grid, windows, *settings, dtype=stored_dtype)
-    store = SupernetStore(store_dir, key, stored_dtype) if store_dir else None
+    store = SupernetStore(store_dir, key, stored_dtype, cfg.head_dim) if store_dir else None
     start = agree(store.completed(), f"supernet store {store.dir}") if store else 0
     if start:
         stream = store.load_stream()
