@@ -111,6 +111,8 @@ class SDSRun:
     steps: int = 200
     adjust_steps: int = 200
     utilisation: float = 0.4
+    stream: bool = False  # blocks read from the checkpoint, only the head held
+    windows_on_device: int = 0  # windows of the streams on the device at once (the rest on the host); 0: all
 
     @property
     def calib_tokens(self) -> int:
@@ -349,7 +351,9 @@ def evaluation_memory(cfg: ModelConfig, mesh: MeshSpec, run: EvalRun) -> list[Li
 
 
 def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
-    """Per-device bytes of SDS's block loop at its widest layer (gate/up or down_proj)."""
+    """Per-device bytes of SDS's block loop at its widest layer (gate/up or down_proj): with the
+    streams on the device, or (`run.windows_on_device`, or blocks streamed) on the host with a
+    chunk of windows on the device and each fitted block sent back to the host."""
     d, f, N, T = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window
     D = max(d, widest_input(cfg))
 
@@ -358,17 +362,33 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
 
     wb, L = run.weight_bytes, cfg.n_layers
     linear = sum(math.prod(shape) for name, shape in layer_shapes(cfg, 0).items() if name.startswith("w"))
-    return [
-        Line("sds", "model weights (held)", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb,
-                                                            mesh, cfg.head_dim)),
-        Line("sds", "the blocks unstacked (a copy)", L * block_per_device(cfg, wb, mesh)),
-        Line("sds", "fitted weights of every block (replicated)", L * linear * wb),
-        Line("sds", "block inputs and attention outputs, pruned and dense streams (fp32)", 4 * dev((N, T, d), HIDDEN, F32)),
-        Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),
+    model = tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh, cfg.head_dim)
+    fitting = [
         Line("sds", "Grams X_sᵀX_s, X_sᵀX_d, X_dᵀX_d of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
         Line("sds", "SparseGPT damped Hessian and its inverse (fp32)", 2 * dev((D, D), REPLICATED, F32)),
         Line("sds", "re-dense state of the largest weight (W, dense W, gradient, Adam m, v; fp32)",
              5 * dev((f, d), REPLICATED, F32)),
+    ]
+    if run.stream or run.windows_on_device:
+        n = min(N, run.windows_on_device or N)
+        weights = (Line("sds", "model head (blocks streamed)", head_per_device(cfg, wb, mesh)) if run.stream
+                   else Line("sds", "model weights (held)", model))
+        return [
+            weights,
+            Line("sds", "the block, dense and fitted", 2 * block_per_device(cfg, wb, mesh)),
+            Line("sds", f"a chunk of {n} windows: block inputs and outputs, both streams (fp32)",
+                 4 * dev((n, T, d), HIDDEN, F32)),
+            Line("sds", f"a chunk of {n} windows: inputs of the widest layer, both streams (fp32)",
+                 2 * dev((n, T, f), MLP_HIDDEN, F32)),
+            *fitting,
+        ]
+    return [
+        Line("sds", "model weights (held)", model),
+        Line("sds", "the blocks unstacked (a copy)", L * block_per_device(cfg, wb, mesh)),
+        Line("sds", "fitted weights of every block (replicated)", L * linear * wb),
+        Line("sds", "block inputs and attention outputs, pruned and dense streams (fp32)", 4 * dev((N, T, d), HIDDEN, F32)),
+        Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),
+        *fitting,
     ]
 
 

@@ -43,6 +43,7 @@ from tyrjax.parallel.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED,
                                       lower_sharded, round_up)
 from tyrjax.runs import plan as analytical
 from tyrjax.sds.capture import WINDOW_CHUNK
+from tyrjax.sds.pipeline import stream_windows, streams_fit
 from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse_adjust
 from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
@@ -493,6 +494,49 @@ class PhaseBuilder:
         ]
 
     # SDS with SparseGPT: the layer-sequential loop at its widest layer, down_proj
+    def sds_windows(self, budget: int) -> int:
+        """Windows per device the SDS loop holds on the device at once (`sds.pipeline.run_pipeline`
+        for this budget): all of them, or a chunk of the streams waiting on the host; raises the
+        budget error."""
+        cfg, N, T = self.cfg, self.s.sds_windows, self.s.sds_window
+        n_local = -(-N // self.batch_split(N))
+        held = self.head_bytes() + cfg.n_layers * self.block_bytes()
+        tensor = 1 if self.mesh is None else axis_size(self.mesh, "mlp")
+        if not self.s.stream and streams_fit(cfg, n_local, T, budget, 2 * held, tensor):
+            return n_local
+        resident = (self.head_bytes() if self.s.stream else held) + 2 * self.block_bytes()
+        return min(n_local, stream_windows(cfg, n_local, T, budget, resident, tensor))
+
+    def sds_chunked(self, size: int) -> list[Step]:
+        """The SDS loop with the streams on the host, `size` windows per device on the device at
+        once: the chunks' down_proj Gram, then its fit beside the weights held."""
+        N, T, d, f = self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
+        wb = self.wdt.itemsize
+        nc = min(N, size * self.batch_split(N))
+        w = (struct((f, d), self.wdt), Axes(*LAYER_PARAM_AXES["w_down"]))
+        gram = struct((f, f), jnp.float32)
+        grams = (Grams(gram, gram, gram, struct((), jnp.int32)), REPLICATED)
+        weights = (("model head (blocks streamed)" if self.s.stream else "model weights (held)",
+                    self.head_bytes() + self.blocks_bytes() if not self.s.stream else self.head_bytes()),
+                   ("the block, dense and fitted", 2 * self.block_bytes()))
+        pattern = check_pattern(self.s.sds_pattern)
+        settings = {"steps": self.s.sds_steps, "learning_rate": DEFAULT_LEARNING_RATE, "optimizer": "adam"}
+        chunk = (("the chunk's inputs of down_proj, dense stream (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32)),
+                 ("the chunk's block inputs and outputs, both streams (fp32)", 4 * self.dev((nc, T, d), HIDDEN, F32)),
+                 ("the Grams summed so far (fp32)", 3 * f * f * F32))
+        return [
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+                 (*weights, *chunk)),
+            Step(Call("sparsegpt down_proj", sparsegpt_prune,
+                      {"W": (w[0], REPLICATED), "H": (gram, REPLICATED)}, REPLICATED, {"pattern": pattern}),
+                 (*weights, ("the other two Grams (fp32)", 2 * f * f * F32))),
+            Step(Call("redense down_proj", redense, {"W_init": w, "W_dense": w, "grams": grams}, REPLICATED,
+                      {**settings, "l1": 0.0, "l2": 0.0}), weights),
+            Step(Call("sparse_adjust down_proj", sparse_adjust, {"W_init": w, "W_dense": w, "grams": grams},
+                      REPLICATED, {**settings, "pattern": pattern}),
+                 (*weights, ("one-shot and re-dense weights", 2 * f * d * wb))),
+        ]
+
     def sds(self) -> list[Step]:
         cfg, N, T, d, f = self.cfg, self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
         L, wb = cfg.n_layers, self.wdt.itemsize
@@ -541,7 +585,7 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
     if phase == "sds":
         run = analytical.SDSRun(calib_windows=settings.sds_windows, window=settings.sds_window,
                                 weight_bytes=settings.weight_bytes, steps=settings.sds_steps,
-                                adjust_steps=settings.sds_steps)
+                                adjust_steps=settings.sds_steps, stream=settings.stream, windows_on_device=capture)
         return analytical.phase_peaks(analytical.sds_memory(cfg, spec, run))[phase]
     if phase == "baselines":
         run = analytical_run(settings, forward_windows, mesh)
@@ -628,10 +672,19 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             chunks = {"capture_windows_per_call": min(s.n_calib, STATS_CHUNK * build.batch_split(s.n_calib))}
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
         elif name == "sds":
-            figures, error = whole_phase(name, build.sds(), budget, mesh, hd)
-            chunks = {"windows": s.sds_windows,
+            n_local = -(-s.sds_windows // build.batch_split(s.sds_windows))
+            try:
+                size, size_error = build.sds_windows(budget), None
+            except TyrjaxError as e:  # not even one window fits: plan one window per chunk
+                size, size_error = 1, str(e)
+            on_host = s.stream or size < n_local
+            steps = build.sds_chunked(size) if on_host else build.sds()
+            figures, error = whole_phase(name, steps, budget, mesh, hd)
+            error = size_error or error
+            windows = min(s.sds_windows, size * build.batch_split(s.sds_windows))
+            chunks = {"windows": s.sds_windows, "windows_on_device": windows, "streams_on_host": on_host,
                       "capture_windows_per_call": min(s.sds_windows, WINDOW_CHUNK * build.batch_split(s.sds_windows))}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=windows if on_host else 0)
         elif name == "supernet":
             try:
                 capture, attn_levels, mlp_levels = build.supernet_chunks(budget)

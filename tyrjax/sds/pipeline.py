@@ -28,7 +28,7 @@ from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, 
 from tyrjax.model.decoder import Params, is_stacked, stack_layers, unstack_layers
 from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.sds.capture import WINDOW_CHUNK, attention_heads_at, objective_grams
-from tyrjax.parallel.sharding import Axes, host_array, local_tree, resolve_mesh
+from tyrjax.parallel.sharding import Axes, axis_size, host_array, local_tree, resolve_mesh
 from tyrjax.model.axes import LAYER_PARAM_AXES
 from tyrjax.sds.reconstruct import (DEFAULT_LEARNING_RATE, OPTIMIZERS, Grams, reconstruct_on_mesh, reconstruction_loss,
                                     redense, sparse_adjust)
@@ -305,30 +305,55 @@ def process_block_chunked(
     return p, np.concatenate(outs_s), (np.concatenate(outs_d) if outs_d else None), records
 
 
-def window_bytes(cfg: ModelConfig, length: int) -> int:
+def window_bytes(cfg: ModelConfig, length: int, tensor: int = 1) -> int:
     """Per-device bytes one window adds to a chunk of the SDS loop: both streams' block input
-    and output and every stage's inputs (fp32), and one block's temporaries."""
+    and output and every stage's inputs (fp32), and one block's temporaries; heads and neurons
+    split over `tensor` devices."""
     q = cfg.n_heads * cfg.head_dim
-    return 2 * length * (4 * cfg.hidden_size + q + 2 * cfg.intermediate_size) * 4 + block_activation_bytes(cfg, length)
+    stages = 4 * cfg.hidden_size + (q + 2 * cfg.intermediate_size) / tensor
+    return int(2 * length * stages * 4 + block_activation_bytes(cfg, length) / tensor)
+
+
+def widest_fit(cfg: ModelConfig) -> tuple[int, int]:
+    """(the widest input of a fitted layer, the most weights of one layer)."""
+    q = cfg.n_heads * cfg.head_dim
+    return max(cfg.hidden_size, q, cfg.intermediate_size), max(cfg.hidden_size * cfg.intermediate_size, cfg.hidden_size * q)
+
+
+def gram_bytes(cfg: ModelConfig) -> int:
+    """The three Grams of the widest input, summed over the chunks (fp32)."""
+    widest, _ = widest_fit(cfg)
+    return 4 * 3 * widest * widest
 
 
 def fit_state_bytes(cfg: ModelConfig) -> int:
-    """Per-device bytes of fitting the widest layer: its three Grams and the statistics, the
-    damped Hessian and its inverse, and the re-dense state (weights, dense weights, gradient,
-    two moments; fp32)."""
-    widest = max(cfg.hidden_size, cfg.n_heads * cfg.head_dim, cfg.intermediate_size)
-    largest = max(cfg.hidden_size * cfg.intermediate_size, cfg.hidden_size * cfg.n_heads * cfg.head_dim)
-    return 4 * (5 * widest * widest + 7 * largest)
+    """Per-device bytes of fitting the widest layer once its Grams are summed (fp32): SparseGPT
+    beside the three Grams (its damped Hessian, inverse and a working copy; weights in and out),
+    or re-dense and adjustment on the Grams (weights, dense weights, gradient, two moments and
+    the candidates kept)."""
+    widest, largest = widest_fit(cfg)
+    return 4 * max(6 * widest * widest + 2 * largest, 3 * widest * widest + 7 * largest)
 
 
-def stream_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float) -> int:
-    """Windows per device the SDS loop holds on the device at once: all of them (the streams
-    stay on the device, as one piece) when both streams' block inputs and outputs and a
-    block's stage inputs fit `budget_bytes` beside `resident_bytes` (the weights held) and the
-    fitting state; else the most that fit (the streams wait on the host). Fails naming the
-    phase when not even one window fits."""
-    return chunking(n_local, window_bytes(cfg, length), budget_bytes,
-                    fixed_bytes=resident_bytes + fit_state_bytes(cfg), phase="SDS").size
+def stream_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
+                   tensor: int = 1) -> int:
+    """Windows per device the SDS loop holds on the device at once: all of them when both
+    streams' block inputs and outputs and a block's stage inputs fit `budget_bytes` beside
+    `resident_bytes` (the weights held) and the Grams; else the most that fit (the streams then
+    wait on the host). Fails naming the phase when the widest layer's fit or one window does not fit."""
+    chunking(1, fit_state_bytes(cfg), budget_bytes, fixed_bytes=resident_bytes, phase="SDS")
+    return chunking(n_local, window_bytes(cfg, length, tensor), budget_bytes,
+                    fixed_bytes=resident_bytes + gram_bytes(cfg), phase="SDS").size
+
+
+def streams_fit(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, held_bytes: float,
+                tensor: int = 1) -> bool:
+    """Whether the loop with the model held (`held_bytes`, with its unstacked copy and the
+    fitted blocks) keeps every window's streams on the device within `budget_bytes`."""
+    try:
+        return stream_windows(cfg, n_local, length, budget_bytes, held_bytes, tensor) >= n_local
+    except TyrjaxError:
+        return False
 
 
 def _check_windows(windows: np.ndarray) -> np.ndarray:
@@ -416,8 +441,8 @@ def run_pipeline(
     split = data_split(mesh)
     n_local = -(-len(windows) // split)
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
-    size = stream_windows(cfg, n_local, windows.shape[1], budget, 2 * device_bytes(params))
-    if size < n_local:
+    tensor = 1 if mesh is None else axis_size(mesh, "mlp")
+    if not streams_fit(cfg, n_local, windows.shape[1], budget, 2 * device_bytes(params), tensor):
         model = as_blocks(params, cfg, mesh)
         out, records = _run_blocks_pipeline(model, windows, fit, dense_stream=dense_stream, inputs=inputs,
                                             pattern=None, desc=desc, progress=progress, chunk=chunk,
@@ -454,7 +479,9 @@ def _run_blocks_pipeline(
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
     block_bytes = cfg.attn_mlp_params() // cfg.n_layers * model.head["embed"].dtype.itemsize
     resident = model.resident_bytes() if resident_bytes is None else resident_bytes
-    size = min(n_local, stream_windows(cfg, n_local, windows.shape[1], budget, resident + 2 * block_bytes)) * split
+    tensor = 1 if mesh is None else axis_size(mesh, "mlp")
+    size = min(n_local, stream_windows(cfg, n_local, windows.shape[1], budget, resident + 2 * block_bytes,
+                                       tensor)) * split
     x_s = host_array(embed_windows(model.head, windows[:1]))[:0]  # the stream's dtype and width
     x_s = np.concatenate([x_s] + [host_array(embed_windows(model.head, part))
                                    for part in (windows[i:i + size] for i in range(0, len(windows), size))])
