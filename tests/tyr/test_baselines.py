@@ -223,3 +223,6 @@ def test_captures_chunked_to_a_small_budget_give_the_same_masks(method):
     np.testing.assert_array_equal(got[3], want[3])
     for name in ("bo", "b_down"):
         np.testing.assert_allclose(got[0]["layers"][name], want[0]["layers"][name], rtol=1e-4, atol=1e-6)
+    with pytest.raises(TyrjaxError, match="structured baseline needs at least"):
+        structured_baseline(params, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False,
+                            budget_bytes=resident)

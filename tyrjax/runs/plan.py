@@ -297,10 +297,11 @@ def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int
 
 def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     """Per-device bytes of the structured baselines' block loop (Wanda-sp, FLAP) at down_proj:
-    the held model and a copy of the block, the fp32 stream, down_proj's captured input, and the
-    MLP of one capture call."""
+    the held model and a copy of the block, the fp32 stream, down_proj's captured input (of
+    `run.capture_windows` windows when they are chunked), and the MLP of one capture call."""
     d, f, N, T, wb = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window, run.weight_bytes
     chunk = min(N, BASELINE_CHUNK * split_factor((N,), Axes("batch"), mesh))
+    captured = min(N, run.capture_windows or N)
 
     def dev(shape, axes, itemsize):
         return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
@@ -310,7 +311,8 @@ def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]
                                                            mesh, cfg.head_dim)),
         Line("baselines", "calibration stream, in and out of the MLP (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
         Line("baselines", "weights of one block", block_per_device(cfg, wb, mesh)),
-        Line("baselines", "captured input of down_proj (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
+        Line("baselines", f"captured input of down_proj, {captured} windows (fp32)",
+             dev((captured, T, f), MLP_HIDDEN, F32)),
         Line("baselines", f"MLP of one capture call of {chunk} windows (gate, up, product; fp32)",
              3 * dev((chunk, T, f), MLP_HIDDEN, F32)),
     ]

@@ -463,34 +463,47 @@ class PhaseBuilder:
                 Step(head, (("hidden states of all windows", hidden),))]
 
 
-    # structured baselines (Wanda-sp, FLAP): per block, capture, statistics, residual on every window
-    def baselines(self) -> list[Step]:
+    # structured baselines (Wanda-sp, FLAP): per block, capture, statistics, residual on every
+    # window, or on chunks of windows when the captures do not fit (`tyr.baselines.capture_chunk`)
+    def baselines_chunk(self, budget: int) -> int:
+        """Windows per device whose captures a block pass holds at once; raises the budget error."""
+        n_local = -(-self.s.n_calib // self.batch_split(self.s.n_calib))
+        model = self.head_bytes() + self.cfg.n_layers * self.block_bytes()
+        return min(n_local, capture_windows(self.cfg, n_local, self.s.window, budget, model + self.block_bytes(),
+                                            "structured baseline"))
+
+    def baselines(self, capture: int | None = None) -> list[Step]:
         cfg, N, T, d, f = self.cfg, self.s.n_calib, self.s.window, self.cfg.hidden_size, self.cfg.intermediate_size
         q = cfg.n_heads * cfg.head_dim
-        b = min(N, STATS_CHUNK * self.batch_split(N))
+        split = self.batch_split(N)
+        nc = N if capture is None else min(N, capture * split)
+        chunked = nc < N
+        b = min(N, STATS_CHUNK * split)
         block = (block_structs(cfg, self.wdt), layer_axes(cfg))
         model = (("model weights", self.head_bytes() + cfg.n_layers * self.block_bytes()),)
-        stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
+        stream = ("calibration stream (fp32)" + (", in and out" if chunked else ""),
+                  (1 + chunked) * self.dev((N, T, d), HIDDEN, F32))
         block_res = ("weights of the block", self.block_bytes())
-        heads = ("captured input of o_proj (fp32)", self.dev((N, T, q), HEADS_OUT, F32))
-        hidden = ("captured input of down_proj (fp32)", self.dev((N, T, f), MLP_HIDDEN, F32))
+        heads = ("captured input of o_proj (fp32)", self.dev((nc, T, q), HEADS_OUT, F32))
+        hidden = ("captured input of down_proj (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32))
         x = (struct((b, T, d), jnp.float32), HIDDEN)
-        whole = (struct((N, T, d), jnp.float32), HIDDEN)
+        part = (struct((nc, T, d), jnp.float32), HIDDEN)
+        residual_res = (*model, stream) if chunked else model
         return [
             Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
                       {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*model, block_res, stream, heads)),
-            Step(Call("gram o_proj", _sums, {"a": (struct((N, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
                  (*model, block_res, stream)),
             Step(Call("attention_residual", attention_residual,
-                      {"p": block, "x": whole, "heads": (struct((N, T, q), jnp.float32), HEADS_OUT),
-                       "head_mask": (struct((cfg.n_heads,), bool), REPLICATED)}, HIDDEN, {"cfg": cfg}), model),
+                      {"p": block, "x": part, "heads": (struct((nc, T, q), jnp.float32), HEADS_OUT),
+                       "head_mask": (struct((cfg.n_heads,), bool), REPLICATED)}, HIDDEN, {"cfg": cfg}), residual_res),
             Step(Call("mlp_inputs", mlp_inputs, {"p": block, "x": x}, (HIDDEN, MLP_HIDDEN), {"cfg": cfg}),
                  (*model, block_res, stream, hidden)),
-            Step(Call("gram down_proj", _sums, {"a": (struct((N, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
                  (*model, block_res, stream)),
             Step(Call("mlp_residual", mlp_residual,
-                      {"p": block, "x": whole, "hidden": (struct((N, T, f), jnp.float32), MLP_HIDDEN),
-                       "ffn_mask": (struct((f,), bool), REPLICATED)}, HIDDEN), model),
+                      {"p": block, "x": part, "hidden": (struct((nc, T, f), jnp.float32), MLP_HIDDEN),
+                       "ffn_mask": (struct((f,), bool), REPLICATED)}, HIDDEN), residual_res),
         ]
 
     # SDS with SparseGPT: the layer-sequential loop at its widest layer, down_proj
@@ -588,7 +601,7 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
                                 adjust_steps=settings.sds_steps, stream=settings.stream, windows_on_device=capture)
         return analytical.phase_peaks(analytical.sds_memory(cfg, spec, run))[phase]
     if phase == "baselines":
-        run = analytical_run(settings, forward_windows, mesh)
+        run = analytical_run(settings, forward_windows, mesh, capture=capture)
         return analytical.phase_peaks(analytical.baseline_memory(cfg, spec, run))[phase]
     if phase == "evaluation":
         run = analytical.EvalRun(windows=settings.eval_windows, window=settings.eval_window,
@@ -668,9 +681,17 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             chunks = {"windows_per_call": windows, "calls": -(-n // windows)}
             plan_bytes = analytical_peak(cfg, s, mesh, name, windows)
         elif name == "baselines":
-            figures, error = whole_phase(name, build.baselines(), budget, mesh, hd)
-            chunks = {"capture_windows_per_call": min(s.n_calib, STATS_CHUNK * build.batch_split(s.n_calib))}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
+            try:
+                capture, chunk_error = build.baselines_chunk(budget), None
+            except TyrjaxError as e:  # not even one capture call fits: plan one
+                capture, chunk_error = min(STATS_CHUNK, s.n_calib), str(e)
+            figures, error = whole_phase(name, build.baselines(capture), budget, mesh, hd)
+            error = chunk_error or error
+            split = build.batch_split(s.n_calib)
+            windows = min(s.n_calib, capture * split)
+            chunks = {"capture_windows_per_chunk": windows,
+                      "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * split)}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=windows)
         elif name == "sds":
             n_local = -(-s.sds_windows // build.batch_split(s.sds_windows))
             try:

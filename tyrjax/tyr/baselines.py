@@ -145,7 +145,7 @@ def capture_chunk(params: Params, cfg: ModelConfig, windows: np.ndarray, mesh: M
     n_local, length = -(-len(windows) // split), windows.shape[1]
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
     resident = device_bytes(params) + device_bytes(layer(params, 0))
-    size = capture_windows(cfg, n_local, length, budget, resident)
+    size = capture_windows(cfg, n_local, length, budget, resident, "structured baseline")
     return None if size >= n_local else size * split
 
 
