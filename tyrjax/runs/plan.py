@@ -263,8 +263,8 @@ def supernet_lines(cfg: ModelConfig, run: TyrRun, mesh: MeshSpec, model: float,
     weights = [Line("supernet", *(("model head (blocks streamed)", head_per_device(cfg, run.weight_bytes, mesh))
                                   if run.stream else ("model weights", model))),
                Line("supernet", "weights of one block", block_per_device(cfg, run.weight_bytes, mesh)),
-               Line("supernet", f"{E} levels of one block's o_proj + down_proj (replicated, fp32)",
-                    (E * q_width(cfg) + E_pad * f) * d * F32)]
+               Line("supernet", f"{E} levels of one block's o_proj + down_proj (split by level over the devices, fp32)",
+                    E_pad // axis_size(mesh, "level") * (q_width(cfg) + f) * d * F32)]
     stream = dev((N, T, d), HIDDEN, F32)
     capture = [Line("supernet", "calibration stream (fp32)" + (", in and out" if chunked else ""),
                     (1 + chunked) * stream),

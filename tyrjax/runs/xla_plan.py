@@ -347,7 +347,8 @@ class PhaseBuilder:
         kept = () if chunked else (heads,)
         kept_hidden = () if chunked else (hidden,)
         one_stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
-        wo_levels = ("o_proj levels (fp32, replicated)", self.dev((E, q, d), REPLICATED, F32) + E * cfg.n_heads)
+        E_pad = E if self.mesh is None else round_up(E, axis_size(self.mesh, "level"))
+        wo_levels = ("o_proj levels (fp32, split by level)", self.dev((E_pad, q, d), Axes("level"), F32) + E * cfg.n_heads)
         x = (struct((b, T, d), jnp.float32), HIDDEN)
         return [
             Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
@@ -379,7 +380,7 @@ class PhaseBuilder:
                   "H": (struct((d_in, d_in), jnp.float32), REPLICATED),
                   "n_remove": (struct((padded,), jnp.int32), Axes("level")),
                   "damp": (struct((), jnp.float32), REPLICATED)}
-        return Call(name, _levels_per_device, inputs, REPLICATED, {**common, "mesh": self.mesh})
+        return Call(name, _levels_per_device, inputs, (Axes("level"), Axes("level")), {**common, "mesh": self.mesh})
 
     # search: the candidates of one batch scored on the last (largest) stage's windows
     def search_shape(self, budget: int | None = None) -> tuple[int, int, int, int]:

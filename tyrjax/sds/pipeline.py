@@ -482,9 +482,8 @@ def _run_blocks_pipeline(
     tensor = 1 if mesh is None else axis_size(mesh, "mlp")
     size = min(n_local, stream_windows(cfg, n_local, windows.shape[1], budget, resident + 2 * block_bytes,
                                        tensor)) * split
-    x_s = host_array(embed_windows(model.head, windows[:1]))[:0]  # the stream's dtype and width
-    x_s = np.concatenate([x_s] + [host_array(embed_windows(model.head, part))
-                                   for part in (windows[i:i + size] for i in range(0, len(windows), size))])
+    x_s = np.concatenate([host_array(embed_windows(model.head, windows[i:i + size]))
+                          for i in range(0, len(windows), size)])
     x_d = x_s if dense_stream else None
     new_layers, records = [], {}
     bar = tqdm(range(cfg.n_layers), desc=desc, unit="block", disable=not progress)
