@@ -296,7 +296,7 @@ def prune_block(
     check_finite(stats, f"block {block} down_proj")
     mlp_counts = _removal_counts(grid, m_row)
     if ledger is not None:
-        mlp_counts = np.asarray([ledger.mlp_removal(np.asarray(head_keep[0]), int(mlp_counts[0]))], np.int32)
+        mlp_counts = np.asarray([ledger.mlp_removal(host_array(head_keep)[0], int(mlp_counts[0]))], np.int32)
     wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS,
                                    saliency=saliency, **options)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
@@ -305,7 +305,8 @@ def prune_block(
         x = chunked_stream(lambda xs: xs + hidden_of(xs) @ wd_in + b_down, x, size * split, mesh)
     else:
         x = x + hidden @ wd_in + b_down
-    levels = BlockLevels(np.asarray(wo_lv), np.asarray(head_keep), np.asarray(wd_lv), np.asarray(ffn_keep))
+    # on a mesh the levels are split over the devices (of every process): gathered here
+    levels = BlockLevels(host_array(wo_lv), host_array(head_keep), host_array(wd_lv), host_array(ffn_keep))
     return levels, x
 
 
