@@ -5,7 +5,8 @@
 
 Plans, each `--preset paper`, bf16 weights:
   - Llama-3.1-8B, blocks streamed from the checkpoint, one device;
-  - Llama-3.1-70B on 8 devices, `tensor=8` and `fsdp=8`.
+  - Llama-3.1-70B on 8 devices, `tensor=8` and `fsdp=8`, the model held;
+  - Llama-3.1-70B on 8 devices, `tensor=8`, blocks streamed from the checkpoint.
 Prints one markdown table per plan and writes DIR/NAME/plan.json. Sets
 XLA_FLAGS=--xla_force_host_platform_device_count=8 itself when it is not set.
 """
@@ -30,6 +31,7 @@ PLANS = [
     ("llama-3.1-8b-stream-1dev", "llama-3.1-8b", None, True, 16 * GB),
     ("llama-3.1-70b-tensor8", "llama-3.1-70b", "tensor=8", False, 40 * GB),
     ("llama-3.1-70b-fsdp8", "llama-3.1-70b", "fsdp=8", False, 40 * GB),
+    ("llama-3.1-70b-tensor8-stream", "llama-3.1-70b", "tensor=8", True, 40 * GB),
 ]
 
 

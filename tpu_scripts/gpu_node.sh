@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Týr on one multi-GPU node (default: Llama-3.1-8B, --preset paper, on an a3-highgpu-8g with 8×H100 80 GB).
-# One process drives all 8 GPUs, so no distributed flags are needed. The memory plan in README.md
-# shows why the 70B does not fit one such node (its supernet alone needs more than 8 × 80 GB).
+# One process drives all 8 GPUs, so no distributed flags are needed. The memory plan
+# (experiments/RESULTS.md, "Per-device memory from XLA's analysis") puts every phase of the 70B
+# on tensor=8 under 60 GB per device, so MODEL=meta-llama/Llama-3.1-70B fits such a node too.
 #
 #   tpu_scripts/gpu_node.sh create     the VM and a persistent data disk that outlives it (the run storage)
 #   tpu_scripts/gpu_node.sh install    mount the disk and install tyrjax + jax[cuda12]
@@ -22,7 +23,7 @@ set -euo pipefail
 : "${MESH:=tensor=8}"
 : "${MODEL:=meta-llama/Llama-3.1-8B}"
 : "${RUN_NAME:=llama-3.1-8b-tyr}"
-: "${DATA_DISK_GB:=1000}"            # 4 fp32 supernets of the 8B are 357 GB (memory plan)
+: "${DATA_DISK_GB:=1000}"            # 4 supernets of the 8B (--keep-supernets): about 92 GB in bf16, 176 GB in fp32
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

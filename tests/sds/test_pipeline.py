@@ -1,4 +1,4 @@
-"""The layer-sequential pipeline: one-shot pruning, SDS, both parameter forms, the commands."""
+"""The layer-sequential pipeline: one-shot pruning, SDS, both parameter forms, streams in chunks, the commands."""
 import json
 
 import jax
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from hf_reference import torch_logits
-from tyrjax.calibration.statistics import attention_inputs, attention_residual, embed_windows, mlp_inputs, stats_of
-from tyrjax.model.blocks import layer
+from tyrjax.calibration.statistics import (attention_inputs, attention_residual, embed_windows, heads_of, mlp_inputs,
+                                           stats_of)
+from tyrjax.model.blocks import HeldBlocks, device_bytes, layer
 from tyrjax.checkpoints.hf import save_hf
 from tyrjax.cli import main
 from tyrjax.model.config import ModelConfig
@@ -18,6 +19,7 @@ from tyrjax.model.layers import rms_norm
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.model.decoder import compact_from_masked, forward, init_random_params, run_layers_compact, run_layers_masked, to_compact
 from tyrjax.sds import DEFAULT_SDS_L1, DEFAULT_SDS_LR, LINEAR, prune_oneshot, run_sds_pipeline
+from tyrjax.sds.pipeline import fit_state_bytes, gram_bytes, stream_windows, streams_fit, window_bytes
 from tyrjax.sparse import parse_pattern, sparsegpt_prune
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=48)
@@ -234,3 +236,35 @@ def test_api_errors(params):
 def test_bad_sds_hyperparameters_fail_early(tiny_model_dir, capsys):
     assert main(["sds", "--model", str(tiny_model_dir), "--pattern", "2:4", "--l1", "-1"]) == 2
     assert "l1=-1.0" in capsys.readouterr().err
+
+
+def test_streams_on_the_host_in_window_chunks_equal_the_streams_on_the_device_and_compile_once(params):
+    windows = np.random.default_rng(1).integers(0, 64, (6, 32)).astype(np.int32)
+    budget = int(2 * device_bytes(params) + gram_bytes(CFG) + 4 * window_bytes(CFG, 32))
+    assert 2 * device_bytes(params) + fit_state_bytes(CFG) < budget
+    assert stream_windows(CFG, 6, 32, budget, 2 * device_bytes(params)) == 4  # chunks of 4 and 2 + 2 padding
+    assert not streams_fit(CFG, 6, 32, budget, 2 * device_bytes(params))
+    for run in (lambda **kw: prune_oneshot(params, CFG, windows, "2:4", "sparsegpt", progress=False, **kw),
+                lambda **kw: run_sds_pipeline(params, CFG, windows, "2:4", "sparsegpt", steps=SDS_STEPS,
+                                              progress=False, **kw)):
+        want, want_report = run()
+        heads_of.clear_cache()
+        got, report = run(budget_bytes=budget)
+        assert heads_of._cache_size() == 1  # every chunk of every block: one compiled function
+        assert isinstance(got["layers"]["wq"], np.ndarray)  # the fitted blocks left the device
+        for (key, a), (_, b) in zip(linear_weights(got), linear_weights(want)):
+            np.testing.assert_array_equal(a == 0, b == 0, err_msg=key)  # the same weights pruned
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=key)  # Gram sums re-associated
+        for key, record in want_report["layers"].items():
+            np.testing.assert_allclose(report["layers"][key]["loss"] if "chosen" not in record
+                                       else report["layers"][key]["loss"]["chosen"],
+                                       record["loss"] if "chosen" not in record else record["loss"]["chosen"],
+                                       rtol=1e-3, atol=1e-7, err_msg=key)
+        assert_pattern(got, "2:4")
+    blocks, _ = run_sds_pipeline(HeldBlocks(params, CFG), CFG, windows, "2:4", "sparsegpt", steps=SDS_STEPS,
+                                 progress=False, budget_bytes=budget)
+    for i, block in enumerate(blocks["layers"]):  # a model given block by block: the compact form
+        for name in LINEAR:
+            np.testing.assert_allclose(block[name], got["layers"][name][i], rtol=1e-4, atol=1e-5)
+    with pytest.raises(TyrjaxError, match="SDS needs at least"):
+        run_sds_pipeline(params, CFG, windows, "2:4", "sparsegpt", progress=False, budget_bytes=device_bytes(params))

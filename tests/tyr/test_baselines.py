@@ -7,15 +7,16 @@ import pytest
 
 from tyrjax.calibration.statistics import attention_inputs, attention_residual, embed_windows, mlp_inputs, mlp_residual
 
-from tyrjax.model.blocks import layer
+from tyrjax.model.blocks import device_bytes, layer
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.layers import attention_output, mlp_output
 from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 from tyrjax.tyr.genome import interleave, split
-from tyrjax.tyr.baselines import structured_baseline
+from tyrjax.tyr.baselines import capture_chunk, structured_baseline
 from tyrjax.tyr.budget import KVLedger, neuron_params
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
+from tyrjax.tyr.supernet import capture_fixed_bytes
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
                   intermediate_size=64)
@@ -205,3 +206,23 @@ def test_flap_rejects_sparsity_outside_0_1(sparsity):
     params, cfg = model("plain")
     with pytest.raises(TyrjaxError, match="strictly between 0 and 1"):
         structured_baseline(params, cfg, WINDOWS, sparsity, "flap", progress=False)
+
+
+@pytest.mark.parametrize("method", ["wanda-sp", "flap"])
+def test_captures_chunked_to_a_small_budget_give_the_same_masks(method):
+    params, cfg = model("bias")
+    windows = np.random.default_rng(2).integers(0, cfg.vocab_size, (24, 32))
+    resident = device_bytes(params) + device_bytes(layer(params, 0))
+    budget = int(capture_fixed_bytes(cfg, 24, 32, resident)) + 16 * 32 * cfg.intermediate_size * 4
+    assert capture_chunk(params, cfg, windows, None, budget) == 16  # two chunks, the second padded
+    assert capture_chunk(params, cfg, windows, None, None) is None
+    want = structured_baseline(params, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False)
+    got = structured_baseline(params, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False,
+                              budget_bytes=budget)
+    np.testing.assert_array_equal(got[2], want[2])
+    np.testing.assert_array_equal(got[3], want[3])
+    for name in ("bo", "b_down"):
+        np.testing.assert_allclose(got[0]["layers"][name], want[0]["layers"][name], rtol=1e-4, atol=1e-6)
+    with pytest.raises(TyrjaxError, match="structured baseline needs at least"):
+        structured_baseline(params, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False,
+                            budget_bytes=resident)

@@ -12,7 +12,7 @@ from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
 from tyrjax.tyr.fitness import BatchScorer, candidate_blocks, candidate_fitness, kl_topk, teacher_topk
 from tyrjax.tyr.pipeline import masks_and_weights
-from tyrjax.tyr.supernet import build_supernet
+from tyrjax.tyr.supernet import PackedLevels, build_supernet
 
 from tyr_fixtures import CFG, stacked, reference_kl, last_block_offspring, tiny_setup
 
@@ -67,6 +67,7 @@ def test_scorer_reads_only_the_levels_its_candidates_use(setup, tmp_path):
     assert sn.held == (None,) * CFG.n_layers
     for b in range(CFG.n_layers):
         for field, a in sn.block(b)._asdict().items():
+            a = a.packed if isinstance(a, PackedLevels) else a  # weights: the rows each level keeps
             assert isinstance(a, np.memmap) and Path(a.filename) == store / f"block_{b:04d}.{field}.npy"
     read, gather = [], sn.gather
 

@@ -1,5 +1,6 @@
-"""The search's LM head and teacher in chunks sized to a memory budget: the same fitness and
-teacher as in one piece, one compilation for all chunks, and a clear error below one chunk."""
+"""The search's LM head, its forwards and the teacher in chunks sized to a memory budget: the
+same fitness and teacher as in one piece, one compilation for all chunks, and a clear error
+below one chunk."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,8 @@ from tyrjax.model.blocks import HeldBlocks, block_output, hidden_chunk
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import forward, init_random_params, last_hidden, logits_from_hidden
 from tyrjax.model.vocab import logits_at
-from tyrjax.tyr.fitness import (BatchScorer, FitnessChunks, _teacher_from_hidden, candidate_fitness, fitness_chunks,
-                                kl_topk, teacher_topk)
+from tyrjax.tyr.fitness import (BatchScorer, FitnessChunks, _teacher_from_hidden, call_bytes, candidate_blocks,
+                                candidate_fitness, fitness_chunks, kl_topk, scoring_window_bytes, teacher_topk)
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
@@ -104,7 +105,7 @@ def test_fitness_chunks_follow_the_budget():
 
 
 def test_scorer_under_a_small_budget_equals_the_default_and_a_tiny_one_fails_first(tmp_path):
-    cfg = CFG
+    cfg = CFG.replace(vocab_size=3000)  # a head wider than a block, so the budget chunks the head first
     params = init_random_params(cfg, 0, scale=0.2)
     calib = np.random.default_rng(0).integers(0, cfg.vocab_size, (4, 24))
     tcfg = TyrConfig(topk=K, candidate_batch=2, mlp_multiple=4, interval=0.25)
@@ -116,10 +117,13 @@ def test_scorer_under_a_small_budget_equals_the_default_and_a_tiny_one_fails_fir
     default = BatchScorer(params, cfg, sn, batch=2)
     want = default(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2])
     fixed = default.model.resident_bytes()
-    budget = smallest_budget(lambda b: BatchScorer(params, cfg, sn, batch=2, budget_bytes=b).fitness_chunks(2, 24, K),
-                             start=fixed)
-    small = BatchScorer(params, cfg, sn, batch=2, budget_bytes=budget)
-    assert small.fitness_chunks(2, 24, K).vocab < CFG.vocab_size  # several vocabulary chunks
+
+    def scorer(budget):
+        one = BatchScorer(params, cfg, sn, batch=2, budget_bytes=budget)
+        return one, one.windows_per_forward(2, 24, K)
+
+    small, windows = scorer(smallest_budget(scorer, start=fixed))
+    assert small.fitness_chunks(windows, 24, K).vocab < cfg.vocab_size  # several vocabulary chunks
     np.testing.assert_allclose(small(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2]), want, rtol=1e-5)
     with pytest.raises(TyrjaxError, match="search scoring needs at least"):
         BatchScorer(params, cfg, sn, batch=2, budget_bytes=fixed // 2)
@@ -155,3 +159,33 @@ def test_run_tyr_under_a_budget_too_small_stops_before_any_work(tmp_path):
     with pytest.raises(TyrjaxError, match="teacher needs at least .* --device-memory"):
         run_tyr(params, CFG, calib, 0.4, tcfg, work_dir=tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # no supernet was built
+
+
+def test_scorer_runs_a_large_token_batch_in_window_chunks_equal_to_one_forward_and_compiles_once():
+    cfg = CFG
+    params = init_random_params(cfg, 0, scale=0.2)
+    calib = np.random.default_rng(3).integers(0, cfg.vocab_size, (7, 24))
+    tcfg = TyrConfig(topk=K, candidate_batch=2, mlp_multiple=4, interval=0.25)
+    grid = initial_grid(cfg, 0.4, tcfg)
+    sn = build_supernet(params, cfg, calib, grid, progress=False)
+    teacher = teacher_topk(params, cfg, calib, K)
+    parent = centre_genome(grid)
+    genomes = np.stack([level_switch(i, parent, grid) for i in range(3)])
+    default = BatchScorer(params, cfg, sn, batch=2)
+    assert default.windows_per_forward(7, 24, K) == 7
+    want = default(genomes, parent, calib, teacher.idx, teacher.logp)
+    per_window = scoring_window_bytes(cfg, 2, 24, K, 4)
+    fixed = default.model.resident_bytes() + call_bytes(cfg, 2, default.blocks_per_call, 4, 4)
+    small = BatchScorer(params, cfg, sn, batch=2, budget_bytes=int(fixed + 3 * per_window))
+    assert small.windows_per_forward(7, 24, K) == 3  # chunks of 3, 3 and 1 + 2 padding windows
+    candidate_fitness.clear_cache()
+    candidate_blocks.clear_cache()
+    got = small(genomes, parent, calib, teacher.idx, teacher.logp)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert candidate_fitness._cache_size() == 1
+    compiled = candidate_blocks._cache_size()
+    candidate_blocks.clear_cache()
+    default(genomes, parent, calib[:3], teacher.idx[:3], teacher.logp[:3])  # one forward of a chunk's shape
+    assert compiled == candidate_blocks._cache_size()  # as many functions as one forward: none per chunk
+    with pytest.raises(TyrjaxError, match="search scoring needs at least"):
+        BatchScorer(params, cfg, sn, batch=2, budget_bytes=int(fixed)).windows_per_forward(7, 24, K)

@@ -1,4 +1,4 @@
-"""Supernet levels in the model's dtype, and levels pruned in groups sized to the memory budget."""
+"""Supernet levels in the model's dtype, and levels pruned and captures taken in chunks sized to the memory budget."""
 import dataclasses
 import json
 
@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from tyrjax.errors import TyrjaxError
+from tyrjax.calibration.statistics import heads_of, hidden_of, zero_padding
+from tyrjax.model.blocks import device_bytes, layer
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import cast_params, init_random_params
 from tyrjax.structured.local_pruner import level_groups
@@ -14,7 +16,8 @@ from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr, supernet_settings, uniform_selection
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
-from tyrjax.tyr.supernet import BlockLevels, SupernetStore, build_supernet, supernet_key
+from tyrjax.tyr.supernet import (BlockLevels, PackedLevels, SupernetStore, build_supernet, capture_fixed_bytes,
+                                 capture_windows, held_while_pruning, supernet_key)
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
 TCFG = TyrConfig(iterations=1, generations=2, offspring=4, stages=((4, 64), (2, 128), (1, 256)), topk=16,
@@ -119,10 +122,14 @@ def test_the_selection_computes_in_the_models_dtype_whatever_the_levels(setup):
 
 def test_levels_grouped_to_a_small_budget_give_the_same_supernet_and_resume_it(setup, tmp_path):
     params, calib, grid = setup
+    calib = calib[:2]  # two windows: their captures fit beside the pruner's budget of one down_proj level
     d_ff, d = CFG.intermediate_size, CFG.hidden_size
-    budget = 125_000  # one down_proj level at a time, eight o_proj levels per group
-    assert level_groups(grid.n_levels, d_ff, d, 16, budget).size == 1
-    assert level_groups(grid.n_levels, CFG.n_heads * CFG.head_dim, d, 1, budget).size == 8
+    pruner = 150_000  # what the local pruner gets: one down_proj level at a time, all o_proj levels at once
+    assert level_groups(grid.n_levels, d_ff, d, 16, pruner).size == 1
+    assert level_groups(grid.n_levels, CFG.n_heads * CFG.head_dim, d, 1, pruner).size == grid.n_levels
+    resident = device_bytes(params) + device_bytes(layer(params, 0))
+    budget = int(held_while_pruning(CFG, 2, calib.shape[1], resident, chunked=False)) + pruner
+    assert capture_windows(CFG, 2, calib.shape[1], budget, resident) == 2  # captured in one piece
     assert supernet_settings(dataclasses.replace(TCFG, device_memory_gb=budget / 1e9))["budget_bytes"] == budget
     store = tmp_path / "store"
     grouped = build_supernet(params, CFG, calib, grid, store_dir=store, budget_bytes=budget, progress=False)
@@ -135,6 +142,28 @@ def test_levels_grouped_to_a_small_budget_give_the_same_supernet_and_resume_it(s
     assert {p: p.stat().st_mtime_ns for p in store.iterdir()} == written
 
 
+def test_captures_chunked_to_a_small_budget_give_the_same_supernet_and_compile_once(setup):
+    params, _, grid = setup
+    calib = np.random.default_rng(1).integers(0, 64, (24, 32))
+    resident = device_bytes(params) + device_bytes(layer(params, 0))
+    length, width = calib.shape[1], max(CFG.n_heads * CFG.head_dim, CFG.intermediate_size)
+    budget = int(capture_fixed_bytes(CFG, 24, length, resident)) + 16 * length * width * 4
+    assert capture_windows(CFG, 24, length, budget, resident) == 16  # two chunks, the second padded
+    whole = build_supernet(params, CFG, calib, grid, progress=False)
+    for jitted in (heads_of, hidden_of, zero_padding):
+        jitted.clear_cache()
+    chunked = build_supernet(params, CFG, calib, grid, budget_bytes=budget, progress=False)
+    for a, b in zip(blocks(chunked), blocks(whole)):
+        np.testing.assert_array_equal(a.head_keep, b.head_keep)
+        np.testing.assert_array_equal(a.ffn_keep, b.ffn_keep)
+        np.testing.assert_allclose(a.wo, b.wo, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.w_down, b.w_down, rtol=1e-4, atol=1e-5)
+    assert heads_of._cache_size() == hidden_of._cache_size() == 1
+    assert zero_padding._cache_size() == 2  # one per captured width (o_proj's, down_proj's), not per chunk
+    with pytest.raises(TyrjaxError, match="supernet build needs at least"):
+        build_supernet(params, CFG, calib, grid, budget_bytes=resident, progress=False)
+
+
 def test_bad_supernet_dtype_or_budget_fails_before_any_work():
     with pytest.raises(TyrjaxError, match=r"supernet dtype 'int8' unknown; use one of float32, bfloat16, float16"):
         TyrConfig(supernet_dtype="int8").check_extensions()
@@ -142,3 +171,25 @@ def test_bad_supernet_dtype_or_budget_fails_before_any_work():
         TyrConfig(device_memory_gb=0).check_extensions()
     assert supernet_settings(TyrConfig()) == {"saliency": "tyr", "local_pruner": "tyr", "dtype": None,
                                               "budget_bytes": None}
+
+
+def test_levels_are_stored_as_the_rows_they_keep_and_read_back_exactly(setup, tmp_path):
+    params, calib, grid = setup
+    stored = build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "store", progress=False)
+    held = build_supernet(params, CFG, calib, grid, progress=False)
+    kept_rows = dense_rows = 0
+    for b in range(CFG.n_layers):
+        packed, whole = stored.block(b), held.block(b)
+        assert isinstance(packed.wo, PackedLevels) and isinstance(packed.w_down, PackedLevels)
+        for field in ("wo", "w_down"):
+            np.testing.assert_array_equal(np.asarray(getattr(packed, field)), getattr(whole, field))
+            for e in range(grid.n_levels):
+                np.testing.assert_array_equal(getattr(packed, field)[e], getattr(whole, field)[e])
+        np.testing.assert_array_equal(packed.w_down.take([3, 0, 3]), whole.w_down[[3, 0, 3]])
+        kept = int(whole.head_keep.sum()) * CFG.head_dim + int(whole.ffn_keep.sum())
+        assert packed.wo.packed.shape[0] + packed.w_down.packed.shape[0] == kept
+        kept_rows += kept
+        dense_rows += grid.n_levels * (CFG.n_heads * CFG.head_dim + CFG.intermediate_size)
+    header = 128 * 2 * CFG.n_layers  # one .npy header per file
+    assert weight_file_bytes(tmp_path / "store") - header == kept_rows * CFG.hidden_size * 4
+    assert kept_rows < 0.75 * dense_rows  # the levels' mean density of the dense bytes

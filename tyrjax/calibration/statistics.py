@@ -91,6 +91,21 @@ def cross_gram(a: jax.Array, b: jax.Array, mesh: Mesh | None = None) -> jax.Arra
     return sharded_call(_cross, mesh, {"a": (a, batch_axes(a.ndim)), "b": (b, batch_axes(b.ndim))}, REPLICATED)
 
 
+@jax.jit
+def zero_padding(a: jax.Array, valid: jax.Array) -> jax.Array:
+    """`a (windows, …)` with its windows from `valid` on set to zero: padding windows of a
+    chunk then add nothing to a Gram or a sum."""
+    keep = (jnp.arange(a.shape[0]) < valid).reshape((-1,) + (1,) * (a.ndim - 1))
+    return jnp.where(keep, a, jnp.zeros((), a.dtype))
+
+
+def add_stats(a: InputStats | None, b: InputStats) -> InputStats:
+    """Statistics of two sets of tokens together (None: none yet)."""
+    if a is None:
+        return b
+    return InputStats(a.gram + b.gram, a.total + b.total, a.n_tokens + b.n_tokens)
+
+
 def check_finite(stats: InputStats, where: str) -> None:
     if not bool(jnp.all(jnp.isfinite(stats.gram))):
         raise TyrjaxError(

@@ -32,7 +32,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp"),  # calibration / evaluation windows
     "candidate": ("data",),  # search candidates scored at once
-    "level": ("data",),  # a supernet layer's sparsity levels
+    "level": ("data", "fsdp", "tensor"),  # a supernet layer's sparsity levels: one share per device
     "seq": (),
     "embed": ("fsdp",),  # the hidden size: weights are split over fsdp
     "heads": ("tensor",),  # query heads × head_dim

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from tyrjax.checkpoints.hf import abstract_params, global_shapes, layer_shapes
 from tyrjax.model.config import ModelConfig
@@ -89,6 +90,9 @@ class TyrRun:
     head_chunk: int = 64  # positions per step of the student's top-k head (tyr.fitness.topk_logprobs)
     head_vocab: int = 0  # vocabulary columns per step of that head; 0: the head's rows at the top-k are gathered
     forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
+    level_density: float = 1.0  # kept rows over all rows of the levels: the store holds only the rows kept
+    capture_windows: int = 0  # windows whose captured layer inputs the supernet build holds at once; 0: all
+    levels_per_call: int = 0  # levels the local pruner runs at once on one device; 0: all
     utilisation: float = 0.4
     stream: bool = False  # blocks read from the checkpoint when needed, only the head held
 
@@ -107,6 +111,8 @@ class SDSRun:
     steps: int = 200
     adjust_steps: int = 200
     utilisation: float = 0.4
+    stream: bool = False  # blocks read from the checkpoint, only the head held
+    windows_on_device: int = 0  # windows of the streams on the device at once (the rest on the host); 0: all
 
     @property
     def calib_tokens(self) -> int:
@@ -135,10 +141,18 @@ def level_params(cfg: ModelConfig) -> int:
 
 
 def supernet_disk_bytes(cfg: ModelConfig, run: TyrRun) -> float:
-    """One supernet on disk: every block's levels with their keep masks, plus the calibration stream."""
+    """One supernet on disk: every block's levels (the rows they keep, `run.level_density` of
+    the dense rows) with their keep masks, plus the calibration stream."""
     masks = run.n_levels * (cfg.n_heads + cfg.intermediate_size)  # bool
-    per_block = run.n_levels * level_params(cfg) * run.level_bytes + masks
+    per_block = run.n_levels * level_params(cfg) * run.level_bytes * run.level_density + masks
     return cfg.n_layers * per_block + run.calib_tokens * cfg.hidden_size * F32
+
+
+def level_density(removed: np.ndarray, n_groups: np.ndarray, group_rows: np.ndarray) -> float:
+    """The rows a supernet's levels keep over all their rows: `removed (layers, E)` groups of
+    `n_groups (layers,)`, each group `group_rows (layers,)` rows of its layer's weight."""
+    kept = (n_groups[:, None] - np.clip(removed, 0, n_groups[:, None])) * group_rows[:, None]
+    return float(kept.sum() / (n_groups * group_rows).sum() / removed.shape[1])
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -183,11 +197,12 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     # One device prunes all levels at once (vmap: the damped Gram and its inverse are shared); on a
     # mesh each device prunes its share one at a time, damping and inverting the Gram for each level
     # (damped Gram, Cholesky factor, inverse, refit matrix, weight).
-    pruner_state = (f"pruner state of the {E} levels (inverse, refit matrix, weight; fp32)", E * (2 * D * D + D * d))
+    E_call = run.levels_per_call or E
+    pruner_state = (f"pruner state of {E_call} levels at once (inverse, refit matrix, weight; fp32)",
+                    E_call * (2 * D * D + D * d))
     if mesh.devices > 1:
         pruner_state = ("pruner state of one level at a time (damped Gram, factor, inverse, refit matrix, weight; fp32)",
                         4 * D * D + D * d)
-    E_pad = round_up(E, axis_size(mesh, "level"))  # the pruner pads the levels to the level axis
     logits = (B, T, cfg.vocab_size)
     candidate_split = split_factor((C,), Axes("candidate"), mesh)
 
@@ -209,14 +224,7 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
              dev(logits, Axes("batch", "seq", "vocab"), F32) + dev(logits, REPLICATED, F32)),
         Line("teacher", "hidden states of all calibration windows (run block by block)", dev((N, T, d), HIDDEN, wb)),
         Line("teacher", "top-k of all calibration tokens (replicated)", dev((N, T, k), REPLICATED, INDEX_AND_LOGP)),
-        Line("supernet", *(("model head (blocks streamed)", head) if run.stream else ("model weights", model))),
-        Line("supernet", "weights of one block", block_per_device(cfg, wb, mesh)),
-        Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
-        Line("supernet", pruner_state[0], pruner_state[1] * F32),
-        Line("supernet", f"{E} levels of one block's o_proj + down_proj (replicated, fp32)",
-             (E * q_width(cfg) + E_pad * f) * d * F32),
-        Line("supernet", "calibration stream (fp32)", dev((N, T, d), HIDDEN, F32)),
-        Line("supernet", "captured input of the widest layer (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
+        *supernet_lines(cfg, run, mesh, model, pruner_state),
         Line("search", *search_weights),
         Line("search", f"supernet levels of one call ({C} candidates x {per_call} blocks, read from disk)",
              levels_of_call),
@@ -238,6 +246,41 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     ]
 
 
+def supernet_lines(cfg: ModelConfig, run: TyrRun, mesh: MeshSpec, model: float,
+                   pruner_state: tuple[str, float]) -> list[Line]:
+    """The supernet build at its widest layer. With every window's captured input held, the
+    capture and the local pruner are alive together; with captures in window chunks, the
+    pruner runs after the chunks (`"supernet, local pruner"`) beside the stream alone."""
+    d, f, N, T = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window
+    D, E = widest_input(cfg), run.n_levels
+    E_pad = round_up(E, axis_size(mesh, "level"))  # the pruner pads the levels to the level axis
+    captured = min(N, run.capture_windows or N)
+    chunked = captured < N
+
+    def dev(shape, axes, itemsize):
+        return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
+
+    weights = [Line("supernet", *(("model head (blocks streamed)", head_per_device(cfg, run.weight_bytes, mesh))
+                                  if run.stream else ("model weights", model))),
+               Line("supernet", "weights of one block", block_per_device(cfg, run.weight_bytes, mesh)),
+               Line("supernet", f"{E} levels of one block's o_proj + down_proj (split by level over the devices, fp32)",
+                    E_pad // axis_size(mesh, "level") * (q_width(cfg) + f) * d * F32)]
+    stream = dev((N, T, d), HIDDEN, F32)
+    capture = [Line("supernet", "calibration stream (fp32)" + (", in and out" if chunked else ""),
+                    (1 + chunked) * stream),
+               Line("supernet", f"captured input of the widest layer, {captured} windows (fp32)",
+                    dev((captured, T, f), MLP_HIDDEN, F32))]
+    pruner = [Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)",
+                   3 * dev((D, D), REPLICATED, F32)),
+              Line("supernet", pruner_state[0], pruner_state[1] * F32)]
+    if not chunked:
+        return [*weights, *capture, *pruner]
+    step = "supernet, local pruner"
+    return [*weights, *capture, Line("supernet", "Gram of the widest input (fp32)", dev((D, D), REPLICATED, F32)),
+            *(Line(step, line.item, line.bytes) for line in (*weights, *pruner)),
+            Line(step, "calibration stream (fp32)", stream)]
+
+
 def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int) -> Line:
     """The search's LM head for one candidate at a time: one step of positions over one chunk of
     the vocabulary (normed hidden, ids, picked values and output as `tyr.fitness.fitness_chunks`
@@ -254,10 +297,11 @@ def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int
 
 def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     """Per-device bytes of the structured baselines' block loop (Wanda-sp, FLAP) at down_proj:
-    the held model and a copy of the block, the fp32 stream, down_proj's captured input, and the
-    MLP of one capture call."""
+    the held model and a copy of the block, the fp32 stream, down_proj's captured input (of
+    `run.capture_windows` windows when they are chunked), and the MLP of one capture call."""
     d, f, N, T, wb = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window, run.weight_bytes
     chunk = min(N, BASELINE_CHUNK * split_factor((N,), Axes("batch"), mesh))
+    captured = min(N, run.capture_windows or N)
 
     def dev(shape, axes, itemsize):
         return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
@@ -267,7 +311,8 @@ def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]
                                                            mesh, cfg.head_dim)),
         Line("baselines", "calibration stream, in and out of the MLP (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
         Line("baselines", "weights of one block", block_per_device(cfg, wb, mesh)),
-        Line("baselines", "captured input of down_proj (fp32)", dev((N, T, f), MLP_HIDDEN, F32)),
+        Line("baselines", f"captured input of down_proj, {captured} windows (fp32)",
+             dev((captured, T, f), MLP_HIDDEN, F32)),
         Line("baselines", f"MLP of one capture call of {chunk} windows (gate, up, product; fp32)",
              3 * dev((chunk, T, f), MLP_HIDDEN, F32)),
     ]
@@ -308,7 +353,9 @@ def evaluation_memory(cfg: ModelConfig, mesh: MeshSpec, run: EvalRun) -> list[Li
 
 
 def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
-    """Per-device bytes of SDS's block loop at its widest layer (gate/up or down_proj)."""
+    """Per-device bytes of SDS's block loop at its widest layer (gate/up or down_proj): with the
+    streams on the device, or (`run.windows_on_device`, or blocks streamed) on the host with a
+    chunk of windows on the device and each fitted block sent back to the host."""
     d, f, N, T = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window
     D = max(d, widest_input(cfg))
 
@@ -317,17 +364,33 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
 
     wb, L = run.weight_bytes, cfg.n_layers
     linear = sum(math.prod(shape) for name, shape in layer_shapes(cfg, 0).items() if name.startswith("w"))
-    return [
-        Line("sds", "model weights (held)", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb,
-                                                            mesh, cfg.head_dim)),
-        Line("sds", "the blocks unstacked (a copy)", L * block_per_device(cfg, wb, mesh)),
-        Line("sds", "fitted weights of every block (replicated)", L * linear * wb),
-        Line("sds", "block inputs and attention outputs, pruned and dense streams (fp32)", 4 * dev((N, T, d), HIDDEN, F32)),
-        Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),
+    model = tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh, cfg.head_dim)
+    fitting = [
         Line("sds", "Grams X_sᵀX_s, X_sᵀX_d, X_dᵀX_d of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
         Line("sds", "SparseGPT damped Hessian and its inverse (fp32)", 2 * dev((D, D), REPLICATED, F32)),
         Line("sds", "re-dense state of the largest weight (W, dense W, gradient, Adam m, v; fp32)",
              5 * dev((f, d), REPLICATED, F32)),
+    ]
+    if run.stream or run.windows_on_device:
+        n = min(N, run.windows_on_device or N)
+        weights = (Line("sds", "model head (blocks streamed)", head_per_device(cfg, wb, mesh)) if run.stream
+                   else Line("sds", "model weights (held)", model))
+        return [
+            weights,
+            Line("sds", "the block, dense and fitted", 2 * block_per_device(cfg, wb, mesh)),
+            Line("sds", f"a chunk of {n} windows: block inputs and outputs, both streams (fp32)",
+                 4 * dev((n, T, d), HIDDEN, F32)),
+            Line("sds", f"a chunk of {n} windows: inputs of the widest layer, both streams (fp32)",
+                 2 * dev((n, T, f), MLP_HIDDEN, F32)),
+            *fitting,
+        ]
+    return [
+        Line("sds", "model weights (held)", model),
+        Line("sds", "the blocks unstacked (a copy)", L * block_per_device(cfg, wb, mesh)),
+        Line("sds", "fitted weights of every block (replicated)", L * linear * wb),
+        Line("sds", "block inputs and attention outputs, pruned and dense streams (fp32)", 4 * dev((N, T, d), HIDDEN, F32)),
+        Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),
+        *fitting,
     ]
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from tyrjax.calibration.statistics import _sums, attention_inputs, attention_residual, mlp_inputs, mlp_residual
@@ -42,18 +43,21 @@ from tyrjax.parallel.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED,
                                       lower_sharded, round_up)
 from tyrjax.runs import plan as analytical
 from tyrjax.sds.capture import WINDOW_CHUNK
+from tyrjax.sds.pipeline import stream_windows, streams_fit
 from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse_adjust
 from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
-from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit
+from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit, level_groups
 from tyrjax.model.vocab import VOCAB_MULTIPLE
 from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
-                                blocks_per_call, candidate_blocks, candidate_fitness, fitness_chunks)
-from tyrjax.tyr.pipeline import PRESETS, TyrConfig
-from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS, BlockLevels
+                                blocks_per_call, call_bytes, candidate_blocks, candidate_fitness, fitness_chunks,
+                                scoring_windows)
+from tyrjax.tyr.pipeline import PRESETS, TyrConfig, initial_grid
+from tyrjax.tyr.search.levels import ATTENTION
+from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, capture_windows,
+                                 held_while_pruning)
 
 F32 = 4
-STATS_CHUNK = 8  # windows per device of one capture call (tyr.supernet.prune_block)
 TEACHER_K_BYTES = analytical.INDEX_AND_LOGP
 PLAN_PLATFORM = "gpu"  # the search head's chunks are planned as an accelerator takes them (tyr.fitness.gathers_rows)
 
@@ -66,6 +70,7 @@ class PlanSettings:
 
     preset: str = "paper"
     stream: bool = False
+    sparsity: float = 0.5  # the run's target: its first supernet's levels centre on it
     dtype: str = "bfloat16"
     calib_windows: int | None = None  # default: the last search stage's windows, at least 64
     window: int = 512
@@ -303,76 +308,115 @@ class PhaseBuilder:
                          self.dev((N - b, T, k), REPLICATED, TEACHER_K_BYTES)))),
         ]
 
-    # supernet: per block, capture o_proj's and down_proj's inputs, their Grams, prune all levels
-    def supernet(self) -> list[Step]:
+    # supernet: per block, capture o_proj's and down_proj's inputs (in window chunks when they do
+    # not fit), their Grams, prune the levels in groups that fit
+    def supernet_chunks(self, budget: int) -> tuple[int, int, int]:
+        """(windows per device captured at once, levels per call of the local pruner at o_proj
+        and at down_proj) that `tyr.supernet.prune_block` takes for this budget; raises the
+        budget error."""
+        cfg, T = self.cfg, self.s.window
+        n_local = -(-self.s.n_calib // self.batch_split(self.s.n_calib))
+        resident = self.head_bytes() + self.blocks_bytes() + self.block_bytes()
+        size = capture_windows(cfg, n_local, T, budget, resident)
+        if self.mesh is not None:  # each device prunes its levels one at a time
+            return size, 1, 1
+        left = max(int(budget - held_while_pruning(cfg, n_local, T, resident, size < n_local)), 1)
+        attn, mlp = (level_groups(self.s.tyr.n_levels, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize).size
+                     for d_in, rounds in ((cfg.n_heads * cfg.head_dim, ATTN_ROUNDS),
+                                          (cfg.intermediate_size, MLP_ROUNDS)))
+        return size, attn, mlp
+
+    def supernet(self, capture: int, attn_levels: int, mlp_levels: int) -> list[Step]:
+        """The build's steps with `capture` windows per device captured at once and the levels
+        per call of the local pruner at o_proj and down_proj (`supernet_chunks`)."""
         cfg, N, T, d, f = self.cfg, self.s.n_calib, self.s.window, self.cfg.hidden_size, self.cfg.intermediate_size
         q = cfg.n_heads * cfg.head_dim
         E = self.s.tyr.n_levels
-        b = min(N, STATS_CHUNK * self.batch_split(N))
+        split = self.batch_split(N)
+        chunked = capture * split < N
+        nc = min(N, capture * split)
+        b = min(N, STATS_CHUNK * split)
         block = (block_structs(cfg, self.wdt), layer_axes(cfg))
-        stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
+        streams = 2 if chunked else 1  # chunked: the next block's stream is built beside this one's
+        stream = ("calibration stream (fp32)" + (", in and out" if chunked else ""),
+                  streams * self.dev((N, T, d), HIDDEN, F32))
         weights = (("model head", self.head_bytes()), ("held blocks", self.blocks_bytes()))
         block_res = ("weights of the block", self.block_bytes())
-        heads = ("captured input of o_proj (fp32)", self.dev((N, T, q), HEADS_OUT, F32))
-        hidden = ("captured input of down_proj (fp32)", self.dev((N, T, f), MLP_HIDDEN, F32))
-        wo_levels = ("o_proj levels (fp32, replicated)", self.dev((E, q, d), REPLICATED, F32) + E * cfg.n_heads)
+        heads = ("captured input of o_proj (fp32)", self.dev((nc, T, q), HEADS_OUT, F32))
+        hidden = ("captured input of down_proj (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32))
+        kept = () if chunked else (heads,)
+        kept_hidden = () if chunked else (hidden,)
+        one_stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
+        E_pad = E if self.mesh is None else round_up(E, axis_size(self.mesh, "level"))
+        wo_levels = ("o_proj levels (fp32, split by level)", self.dev((E_pad, q, d), Axes("level"), F32) + E * cfg.n_heads)
         x = (struct((b, T, d), jnp.float32), HIDDEN)
         return [
             Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
-                      {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*weights, stream, heads)),
-            Step(Call("gram o_proj", _sums, {"a": (struct((N, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
+                      {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*weights, block_res, stream, heads)),
+            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
                  (*weights, block_res, stream)),
-            Step(self.prune_call("prune o_proj levels", (q, d), cfg.head_dim, ATTN_ROUNDS),
-                 (*weights, block_res, stream, heads)),
+            Step(self.prune_call("prune o_proj levels", (q, d), cfg.head_dim, ATTN_ROUNDS, attn_levels),
+                 (*weights, block_res, one_stream, *kept)),
             Step(Call("mlp_inputs", mlp_inputs, {"p": block, "x": x}, (HIDDEN, MLP_HIDDEN), {"cfg": cfg}),
-                 (*weights, stream, wo_levels, hidden)),
-            Step(Call("gram down_proj", _sums, {"a": (struct((N, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
-                 (*weights, block_res, stream, wo_levels)),
-            Step(self.prune_call("prune down_proj levels", (f, d), 1, MLP_ROUNDS),
                  (*weights, block_res, stream, wo_levels, hidden)),
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+                 (*weights, block_res, stream, wo_levels)),
+            Step(self.prune_call("prune down_proj levels", (f, d), 1, MLP_ROUNDS, mlp_levels),
+                 (*weights, block_res, one_stream, wo_levels, *kept_hidden)),
         ]
 
-    def prune_call(self, name: str, w_shape: tuple[int, int], group_size: int, rounds: int) -> Call:
+    def prune_call(self, name: str, w_shape: tuple[int, int], group_size: int, rounds: int, levels: int) -> Call:
         E = self.s.tyr.n_levels
         d_in = w_shape[0]
         common = {"group_size": group_size, "rounds": rounds, "saliency": self.s.tyr.saliency}
         if self.mesh is None:
             inputs = {"W_dense": (struct(w_shape, self.wdt), REPLICATED),
                       "H": (struct((d_in, d_in), jnp.float32), REPLICATED),
-                      "n_remove": (struct((E,), jnp.int32), REPLICATED), "damp": (struct((), jnp.float32), REPLICATED)}
+                      "n_remove": (struct((levels,), jnp.int32), REPLICATED),
+                      "damp": (struct((), jnp.float32), REPLICATED)}
             return Call(name, _prune_levels_jit, inputs, REPLICATED, common)
         padded = round_up(E, axis_size(self.mesh, "level"))
         inputs = {"W_dense": (struct(w_shape, self.wdt), REPLICATED),
                   "H": (struct((d_in, d_in), jnp.float32), REPLICATED),
                   "n_remove": (struct((padded,), jnp.int32), Axes("level")),
                   "damp": (struct((), jnp.float32), REPLICATED)}
-        return Call(name, _levels_per_device, inputs, REPLICATED, {**common, "mesh": self.mesh})
+        return Call(name, _levels_per_device, inputs, (Axes("level"), Axes("level")), {**common, "mesh": self.mesh})
 
     # search: the candidates of one batch scored on the last (largest) stage's windows
-    def search_shape(self) -> tuple[int, int, int, int]:
-        """(candidates per call, windows per forward, blocks per call, top-k)."""
+    def search_shape(self, budget: int | None = None) -> tuple[int, int, int, int]:
+        """(candidates per call, windows per forward, blocks per call, top-k): the last stage's
+        windows, in chunks of the windows `BatchScorer` takes for `budget` (None: all at once)."""
         tcfg, cfg = self.s.tyr, self.cfg
         C = tcfg.candidate_batch if self.mesh is None else round_up(tcfg.candidate_batch, axis_size(self.mesh, "candidate"))
         B = min(self.s.n_calib, max(1, math.ceil(tcfg.stages[-1][1] / self.s.window)))
         level = analytical.level_params(cfg) * self.wdt.itemsize + cfg.n_heads + cfg.intermediate_size
         block = sum(math.prod(s) for s in layer_shapes(cfg, 0).values()) * self.wdt.itemsize
-        return C, B, blocks_per_call(level, C, cfg.n_layers, block), min(tcfg.topk, cfg.vocab_size)
+        kb, k = blocks_per_call(level, C, cfg.n_layers, block), min(tcfg.topk, cfg.vocab_size)
+        if budget is not None:
+            split = self.batch_split(B)
+            c_local = C // (1 if self.mesh is None else axis_size(self.mesh, "candidate"))
+            fixed = self.head_bytes() + self.blocks_bytes() + call_bytes(cfg, c_local, kb, self.wdt.itemsize,
+                                                                         self.wdt.itemsize)
+            size = scoring_windows(cfg, c_local, -(-B // split), self.s.window, k, budget, fixed, self.wdt.itemsize)
+            B = min(B, size * split)
+        return C, B, kb, k
 
     def search_head_chunks(self, budget: int) -> FitnessChunks:
         """The student's head chunks `BatchScorer` takes for this budget, as on an accelerator
         (`tyr.fitness.gathers_rows`): beside the held weights, the candidates' hidden states and
-        the teacher's top-k."""
+        the teacher's top-k of one forward."""
         cfg, T = self.cfg, self.s.window
-        C, B, _, k = self.search_shape()
+        C, B, _, k = self.search_shape(budget)
         windows = -(-B // self.batch_split(B))
         held = 2 * C * windows * T * cfg.hidden_size * self.wdt.itemsize + windows * T * k * TEACHER_K_BYTES
         fixed = self.head_bytes() + self.blocks_bytes() + held
         return fitness_chunks(windows, T, k, cfg, budget, fixed, self.wdt.itemsize, platform=PLAN_PLATFORM)
 
-    def search(self, chunks: FitnessChunks) -> list[Step]:
-        """The search's steps with the student's head in `chunks` (`search_head_chunks`)."""
+    def search(self, chunks: FitnessChunks, budget: int | None = None) -> list[Step]:
+        """The search's steps with the student's head in `chunks` (`search_head_chunks`) and
+        the windows of one forward for `budget`."""
         cfg, T, d = self.cfg, self.s.window, self.cfg.hidden_size
-        C, B, kb, k = self.search_shape()
+        C, B, kb, k = self.search_shape(budget)
         layers = block_structs(cfg, self.wdt, kb)
         parent_states = ("parent's input of every block", self.dev((cfg.n_layers + 1, 1, B, T, d),
                                                                    Axes(None, *CANDIDATE_HIDDEN), self.wdt.itemsize))
@@ -420,37 +464,93 @@ class PhaseBuilder:
                 Step(head, (("hidden states of all windows", hidden),))]
 
 
-    # structured baselines (Wanda-sp, FLAP): per block, capture, statistics, residual on every window
-    def baselines(self) -> list[Step]:
+    # structured baselines (Wanda-sp, FLAP): per block, capture, statistics, residual on every
+    # window, or on chunks of windows when the captures do not fit (`tyr.baselines.capture_chunk`)
+    def baselines_chunk(self, budget: int) -> int:
+        """Windows per device whose captures a block pass holds at once; raises the budget error."""
+        n_local = -(-self.s.n_calib // self.batch_split(self.s.n_calib))
+        model = self.head_bytes() + self.cfg.n_layers * self.block_bytes()
+        return min(n_local, capture_windows(self.cfg, n_local, self.s.window, budget, model + self.block_bytes(),
+                                            "structured baseline"))
+
+    def baselines(self, capture: int | None = None) -> list[Step]:
         cfg, N, T, d, f = self.cfg, self.s.n_calib, self.s.window, self.cfg.hidden_size, self.cfg.intermediate_size
         q = cfg.n_heads * cfg.head_dim
-        b = min(N, STATS_CHUNK * self.batch_split(N))
+        split = self.batch_split(N)
+        nc = N if capture is None else min(N, capture * split)
+        chunked = nc < N
+        b = min(N, STATS_CHUNK * split)
         block = (block_structs(cfg, self.wdt), layer_axes(cfg))
         model = (("model weights", self.head_bytes() + cfg.n_layers * self.block_bytes()),)
-        stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
+        stream = ("calibration stream (fp32)" + (", in and out" if chunked else ""),
+                  (1 + chunked) * self.dev((N, T, d), HIDDEN, F32))
         block_res = ("weights of the block", self.block_bytes())
-        heads = ("captured input of o_proj (fp32)", self.dev((N, T, q), HEADS_OUT, F32))
-        hidden = ("captured input of down_proj (fp32)", self.dev((N, T, f), MLP_HIDDEN, F32))
+        heads = ("captured input of o_proj (fp32)", self.dev((nc, T, q), HEADS_OUT, F32))
+        hidden = ("captured input of down_proj (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32))
         x = (struct((b, T, d), jnp.float32), HIDDEN)
-        whole = (struct((N, T, d), jnp.float32), HIDDEN)
+        part = (struct((nc, T, d), jnp.float32), HIDDEN)
+        residual_res = (*model, stream) if chunked else model
         return [
             Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
                       {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*model, block_res, stream, heads)),
-            Step(Call("gram o_proj", _sums, {"a": (struct((N, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
                  (*model, block_res, stream)),
             Step(Call("attention_residual", attention_residual,
-                      {"p": block, "x": whole, "heads": (struct((N, T, q), jnp.float32), HEADS_OUT),
-                       "head_mask": (struct((cfg.n_heads,), bool), REPLICATED)}, HIDDEN, {"cfg": cfg}), model),
+                      {"p": block, "x": part, "heads": (struct((nc, T, q), jnp.float32), HEADS_OUT),
+                       "head_mask": (struct((cfg.n_heads,), bool), REPLICATED)}, HIDDEN, {"cfg": cfg}), residual_res),
             Step(Call("mlp_inputs", mlp_inputs, {"p": block, "x": x}, (HIDDEN, MLP_HIDDEN), {"cfg": cfg}),
                  (*model, block_res, stream, hidden)),
-            Step(Call("gram down_proj", _sums, {"a": (struct((N, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
                  (*model, block_res, stream)),
             Step(Call("mlp_residual", mlp_residual,
-                      {"p": block, "x": whole, "hidden": (struct((N, T, f), jnp.float32), MLP_HIDDEN),
-                       "ffn_mask": (struct((f,), bool), REPLICATED)}, HIDDEN), model),
+                      {"p": block, "x": part, "hidden": (struct((nc, T, f), jnp.float32), MLP_HIDDEN),
+                       "ffn_mask": (struct((f,), bool), REPLICATED)}, HIDDEN), residual_res),
         ]
 
     # SDS with SparseGPT: the layer-sequential loop at its widest layer, down_proj
+    def sds_windows(self, budget: int) -> int:
+        """Windows per device the SDS loop holds on the device at once (`sds.pipeline.run_pipeline`
+        for this budget): all of them, or a chunk of the streams waiting on the host; raises the
+        budget error."""
+        cfg, N, T = self.cfg, self.s.sds_windows, self.s.sds_window
+        n_local = -(-N // self.batch_split(N))
+        held = self.head_bytes() + cfg.n_layers * self.block_bytes()
+        tensor = 1 if self.mesh is None else axis_size(self.mesh, "mlp")
+        if not self.s.stream and streams_fit(cfg, n_local, T, budget, 2 * held, tensor):
+            return n_local
+        resident = (self.head_bytes() if self.s.stream else held) + 2 * self.block_bytes()
+        return min(n_local, stream_windows(cfg, n_local, T, budget, resident, tensor))
+
+    def sds_chunked(self, size: int) -> list[Step]:
+        """The SDS loop with the streams on the host, `size` windows per device on the device at
+        once: the chunks' down_proj Gram, then its fit beside the weights held."""
+        N, T, d, f = self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
+        wb = self.wdt.itemsize
+        nc = min(N, size * self.batch_split(N))
+        w = (struct((f, d), self.wdt), Axes(*LAYER_PARAM_AXES["w_down"]))
+        gram = struct((f, f), jnp.float32)
+        grams = (Grams(gram, gram, gram, struct((), jnp.int32)), REPLICATED)
+        weights = (("model head (blocks streamed)" if self.s.stream else "model weights (held)",
+                    self.head_bytes() + self.blocks_bytes() if not self.s.stream else self.head_bytes()),
+                   ("the block, dense and fitted", 2 * self.block_bytes()))
+        pattern = check_pattern(self.s.sds_pattern)
+        settings = {"steps": self.s.sds_steps, "learning_rate": DEFAULT_LEARNING_RATE, "optimizer": "adam"}
+        chunk = (("the chunk's inputs of down_proj, dense stream (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32)),
+                 ("the chunk's block inputs and outputs, both streams (fp32)", 4 * self.dev((nc, T, d), HIDDEN, F32)),
+                 ("the Grams summed so far (fp32)", 3 * f * f * F32))
+        return [
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+                 (*weights, *chunk)),
+            Step(Call("sparsegpt down_proj", sparsegpt_prune,
+                      {"W": (w[0], REPLICATED), "H": (gram, REPLICATED)}, REPLICATED, {"pattern": pattern}),
+                 (*weights, ("the other two Grams (fp32)", 2 * f * f * F32))),
+            Step(Call("redense down_proj", redense, {"W_init": w, "W_dense": w, "grams": grams}, REPLICATED,
+                      {**settings, "l1": 0.0, "l2": 0.0}), weights),
+            Step(Call("sparse_adjust down_proj", sparse_adjust, {"W_init": w, "W_dense": w, "grams": grams},
+                      REPLICATED, {**settings, "pattern": pattern}),
+                 (*weights, ("one-shot and re-dense weights", 2 * f * d * wb))),
+        ]
+
     def sds(self) -> list[Step]:
         cfg, N, T, d, f = self.cfg, self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
         L, wb = cfg.n_layers, self.wdt.itemsize
@@ -480,9 +580,11 @@ class PhaseBuilder:
 
 # --- the analytical figures ----------------------------------------------------------------
 def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | None,
-                   candidate_batch: int | None = None, head: FitnessChunks | None = None) -> analytical.TyrRun:
+                   candidate_batch: int | None = None, head: FitnessChunks | None = None, capture: int = 0,
+                   levels: int = 0) -> analytical.TyrRun:
     t = settings.tyr
     head_steps = {} if head is None else {"head_chunk": head.tokens, "head_vocab": 0 if head.gather else head.vocab}
+    head_steps.update(capture_windows=capture, levels_per_call=levels)
     return analytical.TyrRun(calib_windows=settings.n_calib, window=settings.window, weight_bytes=settings.weight_bytes,
                              level_bytes=settings.weight_bytes, n_levels=t.n_levels, topk=t.topk,
                              candidate_batch=candidate_batch or t.candidate_batch, stages=t.stages,
@@ -491,22 +593,30 @@ def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | No
 
 
 def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None, phase: str, forward_windows: int,
-                    candidate_batch: int | None = None, head: FitnessChunks | None = None) -> float:
+                    candidate_batch: int | None = None, head: FitnessChunks | None = None, capture: int = 0,
+                    levels: int = 0) -> float:
     spec = mesh_spec(mesh)
     if phase == "sds":
         run = analytical.SDSRun(calib_windows=settings.sds_windows, window=settings.sds_window,
                                 weight_bytes=settings.weight_bytes, steps=settings.sds_steps,
-                                adjust_steps=settings.sds_steps)
+                                adjust_steps=settings.sds_steps, stream=settings.stream, windows_on_device=capture)
         return analytical.phase_peaks(analytical.sds_memory(cfg, spec, run))[phase]
     if phase == "baselines":
-        run = analytical_run(settings, forward_windows, mesh)
+        run = analytical_run(settings, forward_windows, mesh, capture=capture)
         return analytical.phase_peaks(analytical.baseline_memory(cfg, spec, run))[phase]
     if phase == "evaluation":
         run = analytical.EvalRun(windows=settings.eval_windows, window=settings.eval_window,
                                  weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream)
         return analytical.phase_peaks(analytical.evaluation_memory(cfg, spec, run))[phase]
-    run = analytical_run(settings, forward_windows, mesh, candidate_batch, head)
+    run = analytical_run(settings, forward_windows, mesh, candidate_batch, head, capture, levels)
     return analytical.phase_peaks(analytical.tyr_memory(cfg, spec, run))[phase]
+
+
+def first_level_density(cfg: ModelConfig, settings: PlanSettings) -> float:
+    """The rows the first supernet's levels keep (`initial_grid` at the run's sparsity) over all their rows."""
+    grid = initial_grid(cfg, settings.sparsity, settings.tyr)
+    rows = np.where(grid.module_type == ATTENTION, cfg.head_dim, 1)
+    return analytical.level_density(grid.removed, grid.n_groups, rows)
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -572,28 +682,61 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             chunks = {"windows_per_call": windows, "calls": -(-n // windows)}
             plan_bytes = analytical_peak(cfg, s, mesh, name, windows)
         elif name == "baselines":
-            figures, error = whole_phase(name, build.baselines(), budget, mesh, hd)
-            chunks = {"capture_windows_per_call": min(s.n_calib, STATS_CHUNK * build.batch_split(s.n_calib))}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
-        elif name == "sds":
-            figures, error = whole_phase(name, build.sds(), budget, mesh, hd)
-            chunks = {"windows": s.sds_windows,
-                      "capture_windows_per_call": min(s.sds_windows, WINDOW_CHUNK * build.batch_split(s.sds_windows))}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
-        elif name == "supernet":
-            figures, error = whole_phase(name, build.supernet(), budget, mesh, hd)
-            chunks = {"levels_per_call": s.tyr.n_levels,
-                      "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * build.batch_split(s.n_calib))}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, 1)
-        else:
-            C, B, kb, _ = build.search_shape()
             try:
-                head = build.search_head_chunks(budget)
-            except TyrjaxError as e:  # not even one step of the head fits: plan it at the narrowest
-                head, head_error = FitnessChunks(1, min(VOCAB_MULTIPLE, cfg.vocab_size)), str(e)
+                capture, chunk_error = build.baselines_chunk(budget), None
+            except TyrjaxError as e:  # not even one capture call fits: plan one
+                capture, chunk_error = min(STATS_CHUNK, s.n_calib), str(e)
+            figures, error = whole_phase(name, build.baselines(capture), budget, mesh, hd)
+            error = chunk_error or error
+            split = build.batch_split(s.n_calib)
+            windows = min(s.n_calib, capture * split)
+            chunks = {"capture_windows_per_chunk": windows,
+                      "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * split)}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=windows)
+        elif name == "sds":
+            n_local = -(-s.sds_windows // build.batch_split(s.sds_windows))
+            try:
+                size, size_error = build.sds_windows(budget), None
+            except TyrjaxError as e:  # not even one window fits: plan one window per chunk
+                size, size_error = 1, str(e)
+            on_host = s.stream or size < n_local
+            steps = build.sds_chunked(size) if on_host else build.sds()
+            figures, error = whole_phase(name, steps, budget, mesh, hd)
+            error = size_error or error
+            windows = min(s.sds_windows, size * build.batch_split(s.sds_windows))
+            chunks = {"windows": s.sds_windows, "windows_on_device": windows, "streams_on_host": on_host,
+                      "capture_windows_per_call": min(s.sds_windows, WINDOW_CHUNK * build.batch_split(s.sds_windows))}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=windows if on_host else 0)
+        elif name == "supernet":
+            try:
+                capture, attn_levels, mlp_levels = build.supernet_chunks(budget)
+            except TyrjaxError as e:  # not even one chunk fits: plan it at the smallest
+                (capture, attn_levels, mlp_levels), chunk_error = (min(STATS_CHUNK, s.n_calib), 1, 1), str(e)
+            else:
+                chunk_error = None
+            figures, error = whole_phase(name, build.supernet(capture, attn_levels, mlp_levels), budget, mesh, hd)
+            error = chunk_error or error
+            split = build.batch_split(s.n_calib)
+            chunks = {"levels_per_call": {"o_proj": attn_levels, "down_proj": mlp_levels},
+                      "capture_windows_per_chunk": min(s.n_calib, capture * split),
+                      "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * split)}
+            plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=min(s.n_calib, capture * split),
+                                         levels=mlp_levels)
+        else:
+            try:
+                C, B, kb, _ = build.search_shape(budget)
+                forward_budget = budget
+            except TyrjaxError as e:  # not even one window fits: plan one forward of one window
+                C, B, kb, _ = build.search_shape(None)
+                B, forward_budget, head_error = 1, None, str(e)
             else:
                 head_error = None
-            figures, error = whole_phase(name, build.search(head), budget, mesh, hd)
+            try:
+                head = build.search_head_chunks(budget) if forward_budget else FitnessChunks(1, min(VOCAB_MULTIPLE,
+                                                                                                  cfg.vocab_size))
+            except TyrjaxError as e:  # not even one step of the head fits: plan it at the narrowest
+                head, head_error = FitnessChunks(1, min(VOCAB_MULTIPLE, cfg.vocab_size)), str(e)
+            figures, error = whole_phase(name, build.search(head, forward_budget), budget, mesh, hd)
             error = head_error or error
             chunks = {"candidates_per_call": C, "windows_per_forward": B, "blocks_per_call": kb,
                       "head_positions_per_step": head.tokens, "head_vocab_per_step": head.vocab or "rows gathered"}
@@ -601,5 +744,6 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
         xla = phase_peak(figures)
         out[name] = PhasePlan(name, xla, plan_bytes, chunks, sum(f.flops for f in figures), tuple(figures),
                               error is None and xla <= budget, error)
-    disk = analytical.supernet_disk_bytes(cfg, analytical_run(s, 1, mesh))
+    disk = analytical.supernet_disk_bytes(cfg, dataclasses.replace(analytical_run(s, 1, mesh),
+                                                                   level_density=first_level_density(cfg, s)))
     return PlanResult(model_name, mesh_shape(mesh), budget, out, disk)

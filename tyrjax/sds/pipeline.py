@@ -20,13 +20,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration.statistics import (GATE_UP, QKV, InputStats, attention_normed, attention_residual, check_finite,
-                                embed_windows, hidden_of, mlp_normed, mlp_residual)
+from tyrjax.calibration.statistics import (GATE_UP, QKV, InputStats, add_stats, attention_normed, attention_residual,
+                                           check_finite, embed_windows, hidden_of, mlp_normed, mlp_residual, zero_padding)
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
+from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, padded_windows, to_device
 from tyrjax.model.decoder import Params, is_stacked, stack_layers, unstack_layers
+from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.sds.capture import WINDOW_CHUNK, attention_heads_at, objective_grams
-from tyrjax.parallel.sharding import Axes, local_tree, resolve_mesh
+from tyrjax.parallel.sharding import Axes, axis_size, host_array, local_tree, resolve_mesh
 from tyrjax.model.axes import LAYER_PARAM_AXES
 from tyrjax.sds.reconstruct import (DEFAULT_LEARNING_RATE, OPTIMIZERS, Grams, reconstruct_on_mesh, reconstruction_loss,
                                     redense, sparse_adjust)
@@ -146,8 +148,12 @@ def sds_fit(
 # --- the block loop --------------------------------------------------------------------------
 def _layer_inputs(a_s: jax.Array, a_d: jax.Array | None, inputs: str, where: str) -> LayerInputs:
     stats, grams = objective_grams(a_s, a_d)
+    return _inputs_of(stats, grams, inputs, a_d is not None, where)
+
+
+def _inputs_of(stats: InputStats, grams: Grams, inputs: str, dense: bool, where: str) -> LayerInputs:
     check_finite(stats, where)
-    if inputs == "dense" and a_d is not None:
+    if inputs == "dense" and dense:
         h_dd = grams.h_dd
         return LayerInputs(stats, grams, Grams(h_dd, h_dd, h_dd, grams.n_tokens))
     return LayerInputs(stats, grams, grams)
@@ -217,6 +223,139 @@ def process_block(
     return p, out_s, out_d, records
 
 
+STAGES = ("q/k/v", "o_proj", "gate/up", "down_proj", "output")  # the inputs of each group, then the block's output
+
+
+def stage_inputs(p: Params, dense: Params, cfg: ModelConfig, kv_map: tuple[int, ...], x_s: jax.Array,
+                 x_d: jax.Array | None, stage: str, chunk: int = WINDOW_CHUNK) -> tuple[jax.Array, jax.Array | None]:
+    """The pruned and dense streams' inputs of `stage` (one of `STAGES`) for block inputs
+    `x_s`, `x_d`: computed through the layers before it, with `p`'s fitted weights on the
+    pruned stream and `dense` on the dense one (as `process_block` computes them)."""
+    def both(fn_s, fn_d, *args):
+        return fn_s(*(a[0] for a in args)), None if x_d is None else fn_d(*(a[1] for a in args))
+
+    normed = both(lambda x: attention_normed(dense, cfg, x), lambda x: attention_normed(dense, cfg, x), (x_s, x_d))
+    if stage == "q/k/v":
+        return normed
+    heads = both(lambda n: attention_heads_at(p, cfg, n, kv_map, chunk),
+                 lambda n: attention_heads_at(dense, cfg, n, kv_map, chunk), normed)
+    if stage == "o_proj":
+        return heads
+    mid = both(lambda x, h: attention_residual(p, cfg, x, h), lambda x, h: attention_residual(dense, cfg, x, h),
+               (x_s, x_d), heads)
+    normed = both(lambda m: mlp_normed(dense, cfg, m), lambda m: mlp_normed(dense, cfg, m), mid)
+    if stage == "gate/up":
+        return normed
+    hidden = both(lambda n: hidden_of(p, n), lambda n: hidden_of(dense, n), normed)
+    if stage == "down_proj":
+        return hidden
+    return both(lambda m, h: mlp_residual(p, m, h).astype(jnp.float32),
+                lambda m, h: mlp_residual(dense, m, h).astype(jnp.float32), mid, hidden)
+
+
+def _chunks(x_s: np.ndarray, x_d: np.ndarray | None, size: int, mesh: Mesh | None):
+    """(pruned chunk, dense chunk, windows in it) on the device, `size` windows at a time, the
+    last padded with copies of its last window."""
+    padded_s = padded_windows(x_s, size)
+    padded_d = None if x_d is None else padded_windows(x_d, size)
+    for start in range(0, len(x_s), size):
+        part_d = None if x_d is None else to_device(padded_d[start:start + size], mesh)
+        yield to_device(padded_s[start:start + size], mesh), part_d, min(size, len(x_s) - start)
+
+
+def chunked_layer_inputs(p: Params, dense: Params, cfg: ModelConfig, kv_map: tuple[int, ...], x_s: np.ndarray,
+                         x_d: np.ndarray | None, stage: str, size: int, inputs: str, where: str,
+                         mesh: Mesh | None = None, chunk: int = WINDOW_CHUNK) -> LayerInputs:
+    """`LayerInputs` of `stage` summed over chunks of `size` windows of the host streams."""
+    stats, grams = None, None
+    for part_s, part_d, valid in _chunks(x_s, x_d, size, mesh):
+        a_s, a_d = stage_inputs(p, dense, cfg, kv_map, part_s, part_d, stage, chunk)
+        valid = jnp.int32(valid)
+        a_s = zero_padding(a_s, valid)
+        a_d = None if a_d is None else zero_padding(a_d, valid)
+        one_stats, one = objective_grams(a_s, a_d)
+        stats = add_stats(stats, one_stats)
+        grams = one if grams is None else Grams(*(a + b for a, b in zip(grams, one)))
+    n = len(x_s) * x_s.shape[1]
+    stats = stats._replace(n_tokens=n)
+    return _inputs_of(stats, grams._replace(n_tokens=n), inputs, x_d is not None, where)
+
+
+def process_block_chunked(
+    dense: Params, cfg: ModelConfig, kv_map: tuple[int, ...], x_s: np.ndarray, x_d: np.ndarray | None, fit: LayerFit,
+    size: int, *, block: int = 0, inputs: str = "pruned", chunk: int = WINDOW_CHUNK, mesh: Mesh | None = None,
+) -> tuple[Params, np.ndarray, np.ndarray | None, dict[str, dict[str, Any]]]:
+    """`process_block` for streams held on the host: each group's inputs are recomputed from
+    the block inputs, `size` windows at a time, and their Grams summed over the chunks; the
+    next block's streams come back to the host the same way."""
+    p, records = dict(dense), {}
+    for names, stage in ((QKV, "q/k/v"), (("wo",), "o_proj"), (GATE_UP, "gate/up"), (("w_down",), "down_proj")):
+        if all(dense[name].size == 0 for name in names):
+            records.update({name: {"sparsity": None, "numel": 0} for name in names})
+            continue
+        layer_inputs = chunked_layer_inputs(p, dense, cfg, kv_map, x_s, x_d, stage, size, inputs,
+                                            f"block {block} {stage}", mesh, chunk)
+        _fit_group(p, dense, names, layer_inputs, fit, records)
+    outs_s, outs_d = [], []
+    for part_s, part_d, valid in _chunks(x_s, x_d, size, mesh):
+        out_s, out_d = stage_inputs(p, dense, cfg, kv_map, part_s, part_d, "output", chunk)
+        outs_s.append(host_array(out_s)[:valid])
+        if out_d is not None:
+            outs_d.append(host_array(out_d)[:valid])
+    return p, np.concatenate(outs_s), (np.concatenate(outs_d) if outs_d else None), records
+
+
+def window_bytes(cfg: ModelConfig, length: int, tensor: int = 1) -> int:
+    """Per-device bytes one window adds to a chunk of the SDS loop: both streams' block input
+    and output and every stage's inputs (fp32), and one block's temporaries; heads and neurons
+    split over `tensor` devices."""
+    q = cfg.n_heads * cfg.head_dim
+    stages = 4 * cfg.hidden_size + (q + 2 * cfg.intermediate_size) / tensor
+    return int(2 * length * stages * 4 + block_activation_bytes(cfg, length) / tensor)
+
+
+def widest_fit(cfg: ModelConfig) -> tuple[int, int]:
+    """(the widest input of a fitted layer, the most weights of one layer)."""
+    q = cfg.n_heads * cfg.head_dim
+    return max(cfg.hidden_size, q, cfg.intermediate_size), max(cfg.hidden_size * cfg.intermediate_size, cfg.hidden_size * q)
+
+
+def gram_bytes(cfg: ModelConfig) -> int:
+    """The three Grams of the widest input, summed over the chunks (fp32)."""
+    widest, _ = widest_fit(cfg)
+    return 4 * 3 * widest * widest
+
+
+def fit_state_bytes(cfg: ModelConfig) -> int:
+    """Per-device bytes of fitting the widest layer once its Grams are summed (fp32): SparseGPT
+    beside the three Grams (its damped Hessian, inverse and a working copy; weights in and out),
+    or re-dense and adjustment on the Grams (weights, dense weights, gradient, two moments and
+    the candidates kept)."""
+    widest, largest = widest_fit(cfg)
+    return 4 * max(6 * widest * widest + 2 * largest, 3 * widest * widest + 7 * largest)
+
+
+def stream_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
+                   tensor: int = 1) -> int:
+    """Windows per device the SDS loop holds on the device at once: all of them when both
+    streams' block inputs and outputs and a block's stage inputs fit `budget_bytes` beside
+    `resident_bytes` (the weights held) and the Grams; else the most that fit (the streams then
+    wait on the host). Fails naming the phase when the widest layer's fit or one window does not fit."""
+    chunking(1, fit_state_bytes(cfg), budget_bytes, fixed_bytes=resident_bytes, phase="SDS")
+    return chunking(n_local, window_bytes(cfg, length, tensor), budget_bytes,
+                    fixed_bytes=resident_bytes + gram_bytes(cfg), phase="SDS").size
+
+
+def streams_fit(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, held_bytes: float,
+                tensor: int = 1) -> bool:
+    """Whether the loop with the model held (`held_bytes`, with its unstacked copy and the
+    fitted blocks) keeps every window's streams on the device within `budget_bytes`."""
+    try:
+        return stream_windows(cfg, n_local, length, budget_bytes, held_bytes, tensor) >= n_local
+    except TyrjaxError:
+        return False
+
+
 def _check_windows(windows: np.ndarray) -> np.ndarray:
     windows = np.asarray(windows)
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 1 or not np.issubdtype(windows.dtype, np.integer):
@@ -263,7 +402,7 @@ def _check_method(method: str, what: str) -> None:
 
 
 def run_pipeline(
-    params: Params,
+    params: Params | ModelBlocks,
     cfg: ModelConfig,
     calib_windows: np.ndarray,
     fit: LayerFit,
@@ -275,20 +414,43 @@ def run_pipeline(
     progress: bool = True,
     chunk: int = WINDOW_CHUNK,
     mesh: Mesh | None = None,
+    budget_bytes: int | None = None,
 ) -> tuple[Params, dict[str, dict[str, Any]]]:
     """Apply `fit` to every linear layer, block by block, on the sequential calibration stream.
 
     `pattern`, when given, is checked against every layer's shape up front. Returns the new
     parameters (same form as `params`) and per-layer records "BLOCK.NAME". On a mesh the
     calibration streams are split by windows over the data axes.
+
+    When the streams and a block's inputs do not fit `budget_bytes` per device (default:
+    `parallel.memory.device_memory_bytes()`; see `stream_windows`), the streams stay on the
+    host, every group's Grams are summed over chunks of windows, and each fitted block leaves
+    the device (the new parameters are then host arrays). `params` may be `ModelBlocks` (e.g.
+    streamed from the checkpoint): the result is then the compact form, its blocks on the host.
     """
     windows = _check_windows(calib_windows)
+    if isinstance(params, ModelBlocks):
+        return _run_blocks_pipeline(params, windows, fit, dense_stream=dense_stream, inputs=inputs, pattern=pattern,
+                                    desc=desc, progress=progress, chunk=chunk, budget_bytes=budget_bytes)
     stacked = is_stacked(params)
-    layers = _layer_list(params)
-    if len(layers) != cfg.n_layers:
-        raise TyrjaxError(f"params have {len(layers)} layers but the config says {cfg.n_layers}; pass the model's own config")
+    n_layers = len(_linear_shapes(params))
+    if n_layers != cfg.n_layers:
+        raise TyrjaxError(f"params have {n_layers} layers but the config says {cfg.n_layers}; pass the model's own config")
     if pattern is not None:
         check_pattern_fits(params, pattern)
+    split = data_split(mesh)
+    n_local = -(-len(windows) // split)
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    tensor = 1 if mesh is None else axis_size(mesh, "mlp")
+    if not streams_fit(cfg, n_local, windows.shape[1], budget, 2 * device_bytes(params), tensor):
+        model = as_blocks(params, cfg, mesh)
+        out, records = _run_blocks_pipeline(model, windows, fit, dense_stream=dense_stream, inputs=inputs,
+                                            pattern=None, desc=desc, progress=progress, chunk=chunk,
+                                            budget_bytes=budget, resident_bytes=device_bytes(params))
+        if stacked:
+            out["layers"] = jax.tree_util.tree_map(lambda *a: np.stack(a), *out["layers"])
+        return out, records
+    layers = _layer_list(params)
     x_s = embed_windows(params, windows, mesh)
     x_d = x_s if dense_stream else None
     new_layers, records = [], {}
@@ -302,6 +464,39 @@ def run_pipeline(
     out = {k: v for k, v in params.items() if k != "layers"}
     out["layers"] = stack_layers(new_layers) if stacked else new_layers
     return out, records
+
+
+def _run_blocks_pipeline(
+    model: ModelBlocks, windows: np.ndarray, fit: LayerFit, *, dense_stream: bool, inputs: str,
+    pattern: Pattern | None, desc: str, progress: bool, chunk: int, budget_bytes: int | None,
+    resident_bytes: float | None = None,
+) -> tuple[Params, dict[str, dict[str, Any]]]:
+    """`run_pipeline` over `model`'s blocks one at a time, with the streams on the host in
+    chunks of `stream_windows` windows; each fitted block comes back to the host."""
+    cfg, mesh = model.cfg, model.mesh
+    split = data_split(mesh)
+    n_local = -(-len(windows) // split)
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    block_bytes = cfg.attn_mlp_params() // cfg.n_layers * model.head["embed"].dtype.itemsize
+    resident = model.resident_bytes() if resident_bytes is None else resident_bytes
+    tensor = 1 if mesh is None else axis_size(mesh, "mlp")
+    size = min(n_local, stream_windows(cfg, n_local, windows.shape[1], budget, resident + 2 * block_bytes,
+                                       tensor)) * split
+    x_s = np.concatenate([host_array(embed_windows(model.head, windows[i:i + size]))
+                          for i in range(0, len(windows), size)])
+    x_d = x_s if dense_stream else None
+    new_layers, records = [], {}
+    bar = tqdm(range(cfg.n_layers), desc=desc, unit="block", disable=not progress)
+    for i in bar:
+        dense = model.block(i)
+        if pattern is not None:
+            check_pattern_fits({"layers": [dense]}, pattern)
+        p, x_s, x_d, block_records = process_block_chunked(dense, cfg, cfg.kv_map(i), x_s, x_d, fit, size, block=i,
+                                                           inputs=inputs, chunk=chunk, mesh=mesh)
+        new_layers.append(jax.tree_util.tree_map(host_array, p))
+        records.update({f"{i}.{name}": r for name, r in block_records.items()})
+    head = {k: host_array(v) for k, v in model.head.items()}
+    return {**head, "layers": new_layers}, records
 
 
 def overall_sparsity(records: dict[str, dict[str, Any]]) -> float:
@@ -330,6 +525,7 @@ def prune_oneshot(
     *,
     progress: bool = True,
     mesh: Mesh | None = None,
+    budget_bytes: int | None = None,
 ) -> tuple[Params, dict[str, Any]]:
     """One-shot SparseGPT / Wanda / magnitude pruning of every attention and MLP linear layer.
 
@@ -344,7 +540,8 @@ def prune_oneshot(
     mesh = resolve_mesh(mesh)
     fit = oneshot_fit(method, pattern)
     new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=False, pattern=pattern,
-                                desc=f"{method} {pattern_name(pattern)}", progress=progress, mesh=mesh)
+                                desc=f"{method} {pattern_name(pattern)}", progress=progress, mesh=mesh,
+                                budget_bytes=budget_bytes)
     return (new if mesh is None else local_tree(new)), _report(method, pattern, records)
 
 
@@ -365,6 +562,7 @@ def run_sds_pipeline(
     inputs: str = "pruned",
     progress: bool = True,
     mesh: Mesh | None = None,
+    budget_bytes: int | None = None,
 ) -> tuple[Params, dict[str, Any]]:
     """SDS (Sparse-Dense-Sparse) on every attention and MLP linear layer, block by block.
 
@@ -378,7 +576,9 @@ def run_sds_pipeline(
     The report gives, per layer, each step's loss and which candidate was kept.
     On a mesh (default: the one of `sharding.use_mesh`, if any) the streams are split by
     windows and the reconstructions by their weights' logical axes; the result comes back on
-    this process's default device and equals the one-device result.
+    this process's default device and equals the one-device result. `budget_bytes` per device
+    (default: what the device reports) decides whether the streams stay on the device or wait
+    on the host in chunks (`run_pipeline`); `params` may be `ModelBlocks`.
     """
     pattern = check_pattern(pattern)
     settings = sds_settings(pruner, steps, adjust_steps, lr, l1, l2, optimizer, inputs, adjust)
@@ -386,7 +586,8 @@ def run_sds_pipeline(
     fit = sds_fit(pruner, pattern, **{k: v for k, v in settings.items() if k != "inputs"}, mesh=mesh,
                   head_dim=cfg.head_dim)
     new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=True, inputs=inputs, pattern=pattern,
-                                desc=f"sds-{pruner} {pattern_name(pattern)}", progress=progress, mesh=mesh)
+                                desc=f"sds-{pruner} {pattern_name(pattern)}", progress=progress, mesh=mesh,
+                                budget_bytes=budget_bytes)
     if mesh is not None:
         new = local_tree(new)
     chosen = [r["chosen"] for r in records.values() if "chosen" in r]

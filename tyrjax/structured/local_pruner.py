@@ -276,9 +276,9 @@ def prune_levels(
     per group, the last padded with copies of the last level, so every group runs the same
     compiled function. Groups give the same masks and weights as all levels at once.
 
-    On a mesh the levels are spread over the `level` mesh axes (padded to a multiple of their
-    size with copies of the last level), each device pruning its own one at a time; the result
-    is replicated on every device.
+    On a mesh the levels are spread over the `level` mesh axes, every device (padded to a
+    multiple of their size with copies of the last level), each device pruning its own one at a
+    time and keeping only its own: the result stays split over the devices by level.
     """
     n_groups = _validate(W_dense, H, group_size, rounds, saliency)
     n_remove = jnp.asarray(n_remove_per_level)
@@ -334,7 +334,7 @@ def _prune_levels_sharded(
         "n_remove": (n_remove, Axes("level")),
         "damp": (jnp.float32(damp), REPLICATED),
     }
-    W_levels, keep = sharded_call(_levels_per_device, mesh, inputs, REPLICATED, static={
+    W_levels, keep = sharded_call(_levels_per_device, mesh, inputs, (Axes("level"), Axes("level")), static={
         "group_size": group_size, "rounds": rounds, "saliency": saliency, "mesh": mesh})
     return W_levels[:n_levels], keep[:n_levels]
 

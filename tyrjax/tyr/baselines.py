@@ -28,14 +28,16 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration.statistics import attention_inputs, attention_residual, check_finite, embed_windows, mlp_inputs, mlp_residual, stats_of
+from tyrjax.calibration.statistics import (InputStats, attention_inputs, attention_residual, check_finite, embed_windows,
+                                           mlp_inputs, mlp_residual, stats_of)
 
-from tyrjax.model.blocks import layer, map_chunks
+from tyrjax.model.blocks import data_split, device_bytes, layer, map_chunks
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params, is_stacked, kept_layout
@@ -44,7 +46,9 @@ from tyrjax.structured.scores import (flap_bias, flap_scores, flap_standardise, 
                                          magnitude_scores, wanda_sp_scores)
 from tyrjax.tyr.budget import KVLedger, kv_head_params, neuron_params, query_head_params
 from tyrjax.tyr.genome import split
+from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, removed_groups
+from tyrjax.tyr.supernet import capture_windows, chunked_stats, chunked_stream
 
 METHODS = ("wanda-sp", "magnitude", "flap")
 CHUNK = 8  # calibration windows per attention call (bounds the attention scores' memory)
@@ -62,6 +66,7 @@ def structured_baseline(
     mlp_multiple: int = 32,
     progress: bool = True,
     mesh: Mesh | None = None,
+    budget_bytes: int | None = None,
 ) -> BaselineResult:
     """Prune the dense masked-form model with a baseline: `(params, cfg, head_mask, ffn_mask, info)`.
 
@@ -71,7 +76,10 @@ def structured_baseline(
     attention+MLP parameters (KV heads freed by GQA included) and the achieved fraction.
     On a mesh (default: the one of `sharding.use_mesh`, if any) the calibration passes run
     sharded, windows over the data axes, heads and neurons over tensor; the result equals the
-    one-device one and comes back on this process.
+    one-device one and comes back on this process. A layer's captured inputs for every window
+    are held when they fit `budget_bytes` per device (default: what the device reports), else
+    summed over chunks of windows (`tyr.supernet.capture_windows`) and captured again for the
+    next block's input.
     """
     if method not in METHODS:
         raise TyrjaxError(f"structured baseline: method {method!r} unknown; use one of {', '.join(METHODS)}")
@@ -79,14 +87,16 @@ def structured_baseline(
     mesh = resolve_mesh(mesh)
     extra: dict[str, Any] = {}
     if method == "flap":
-        params_out, cfg_out, head, ffn, extra = _flap(params, cfg, _windows(calib_windows), sparsity, progress, mesh)
+        params_out, cfg_out, head, ffn, extra = _flap(params, cfg, _windows(calib_windows), sparsity, progress, mesh,
+                                                      budget_bytes)
     else:
         counts = initial_grid(cfg, sparsity, TyrConfig(mlp_multiple=mlp_multiple)).centre
         ledger = KVLedger(cfg, mlp_multiple)
         if method == "magnitude":
             head, ffn = _magnitude_masks(params, cfg, counts, ledger)
         else:
-            head, ffn = _wanda_sp_masks(params, cfg, _windows(calib_windows), counts, ledger, progress, mesh)
+            head, ffn = _wanda_sp_masks(params, cfg, _windows(calib_windows), counts, ledger, progress, mesh,
+                                        budget_bytes)
         params_out, cfg_out = params, cfg
     info = {**_info(method, cfg, sparsity, head, ffn), **extra}
     return params_out, cfg_out, head, ffn, info
@@ -121,30 +131,59 @@ def _magnitude_masks(params: Params, cfg: ModelConfig, counts: np.ndarray,
     return np.stack(head), np.stack(ffn)
 
 
-def _wanda_keep(W: jnp.ndarray, inputs: jnp.ndarray, group_size: int, n_remove: int, where: str,
-                mesh: Mesh | None) -> jnp.ndarray:
-    """Keep mask of one layer: drop the `n_remove` lowest Wanda-sp scores of its captured inputs."""
-    stats = stats_of(inputs, mesh)
+def _wanda_keep(W: jnp.ndarray, stats: InputStats, group_size: int, n_remove: int, where: str) -> jnp.ndarray:
+    """Keep mask of one layer: drop the `n_remove` lowest Wanda-sp scores of its inputs' statistics."""
     check_finite(stats, where)
     return keep_lowest_removed(wanda_sp_scores(W, jnp.sqrt(stats.sq_norm), group_size), n_remove)
 
 
+def capture_chunk(params: Params, cfg: ModelConfig, windows: np.ndarray, mesh: Mesh | None,
+                  budget_bytes: int | None) -> int | None:
+    """Windows (all devices) whose captured layer inputs a block pass holds at once, or None
+    when every window's fit `budget_bytes` (default: what the device reports)."""
+    split = data_split(mesh)
+    n_local, length = -(-len(windows) // split), windows.shape[1]
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    resident = device_bytes(params) + device_bytes(layer(params, 0))
+    size = capture_windows(cfg, n_local, length, budget, resident, "structured baseline")
+    return None if size >= n_local else size * split
+
+
+class Capture:
+    """A layer's inputs through a block pass: held for every window (`size` None), or in
+    chunks of `size` windows, captured once for the statistics and again for the stream."""
+
+    def __init__(self, fn, x: jax.Array, size: int | None, mesh: Mesh | None):
+        self.fn, self.size, self.mesh = (lambda xs: map_chunks(fn, xs, CHUNK)), size, mesh
+        self.whole = self.fn(x) if size is None else None
+        self.stats = stats_of(self.whole, mesh) if size is None else chunked_stats(self.fn, x, size, mesh)
+
+    def next_stream(self, step, x: jax.Array) -> jax.Array:
+        """`step(x, captured)` over every window: at once, or chunk by chunk."""
+        if self.size is None:
+            return step(x, self.whole)
+        return chunked_stream(lambda xs: step(xs, self.fn(xs)), x, self.size, self.mesh)
+
+
 def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray, ledger: KVLedger,
-                    progress: bool, mesh: Mesh | None) -> tuple[np.ndarray, np.ndarray]:
+                    progress: bool, mesh: Mesh | None, budget_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output
     (its count settled by `ledger`)."""
+    size = capture_chunk(params, cfg, windows, mesh, budget_bytes)
     x = embed_windows(params, windows, mesh)
     head_counts, ffn_counts = split(counts)
     head, ffn = [], []
     for b in tqdm(range(cfg.n_layers), desc="wanda-sp", unit="block", disable=not progress):
         p = layer(params, b, cfg, mesh)
-        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
-        keep_h = _wanda_keep(p["wo"], heads, cfg.head_dim, int(head_counts[b]), f"block {b} o_proj", mesh)
-        x = attention_residual(p, cfg, x, heads, keep_h)
-        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
+        heads = Capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
+        keep_h = _wanda_keep(p["wo"], heads.stats, cfg.head_dim, int(head_counts[b]), f"block {b} o_proj")
+        x = heads.next_stream(lambda xs, h, p=p: attention_residual(p, cfg, xs, h, keep_h), x)
+        del heads
+        hidden = Capture(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
         n_neurons = ledger.mlp_removal(host_array(keep_h), int(ffn_counts[b]))
-        keep_f = _wanda_keep(p["w_down"], hidden, 1, n_neurons, f"block {b} down_proj", mesh)
-        x = mlp_residual(p, x, hidden, keep_f)
+        keep_f = _wanda_keep(p["w_down"], hidden.stats, 1, n_neurons, f"block {b} down_proj")
+        x = hidden.next_stream(lambda xs, h, p=p: mlp_residual(p, xs, h, keep_f), x)
+        del hidden
         head.append(host_array(keep_h))
         ffn.append(host_array(keep_f))
     return np.stack(head), np.stack(ffn)
@@ -161,24 +200,28 @@ class FlapStats(NamedTuple):
 
 
 def flap_pass(params: Params, cfg: ModelConfig, windows: np.ndarray, progress: bool = False,
-              mesh: Mesh | None = None) -> FlapStats:
-    """One forward pass of the dense model collecting FLAP's scores and input means."""
+              mesh: Mesh | None = None, budget_bytes: int | None = None) -> FlapStats:
+    """One forward pass of the dense model collecting FLAP's scores and input means (captures
+    chunked to `budget_bytes` per device as `structured_baseline` says)."""
+    size = capture_chunk(params, cfg, windows, mesh, budget_bytes)
     x = embed_windows(params, windows, mesh)
     z_h, z_n, m_h, m_n = [], [], [], []
     for b in tqdm(range(cfg.n_layers), desc="flap", unit="block", disable=not progress):
         p = layer(params, b, cfg, mesh)
-        heads = map_chunks(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
-        stats = stats_of(heads, mesh)
+        heads = Capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
+        stats = heads.stats
         check_finite(stats, f"block {b} o_proj")
         z_h.append(flap_standardise(flap_scores(p["wo"], stats.var, cfg.head_dim)))
         m_h.append(stats.mean)
-        x = attention_residual(p, cfg, x, heads)
-        hidden = map_chunks(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, CHUNK)
-        stats = stats_of(hidden, mesh)
+        x = heads.next_stream(lambda xs, h, p=p: attention_residual(p, cfg, xs, h), x)
+        del heads
+        hidden = Capture(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
+        stats = hidden.stats
         check_finite(stats, f"block {b} down_proj")
         z_n.append(flap_standardise(flap_scores(p["w_down"], stats.var, 1)))
         m_n.append(stats.mean)
-        x = mlp_residual(p, x, hidden)
+        x = hidden.next_stream(lambda xs, h, p=p: mlp_residual(p, xs, h), x)
+        del hidden
     return FlapStats(np.stack([host_array(z) for z in z_h]), np.stack([host_array(z) for z in z_n]),
                      jnp.asarray(np.stack([host_array(m) for m in m_h])), jnp.asarray(np.stack([host_array(m) for m in m_n])))
 
@@ -237,10 +280,10 @@ def flap_compensate(params: Params, cfg: ModelConfig, stats: FlapStats, head: np
 
 
 def _flap(params: Params, cfg: ModelConfig, windows: np.ndarray, sparsity: float,
-          progress: bool, mesh: Mesh | None) -> BaselineResult:
+          progress: bool, mesh: Mesh | None, budget_bytes: int | None = None) -> BaselineResult:
     if not 0.0 < sparsity < 1.0:
         raise TyrjaxError(f"--sparsity {sparsity}: must lie strictly between 0 and 1")
-    stats = flap_pass(params, cfg, windows, progress, mesh)
+    stats = flap_pass(params, cfg, windows, progress, mesh, budget_bytes)
     added = cfg.hidden_size * cfg.n_layers * ((not cfg.o_bias) + (not cfg.down_bias))
     budget = sparsity * cfg.attn_mlp_params() + added  # the compact model keeps the added biases
     head, ffn, _ = flap_select(cfg, stats.z_heads, stats.z_neurons, budget)

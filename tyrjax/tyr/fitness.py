@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from tyrjax.model.blocks import ModelBlocks, as_blocks, data_split, hidden_chunk, map_to_host, run_blocks, stacked_axes
+from tyrjax.model.blocks import (ModelBlocks, as_blocks, block_activation_bytes, data_split, hidden_chunk, map_to_host,
+                                 padded_windows, run_blocks, stacked_axes)
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.layers import decoder_layer, rope_tables
 from tyrjax.model.vocab import LOGIT_BYTES, VOCAB_MULTIPLE, logits_at, widest_vocab_chunk
@@ -250,15 +251,21 @@ def repeat_candidates(h: jax.Array, n: int) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("cfg", "fitness", "chunks"))
 def candidate_fitness(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array,
-                      fitness: str = "kl", chunks: FitnessChunks | None = None) -> jax.Array:
+                      fitness: str = "kl", chunks: FitnessChunks | None = None,
+                      valid: jax.Array | None = None) -> jax.Array:
     """Mean per-token fitness (C,) of each candidate from its last block's output `h (C, B, T, d)`;
     `head` holds the embedding / LM head and the final norm. The student's log-probabilities run
-    in `chunks` (default: all positions and the whole vocabulary in one step)."""
+    in `chunks` (default: all positions and the whole vocabulary in one step). With `valid` (a
+    traced count), the sum of the per-token losses over the first `valid` windows instead: what
+    a chunk of windows (the rest padding) adds to the mean."""
     loss_fn = get_fitness(fitness)
     chunks = chunks or FitnessChunks(h.shape[2], cfg.vocab_size)
 
     def candidate_loss(hc):
-        return loss_fn(topk_logprobs(head, cfg, hc, t_idx, chunks), t_logp).mean()
+        loss = loss_fn(topk_logprobs(head, cfg, hc, t_idx, chunks), t_logp)
+        if valid is None:
+            return loss.mean()
+        return jnp.sum(jnp.where((jnp.arange(loss.shape[0]) < valid)[:, None], loss, 0.0))
 
     return jax.lax.map(candidate_loss, h)
 
@@ -290,6 +297,33 @@ def first_changed_block(genomes: np.ndarray, parent: np.ndarray) -> np.ndarray:
     """For each genome, the first block whose attention or MLP level differs (L if none)."""
     changed = np.logical_or(*split(genomes != parent[None]))  # (C, L)
     return np.where(changed.any(1), changed.argmax(1), changed.shape[1])
+
+
+def scoring_window_bytes(cfg: ModelConfig, batch: int, length: int, k: int, itemsize: int) -> int:
+    """Per-device bytes one window adds to the scoring of `batch` candidates (per device): their
+    hidden states in and out and one block's temporaries each, the parent's state entering
+    every block, and the teacher's top-k."""
+    hidden = length * cfg.hidden_size * itemsize
+    return (batch * (2 * hidden + block_activation_bytes(cfg, length)) + (cfg.n_layers + 1) * hidden
+            + length * k * 8)
+
+
+def call_bytes(cfg: ModelConfig, batch: int, blocks: int, itemsize: int, level_itemsize: int) -> int:
+    """Per-device bytes of one call's blocks and the levels its candidates use (o_proj,
+    down_proj and their masks), on one device (an upper bound on a mesh)."""
+    q = cfg.n_heads * cfg.head_dim
+    level = (q + cfg.intermediate_size) * cfg.hidden_size * level_itemsize + cfg.n_heads + cfg.intermediate_size
+    return blocks * (batch * level + cfg.attn_mlp_params() // cfg.n_layers * itemsize)
+
+
+def scoring_windows(cfg: ModelConfig, batch: int, windows: int, length: int, k: int, budget_bytes: int,
+                    fixed_bytes: float, itemsize: int) -> int:
+    """Windows per device of one forward of the search's scoring: all `windows` when they fit
+    `budget_bytes` beside `fixed_bytes` (the weights held and one call's blocks and levels),
+    else the most that fit (the token batch then runs in chunks of that many windows, the last
+    padded). Fails naming the phase when not even one window fits."""
+    per_window = scoring_window_bytes(cfg, batch, length, k, itemsize)
+    return chunking(windows, per_window, budget_bytes, fixed_bytes=fixed_bytes, phase="search scoring").size
 
 
 def scoring_chunks(model: ModelBlocks, batch: int, windows: int, length: int, k: int,
@@ -335,10 +369,41 @@ class BatchScorer:
     def fitness_chunks(self, windows: int, length: int, k: int) -> FitnessChunks:
         return scoring_chunks(self.model, self.batch, windows, length, k, self.budget)
 
+    def windows_per_forward(self, windows: int, length: int, k: int) -> int:
+        """Windows (all devices) of one forward for a token batch of `windows` × `length`
+        (`scoring_windows`, for the candidates and windows of one device)."""
+        split = data_split(self.mesh)
+        n_local = -(-windows // split)
+        itemsize = self.model.head["embed"].dtype.itemsize
+        level_itemsize = self.supernet.block(0).wo.dtype.itemsize
+        batch = self.batch // axis_size(self.mesh, "candidate") if self.mesh is not None else self.batch
+        fixed = self.model.resident_bytes() + call_bytes(self.cfg, batch, self.blocks_per_call, itemsize,
+                                                         level_itemsize)
+        size = scoring_windows(self.cfg, batch, n_local, length, k, self.budget, fixed, itemsize)
+        return min(windows, size * split)
+
     def __call__(self, genomes: np.ndarray, parent: np.ndarray, tokens: np.ndarray, t_idx: np.ndarray,
                  t_logp: np.ndarray, use_prefix: bool = True) -> np.ndarray:
+        """Each genome's mean per-token fitness on the token batch. A batch larger than one
+        forward (`windows_per_forward`) runs in chunks of windows of one size, the last padded;
+        the chunks' loss sums make the mean."""
         genomes, parent = np.asarray(genomes, np.int32), np.asarray(parent, np.int32)
-        tokens, t_idx, t_logp = jnp.asarray(tokens), jnp.asarray(t_idx), jnp.asarray(t_logp)
+        n, length, k = np.shape(t_idx)
+        size = self.windows_per_forward(n, length, k)
+        if size >= n:
+            return self._scores(genomes, parent, jnp.asarray(tokens), jnp.asarray(t_idx), jnp.asarray(t_logp),
+                                use_prefix)
+        tokens, t_idx, t_logp = (padded_windows(np.asarray(a), size) for a in (tokens, t_idx, t_logp))
+        sums = np.zeros(len(genomes), np.float64)
+        for start in range(0, n, size):
+            part = slice(start, start + size)
+            sums += self._scores(genomes, parent, jnp.asarray(tokens[part]), jnp.asarray(t_idx[part]),
+                                 jnp.asarray(t_logp[part]), use_prefix, valid=min(size, n - start))
+        return sums / (n * length)
+
+    def _scores(self, genomes: np.ndarray, parent: np.ndarray, tokens: jax.Array, t_idx: jax.Array,
+                t_logp: jax.Array, use_prefix: bool, valid: int | None = None) -> np.ndarray:
+        """Each genome's mean fitness on these windows, or with `valid` its loss sum over the first `valid`."""
         chunks = self.fitness_chunks(*t_idx.shape)
         starts = first_changed_block(genomes, parent) if use_prefix else np.zeros(len(genomes), np.int64)
         order = np.argsort(starts, kind="stable")
@@ -353,7 +418,7 @@ class BatchScorer:
             h = self._repeat(entering[start])
             for first in range(start, self.cfg.n_layers, self.blocks_per_call):
                 h = self._blocks(first, self.cfg.n_layers, chunk, h)
-            scores[idx] = np.asarray(self._fitness(h, t_idx, t_logp, chunks))[: len(idx)]
+            scores[idx] = np.asarray(self._fitness(h, t_idx, t_logp, chunks, valid))[: len(idx)]
         return scores
 
     def parent_inputs(self, parent: np.ndarray, tokens: jax.Array, blocks: set[int]) -> dict[int, jax.Array]:
@@ -415,14 +480,18 @@ class BatchScorer:
         return sharded_call(repeat_candidates, self.mesh, {"h": (h, CANDIDATE_HIDDEN)}, CANDIDATE_HIDDEN,
                             head_dim=self.cfg.head_dim, static={"n": self.batch})
 
-    def _fitness(self, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array, chunks: FitnessChunks) -> jax.Array:
+    def _fitness(self, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array, chunks: FitnessChunks,
+                 valid: int | None = None) -> jax.Array:
+        extra = {} if valid is None else {"valid": jnp.int32(valid)}
         if self.mesh is None:
-            return candidate_fitness(self.head, self.cfg, h, t_idx, t_logp, fitness=self.fitness, chunks=chunks)
+            return candidate_fitness(self.head, self.cfg, h, t_idx, t_logp, fitness=self.fitness, chunks=chunks,
+                                     **extra)
         inputs = {
             "head": (self.head, self.model.head_axes()),
             "h": (h, CANDIDATE_HIDDEN),
             "t_idx": (t_idx, Axes("batch", "seq")),
             "t_logp": (t_logp, Axes("batch", "seq")),
+            **{name: (value, REPLICATED) for name, value in extra.items()},
         }
         return sharded_call(candidate_fitness, self.mesh, inputs, REPLICATED, head_dim=self.cfg.head_dim,
                             static={"cfg": self.cfg, "fitness": self.fitness, "chunks": chunks})

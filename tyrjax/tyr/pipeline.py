@@ -27,8 +27,8 @@ from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid, centre_genome, i
 from tyrjax.parallel.sharding import local_tree, resolve_mesh
 from tyrjax.structured.saliency import get_saliency
 from tyrjax.tyr.budget import group_params
-from tyrjax.tyr.fitness import (TEACHER_BATCH, BatchScorer, Teacher, check_teacher_budget, get_fitness, scoring_chunks,
-                                 teacher_topk)
+from tyrjax.tyr.fitness import (TEACHER_BATCH, BatchScorer, Teacher, call_bytes, check_teacher_budget, get_fitness,
+                                scoring_chunks, scoring_windows, teacher_topk)
 from tyrjax.tyr.genome import Genome, interleave
 from tyrjax.tyr.search.mutation import get_mutation
 from tyrjax.tyr.supernet import Supernet, build_supernet, get_local_pruner, levels_dtype
@@ -229,6 +229,10 @@ def check_search_budget(model: ModelBlocks, calib_shape: tuple[int, int], tcfg: 
     n_windows, length = calib_shape
     most = max(min(n_windows, math.ceil(tokens / length)) for _, tokens in tcfg.stages)
     scoring_chunks(model, tcfg.candidate_batch, most, length, k, budget_bytes)
+    itemsize = model.head["embed"].dtype.itemsize
+    level_itemsize = levels_dtype(tcfg.supernet_dtype, model.head["embed"].dtype).itemsize
+    fixed = model.resident_bytes() + call_bytes(model.cfg, tcfg.candidate_batch, 1, itemsize, level_itemsize)
+    scoring_windows(model.cfg, tcfg.candidate_batch, 1, length, k, budget_bytes, fixed, itemsize)
 
 
 def search_iteration(

@@ -14,7 +14,8 @@ Storage (ALGORITHMS.md §1.3: 415 GB for a 70B model): a build with a store writ
 levels as one `.npy` file per field and keeps none of them in memory; the search reads the
 levels its candidates use from memory maps of those files, a block at a time. The levels are
 kept in the model's dtype (bf16 for a bf16 model: half the bytes of float32) unless another is
-asked for; the local pruner and the propagated stream stay float32.
+asked for, and their weights as the rows each level keeps (`PackedLevels`: about half the
+dense rows at 50 %); the local pruner and the propagated stream stay float32.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.model.blocks import ModelBlocks, as_blocks
-from tyrjax.calibration.statistics import attention_inputs, check_finite, embed_windows, mlp_inputs, stats_of
-from tyrjax.model.blocks import map_chunks
+from tyrjax.calibration.statistics import (InputStats, attention_inputs, check_finite, embed_windows, mlp_inputs, stats_of,
+                                           zero_padding)
+from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, map_chunks
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.distributed import agree
 from tyrjax.errors import TyrjaxError
@@ -43,6 +44,7 @@ from tyrjax.registry import Registry
 from tyrjax.tyr.budget import KVLedger
 from tyrjax.tyr.genome import Genome, layer_index, n_searchable
 from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid
+from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.parallel.sharding import HIDDEN, host_array, put_axes, resolve_mesh
 from tyrjax.structured.local_pruner import prune_levels
 
@@ -121,7 +123,7 @@ class Supernet:
         if out is None:
             out = BlockLevels(*(np.empty((len(i), *x.shape[1:]), x.dtype) for x, i in zip(levels, (a, a, m, m))))
         for source, chosen, target in zip(levels, (a, a, m, m), out):
-            np.take(source, chosen, axis=0, out=target)  # from a memory map, reads only these levels
+            np.take(source, chosen, axis=0, out=target)  # from a memory map or packed rows: only these levels
         return out
 
     def candidate(self, genome: np.ndarray | Genome) -> BlockLevels:
@@ -168,41 +170,145 @@ def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.einsum("e,eio->io", weights, levels)
 
 
+F32 = 4
+STATS_CHUNK = 8  # windows per device of one capture call: bounds the attention scores' temporaries
+
+
+def widest_input(cfg: ModelConfig) -> int:
+    """The widest input a block's pruned projections read: o_proj's (all heads) or down_proj's (all neurons)."""
+    return max(cfg.n_heads * cfg.head_dim, cfg.intermediate_size)
+
+
+def capture_fixed_bytes(cfg: ModelConfig, n_local: int, length: int, resident_bytes: float) -> float:
+    """What a capture call of the build holds per device besides its captured inputs: the
+    weights held (`resident_bytes`: the model's resident part and the block), the fp32
+    calibration stream in and out, the Gram of the widest input and one capture call's
+    temporaries."""
+    stream = n_local * length * cfg.hidden_size * F32
+    return (resident_bytes + 2 * stream + widest_input(cfg) ** 2 * F32
+            + min(STATS_CHUNK, n_local) * block_activation_bytes(cfg, length))
+
+
+def capture_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
+                    phase: str = "supernet build") -> int:
+    """Windows per device whose captured o_proj / down_proj inputs (fp32) the build holds at
+    once: all of them when they fit `budget_bytes` (then each layer is captured once and the
+    capture feeds both its Gram and the next block's input), else the largest multiple of
+    `STATS_CHUNK` that fits (each chunk is captured twice: for the Gram, then after the layer
+    is pruned for the stream). Fails naming the phase when not even one capture call fits."""
+    return chunking(n_local, length * widest_input(cfg) * F32, budget_bytes,
+                    fixed_bytes=capture_fixed_bytes(cfg, n_local, length, resident_bytes), phase=phase,
+                    multiple=min(STATS_CHUNK, n_local)).size
+
+
+def held_while_pruning(cfg: ModelConfig, n_local: int, length: int, resident_bytes: float, chunked: bool) -> float:
+    """Per-device bytes the build holds while the local pruner runs: the weights held, the fp32
+    stream and, unless the captures are chunked, the widest layer's captured input."""
+    stream = n_local * length * cfg.hidden_size * F32
+    captured = 0 if chunked else n_local * length * widest_input(cfg) * F32
+    return resident_bytes + stream + captured
+
+
+def _window_chunks(x: jax.Array, size: int, mesh: Mesh | None):
+    """(chunk, windows in it) of `size` windows of `x` at a time, the last padded with copies
+    of its last window so every chunk has one shape."""
+    for start in range(0, x.shape[0], size):
+        part = x[start:start + size]
+        valid = part.shape[0]
+        if valid < size:
+            part = jnp.concatenate([part, jnp.repeat(part[-1:], size - valid, 0)])
+        yield (part if mesh is None else put_axes(part, HIDDEN, mesh)), valid
+
+
+def chunked_stats(capture: Callable, x: jax.Array, size: int, mesh: Mesh | None) -> InputStats:
+    """Statistics of `capture`'s output over every window of `x`, summed over chunks of `size`
+    windows (padding windows zeroed)."""
+    gram = total = None
+    for part, valid in _window_chunks(x, size, mesh):
+        s = stats_of(zero_padding(capture(part), jnp.int32(valid)), mesh)
+        gram, total = (s.gram, s.total) if gram is None else (gram + s.gram, total + s.total)
+    return InputStats(gram, total, x.shape[0] * x.shape[1])
+
+
+def chunked_stream(step: Callable, x: jax.Array, size: int, mesh: Mesh | None) -> jax.Array:
+    """`step` applied to `x` in chunks of `size` windows, concatenated over the windows."""
+    out = jnp.concatenate([step(part)[:valid] for part, valid in _window_chunks(x, size, mesh)])
+    return out if mesh is None else put_axes(out, HIDDEN, mesh)
+
+
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
-    rng: np.random.Generator, saliency: str = "tyr", chunk: int = 8, local_pruner: str = "tyr",
+    rng: np.random.Generator, saliency: str = "tyr", chunk: int = STATS_CHUNK, local_pruner: str = "tyr",
     mesh: Mesh | None = None, budget_bytes: int | None = None, ledger: KVLedger | None = None,
+    resident_bytes: float = 0,
 ) -> tuple[BlockLevels, jax.Array]:
     """All levels of block `block`'s attention and MLP (float32), and the next block's
     calibration input.
 
     With a `ledger` (one-level grids), the MLP's removal pays for the KV heads the attention frees.
     On a mesh, windows are split over the data axes, heads and neurons over tensor, and the
-    local pruner receives the mesh (its levels spread over devices). With `budget_bytes` the
-    local pruner receives the per-device budget its levels are grouped to."""
+    local pruner receives the mesh (its levels spread over devices).
+
+    Memory: beside `resident_bytes` per device (the weights the caller holds), a layer's
+    captured input for all windows is held when it fits the budget (`budget_bytes`, default
+    `parallel.memory.device_memory_bytes()`); else its Gram is summed over chunks of windows
+    (`capture_windows`) and each chunk is captured again for the next block's input. With
+    `budget_bytes` the local pruner receives what is left of it beside what the build holds
+    while it runs (`held_while_pruning`), to group its levels to."""
     prune_levels = get_local_pruner(local_pruner)
-    options = {"mesh": mesh, "budget_bytes": budget_bytes}
+    split = data_split(mesh)
+    n_local, length = -(-x.shape[0] // split), x.shape[1]
+    resident = resident_bytes + device_bytes(p)
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    size = capture_windows(cfg, n_local, length, budget, resident)
+    chunked = size < n_local
+    options = {"mesh": mesh}
+    if budget_bytes is not None:
+        held = held_while_pruning(cfg, n_local, length, resident, chunked)
+        options["budget_bytes"] = max(int(budget_bytes - held), 1)
     options = {name: value for name, value in options.items() if value is not None}
-    heads = map_chunks(lambda xs: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
-    stats = stats_of(heads, mesh)
-    check_finite(stats, f"block {block} o_proj")
+
+    def heads_of(xs: jax.Array) -> jax.Array:
+        return map_chunks(lambda c: attention_inputs(p, cfg, c, mesh=mesh)[1], xs, chunk)
+
+    def hidden_of(xs: jax.Array) -> jax.Array:
+        return map_chunks(lambda c: mlp_inputs(p, cfg, c, mesh=mesh)[1], xs, chunk)
+
     a_row, m_row = layer_index(block, ATTENTION), layer_index(block, MLP)
+    if chunked:
+        stats = chunked_stats(heads_of, x, size * split, mesh)
+    else:
+        heads = heads_of(x)
+        stats = stats_of(heads, mesh)
+    check_finite(stats, f"block {block} o_proj")
     wo_lv, head_keep = prune_levels(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
                                     saliency=saliency, **options)
     wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
-    x = x + heads @ wo_in + (p["bo"] if "bo" in p else 0.0)
-    del heads
-    hidden = map_chunks(lambda xs: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, chunk)
-    stats = stats_of(hidden, mesh)
+    bo = p["bo"] if "bo" in p else 0.0
+    if chunked:
+        x = chunked_stream(lambda xs: xs + heads_of(xs) @ wo_in + bo, x, size * split, mesh)
+    else:
+        x = x + heads @ wo_in + bo
+        del heads
+    if chunked:
+        stats = chunked_stats(hidden_of, x, size * split, mesh)
+    else:
+        hidden = hidden_of(x)
+        stats = stats_of(hidden, mesh)
     check_finite(stats, f"block {block} down_proj")
     mlp_counts = _removal_counts(grid, m_row)
     if ledger is not None:
-        mlp_counts = np.asarray([ledger.mlp_removal(np.asarray(head_keep[0]), int(mlp_counts[0]))], np.int32)
+        mlp_counts = np.asarray([ledger.mlp_removal(host_array(head_keep)[0], int(mlp_counts[0]))], np.int32)
     wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS,
                                    saliency=saliency, **options)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
-    x = x + hidden @ wd_in + (p["b_down"] if "b_down" in p else 0.0)
-    levels = BlockLevels(np.asarray(wo_lv), np.asarray(head_keep), np.asarray(wd_lv), np.asarray(ffn_keep))
+    b_down = p["b_down"] if "b_down" in p else 0.0
+    if chunked:
+        x = chunked_stream(lambda xs: xs + hidden_of(xs) @ wd_in + b_down, x, size * split, mesh)
+    else:
+        x = x + hidden @ wd_in + b_down
+    # on a mesh the levels are split over the devices (of every process): gathered here
+    levels = BlockLevels(host_array(wo_lv), host_array(head_keep), host_array(wd_lv), host_array(ffn_keep))
     return levels, x
 
 
@@ -212,18 +318,72 @@ def _npy_bytes(array: np.ndarray) -> memoryview:
     return buf.getbuffer()
 
 
+LEVEL_GROUPS = {"wo": "head_keep", "w_down": "ffn_keep"}  # a stored weight field and the keep mask of its rows
+
+
+class PackedLevels:
+    """One weight field of a block's levels, (E, rows, d), stored as only the rows each level
+    keeps: level e's kept rows (its keep mask repeated over `group` rows per group), levels one
+    after another in `packed (R, d)`. A level's removed rows are exactly zero, so a level read
+    back equals the one written, and the file takes the levels' mean density of the dense bytes.
+    Reads expand only the levels asked for (`take`, `[e]`); `numpy.asarray` expands them all."""
+
+    ndim = 3
+
+    def __init__(self, packed: np.ndarray, keep: np.ndarray, group: int):
+        self.packed = packed
+        self.rows = np.repeat(np.asarray(keep, bool), group, axis=1)  # (E, rows)
+        self.offsets = np.concatenate([[0], np.cumsum(self.rows.sum(1))])
+        self.shape = (*self.rows.shape, packed.shape[1])
+        self.dtype = packed.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def level_into(self, level: int, out: np.ndarray) -> None:
+        out[...] = 0
+        out[self.rows[level]] = self.packed[self.offsets[level]:self.offsets[level + 1]]
+
+    def __getitem__(self, level: int) -> np.ndarray:
+        out = np.empty(self.shape[1:], self.dtype)
+        self.level_into(int(level), out)
+        return out
+
+    def take(self, indices, axis: int = 0, out: np.ndarray | None = None, mode: str = "raise") -> np.ndarray:
+        """Levels `indices` (E',  rows, d), written into `out` when given (as `numpy.take` on axis 0)."""
+        if axis != 0:
+            raise TyrjaxError("packed supernet levels are read by level (axis 0) only")
+        indices = np.asarray(indices).reshape(-1)
+        if out is None:
+            out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        for j, level in enumerate(indices):
+            self.level_into(int(level), out[j])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self.take(np.arange(len(self)))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def packed_rows(levels: np.ndarray, keep: np.ndarray, group: int) -> np.ndarray:
+    """The rows each level keeps, levels one after another (R, d) (`PackedLevels`)."""
+    return np.asarray(levels)[np.repeat(np.asarray(keep, bool), group, axis=1)]
+
+
 class SupernetStore:
     """Levels on disk, one `.npy` file per block and field, plus the stream entering the next
     block, so an interrupted build resumes at the first missing block and produces the same
     supernet. `supernet.json` names the build's key and the blocks completed: a block's files
     count only once it lists them (files of a stale or unfinished build are rewritten).
     The weights' files hold `dtype` (`.npy` stores bfloat16 as raw 2-byte items, read back as
-    bfloat16 here)."""
+    bfloat16 here), and only the rows each level keeps (`PackedLevels`); `head_dim` is the
+    rows of one o_proj group."""
 
-    def __init__(self, directory: Path, key: str, dtype: np.dtype = np.dtype(np.float32)):
+    def __init__(self, directory: Path, key: str, dtype: np.dtype = np.dtype(np.float32), head_dim: int = 1):
         self.dir = Path(directory)
         self.key = key
         self.dtype = np.dtype(dtype)
+        self.groups = {"wo": head_dim, "w_down": 1}
         self.earlier_s = 0.0  # wall seconds earlier runs spent building the blocks found on disk
         self._since = time.perf_counter()
 
@@ -256,30 +416,37 @@ class SupernetStore:
         return self.dir / f"block_{block:04d}.{field}.npy"
 
     def save_block(self, block: int, levels: BlockLevels, stream: jax.Array) -> None:
-        for field, array in levels._asdict().items():
+        fields = levels._asdict()
+        for field, array in fields.items():
+            if field in LEVEL_GROUPS:
+                array = packed_rows(array, fields[LEVEL_GROUPS[field]], self.groups[field])
             write_atomic(self.field_path(block, field), _npy_bytes(np.asarray(array)))
         write_atomic(self.dir / "stream.npy", _npy_bytes(host_array(stream)))
         seconds = round(self.earlier_s + time.perf_counter() - self._since, 3)
         write_json(self._meta(), {"key": self.key, "completed": block + 1, "seconds": seconds})
 
     def load_block(self, block: int) -> BlockLevels:
-        """Block `block`'s levels as read-only memory maps of its files."""
-        maps = BlockLevels(*(np.load(self.field_path(block, f), mmap_mode="r") for f in BlockLevels._fields))
-        return maps._replace(wo=maps.wo.view(self.dtype), w_down=maps.w_down.view(self.dtype))
+        """Block `block`'s levels over read-only memory maps of its files (nothing read yet)."""
+        maps = {f: np.load(self.field_path(block, f), mmap_mode="r") for f in BlockLevels._fields}
+        for field, keep in LEVEL_GROUPS.items():
+            maps[field] = PackedLevels(maps[field].view(self.dtype), maps[keep], self.groups[field])
+        return BlockLevels(**maps)
 
     def load_stream(self) -> np.ndarray:
         return np.load(self.dir / "stream.npy")
 
 
+STORE_FORMAT = "rows-kept"  # stores of another layout (every level's rows in full) are rebuilt, not misread
+
+
 def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, *settings,
                  dtype: np.dtype = np.dtype(np.float32)) -> str:
     """Identifies a build: a store with another key is rebuilt, never mixed. The levels' dtype
-    is part of it, named only when not float32 (so float32 keys are those of stores written
-    before levels had another dtype)."""
+    is part of it (named only when not float32), and so is the store's layout."""
     if np.dtype(dtype) != np.float32:
         settings = (*settings, np.dtype(dtype).name)
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.to_hf(), grid.to_dict(), *settings], sort_keys=True).encode())
+    h.update(json.dumps([cfg.to_hf(), grid.to_dict(), *settings, STORE_FORMAT], sort_keys=True).encode())
     h.update(np.ascontiguousarray(windows).tobytes())
     return h.hexdigest()[:20]
 
@@ -328,7 +495,7 @@ def build_supernet(
     stored_dtype = levels_dtype(dtype, model.head["embed"].dtype)
     settings = (propagation, saliency, local_pruner, seed) + ((settle_kv,) if settle_kv else ())
     key = supernet_key(cfg, grid, windows, *settings, dtype=stored_dtype)
-    store = SupernetStore(store_dir, key, stored_dtype) if store_dir else None
+    store = SupernetStore(store_dir, key, stored_dtype, cfg.head_dim) if store_dir else None
     start = agree(store.completed(), f"supernet store {store.dir}") if store else 0
     if store:
         store.start_clock()
@@ -348,7 +515,7 @@ def build_supernet(
         rng = np.random.default_rng([seed, b])
         p = model.block(b)
         levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh,
-                                budget_bytes=budget_bytes, ledger=ledger)
+                                budget_bytes=budget_bytes, ledger=ledger, resident_bytes=model.resident_bytes())
         levels = stored_as(levels, stored_dtype)
         if store:
             store.save_block(b, levels, x)
