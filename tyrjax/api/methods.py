@@ -255,7 +255,8 @@ class StructuredMethod:
             if isinstance(model.params, ModelBlocks):
                 raise not_streamable(self.method)
             params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, self.sparsity, self.method,
-                                                            mlp_multiple=tcfg.mlp_multiple, progress=progress)
+                                                            mlp_multiple=tcfg.mlp_multiple, progress=progress,
+                                                            budget_bytes=self.budget_bytes())
             compact, ccfg = compact_from_masked(params, cfg, head, ffn)
         if work_dir is not None and not tcfg.keep_supernets:
             delete_supernets(work_dir)
@@ -379,12 +380,14 @@ class UnstructuredMethod:
 
     def prune(self, model: Model, calib: np.ndarray, out: Path | None, bound: None, progress: bool) -> Pruned:
         if self.sds is None:
-            params, report = prune_oneshot(model.params, model.cfg, calib, self.pattern, self.method, progress=progress)
+            params, report = prune_oneshot(model.params, model.cfg, calib, self.pattern, self.method, progress=progress,
+                                           budget_bytes=self.budget_bytes())
         else:
             s = self.sds
             params, report = run_sds_pipeline(
                 model.params, model.cfg, calib, self.pattern, s.pruner, steps=s.steps, adjust_steps=s.adjust_steps,
                 adjust=s.adjust, lr=s.lr, l1=s.l1, l2=s.l2, optimizer=s.optimizer, inputs=s.inputs, progress=progress,
+                budget_bytes=self.budget_bytes(),
             )
         served = dataclasses.replace(model, params=params)
         pruned = dataclasses.replace(served, source=f"{model.source} pruned by {report['method']} {report['pattern']}",
