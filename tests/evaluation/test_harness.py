@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from tyrjax.checkpoints.hf import save_hf
 from tyrjax.errors import TyrjaxError
-from tyrjax.evaluation.harness import TyrjaxLM, bucket_count, bucket_length, pack_rows, target_logprobs
+from tyrjax.evaluation.harness import TyrjaxLM, bucket_count, bucket_length, pack_rows, shared_inputs, target_logprobs
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.model.decoder import compact_from_masked
 from tyrjax.evaluation.zeroshot import run_tasks
@@ -76,6 +76,21 @@ def test_loglikelihoods_equal_transformers(tiny):
     directory, model, tok = tiny
     pairs = mixed_pairs()
     lm = TyrjaxLM(load_model(str(directory)), batch_size=4, progress=False)
+    got = lm.loglikelihood(requests(pairs), disable_tqdm=True)
+    want = [reference_loglikelihood(model, tok, c, x) for c, x in pairs]
+    np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=1e-4, atol=1e-4)
+    assert [g[1] for g in got] == [w[1] for w in want]
+
+
+def test_requests_with_one_input_share_a_row_and_equal_transformers(tiny):
+    directory, model, tok = tiny
+    rng = np.random.default_rng(7)
+    context = words(rng, 12)
+    answers = [" " + words(rng, 1) for _ in range(4)] + [" " + words(rng, 3)]  # four one-token answers, one longer
+    pairs = [(context, a) for a in answers] + mixed_pairs(seed=8, n=3)
+    rows = [(tok.encode(c).ids + tok.encode(a).ids, len(tok.encode(a).ids)) for c, a in pairs]
+    assert sorted(len(members) for _, members in shared_inputs(rows)) == [1, 1, 1, 1, 4]
+    lm = TyrjaxLM(load_model(str(directory)), batch_size=2, progress=False)
     got = lm.loglikelihood(requests(pairs), disable_tqdm=True)
     want = [reference_loglikelihood(model, tok, c, x) for c, x in pairs]
     np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=1e-4, atol=1e-4)
@@ -191,5 +206,7 @@ def test_harness_accuracy_equals_accuracy_from_reference_loglikelihoods(tiny, tm
         lls = np.array([reference_loglikelihood(model, tok, d["query"], " " + c)[0] for c in d["choices"]])
         acc.append(np.argmax(lls) == d["gold"])
         acc_norm.append(np.argmax(lls / np.array([len(c) for c in d["choices"]])) == d["gold"])
-    assert result == {"acc": pytest.approx(np.mean(acc)), "acc_norm": pytest.approx(np.mean(acc_norm)), "n": 10}
+    stderr = np.std(acc, ddof=1) / np.sqrt(len(acc))  # the harness's closed form for a mean
+    assert result == {"acc": pytest.approx(np.mean(acc)), "acc_norm": pytest.approx(np.mean(acc_norm)),
+                      "stderr": pytest.approx(stderr), "n": 10}
     assert 0 < np.mean(acc) < 1  # a task that tells models apart, not all right or all wrong

@@ -21,15 +21,13 @@ def evaluation_sets(
     corpora: tuple[str, ...] = DEFAULT_EVAL_CORPORA,
     window_length: int = 1024,
 ) -> dict[str, np.ndarray]:
-    """The protocol's evaluation windows, one (n, length) array per corpus (held-out split)."""
+    """The protocol's evaluation windows, one (n, length) array per corpus (held-out split;
+    `tyrjax.data.corpora.evaluation_windows`)."""
     from tyrjax.data import corpora as data
 
     tok = require_tokenizer(model)
     data.check_window_length(window_length, model.cfg.max_position_embeddings)
-    return {
-        name: data.eval_windows(data.tokenize(tok, data.corpus_text(name, "eval")), eval_windows, window_length, corpus=name)
-        for name in corpora
-    }
+    return {name: data.evaluation_windows(tok, name, eval_windows, window_length) for name in corpora}
 
 
 def calibration_windows(model: Model, data: str = "shakespeare", calib_windows: int = 64, length: int = 512) -> np.ndarray:
