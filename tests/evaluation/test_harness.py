@@ -210,3 +210,20 @@ def test_harness_accuracy_equals_accuracy_from_reference_loglikelihoods(tiny, tm
     assert result == {"acc": pytest.approx(np.mean(acc)), "acc_norm": pytest.approx(np.mean(acc_norm)),
                       "stderr": pytest.approx(stderr), "n": 10}
     assert 0 < np.mean(acc) < 1  # a task that tells models apart, not all right or all wrong
+
+
+def test_adapter_agrees_with_the_harness_hf_model_on_arc_easy(monkeypatch):
+    """The dense default model on the first 20 ARC-Easy items (local data): the adapter and the
+    harness's own `hf` model (transformers on torch) score the same accuracy within 1 point."""
+    from lm_eval.models.huggingface import HFLM
+
+    from tyrjax.checkpoints.assets import default_model_dir
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = default_model_dir()
+    ours = run_tasks(TyrjaxLM(load_model(str(directory)), batch_size=16, progress=False), ["arc_easy"], limit=20)
+    theirs = run_tasks(HFLM(pretrained=str(directory), device="cpu", dtype="float32", batch_size=16), ["arc_easy"], limit=20)
+    assert ours["arc_easy"]["n"] == theirs["arc_easy"]["n"] == 20
+    assert abs(ours["arc_easy"]["acc"] - theirs["arc_easy"]["acc"]) <= 0.01
+    assert abs(ours["arc_easy"]["acc_norm"] - theirs["arc_easy"]["acc_norm"]) <= 0.01

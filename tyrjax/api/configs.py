@@ -71,8 +71,9 @@ class SDSConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TasksConfig:
-    """Zero-shot tasks through lm-evaluation-harness: comma-separated harness task names, or
-    `offline` (the BIG-bench multiple-choice suite); `limit` items per task (None: all)."""
+    """Zero-shot tasks through lm-evaluation-harness: `paper` (the papers' tasks, from local
+    copies of their data), or comma-separated task names; `limit` items per task (None: all;
+    MMLU's subjects share it)."""
 
     tasks: str
     limit: int | None = DEFAULT_LIMIT

@@ -1,6 +1,7 @@
 """Evaluation windows, perplexity metrics and the cached dense reference every run compares with."""
 from __future__ import annotations
 
+import hashlib
 import sys
 from typing import Any
 
@@ -65,23 +66,14 @@ def perplexity_metrics(model: Model, sets: dict[str, np.ndarray], batch_size: in
 
 def windows_digest(windows: np.ndarray) -> str:
     """A short fingerprint of a set of token windows: equal digests, equal windows."""
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(windows, np.int32).tobytes()).hexdigest()[:16]
 
 
-def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
-    """`perplexity_metrics` of an unpruned model, cached on disk: every pruning run compares against it,
-    and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
-    identity, the config and the exact windows; a model not loaded from a directory is not cached."""
-    import hashlib
+def model_identity(model: Model) -> Any:
+    """A sha256 over a directory-loaded model's config, its weight files' identity (path, size,
+    mtime) and its dtype: equal digests, the same weights."""
     import json
 
-    from tyrjax.files import cache_dir
-    from tyrjax.files import write_json
-
-    if model.directory is None:
-        return perplexity_metrics(model, sets, batch_size, progress)
     h = hashlib.sha256(json.dumps(model.cfg.to_hf(), sort_keys=True).encode())
     for f in sorted(model.directory.glob("*.safetensors")) + sorted(model.directory.glob("orbax/**/*")):
         if f.is_file():
@@ -89,6 +81,21 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
             h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     head = model.params.head if isinstance(model.params, ModelBlocks) else model.params
     h.update(str(head["embed"].dtype).encode())
+    return h
+
+
+def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+    """`perplexity_metrics` of an unpruned model, cached on disk: every pruning run compares against it,
+    and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
+    identity, the config and the exact windows; a model not loaded from a directory is not cached."""
+    import json
+
+    from tyrjax.files import cache_dir
+    from tyrjax.files import write_json
+
+    if model.directory is None:
+        return perplexity_metrics(model, sets, batch_size, progress)
+    h = model_identity(model)
     for name in sorted(sets):
         h.update(name.encode() + np.ascontiguousarray(sets[name]).tobytes())
     path = cache_dir() / "dense_eval" / f"{h.hexdigest()[:24]}.json"
