@@ -136,17 +136,23 @@ def mmlu_subjects(data_dir: Path) -> list[str]:
     return sorted(p.name for p in (data_dir / LOCAL_TASKS["mmlu"].data).iterdir() if p.is_dir())
 
 
-def local_task_spec(name: str, data_dir: Path, manager: Any) -> dict[str, Any]:
-    """The harness spec of one local task: the registered task (for MMLU, each subject's task
-    under the registered group's aggregation) with its data read from `data_dir`.
+WRAPPER = "tyrjax_local"
 
-    The harness merges a group member's fields over the registered task's config, so each
-    task is wrapped in a group of its own."""
+
+def local_task_spec(name: str, data_dir: Path, manager: Any) -> tuple[dict[str, Any], str]:
+    """The harness spec of one local task and the name its results come under: the registered
+    task (for MMLU, each subject's task under the registered group's aggregation) with its data
+    read from `data_dir`.
+
+    The harness merges a group member's fields over the registered task's config, so each task
+    sits in a group of its own; MMLU's subjects sit in a group one level down (the harness passes
+    a top-level group's own fields to its members, and a task takes no aggregation)."""
     import yaml
 
     task = LOCAL_TASKS[name]
     if name != "mmlu":
-        return {"group": f"tyrjax_local_{name}", "task": [{"task": name, **_split_overrides(task, data_dir / task.data)}]}
+        member = {"task": name, **_split_overrides(task, data_dir / task.data)}
+        return {"group": WRAPPER, "task": [member]}, name
     registered = yaml.safe_load(Path(manager.task_index["mmlu"].yaml_path).read_text())
     members = [
         {"task": f"mmlu_{subject}", **_split_overrides(task, data_dir / task.data / subject)}
@@ -155,8 +161,9 @@ def local_task_spec(name: str, data_dir: Path, manager: Any) -> dict[str, Any]:
     missing = [m["task"] for m in members if m["task"] not in manager.all_subtasks]
     if missing:
         raise TyrjaxError(f"lm-evaluation-harness has no task {', '.join(missing)}; install lm_eval==0.4.13")
-    return {"group": "mmlu", "task": members, "aggregate_metric_list": registered["aggregate_metric_list"],
-            "metadata": registered.get("metadata", {})}
+    group = {"group": "mmlu_local", "task": members, "aggregate_metric_list": registered["aggregate_metric_list"],
+             "metadata": registered.get("metadata", {})}
+    return {"group": WRAPPER, "task": [group]}, f"{WRAPPER}::mmlu_local"
 
 
 # --- running -------------------------------------------------------------------------------
@@ -255,8 +262,8 @@ def run_tasks(
         out.update({n: task_metrics(results, n) for n in others if n in results["results"]})
     for name in (n for n in names if n in LOCAL_TASKS):
         subjects = len(mmlu_subjects(data_dir)) if name == "mmlu" else 1
-        results = _evaluate(lm, [local_task_spec(name, data_dir, manager)], task_limit(name, limit, subjects), manager)
-        out[name] = task_metrics(results, name)
+        spec, key = local_task_spec(name, data_dir, manager)
+        out[name] = task_metrics(_evaluate(lm, [spec], task_limit(name, limit, subjects), manager), key)
     return {n: out[n] for n in names if n in out}
 
 
