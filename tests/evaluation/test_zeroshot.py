@@ -89,11 +89,12 @@ def test_mmlu_is_the_harness_group_of_57_subjects_five_shot_from_dev(data_dir):
 
 def test_paper_tasks_score_like_the_adapter_on_the_local_items(tiny_dir):
     model = load_model(str(tiny_dir))
-    result = api.zero_shot(model, "arc_easy,mmlu", limit=57, batch_size=8, progress=False)
-    assert list(result) == ["arc_easy", "mmlu"]
-    assert result["arc_easy"]["n"] == 57 and result["mmlu"]["n"] == 57  # one item per MMLU subject
-    assert set(result["arc_easy"]) == {"acc", "acc_norm", "stderr", "n"} and set(result["mmlu"]) == {"acc", "stderr", "n"}
-    rows = datasets.load_from_disk(str(zeroshot.task_data_dir() / "ai2_arc/ARC-Easy/validation")).select(range(57))
+    result = api.zero_shot(model, "arc_easy", limit=30, batch_size=8, progress=False)
+    mmlu = api.zero_shot(model, "mmlu", limit=114, batch_size=8, progress=False)["mmlu"]
+    assert list(result) == ["arc_easy"] and result["arc_easy"]["n"] == 30
+    assert mmlu["n"] == 114 and set(mmlu) == {"acc", "stderr", "n"}  # two items of each of the 57 subjects
+    assert set(result["arc_easy"]) == {"acc", "acc_norm", "stderr", "n"}
+    rows = datasets.load_from_disk(str(zeroshot.task_data_dir() / "ai2_arc/ARC-Easy/validation")).select(range(30))
     lm = TyrjaxLM(model, batch_size=8, progress=False)
     hits = []
     for row in rows:
@@ -103,7 +104,7 @@ def test_paper_tasks_score_like_the_adapter_on_the_local_items(tiny_dir):
         hits.append(int(np.argmax(lls)) == row["choices"]["label"].index(row["answerKey"]))
     assert result["arc_easy"]["acc"] == pytest.approx(np.mean(hits))
     assert result["arc_easy"]["stderr"] == pytest.approx(np.std(hits, ddof=1) / np.sqrt(len(hits)))
-    assert 0 <= result["mmlu"]["acc"] <= 1
+    assert 0 <= mmlu["acc"] <= 1 and 0 < mmlu["stderr"] < 0.1
 
 
 def test_limit_is_shared_by_mmlu_subjects():
@@ -141,7 +142,8 @@ def test_eval_command_adds_tasks_to_metrics_and_report(tiny_dir, tmp_path, capsy
     assert metrics["tasks_split"] == {"rte": "validation", "piqa": "validation"}
     report = (out / "report.md").read_text()
     assert f"| rte | validation | 3 | {metrics['tasks']['rte']['acc']:.4f} ± " in report and "| mean acc |" in report
-    assert "| piqa | validation | 3 |" in capsys.readouterr().out
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["piqa", "validation", "3"] in [line[:3] for line in printed]
 
 
 def test_eval_command_without_the_harness_says_how_to_install(tiny_dir, tmp_path, monkeypatch, capsys):

@@ -26,9 +26,10 @@ class ModelSpec:
 class DataConfig:
     """Calibration and evaluation windows (the shakespeare-v1 protocol by default).
 
-    `calib` names the calibration corpus (shakespeare, pydoc, a text file or directory, a
-    .jsonl/.parquet file, or hf:NAME[:CONFIG[:SPLIT]]); `calib_windows` None takes the method's
-    default (64, or the Týr preset's)."""
+    `calib` names the calibration corpus (shakespeare, general, pydoc, sotu, a text file or
+    directory, a .jsonl/.parquet file, or hf:NAME[:CONFIG[:SPLIT]]); `calib_windows` None takes
+    the method's default (64, or the Týr preset's). general-v1 is `DataConfig("general",
+    eval_corpora=("shakespeare", "pydoc", "sotu"))`."""
 
     calib: str = "shakespeare"
     calib_windows: int | None = None

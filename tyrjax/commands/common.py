@@ -33,13 +33,16 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 
 def data_args(p: argparse.ArgumentParser, calib_default: int | None = 64) -> None:
-    g = p.add_argument_group("data (the shakespeare-v1 protocol by default)")
+    g = p.add_argument_group("data (the shakespeare-v1 protocol by default; general-v1: --data general --eval-data shakespeare,pydoc,sotu)")
     g.add_argument("--data", default="shakespeare",
-                   help="calibration corpus: shakespeare, pydoc, a text file or directory, a .jsonl/.parquet file with a 'text' field, or hf:NAME[:CONFIG[:SPLIT]]")
+                   help="calibration corpus: shakespeare, general (BBC news + Wikipedia), pydoc, sotu, bbcnews, wikipedia, "
+                        "a text file or directory, a .jsonl/.parquet file with a 'text' field, or hf:NAME[:CONFIG[:SPLIT]]")
     g.add_argument("--calib-windows", type=positive_int, default=calib_default,
                    help="calibration windows of 512 tokens (default: 64, the protocol's; structured prune: the preset's, 64 for quick and 256 for paper)")
     g.add_argument("--eval-windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default 16)")
-    g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default shakespeare,pydoc)")
+    g.add_argument("--eval-data", default="shakespeare,pydoc",
+                   help="comma-separated evaluation corpora, each its held-out split (default shakespeare,pydoc; "
+                        "sotu: the State of the Union addresses, one window from each of 16 held-out speeches 1790-2026)")
     g.add_argument("--batch-size", type=positive_int, default=1, help="windows scored per batch")
 
 

