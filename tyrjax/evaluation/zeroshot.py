@@ -226,11 +226,20 @@ def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _evaluate(lm: Any, specs: list[Any], limit: int | None, manager: Any) -> dict[str, Any]:
+    """`simple_evaluate` with standard errors, quiet: no notes on the `custom_dataset` hook and no
+    progress bars of the harness's document processing."""
+    import datasets
     from lm_eval import simple_evaluate
 
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # not its notes on the custom_dataset hook
-    return simple_evaluate(model=lm, tasks=specs, limit=limit, task_manager=manager, log_samples=False,
-                           bootstrap_iters=STDERR_ITERS, verbosity="WARNING")
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return simple_evaluate(model=lm, tasks=specs, limit=limit, task_manager=manager, log_samples=False,
+                               bootstrap_iters=STDERR_ITERS, verbosity="WARNING")
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def task_limit(name: str, limit: int | None, subjects: int) -> int | None:
