@@ -109,7 +109,7 @@ class LocalDataset:
                 dataset = datasets.load_from_disk(path, keep_in_memory=True)
             except (FileNotFoundError, ValueError) as exc:
                 raise TyrjaxError(f"{path}: not a readable datasets directory ({exc}); delete "
-                                  f"{Path(path).parents[2]} to unpack it again") from exc
+                                  f"{TASK_DATA.target} to unpack it again") from exc
             loaded[split] = _COLUMN_ADAPTERS[self.adapter](dataset) if self.adapter else dataset
         return datasets.DatasetDict(loaded)
 
