@@ -14,7 +14,8 @@ from tokenizers import Tokenizer
 
 from tyrjax.checkpoints.hf import save_hf
 from tyrjax.errors import TyrjaxError
-from tyrjax.evaluation.harness import TyrjaxLM, bucket_count, bucket_length, pack_rows, shared_inputs, target_logprobs
+from tyrjax.evaluation.harness import (TyrjaxLM, bucket_count, bucket_length, length_batches, pack_rows, rows_per_batch,
+                                      shared_inputs, target_logprobs)
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.model.decoder import compact_from_masked
 from tyrjax.evaluation.zeroshot import run_tasks
@@ -61,6 +62,15 @@ def test_bucket_sizes_hold_the_need_with_bounded_waste():
         assert n <= bucket_count(n) < max(16, 2 * n)
     assert bucket_length(5000, 4096) == 4096
     assert len({bucket_length(n, 4096) for n in range(1, 4097)}) <= 20
+
+
+def test_long_rows_run_in_smaller_batches():
+    assert rows_per_batch(1024, 16) == 16 and rows_per_batch(2048, 16) == 4 and rows_per_batch(8192, 16) == 1
+    assert rows_per_batch(16, 8) == 8
+    lengths = [5000, 3000, 3000, 2000, 1500, 1500, 1500, 1400] + [20] * 20  # sorted longest first
+    batches = length_batches(lengths, 16, 8192)
+    assert batches == [(0, 1), (1, 1), (2, 1), (3, 4), (7, 7), (14, 16)]
+    assert all(size * bucket_length(lengths[start], 8192) ** 2 <= 16 * 1024 ** 2 or size == 1 for start, size in batches)
 
 
 def test_pack_rows_scores_the_last_tokens_of_each_row():

@@ -151,6 +151,27 @@ def shared_inputs(rows: list[tuple[list[int], int]]) -> list[tuple[list[int], li
     return [(list(key), members) for key, members in groups.items()]
 
 
+ATTENTION_BUDGET = 16 * 1024 * 1024  # rows x length^2 of one batch: a batch of 16 rows of 1024 tokens
+
+
+def rows_per_batch(length: int, batch_size: int, budget: int = ATTENTION_BUDGET) -> int:
+    """Rows of `length` padded tokens scored together: `batch_size`, fewer where the attention
+    scores (rows x length^2 per head) would pass `budget` (MMLU's longest 5-shot prompts run
+    to thousands of tokens), at least one."""
+    return max(1, min(batch_size, budget // (length * length)))
+
+
+def length_batches(lengths: list[int], batch_size: int, length_cap: int) -> list[tuple[int, int]]:
+    """(start, rows) of consecutive batches over rows sorted longest first: each batch takes
+    `rows_per_batch` of its first (longest) row's padded length; the last of a size is padded."""
+    batches, start = [], 0
+    while start < len(lengths):
+        size = rows_per_batch(bucket_length(lengths[start], length_cap), batch_size)
+        batches.append((start, size))
+        start += size
+    return batches
+
+
 def prefill(params: Params, cfg: ModelConfig, prompt: list[int], caches: list[KVCache]) -> tuple[jax.Array, list[KVCache]]:
     """Feed a prompt into the caches in chunks of `PREFILL_CHUNK` tokens, then one token at a
     time, so that prompts of any length share two compiled shapes; returns the last logits."""
@@ -165,8 +186,8 @@ class TyrjaxLM(TemplateLM):
     """A tyrjax model (dense, masked or compact) answering lm-evaluation-harness requests.
 
     `head_mask (L, H)` and `ffn_mask (L, F)` prune a masked-form model without compacting it;
-    `batch_size` rows are scored per call (the last batch is padded to the same size so that
-    compilations depend on lengths only); `max_length` caps the context (default: the model's
+    `batch_size` rows are scored per call, fewer for long rows (`rows_per_batch`; a short batch
+    is padded to the same size so that compilations depend on lengths only); `max_length` caps the context (default: the model's
     positions)."""
 
     def __init__(
@@ -240,10 +261,10 @@ class TyrjaxLM(TemplateLM):
                   for inputs, members in shared_inputs(rows)]
         order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
-        starts = range(0, len(order), self.batch_size)
-        for start in tqdm(starts, desc="loglikelihood", unit="batch", disable=disable_tqdm or not self.progress, leave=False):
-            batch = order[start:start + self.batch_size]
-            batch = batch + [batch[0]] * (self.batch_size - len(batch))
+        batches = length_batches([len(groups[g][0]) for g in order], self.batch_size, self.max_length)
+        for start, size in tqdm(batches, desc="loglikelihood", unit="batch", disable=disable_tqdm or not self.progress, leave=False):
+            batch = order[start:start + size]
+            batch = batch + [batch[0]] * (size - len(batch))
             tokens, positions, targets, valid = pack_groups(
                 [(groups[g][0], groups[g][2]) for g in batch], self.eot_token_id, self.max_length
             )
