@@ -14,7 +14,8 @@ Shakespeare plays, pydoc and sotu (general-v1's evaluation corpora) and on `--ta
 `--limit` items per task. Prints one markdown table in the papers' layout (perplexity columns,
 one column per task, mean accuracy, % of the dense mean retained, with standard errors), then,
 where Týr ran, its perplexity change against each structured baseline with the same calibration
-on the same windows (95 % paired-bootstrap interval), and writes OUT/bench_eval.json.
+on the same windows (95 % paired-bootstrap interval). OUT/bench_eval.json holds every finished row,
+rewritten after each model.
 """
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def main() -> None:
         rows.append({"method": "dense", "calib": "–", "ppl": dense["ppl"], "window_nll": dense["window_nll"],
                      "windows": args.eval_windows, "tasks": tasks, "tasks_mean": tasks_mean(tasks),
                      "wall_s": round(time.perf_counter() - start, 1)})
+        write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
         print(f"dense done at {time.perf_counter() - start:.0f} s", flush=True)
     for calib in [c for c in args.calib.split(",") if c]:
         for method in (m for m in methods if m != "dense"):
@@ -133,8 +135,8 @@ def main() -> None:
             rows.append({"method": method, "label": label, "calib": calib, "ppl": metrics["ppl"],
                          "window_nll": metrics["window_nll"], "tasks": tasks, "tasks_mean": tasks_mean(tasks),
                          "sparsity": metrics.get("sparsity"), "wall_s": round(time.perf_counter() - began, 1)})
+            write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
             print(f"{calib} {method} done at {time.perf_counter() - start:.0f} s", flush=True)
-    write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
     if any(r["method"] == "dense" for r in rows):
         print("\n".join(table(rows) + paired_lines(rows)))
 
