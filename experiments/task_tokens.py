@@ -11,6 +11,7 @@ estimates the run's time.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from tyrjax.checkpoints.assets import default_model_dir
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=zeroshot.DEFAULT_LIMIT)
     args = ap.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     tokenizer = load_tokenizer(default_model_dir())
     print("| task | requests | rows | tokens | padded tokens |\n|---|---|---|---|---|")
     total = 0
