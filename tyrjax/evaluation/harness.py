@@ -9,6 +9,7 @@ request asks for.
 """
 from __future__ import annotations
 
+import importlib
 from functools import partial
 from typing import Any, Iterable
 
@@ -38,7 +39,7 @@ INSTALL_HINT = "install it with `pip install 'tyrjax[eval]'` (or `pip install lm
 def require_lm_eval() -> None:
     """Fail with one clear message when lm-evaluation-harness is not installed."""
     try:
-        import lm_eval  # noqa: F401
+        importlib.import_module("lm_eval")
     except ImportError:
         raise TyrjaxError(
             f"zero-shot tasks need lm-evaluation-harness (lm_eval), which is not installed; {INSTALL_HINT}"
