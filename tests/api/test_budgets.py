@@ -50,6 +50,9 @@ def test_a_budget_below_one_chunk_stops_eval_and_sds_before_any_work(tiny, tmp_p
     # enough for the evaluation's chunks, not for SDS's weights, streams and one layer's fit
     evaluation_vocab_chunk(model, sets, 1, int(0.01 * GB))
     with pytest.raises(TyrjaxError, match=r"^SDS needs at least 0\.01\d+ GB .*--device-memory 0\.02"):
+        sds_capture_chunk(model, calib, int(0.01 * GB))
+    # the command stops on the first size that does not fit (here one evaluation window's forward)
+    with pytest.raises(TyrjaxError, match=r"the smallest budget that works is --device-memory 0\.0\d+$"):
         tyrjax.api.sds(ModelSpec(str(path)), SDSConfig(pattern="2:4", steps=2, device_memory_gb=0.01), data=DATA,
                        out=tmp_path / "sds")
     assert not (tmp_path / "eval").exists() and not (tmp_path / "sds").exists()

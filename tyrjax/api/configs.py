@@ -26,9 +26,10 @@ class ModelSpec:
 class DataConfig:
     """Calibration and evaluation windows (the shakespeare-v1 protocol by default).
 
-    `calib` names the calibration corpus (shakespeare, pydoc, a text file or directory, a
-    .jsonl/.parquet file, or hf:NAME[:CONFIG[:SPLIT]]); `calib_windows` None takes the method's
-    default (64, or the Týr preset's)."""
+    `calib` names the calibration corpus (shakespeare, general, pydoc, sotu, a text file or
+    directory, a .jsonl/.parquet file, or hf:NAME[:CONFIG[:SPLIT]]); `calib_windows` None takes
+    the method's default (64, or the Týr preset's). general-v1 is `DataConfig("general",
+    eval_corpora=("shakespeare", "pydoc", "sotu"))`."""
 
     calib: str = "shakespeare"
     calib_windows: int | None = None
@@ -84,8 +85,9 @@ class SDSConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TasksConfig:
-    """Zero-shot tasks through lm-evaluation-harness: comma-separated harness task names, or
-    `offline` (the BIG-bench multiple-choice suite); `limit` items per task (None: all)."""
+    """Zero-shot tasks through lm-evaluation-harness: `paper` (the papers' tasks, from local
+    copies of their data), or comma-separated task names; `limit` items per task (None: all;
+    MMLU's subjects share it)."""
 
     tasks: str
     limit: int | None = DEFAULT_LIMIT

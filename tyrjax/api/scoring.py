@@ -1,6 +1,7 @@
 """Evaluation windows, perplexity metrics and the cached dense reference every run compares with."""
 from __future__ import annotations
 
+import hashlib
 import sys
 from typing import Any
 
@@ -21,20 +22,13 @@ def evaluation_sets(
     corpora: tuple[str, ...] = DEFAULT_EVAL_CORPORA,
     window_length: int = 1024,
 ) -> dict[str, np.ndarray]:
-    """The protocol's evaluation windows, one (n, length) array per corpus (held-out split)."""
+    """The protocol's evaluation windows, one (n, length) array per corpus (held-out split;
+    `tyrjax.data.corpora.evaluation_windows`)."""
     from tyrjax.data import corpora as data
 
     tok = require_tokenizer(model)
     data.check_window_length(window_length, model.cfg.max_position_embeddings)
-    tokens = {name: data.tokenize(tok, data.corpus_text(name, "eval")) for name in corpora}
-    scarcest = min(tokens, key=lambda name: len(tokens[name]))
-    largest = len(tokens[scarcest]) // window_length
-    if eval_windows > largest:
-        raise TyrjaxError(
-            f"--eval-windows {eval_windows}: the {scarcest} evaluation split holds {len(tokens[scarcest]):,} tokens, "
-            f"enough for {largest} windows of {window_length} tokens; use --eval-windows {largest} or fewer"
-            + ("" if largest else f", or a larger corpus than {scarcest}"))
-    return {name: data.eval_windows(ids, eval_windows, window_length, corpus=name) for name, ids in tokens.items()}
+    return {name: data.evaluation_windows(tok, name, eval_windows, window_length) for name in corpora}
 
 
 def calibration_windows(model: Model, data: str = "shakespeare", calib_windows: int = 64, length: int = 512) -> np.ndarray:
@@ -76,24 +70,14 @@ def perplexity_metrics(model: Model, sets: dict[str, np.ndarray], batch_size: in
 
 def windows_digest(windows: np.ndarray) -> str:
     """A short fingerprint of a set of token windows: equal digests, equal windows."""
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(windows, np.int32).tobytes()).hexdigest()[:16]
 
 
-def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True,
-                    budget_bytes: int | None = None) -> dict[str, Any]:
-    """`perplexity_metrics` of an unpruned model, cached on disk: every pruning run compares against it,
-    and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
-    identity, the config and the exact windows; a model not loaded from a directory is not cached."""
-    import hashlib
+def model_identity(model: Model) -> Any:
+    """A sha256 over a directory-loaded model's config, its weight files' identity (path, size,
+    mtime) and its dtype: equal digests, the same weights."""
     import json
 
-    from tyrjax.files import cache_dir
-    from tyrjax.files import write_json
-
-    if model.directory is None:
-        return perplexity_metrics(model, sets, batch_size, progress, budget_bytes)
     h = hashlib.sha256(json.dumps(model.cfg.to_hf(), sort_keys=True).encode())
     for f in sorted(model.directory.glob("*.safetensors")) + sorted(model.directory.glob("orbax/**/*")):
         if f.is_file():
@@ -101,6 +85,22 @@ def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int =
             h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     head = model.params.head if isinstance(model.params, ModelBlocks) else model.params
     h.update(str(head["embed"].dtype).encode())
+    return h
+
+
+def dense_reference(model: Model, sets: dict[str, np.ndarray], batch_size: int = 1, progress: bool = True,
+                    budget_bytes: int | None = None) -> dict[str, Any]:
+    """`perplexity_metrics` of an unpruned model, cached on disk: every pruning run compares against it,
+    and re-scoring the dense model costs minutes on a CPU. The key covers the weights' file
+    identity, the config and the exact windows; a model not loaded from a directory is not cached."""
+    import json
+
+    from tyrjax.files import cache_dir
+    from tyrjax.files import write_json
+
+    if model.directory is None:
+        return perplexity_metrics(model, sets, batch_size, progress, budget_bytes)
+    h = model_identity(model)
     for name in sorted(sets):
         h.update(name.encode() + np.ascontiguousarray(sets[name]).tobytes())
     path = cache_dir() / "dense_eval" / f"{h.hexdigest()[:24]}.json"

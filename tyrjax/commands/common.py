@@ -78,14 +78,18 @@ def model_args(p: argparse.ArgumentParser) -> None:
 def data_args(p: argparse.ArgumentParser, calibration: bool = True, calib_default: int | None = 64,
               calib_help: str = "calibration windows of 512 tokens (default %(default)s, the protocol's)") -> None:
     """The evaluation flags, and the calibration flags of a command that calibrates (`calibration`)."""
-    g = p.add_argument_group("data (the shakespeare-v1 protocol by default)")
+    g = p.add_argument_group("data (the shakespeare-v1 protocol by default; general-v1: --data general "
+                             "--eval-data shakespeare,pydoc,sotu)")
     if calibration:
         g.add_argument("--data", default="shakespeare",
-                       help="calibration corpus: shakespeare, pydoc, a text file or directory, a .jsonl/.parquet file with a "
-                            "'text' field, or hf:NAME[:CONFIG[:SPLIT]] (default %(default)s)")
+                       help="calibration corpus: shakespeare, general (BBC news + Wikipedia), pydoc, sotu, bbcnews, "
+                            "wikipedia, a text file or directory, a .jsonl/.parquet file with a 'text' field, or "
+                            "hf:NAME[:CONFIG[:SPLIT]] (default %(default)s)")
         g.add_argument("--calib-windows", type=positive_int, default=calib_default, help=calib_help)
     g.add_argument("--eval-windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default %(default)s)")
-    g.add_argument("--eval-data", default="shakespeare,pydoc", help="comma-separated evaluation corpora (default %(default)s)")
+    g.add_argument("--eval-data", default="shakespeare,pydoc",
+                   help="comma-separated evaluation corpora, each its held-out split (default %(default)s; "
+                        "sotu: the State of the Union addresses, one window from each of 16 held-out speeches 1790-2026)")
     g.add_argument("--batch-size", type=positive_int, default=1, help="evaluation windows scored per batch (default %(default)s)")
 
 

