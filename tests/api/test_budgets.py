@@ -43,6 +43,9 @@ def test_a_small_budget_chunks_the_evaluation_vocabulary_with_the_same_losses(ti
 def test_a_budget_below_one_chunk_stops_eval_and_sds_before_any_work(tiny, tmp_path):
     path, model, sets = tiny
     with pytest.raises(TyrjaxError, match=r"^evaluation needs at least 0\.0\d+ GB .*--device-memory 0\.0\d"):
+        tyrjax.evaluate(ModelSpec(str(path)), sets=sets, out=tmp_path / "eval", device_memory_gb=0.001)
+    # from a data config, the batch's forward is checked first, and names the smallest budget too
+    with pytest.raises(TyrjaxError, match=r"^--batch-size 1: .* the smallest budget that works is --device-memory 0\.0\d+$"):
         tyrjax.evaluate(ModelSpec(str(path)), data=DATA, out=tmp_path / "eval", device_memory_gb=0.001)
     calib = tyrjax.calibration_windows(model, calib_windows=2)
     assert sds_capture_chunk(model, calib, int(1 * GB)) == 2  # both windows: fewer than WINDOW_CHUNK

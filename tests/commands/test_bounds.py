@@ -45,21 +45,21 @@ def test_largest_fitting_is_the_boundary():
 @pytest.mark.parametrize("command", [["prune", "--method", "wanda", "--pattern", "0.5"], ["sds"]])
 def test_calibration_windows_beyond_memory_stop_before_any_work(tiny_dir, tmp_path, capsys, command):
     out = tmp_path / "run"
-    assert main([*command, "--model", str(tiny_dir), "--calib-windows", "100000", "--out", str(out)]) == 2
-    err = one_error_line(capsys, command[0], "--calib-windows 100000:")
+    assert main([*command, "--model", str(tiny_dir), "--calib-windows", "10000000", "--out", str(out)]) == 2
+    err = one_error_line(capsys, command[0], "--calib-windows 10000000:")
     streams = 2 if command[0] == "sds" else 1
     largest = largest_fitting(calibration_bytes_per_window(CFG, 512, streams), device_memory_bytes(),
                               held_bytes(load_model(str(tiny_dir))))
-    assert 0 < largest < 100000 and f"use --calib-windows {largest} or fewer" in err
+    assert 0 < largest < 10000000 and f"use --calib-windows {largest} or fewer" in err
     assert not out.exists()
 
 
 def test_structured_calibration_windows_follow_device_memory(tiny_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "0.5", "--calib-windows", "64",
-                 "--device-memory", "0.05", "--out", str(out)]) == 2
+                 "--device-memory", "0.01", "--out", str(out)]) == 2
     err = one_error_line(capsys, "prune", "--calib-windows 64:")
-    largest = largest_fitting(calibration_bytes_per_window(CFG, 512), int(0.05 * GB), held_bytes(load_model(str(tiny_dir))))
+    largest = largest_fitting(calibration_bytes_per_window(CFG, 512), int(0.01 * GB), held_bytes(load_model(str(tiny_dir))))
     assert f"use --calib-windows {largest} or fewer, or a larger --device-memory" in err
     assert not out.exists()
 

@@ -62,11 +62,10 @@ def evaluate(
     loaded = open_model(model)
     dtype = dtype_name(model, loaded)
     if sets is None:
+        check_run_sizes(loaded, data, None, budget, budget_flag="--device-memory")
         sets = evaluation_sets(loaded, data.eval_windows, data.eval_corpora)
     served = on_active_mesh(loaded)
     evaluation_vocab_chunk(served, sets, data.batch_size, budget)
-    check_run_sizes(loaded, dataclasses.replace(data, eval_windows=min(len(v) for v in sets.values())), None, budget,
-                    budget_flag="--device-memory")
     metrics = perplexity_metrics(served, sets, data.batch_size, progress, budget)
     metrics.update(dense_comparison(loaded.source, sets, dtype, data.batch_size, budget))
     metrics["eval_windows"] = {k: list(v.shape) for k, v in sets.items()}
