@@ -194,7 +194,8 @@ def test_eval_windows_values() -> None:
 
 
 def test_windows_reject_a_corpus_too_small() -> None:
-    with pytest.raises(TyrjaxError, match=r"books: 3000 tokens .* 4 evaluation windows of 1024 .*need 4096"):
+    with pytest.raises(TyrjaxError, match=r"^--eval-windows 4: the books evaluation text holds 3,000 tokens, enough for 2 "
+                                          r"windows of 1024 tokens; use --eval-windows 2 or fewer$"):
         eval_windows(np.arange(3000), n=4, length=1024, corpus="books")
     with pytest.raises(TyrjaxError, match=r"books: 512 tokens .* calibration windows of 512"):
         calibration_windows(np.arange(512), 4, length=512, corpus="books")
@@ -298,7 +299,7 @@ def test_spread_windows_pick_evenly_spaced_documents() -> None:
     assert windows.shape == (4, 32) and windows.dtype == np.int32
     assert windows[:, 0].tolist() == [0, 300, 600, 900]  # documents round(linspace(0, 9, 4)) = 0, 3, 6, 9
     assert windows[1].tolist() == list(range(300, 332))
-    with pytest.raises(TyrjaxError, match="toy: 11 evaluation windows asked, but it has 10 held-out documents"):
+    with pytest.raises(TyrjaxError, match="^--eval-windows 11: toy has 10 held-out documents, one window each; use --eval-windows 10 or fewer$"):
         data.spread_windows(docs, 11, 32, corpus="toy")
     with pytest.raises(TyrjaxError, match=r"toy: held-out documents \[0\] have fewer than 41 tokens"):
         data.spread_windows(docs, 2, 41, corpus="toy")
