@@ -21,8 +21,7 @@ def mode(path) -> int:
 
 
 def test_written_files_get_the_mode_open_gives_a_new_file(tmp_path, umask):
-    with open(tmp_path / "by_open", "w"):
-        pass
+    open(tmp_path / "by_open", "w").close()
     expected = mode(tmp_path / "by_open")
     assert new_file_mode() == expected == 0o666 & ~umask
     assert mode(write_atomic(tmp_path / "a.txt", "text")) == expected
