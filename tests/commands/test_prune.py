@@ -59,9 +59,9 @@ def test_streamed_run_gives_the_same_model_and_metrics(tiny_dir, tmp_path, capsy
     assert streamed["params"] == held["params"]
     for corpus in ("shakespeare", "pydoc"):
         assert streamed["ppl"][corpus] == pytest.approx(held["ppl"][corpus], rel=1e-4)
-    assert main(["prune", "--model", str(tiny_dir), "--method", "wanda-sp", "--sparsity", "0.4", "--stream",
+    assert main(["prune", "--model", str(tiny_dir), "--method", "sparsegpt", "--pattern", "2:4", "--stream",
                  "--out", str(tmp_path / "w"), *FAST]) == 2
-    assert "--stream: --method wanda-sp needs the model in memory" in capsys.readouterr().err
+    assert "--stream: --method sparsegpt needs the model in memory" in capsys.readouterr().err
 
 
 def test_distribution_file_is_reused(tiny_dir, tmp_path):

@@ -1,19 +1,22 @@
 """Structured baselines end to end (Wanda-sp, magnitude, FLAP) on tiny random models."""
 from functools import lru_cache
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tyrjax.calibration.statistics import attention_inputs, attention_residual, embed_windows, mlp_inputs, mlp_residual
 
+from tyrjax.checkpoints.hf import save_hf
+from tyrjax.checkpoints.streaming import StreamedBlocks
 from tyrjax.model.blocks import device_bytes, layer
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.layers import attention_output, mlp_output
 from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 from tyrjax.tyr.genome import interleave, split
-from tyrjax.tyr.baselines import capture_chunk, structured_baseline
+from tyrjax.tyr.baselines import RESIDUAL_COPIES, capture_chunk, compact_model, structured_baseline
 from tyrjax.tyr.budget import KVLedger, neuron_params
 from tyrjax.tyr.pipeline import TyrConfig, group_params, initial_grid, removed_groups
 from tyrjax.tyr.supernet import capture_fixed_bytes
@@ -213,7 +216,7 @@ def test_captures_chunked_to_a_small_budget_give_the_same_masks(method):
     params, cfg = model("bias")
     windows = np.random.default_rng(2).integers(0, cfg.vocab_size, (24, 32))
     resident = device_bytes(params) + device_bytes(layer(params, 0))
-    budget = int(capture_fixed_bytes(cfg, 24, 32, resident)) + 16 * 32 * cfg.intermediate_size * 4
+    budget = int(capture_fixed_bytes(cfg, 24, 32, resident)) + 16 * 32 * cfg.intermediate_size * 4 * RESIDUAL_COPIES
     assert capture_chunk(params, cfg, windows, None, budget) == 16  # two chunks, the second padded
     assert capture_chunk(params, cfg, windows, None, None) is None
     want = structured_baseline(params, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False)
@@ -226,3 +229,34 @@ def test_captures_chunked_to_a_small_budget_give_the_same_masks(method):
     with pytest.raises(TyrjaxError, match="structured baseline needs at least"):
         structured_baseline(params, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False,
                             budget_bytes=resident)
+
+
+@pytest.mark.parametrize("method,chunked", [("wanda-sp", True), ("magnitude", False), ("flap", False), ("flap", True)])
+def test_streamed_blocks_give_the_held_models_result(method, chunked, tmp_path):
+    params, cfg = model("plain")
+    path = tmp_path / "model"
+    save_hf(params, cfg, path)
+    windows = np.random.default_rng(2).integers(0, cfg.vocab_size, (24, 32))
+    streamed = StreamedBlocks(path, cfg)
+
+    def budget(resident):  # captures of 16 windows at once: two chunks, the second padded
+        return int(capture_fixed_bytes(cfg, 24, 32, resident)) + 16 * 32 * cfg.intermediate_size * 4 * RESIDUAL_COPIES
+
+    held_budget = streamed_budget = None
+    if chunked:
+        held_budget = budget(device_bytes(params) + device_bytes(layer(params, 0)))
+        streamed_budget = budget(device_bytes(streamed.head) + device_bytes(streamed.block(0)))
+        assert streamed_budget < held_budget
+        assert capture_chunk(streamed, cfg, windows, None, streamed_budget) == 16
+    want = structured_baseline(params, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False,
+                               budget_bytes=held_budget)
+    got = structured_baseline(streamed, cfg, windows, SPARSITY, method, mlp_multiple=MULTIPLE, progress=False,
+                              budget_bytes=streamed_budget)
+    np.testing.assert_array_equal(got[2], want[2])
+    np.testing.assert_array_equal(got[3], want[3])
+    assert got[1] == want[1] and got[4] == want[4]
+    want_compact, want_cfg = compact_model(want[0], want[1], want[2], want[3])
+    got_compact, got_cfg = compact_model(got[0], got[1], got[2], got[3])
+    assert got_cfg == want_cfg
+    for a, b in zip(jax.tree_util.tree_leaves(got_compact), jax.tree_util.tree_leaves(want_compact)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -21,7 +21,6 @@ from tyrjax.checkpoints.loading import Model
 from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
 from tyrjax.model.blocks import HeldBlocks, ModelBlocks
-from tyrjax.model.decoder import compact_from_masked
 from tyrjax.parallel.distributed import agree, is_writer
 from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.parallel.sharding import resolve_mesh
@@ -36,7 +35,6 @@ from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_sel
 STRUCTURED_METHODS = ("tyr", "uniform", "wanda-sp", "flap", "magnitude")
 UNSTRUCTURED_METHODS = ("sparsegpt", "wanda")  # and magnitude, given a pattern
 PRUNE_METHODS = ["tyr", "uniform", "wanda-sp", "flap", "magnitude", "sparsegpt", "wanda"]
-STREAMED_METHODS = ("tyr", "uniform")
 # quick: the protocol's reference size; paper: enough 512-token windows for the last selection
 # stage's 131,072 tokens.
 PRESET_CALIB_WINDOWS = {"quick": 64, "paper": 256}
@@ -88,7 +86,7 @@ class RunFacts:
 
 def not_streamable(method: str) -> TyrjaxError:
     return TyrjaxError(f"--stream: --method {method} needs the model in memory; drop --stream "
-                       f"(it applies to {' and '.join(STREAMED_METHODS)} and to --distribution)")
+                       f"(it applies to the structured methods: {', '.join(STRUCTURED_METHODS)})")
 
 
 def load_distribution(path: Path, model: Model) -> np.ndarray:
@@ -180,8 +178,6 @@ class StructuredMethod:
             raise TyrjaxError(f"prune: --method {self.method} is not structured; use one of {', '.join(STRUCTURED_METHODS)}")
         if not 0.0 < self.sparsity < 1.0:
             raise TyrjaxError(f"--sparsity {self.sparsity}: must lie strictly between 0 and 1 (e.g. 0.5)")
-        if stream and self.method not in STREAMED_METHODS and self.distribution is None:
-            raise not_streamable(self.method)
         check_formats(self.exports)
         if "hf-padded" in self.exports and self.method == "flap" and self.distribution is None:
             raise TyrjaxError("--export hf-padded: FLAP adds biases to o_proj and down_proj, which a stock checkpoint "
@@ -224,8 +220,8 @@ class StructuredMethod:
 
     def prune(self, model: Model, calib: np.ndarray, out: Path | None, bound: np.ndarray | None,
               progress: bool) -> Pruned:
-        """Týr, uniform and a saved distribution work block by block: `model.params` may be
-        `blocks.StreamedBlocks`. The other baselines need the parameters in memory. Týr keeps
+        """Every structured method works block by block: `model.params` may be
+        `blocks.StreamedBlocks`. Týr keeps
         its supernets and search state in OUT/work, where a rerun resumes; once the compact model
         is built, the supernets there are deleted (`keep_supernets` keeps them)."""
         cfg, tcfg, phase_s, history = model.cfg, self.config, None, None
@@ -250,14 +246,12 @@ class StructuredMethod:
             compact, ccfg, head, ffn = _from_selection(selection)
             phase_s = {"prune": _seconds_across_resumes(start, selection)}
         else:
-            from tyrjax.tyr.baselines import structured_baseline
+            from tyrjax.tyr.baselines import compact_model, structured_baseline
 
-            if isinstance(model.params, ModelBlocks):
-                raise not_streamable(self.method)
             params, cfg, head, ffn, _ = structured_baseline(model.params, cfg, calib, self.sparsity, self.method,
                                                             mlp_multiple=tcfg.mlp_multiple, progress=progress,
                                                             budget_bytes=self.budget_bytes())
-            compact, ccfg = compact_from_masked(params, cfg, head, ffn)
+            compact, ccfg = compact_model(params, cfg, head, ffn)
         if work_dir is not None and not tcfg.keep_supernets:
             delete_supernets(work_dir)
         # Streamed, the compact model is evaluated block by block too (the hidden states of the

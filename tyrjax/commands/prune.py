@@ -31,9 +31,9 @@ Týr keeps its supernet (every level of every block) and search state on disk in
 rerunning the same command resumes there. Once an iteration's search is done, its result is
 saved and its supernet deleted (--keep-supernets keeps them), so the disk holds one supernet
 at a time: `tyrjax plan` gives its size for a large model (about 45 GB for an 8B model with
-bf16 levels, twice that in fp32). With --stream, tyr, uniform and --distribution hold only the
-embedding and head in memory and read each decoder block from the checkpoint when needed: for
-models larger than memory.
+bf16 levels, twice that in fp32). With --stream, the structured methods (tyr, uniform,
+wanda-sp, flap, magnitude and --distribution) hold only the embedding and head in memory and
+read each decoder block from the checkpoint when needed: for models larger than memory.
 """
 
 
@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "and the last once the pruned model is built; uniform and --distribution too)")
     g.add_argument("--stream", action="store_true",
                    help="hold only the embedding and head; read each decoder block from the checkpoint when a phase "
-                        "needs it, so memory does not grow with depth (tyr, uniform and --distribution; "
+                        "needs it, so memory does not grow with depth (structured methods; "
                         "safetensors checkpoints)")
     g.add_argument("--iterations", type=positive_int, default=None,
                    help=f"Týr prune-and-search iterations (default: the preset's, {per_preset(preset_field('iterations'))})")

@@ -30,6 +30,7 @@ from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.sharding import HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, round_up, spec
 from tyrjax.model.axes import MODEL_PARAM_AXES, layer_axes, param_axes
 from tyrjax.tyr.baselines import CHUNK as BASELINE_CHUNK
+from tyrjax.tyr.baselines import RESIDUAL_COPIES
 from tyrjax.tyr.fitness import blocks_per_call
 from tyrjax.tyr.pipeline import PRESETS
 from tyrjax.tyr.supernet import ATTN_ROUNDS, MLP_ROUNDS
@@ -297,7 +298,7 @@ def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int
 
 def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     """Per-device bytes of the structured baselines' block loop (Wanda-sp, FLAP) at down_proj:
-    the held model and a copy of the block, the fp32 stream, down_proj's captured input (of
+    the held model (the head when blocks are streamed) and a copy of the block, the fp32 stream, down_proj's captured input (of
     `run.capture_windows` windows when they are chunked), and the MLP of one capture call."""
     d, f, N, T, wb = cfg.hidden_size, cfg.intermediate_size, run.calib_windows, run.window, run.weight_bytes
     chunk = min(N, BASELINE_CHUNK * split_factor((N,), Axes("batch"), mesh))
@@ -306,13 +307,17 @@ def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]
     def dev(shape, axes, itemsize):
         return per_device(shape, axes, itemsize, mesh, cfg.head_dim)
 
+    model = (("model head (blocks streamed)", head_per_device(cfg, wb, mesh)) if run.stream else
+             ("model weights", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh,
+                                               cfg.head_dim)))
     return [
-        Line("baselines", "model weights", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb,
-                                                           mesh, cfg.head_dim)),
+        Line("baselines", *model),
         Line("baselines", "calibration stream, in and out of the MLP (fp32)", 2 * dev((N, T, d), HIDDEN, F32)),
         Line("baselines", "weights of one block", block_per_device(cfg, wb, mesh)),
         Line("baselines", f"captured input of down_proj, {captured} windows (fp32)",
              dev((captured, T, f), MLP_HIDDEN, F32)),
+        Line("baselines", f"the MLP's residual on the {captured} captured windows (masked copy, operand; fp32)",
+             (RESIDUAL_COPIES - 1) * dev((captured, T, f), MLP_HIDDEN, F32)),
         Line("baselines", f"MLP of one capture call of {chunk} windows (gate, up, product; fp32)",
              3 * dev((chunk, T, f), MLP_HIDDEN, F32)),
     ]

@@ -49,6 +49,7 @@ from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit, level_groups
 from tyrjax.model.vocab import VOCAB_MULTIPLE
+from tyrjax.tyr.baselines import RESIDUAL_COPIES
 from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
                                 blocks_per_call, call_bytes, candidate_blocks, candidate_fitness, fitness_chunks,
                                 scoring_windows)
@@ -464,14 +465,15 @@ class PhaseBuilder:
                 Step(head, (("hidden states of all windows", hidden),))]
 
 
-    # structured baselines (Wanda-sp, FLAP): per block, capture, statistics, residual on every
-    # window, or on chunks of windows when the captures do not fit (`tyr.baselines.capture_chunk`)
+    # structured baselines (Wanda-sp, FLAP): per block (held, or streamed from the checkpoint),
+    # capture, statistics, residual on every window, or on chunks of windows when the captures
+    # do not fit (`tyr.baselines.capture_chunk`)
     def baselines_chunk(self, budget: int) -> int:
         """Windows per device whose captures a block pass holds at once; raises the budget error."""
         n_local = -(-self.s.n_calib // self.batch_split(self.s.n_calib))
-        model = self.head_bytes() + self.cfg.n_layers * self.block_bytes()
+        model = self.head_bytes() + self.blocks_bytes()
         return min(n_local, capture_windows(self.cfg, n_local, self.s.window, budget, model + self.block_bytes(),
-                                            "structured baseline"))
+                                            "structured baseline", RESIDUAL_COPIES))
 
     def baselines(self, capture: int | None = None) -> list[Step]:
         cfg, N, T, d, f = self.cfg, self.s.n_calib, self.s.window, self.cfg.hidden_size, self.cfg.intermediate_size
@@ -481,7 +483,8 @@ class PhaseBuilder:
         chunked = nc < N
         b = min(N, STATS_CHUNK * split)
         block = (block_structs(cfg, self.wdt), layer_axes(cfg))
-        model = (("model weights", self.head_bytes() + cfg.n_layers * self.block_bytes()),)
+        model = ((("model head (blocks streamed)" if self.s.stream else "model weights"),
+                  self.head_bytes() + self.blocks_bytes()),)
         stream = ("calibration stream (fp32)" + (", in and out" if chunked else ""),
                   (1 + chunked) * self.dev((N, T, d), HIDDEN, F32))
         block_res = ("weights of the block", self.block_bytes())

@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 from tyrjax.calibration.statistics import (InputStats, attention_inputs, attention_residual, check_finite, embed_windows,
                                            mlp_inputs, mlp_residual, stats_of)
 
-from tyrjax.model.blocks import data_split, device_bytes, layer, map_chunks
+from tyrjax.model.blocks import ModelBlocks, data_split, device_bytes, layer, map_chunks
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model.decoder import Params, is_stacked, kept_layout
+from tyrjax.model.decoder import Params, compact_from_blocks, compact_from_masked, is_stacked, kept_layout
 from tyrjax.parallel.sharding import host_array, resolve_mesh
 from tyrjax.structured.scores import (flap_bias, flap_scores, flap_standardise, keep_lowest_removed,
                                          magnitude_scores, wanda_sp_scores)
@@ -52,12 +52,16 @@ from tyrjax.tyr.supernet import capture_windows, chunked_stats, chunked_stream
 
 METHODS = ("wanda-sp", "magnitude", "flap")
 CHUNK = 8  # calibration windows per attention call (bounds the attention scores' memory)
+# fp32 copies of a layer's captured input a window needs while its residual runs on every
+# captured window in one call: the input, its masked copy and the projection's operand
+RESIDUAL_COPIES = 3
 
-BaselineResult = tuple[Params, ModelConfig, np.ndarray, np.ndarray, dict[str, Any]]
+BaselineResult = tuple["Params | ModelBlocks", ModelConfig, np.ndarray, np.ndarray, dict[str, Any]]
+Model = Params | ModelBlocks  # the masked (stacked) form held in memory, or served block by block
 
 
 def structured_baseline(
-    params: Params,
+    params: Model,
     cfg: ModelConfig,
     calib_windows: np.ndarray | None,
     sparsity: float,
@@ -80,11 +84,16 @@ def structured_baseline(
     are held when they fit `budget_bytes` per device (default: what the device reports), else
     summed over chunks of windows (`tyr.supernet.capture_windows`) and captured again for the
     next block's input.
+
+    `params` may be `ModelBlocks` (e.g. `checkpoints.streaming.StreamedBlocks`): every pass then
+    asks for one block at a time, on the blocks' mesh, and the first element returned is
+    `ModelBlocks` too (FLAP's biases added as each block is asked for); `compact_model` makes
+    the compact model of either form. The masks and biases equal the held model's.
     """
     if method not in METHODS:
         raise TyrjaxError(f"structured baseline: method {method!r} unknown; use one of {', '.join(METHODS)}")
     _check_model(params, cfg)
-    mesh = resolve_mesh(mesh)
+    mesh = params.mesh if isinstance(params, ModelBlocks) else resolve_mesh(mesh)
     extra: dict[str, Any] = {}
     if method == "flap":
         params_out, cfg_out, head, ffn, extra = _flap(params, cfg, _windows(calib_windows), sparsity, progress, mesh,
@@ -103,8 +112,9 @@ def structured_baseline(
 
 
 # --- validation ---------------------------------------------------------------------------
-def _check_model(params: Params, cfg: ModelConfig) -> None:
-    if not is_stacked(params) or cfg.is_compact:
+def _check_model(params: Model, cfg: ModelConfig) -> None:
+    held = params if not isinstance(params, ModelBlocks) else {"layers": {}}
+    if not is_stacked(held) or cfg.is_compact:
         raise TyrjaxError("structured baseline: expects a dense model in the masked (stacked) form, not a pruned one")
 
 
@@ -116,18 +126,45 @@ def _windows(calib_windows: np.ndarray | None) -> np.ndarray:
     return windows
 
 
+# --- the model, held or block by block -----------------------------------------------------
+def _block(params: Model, index: int, cfg: ModelConfig, mesh: Mesh | None) -> Params:
+    """Block `index` laid out on `mesh`: a slice of the held layers, or the one `ModelBlocks` serves."""
+    return params.block(index) if isinstance(params, ModelBlocks) else layer(params, index, cfg, mesh)
+
+
+def _head(params: Model) -> Params:
+    """The parameters outside the blocks (the embedding is all the passes use of them)."""
+    return params.head if isinstance(params, ModelBlocks) else params
+
+
+def _resident_bytes(params: Model, cfg: ModelConfig, mesh: Mesh | None) -> int:
+    """Bytes per device a pass holds beside its captures: what the model keeps resident (all of
+    it when held, the head when served block by block) and one block."""
+    if isinstance(params, ModelBlocks):
+        return params.resident_bytes() + device_bytes(params.block(0))
+    return device_bytes(params) + device_bytes(layer(params, 0))
+
+
+def compact_model(params: Model, cfg: ModelConfig, head: np.ndarray, ffn: np.ndarray) -> tuple[Params, ModelConfig]:
+    """The compact model of a baseline's result (`structured_baseline`'s first two elements)
+    under its masks; `ModelBlocks` are compacted one block at a time."""
+    if isinstance(params, ModelBlocks):
+        return compact_from_blocks(params.head, (params.block(i) for i in range(cfg.n_layers)), cfg, head, ffn)
+    return compact_from_masked(params, cfg, head, ffn)
+
+
 # --- uniform baselines --------------------------------------------------------------------
-def _magnitude_masks(params: Params, cfg: ModelConfig, counts: np.ndarray,
+def _magnitude_masks(params: Model, cfg: ModelConfig, counts: np.ndarray,
                      ledger: KVLedger) -> tuple[np.ndarray, np.ndarray]:
     """Data-free: the lowest group norms of o_proj / down_proj rows, uniform counts (the MLP's
     settled by `ledger`)."""
-    lay = params["layers"]
     head_counts, ffn_counts = split(counts)
     head, ffn = [], []
     for b in range(cfg.n_layers):
-        head.append(np.asarray(keep_lowest_removed(magnitude_scores(lay["wo"][b], cfg.head_dim), int(head_counts[b]))))
+        p = params.block(b) if isinstance(params, ModelBlocks) else {k: params["layers"][k][b] for k in ("wo", "w_down")}
+        head.append(np.asarray(keep_lowest_removed(magnitude_scores(p["wo"], cfg.head_dim), int(head_counts[b]))))
         n_neurons = ledger.mlp_removal(head[-1], int(ffn_counts[b]))
-        ffn.append(np.asarray(keep_lowest_removed(magnitude_scores(lay["w_down"][b], 1), n_neurons)))
+        ffn.append(np.asarray(keep_lowest_removed(magnitude_scores(p["w_down"], 1), n_neurons)))
     return np.stack(head), np.stack(ffn)
 
 
@@ -137,15 +174,15 @@ def _wanda_keep(W: jnp.ndarray, stats: InputStats, group_size: int, n_remove: in
     return keep_lowest_removed(wanda_sp_scores(W, jnp.sqrt(stats.sq_norm), group_size), n_remove)
 
 
-def capture_chunk(params: Params, cfg: ModelConfig, windows: np.ndarray, mesh: Mesh | None,
+def capture_chunk(params: Model, cfg: ModelConfig, windows: np.ndarray, mesh: Mesh | None,
                   budget_bytes: int | None) -> int | None:
     """Windows (all devices) whose captured layer inputs a block pass holds at once, or None
     when every window's fit `budget_bytes` (default: what the device reports)."""
     split = data_split(mesh)
     n_local, length = -(-len(windows) // split), windows.shape[1]
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
-    resident = device_bytes(params) + device_bytes(layer(params, 0))
-    size = capture_windows(cfg, n_local, length, budget, resident, "structured baseline")
+    resident = _resident_bytes(params, cfg, mesh)
+    size = capture_windows(cfg, n_local, length, budget, resident, "structured baseline", RESIDUAL_COPIES)
     return None if size >= n_local else size * split
 
 
@@ -165,16 +202,16 @@ class Capture:
         return chunked_stream(lambda xs: step(xs, self.fn(xs)), x, self.size, self.mesh)
 
 
-def _wanda_sp_masks(params: Params, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray, ledger: KVLedger,
+def _wanda_sp_masks(params: Model, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray, ledger: KVLedger,
                     progress: bool, mesh: Mesh | None, budget_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Block by block on the pruned stream: attention, then the MLP on the pruned attention's output
     (its count settled by `ledger`)."""
     size = capture_chunk(params, cfg, windows, mesh, budget_bytes)
-    x = embed_windows(params, windows, mesh)
+    x = embed_windows(_head(params), windows, mesh)
     head_counts, ffn_counts = split(counts)
     head, ffn = [], []
     for b in tqdm(range(cfg.n_layers), desc="wanda-sp", unit="block", disable=not progress):
-        p = layer(params, b, cfg, mesh)
+        p = _block(params, b, cfg, mesh)
         heads = Capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
         keep_h = _wanda_keep(p["wo"], heads.stats, cfg.head_dim, int(head_counts[b]), f"block {b} o_proj")
         x = heads.next_stream(lambda xs, h, p=p: attention_residual(p, cfg, xs, h, keep_h), x)
@@ -199,15 +236,15 @@ class FlapStats(NamedTuple):
     mean_hidden: jnp.ndarray  # (L, F)
 
 
-def flap_pass(params: Params, cfg: ModelConfig, windows: np.ndarray, progress: bool = False,
+def flap_pass(params: Model, cfg: ModelConfig, windows: np.ndarray, progress: bool = False,
               mesh: Mesh | None = None, budget_bytes: int | None = None) -> FlapStats:
     """One forward pass of the dense model collecting FLAP's scores and input means (captures
     chunked to `budget_bytes` per device as `structured_baseline` says)."""
     size = capture_chunk(params, cfg, windows, mesh, budget_bytes)
-    x = embed_windows(params, windows, mesh)
+    x = embed_windows(_head(params), windows, mesh)
     z_h, z_n, m_h, m_n = [], [], [], []
     for b in tqdm(range(cfg.n_layers), desc="flap", unit="block", disable=not progress):
-        p = layer(params, b, cfg, mesh)
+        p = _block(params, b, cfg, mesh)
         heads = Capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
         stats = heads.stats
         check_finite(stats, f"block {b} o_proj")
@@ -279,7 +316,27 @@ def flap_compensate(params: Params, cfg: ModelConfig, stats: FlapStats, head: np
     return dict(params, layers=layers), cfg.replace(o_bias=True, down_bias=True)
 
 
-def _flap(params: Params, cfg: ModelConfig, windows: np.ndarray, sparsity: float,
+class CompensatedBlocks(ModelBlocks):
+    """`ModelBlocks` with FLAP's biases for the removed channels added to each block as it is
+    asked for (`flap_compensate` block by block); `cfg` has `o_bias`/`down_bias`."""
+
+    def __init__(self, blocks: ModelBlocks, stats: FlapStats, head: np.ndarray, ffn: np.ndarray):
+        self.blocks, self.stats, self.head_mask, self.ffn_mask = blocks, stats, head, ffn
+        self.cfg = blocks.cfg.replace(o_bias=True, down_bias=True)
+        self.head, self.mesh = blocks.head, blocks.mesh
+
+    def block(self, index: int) -> Params:
+        p, hd = self.blocks.block(index), self.cfg.head_dim
+        bo = flap_bias(p["wo"].astype(jnp.float32), self.stats.mean_heads[index], jnp.asarray(self.head_mask[index]), hd)
+        bd = flap_bias(p["w_down"].astype(jnp.float32), self.stats.mean_hidden[index],
+                       jnp.asarray(self.ffn_mask[index]), 1)
+        return dict(p, bo=_add_bias(p, "bo", bo, p["wo"].dtype), b_down=_add_bias(p, "b_down", bd, p["w_down"].dtype))
+
+    def resident_bytes(self) -> int:
+        return self.blocks.resident_bytes()
+
+
+def _flap(params: Model, cfg: ModelConfig, windows: np.ndarray, sparsity: float,
           progress: bool, mesh: Mesh | None, budget_bytes: int | None = None) -> BaselineResult:
     if not 0.0 < sparsity < 1.0:
         raise TyrjaxError(f"--sparsity {sparsity}: must lie strictly between 0 and 1")
@@ -287,7 +344,11 @@ def _flap(params: Params, cfg: ModelConfig, windows: np.ndarray, sparsity: float
     added = cfg.hidden_size * cfg.n_layers * ((not cfg.o_bias) + (not cfg.down_bias))
     budget = sparsity * cfg.attn_mlp_params() + added  # the compact model keeps the added biases
     head, ffn, _ = flap_select(cfg, stats.z_heads, stats.z_neurons, budget)
-    params_out, cfg_out = flap_compensate(params, cfg, stats, head, ffn)
+    if isinstance(params, ModelBlocks):
+        params_out: Model = CompensatedBlocks(params, stats, head, ffn)
+        cfg_out = params_out.cfg
+    else:
+        params_out, cfg_out = flap_compensate(params, cfg, stats, head, ffn)
     return params_out, cfg_out, head, ffn, {"budget_params": int(round(budget)), "added_bias_params": int(added)}
 
 

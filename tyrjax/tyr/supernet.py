@@ -190,13 +190,15 @@ def capture_fixed_bytes(cfg: ModelConfig, n_local: int, length: int, resident_by
 
 
 def capture_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
-                    phase: str = "supernet build") -> int:
+                    phase: str = "supernet build", copies: int = 1) -> int:
     """Windows per device whose captured o_proj / down_proj inputs (fp32) the build holds at
     once: all of them when they fit `budget_bytes` (then each layer is captured once and the
     capture feeds both its Gram and the next block's input), else the largest multiple of
     `STATS_CHUNK` that fits (each chunk is captured twice: for the Gram, then after the layer
-    is pruned for the stream). Fails naming the phase when not even one capture call fits."""
-    return chunking(n_local, length * widest_input(cfg) * F32, budget_bytes,
+    is pruned for the stream). `copies`: the captured input's size a window needs at once (a
+    caller that applies the layer to all captured windows in one call holds its temporaries
+    too). Fails naming the phase when not even one capture call fits."""
+    return chunking(n_local, copies * length * widest_input(cfg) * F32, budget_bytes,
                     fixed_bytes=capture_fixed_bytes(cfg, n_local, length, resident_bytes), phase=phase,
                     multiple=min(STATS_CHUNK, n_local)).size
 
