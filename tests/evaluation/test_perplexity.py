@@ -1,13 +1,15 @@
 """Perplexity and per-window NLLs equal a float64 numpy computation from the model's logits."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tyrjax.errors import TyrjaxError
-from tyrjax.evaluation.perplexity import perplexity, perplexity_blockwise, token_nll, window_nlls, window_nlls_blockwise
-from tyrjax.model.blocks import HeldBlocks
+from tyrjax.evaluation.perplexity import (perplexity, perplexity_blockwise, scored_whole, token_nll,
+                                          whole_forward_bytes, window_nlls, window_nlls_blockwise)
+from tyrjax.model.blocks import HeldBlocks, device_bytes
 from tyrjax.model.config import ModelConfig
-from tyrjax.model.decoder import forward, init_random_params
+from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 
 CFG = ModelConfig(vocab_size=32, hidden_size=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=4,
                   intermediate_size=24, max_position_embeddings=16)
@@ -99,3 +101,22 @@ def test_uniform_prediction_has_the_vocabulary_size_as_perplexity(model):
     uniform = {**params, "lm_head": jnp.zeros_like(params["lm_head"])}
     assert perplexity(uniform, CFG, windows, progress=False) == pytest.approx(CFG.vocab_size, rel=1e-5)
     assert perplexity(params, CFG, windows, progress=False) != pytest.approx(CFG.vocab_size, rel=1e-3)
+
+
+@pytest.mark.parametrize("form", ["masked", "compact"])
+def test_held_model_over_the_budget_is_scored_block_by_block(model, form):
+    params, windows = model
+    cfg = CFG
+    if form == "compact":
+        params, cfg = compact_from_masked(params, CFG)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
+    whole = whole_forward_bytes(cfg, device_bytes(params), 2, 2, windows.shape[1])
+    assert whole > device_bytes(params) * 3  # the fp32 copies of bf16 weights are counted
+    assert scored_whole(params, cfg, 2, windows.shape[1], int(whole))
+    assert not scored_whole(params, cfg, 2, windows.shape[1], int(whole) - 1)
+    want = window_nlls(params, cfg, windows, 2, progress=False, budget_bytes=int(whole))
+    got = window_nlls(params, cfg, windows, 2, progress=False, budget_bytes=int(whole) - 1)
+    np.testing.assert_array_equal(got, window_nlls_blockwise(HeldBlocks(params, cfg), windows, 2, progress=False,
+                                                             budget_bytes=int(whole) - 1))
+    # bf16 hidden states are rounded where the two paths' fusions differ
+    np.testing.assert_allclose(got, want, rtol=2e-3)

@@ -2,7 +2,9 @@
 
 When a batch's logits (batch × length × vocabulary, fp32) do not fit the per-device memory
 budget, the LM head runs over the vocabulary in chunks (`model.vocab.logits_at`): the same
-NLLs to float re-association, never more than one chunk's logits at once."""
+NLLs to float re-association, never more than one chunk's logits at once. A model held in
+memory is scored by one call of the whole forward when that call fits the budget
+(`whole_forward_bytes`), else block by block like a streamed one (`window_nlls_blockwise`)."""
 from __future__ import annotations
 
 from functools import partial
@@ -12,12 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from tyrjax.model.blocks import ModelBlocks, device_bytes, map_to_host, run_blocks
+from tyrjax.model.blocks import HeldBlocks, ModelBlocks, block_activation_bytes, device_bytes, map_to_host, run_blocks
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params, final_hidden, last_hidden, lm_head_weight, logits_from_hidden
 from tyrjax.model.vocab import LOGIT_BYTES, logits_at, widest_vocab_chunk
 from tyrjax.parallel.memory import device_memory_bytes
+from tyrjax.parallel.sharding import resolve_mesh
+
+F32 = 4
 
 
 def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -53,6 +58,21 @@ def head_vocab_chunk(cfg: ModelConfig, batch: int, length: int, budget_bytes: in
     return widest_vocab_chunk(cfg.vocab_size, batch * length, budget, fixed_bytes + hidden, "evaluation")
 
 
+def whole_forward_bytes(cfg: ModelConfig, params_bytes: float, itemsize: int, batch: int, length: int) -> float:
+    """Per-device bytes of one call of the whole forward on `batch` windows: the weights
+    (`params_bytes`), fp32 copies of them when they are narrower (XLA on CPU computes such
+    matmuls on fp32 copies of the operands, hoisted out of the loop over blocks; counted on
+    every platform, so a model is scored the same way everywhere) and one block's temporaries."""
+    copies = params_bytes * F32 / itemsize if itemsize < F32 else 0.0
+    return params_bytes + copies + batch * block_activation_bytes(cfg, length)
+
+
+def scored_whole(params: Params, cfg: ModelConfig, batch: int, length: int, budget_bytes: int) -> bool:
+    """Whether a held model is scored by whole-forward calls (`whole_forward_bytes` fits the budget)."""
+    itemsize = jnp.dtype(params["embed"].dtype).itemsize
+    return whole_forward_bytes(cfg, device_bytes(params), itemsize, batch, length) <= budget_bytes
+
+
 def window_nlls(
     params: Params,
     cfg: ModelConfig,
@@ -63,9 +83,14 @@ def window_nlls(
     budget_bytes: int | None = None,
 ) -> np.ndarray:
     """Summed next-token NLL of each window (n_windows,), each window scored alone; the LM head
-    runs over vocabulary chunks when a batch's logits exceed `budget_bytes` per device."""
+    runs over vocabulary chunks when a batch's logits exceed `budget_bytes` per device, and the
+    blocks one at a time when the whole forward does not fit it (`scored_whole`)."""
     windows = checked_windows(windows, cfg, desc)
-    chunk = head_vocab_chunk(cfg, batch_size, windows.shape[1], budget_bytes, device_bytes(params))
+    budget = device_memory_bytes() if budget_bytes is None else budget_bytes
+    if not scored_whole(params, cfg, batch_size, windows.shape[1], budget):
+        return window_nlls_blockwise(HeldBlocks(params, cfg, resolve_mesh(None)), windows, batch_size, desc, progress,
+                                     budget)
+    chunk = head_vocab_chunk(cfg, batch_size, windows.shape[1], budget, device_bytes(params))
     pad = (-len(windows)) % batch_size
     padded = np.concatenate([windows, windows[:pad]]) if pad else windows
     bar = tqdm(range(0, len(padded), batch_size), desc=desc, unit="batch", disable=not progress, leave=False)

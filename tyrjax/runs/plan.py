@@ -332,11 +332,13 @@ class EvalRun:
     weight_bytes: int = 2
     batch: int = 1
     stream: bool = False
+    blockwise: bool = False  # a held model scored block by block (its whole forward does not fit)
 
 
 def evaluation_memory(cfg: ModelConfig, mesh: MeshSpec, run: EvalRun) -> list[Line]:
     """Per-device bytes of scoring one batch of windows: the whole forward when the model is
-    held, the LM head on the last block's output when blocks are streamed."""
+    held, the LM head on the last block's output when blocks are streamed or a held model is
+    scored block by block."""
     d, T, B, wb = cfg.hidden_size, run.window, run.batch, run.weight_bytes
 
     def dev(shape, axes, itemsize):
@@ -344,10 +346,12 @@ def evaluation_memory(cfg: ModelConfig, mesh: MeshSpec, run: EvalRun) -> list[Li
 
     if run.stream:
         weights = Line("evaluation", "model head (blocks streamed)", head_per_device(cfg, wb, mesh))
-        hidden = Line("evaluation", "hidden states of all windows", dev((run.windows, T, d), HIDDEN, wb))
     else:
         weights = Line("evaluation", "model weights", tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True),
                                                                        wb, mesh, cfg.head_dim))
+    if run.stream or run.blockwise:
+        hidden = Line("evaluation", "hidden states of all windows", dev((run.windows, T, d), HIDDEN, wb))
+    else:
         hidden = Line("evaluation", "hidden states of the batch", dev((B, T, d), HIDDEN, wb))
     return [
         weights,

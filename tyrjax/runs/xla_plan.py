@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import jax
@@ -34,7 +35,7 @@ from jax.sharding import Mesh
 from tyrjax.calibration.statistics import _sums, attention_inputs, attention_residual, mlp_inputs, mlp_residual
 from tyrjax.checkpoints.hf import global_shapes, layer_shapes
 from tyrjax.errors import TyrjaxError
-from tyrjax.evaluation.perplexity import nll_sums_from_hidden, window_nll_sums
+from tyrjax.evaluation.perplexity import nll_sums_from_hidden, whole_forward_bytes, window_nll_sums
 from tyrjax.model.axes import LAYER_PARAM_AXES, MODEL_PARAM_AXES, layer_axes, param_axes
 from tyrjax.model.blocks import block_output, stacked_axes
 from tyrjax.model.config import ModelConfig
@@ -445,12 +446,20 @@ class PhaseBuilder:
             Step(fitness, (("held blocks", self.blocks_bytes()), parent_states)),
         ]
 
-    # evaluation: perplexity, windows scored in batches (block by block when streamed)
-    def evaluation(self, per_device: int) -> list[Step]:
+    # evaluation: perplexity, windows scored in batches: by whole-forward calls when the model is
+    # held and such a call fits the budget (`evaluation.perplexity.whole_forward_bytes`), else
+    # block by block
+    def evaluation_whole(self, per_device: int, budget: int) -> bool:
+        """Whether a held model's windows are scored by whole-forward calls of `per_device` windows."""
+        model = self.head_bytes() + self.cfg.n_layers * self.block_bytes()
+        return not self.s.stream and whole_forward_bytes(self.cfg, model, self.wdt.itemsize, per_device,
+                                                         self.s.eval_window) <= budget
+
+    def evaluation(self, per_device: int, whole: bool | None = None) -> list[Step]:
         cfg, N, T, d = self.cfg, self.s.eval_windows, self.s.eval_window, self.cfg.hidden_size
         b = min(N, per_device * self.batch_split(N))
         tokens = (struct((b, T), jnp.int32), Axes("batch", "seq"))
-        if not self.s.stream:
+        if not self.s.stream if whole is None else whole:
             model = (model_structs(cfg, self.wdt), param_axes(cfg, stacked=True))
             return [Step(Call("window_nll_sums", window_nll_sums, {"params": model, "tokens": tokens},
                               REPLICATED, {"cfg": cfg}), ())]
@@ -461,8 +470,10 @@ class PhaseBuilder:
         head = Call("nll_sums_from_hidden", nll_sums_from_hidden,
                     {"head": (head_structs(cfg, self.wdt), head_axes(cfg)), "h": (struct((b, T, d), self.wdt), HIDDEN),
                      "tokens": tokens}, REPLICATED, {"cfg": cfg})
-        return [Step(block, (("model head", self.head_bytes()), ("hidden states of all windows, in and out", 2 * hidden))),
-                Step(head, (("hidden states of all windows", hidden),))]
+        held = (("held blocks", self.blocks_bytes()),)
+        return [Step(block, (("model head", self.head_bytes()), *held,
+                             ("hidden states of all windows, in and out", 2 * hidden))),
+                Step(head, (*held, ("hidden states of all windows", hidden),))]
 
 
     # structured baselines (Wanda-sp, FLAP): per block (held, or streamed from the checkpoint),
@@ -597,7 +608,7 @@ def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | No
 
 def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None, phase: str, forward_windows: int,
                     candidate_batch: int | None = None, head: FitnessChunks | None = None, capture: int = 0,
-                    levels: int = 0) -> float:
+                    levels: int = 0, blockwise: bool = False) -> float:
     spec = mesh_spec(mesh)
     if phase == "sds":
         run = analytical.SDSRun(calib_windows=settings.sds_windows, window=settings.sds_window,
@@ -609,7 +620,8 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
         return analytical.phase_peaks(analytical.baseline_memory(cfg, spec, run))[phase]
     if phase == "evaluation":
         run = analytical.EvalRun(windows=settings.eval_windows, window=settings.eval_window,
-                                 weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream)
+                                 weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream,
+                                 blockwise=blockwise)
         return analytical.phase_peaks(analytical.evaluation_memory(cfg, spec, run))[phase]
     run = analytical_run(settings, forward_windows, mesh, candidate_batch, head, capture, levels)
     return analytical.phase_peaks(analytical.tyr_memory(cfg, spec, run))[phase]
@@ -679,11 +691,16 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
         if name in ("teacher", "evaluation"):
             n = s.n_calib if name == "teacher" else s.eval_windows
             per_device = -(-n // build.batch_split(n))
-            make = build.teacher if name == "teacher" else build.evaluation
+            make, blockwise = build.teacher, False
+            if name == "evaluation":  # held: whole forwards, or block by block when not even one window's fits
+                blockwise = not s.stream and not build.evaluation_whole(1, budget)
+                make = partial(build.evaluation, whole=not (s.stream or blockwise))
             figures, size, error = chunked_phase(name, make, per_device, budget, mesh, hd)
             windows = min(n, size * build.batch_split(n))
             chunks = {"windows_per_call": windows, "calls": -(-n // windows)}
-            plan_bytes = analytical_peak(cfg, s, mesh, name, windows)
+            if blockwise:
+                chunks["held_blocks_one_at_a_time"] = True
+            plan_bytes = analytical_peak(cfg, s, mesh, name, windows, blockwise=blockwise)
         elif name == "baselines":
             try:
                 capture, chunk_error = build.baselines_chunk(budget), None

@@ -310,10 +310,18 @@ def scoring_window_bytes(cfg: ModelConfig, batch: int, length: int, k: int, item
 
 def call_bytes(cfg: ModelConfig, batch: int, blocks: int, itemsize: int, level_itemsize: int) -> int:
     """Per-device bytes of one call's blocks and the levels its candidates use (o_proj,
-    down_proj and their masks), on one device (an upper bound on a mesh)."""
+    down_proj and their masks), on one device (an upper bound on a mesh), with an fp32 copy of
+    each candidate's levels when they are narrower: XLA on CPU computes their matmuls on such
+    copies (counted on every platform, so a search takes the same chunks everywhere)."""
     q = cfg.n_heads * cfg.head_dim
-    level = (q + cfg.intermediate_size) * cfg.hidden_size * level_itemsize + cfg.n_heads + cfg.intermediate_size
+    level_params = (q + cfg.intermediate_size) * cfg.hidden_size
+    level = level_params * (level_itemsize + fp32_copy(level_itemsize)) + cfg.n_heads + cfg.intermediate_size
     return blocks * (batch * level + cfg.attn_mlp_params() // cfg.n_layers * itemsize)
+
+
+def fp32_copy(itemsize: int) -> int:
+    """Bytes per element of the fp32 copy XLA on CPU makes of a narrower matmul operand."""
+    return 4 if itemsize < 4 else 0
 
 
 def scoring_windows(cfg: ModelConfig, batch: int, windows: int, length: int, k: int, budget_bytes: int,
