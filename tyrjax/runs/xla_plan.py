@@ -48,7 +48,7 @@ from tyrjax.sds.pipeline import stream_windows, streams_fit
 from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse_adjust
 from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
-from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit, level_groups
+from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit, level_groups, mesh_levels_per_call
 from tyrjax.model.vocab import VOCAB_MULTIPLE
 from tyrjax.tyr.baselines import RESIDUAL_COPIES
 from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
@@ -56,8 +56,8 @@ from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS
                                 scoring_windows)
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig, initial_grid
 from tyrjax.tyr.search.levels import ATTENTION
-from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, capture_windows,
-                                 held_while_pruning)
+from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, build_capture_windows,
+                                 capture_windows, held_while_pruning, stream_waits_on_host)
 
 F32 = 4
 TEACHER_K_BYTES = analytical.INDEX_AND_LOGP
@@ -319,16 +319,28 @@ class PhaseBuilder:
         cfg, T = self.cfg, self.s.window
         n_local = -(-self.s.n_calib // self.batch_split(self.s.n_calib))
         resident = self.head_bytes() + self.blocks_bytes() + self.block_bytes()
-        size = capture_windows(cfg, n_local, T, budget, resident)
-        if self.mesh is not None:  # each device prunes its levels one at a time
-            return size, 1, 1
-        left = max(int(budget - held_while_pruning(cfg, n_local, T, resident, size < n_local)), 1)
-        attn, mlp = (level_groups(self.s.tyr.n_levels, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize).size
-                     for d_in, rounds in ((cfg.n_heads * cfg.head_dim, ATTN_ROUNDS),
-                                          (cfg.intermediate_size, MLP_ROUNDS)))
+        size = build_capture_windows(cfg, n_local, T, budget, resident, self.wdt.itemsize)
+        on_host = self.stream_on_host(size, budget)
+        left = max(int(budget - held_while_pruning(cfg, n_local, T, resident, size < n_local, on_host)), 1)
+        modules = ((cfg.n_heads * cfg.head_dim, ATTN_ROUNDS), (cfg.intermediate_size, MLP_ROUNDS))
+        E = self.s.tyr.n_levels
+        if self.mesh is not None:  # levels per sharded call, each device pruning its own one at a time
+            devices = axis_size(self.mesh, "level")
+            attn, mlp = (mesh_levels_per_call(E, devices, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize)
+                         for d_in, rounds in modules)
+            return size, attn, mlp
+        attn, mlp = (level_groups(E, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize).size
+                     for d_in, rounds in modules)
         return size, attn, mlp
 
-    def supernet(self, capture: int, attn_levels: int, mlp_levels: int) -> list[Step]:
+    def stream_on_host(self, capture: int, budget: int) -> bool:
+        """Whether the build's stream waits on the host while the pruner runs (`tyr.supernet.stream_waits_on_host`)."""
+        n_local = -(-self.s.n_calib // self.batch_split(self.s.n_calib))
+        resident = self.head_bytes() + self.blocks_bytes() + self.block_bytes()
+        return stream_waits_on_host(self.cfg, n_local, self.s.window, budget, resident, capture < n_local,
+                                    self.wdt.itemsize)
+
+    def supernet(self, capture: int, attn_levels: int, mlp_levels: int, stream_on_host: bool = False) -> list[Step]:
         """The build's steps with `capture` windows per device captured at once and the levels
         per call of the local pruner at o_proj and down_proj (`supernet_chunks`)."""
         cfg, N, T, d, f = self.cfg, self.s.n_calib, self.s.window, self.cfg.hidden_size, self.cfg.intermediate_size
@@ -348,7 +360,8 @@ class PhaseBuilder:
         hidden = ("captured input of down_proj (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32))
         kept = () if chunked else (heads,)
         kept_hidden = () if chunked else (hidden,)
-        one_stream = ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32))
+        one_stream = (("calibration stream (fp32, on the host)", 0.0) if stream_on_host else
+                      ("calibration stream (fp32)", self.dev((N, T, d), HIDDEN, F32)))
         E_pad = E if self.mesh is None else round_up(E, axis_size(self.mesh, "level"))
         wo_levels = ("o_proj levels (fp32, split by level)", self.dev((E_pad, q, d), Axes("level"), F32) + E * cfg.n_heads)
         x = (struct((b, T, d), jnp.float32), HIDDEN)
@@ -368,7 +381,7 @@ class PhaseBuilder:
         ]
 
     def prune_call(self, name: str, w_shape: tuple[int, int], group_size: int, rounds: int, levels: int) -> Call:
-        E = self.s.tyr.n_levels
+        """The pruner's call on `levels` levels (on a mesh: levels of one sharded call)."""
         d_in = w_shape[0]
         common = {"group_size": group_size, "rounds": rounds, "saliency": self.s.tyr.saliency}
         if self.mesh is None:
@@ -377,10 +390,9 @@ class PhaseBuilder:
                       "n_remove": (struct((levels,), jnp.int32), REPLICATED),
                       "damp": (struct((), jnp.float32), REPLICATED)}
             return Call(name, _prune_levels_jit, inputs, REPLICATED, common)
-        padded = round_up(E, axis_size(self.mesh, "level"))
         inputs = {"W_dense": (struct(w_shape, self.wdt), REPLICATED),
                   "H": (struct((d_in, d_in), jnp.float32), REPLICATED),
-                  "n_remove": (struct((padded,), jnp.int32), Axes("level")),
+                  "n_remove": (struct((levels,), jnp.int32), Axes("level")),
                   "damp": (struct((), jnp.float32), REPLICATED)}
         return Call(name, _levels_per_device, inputs, (Axes("level"), Axes("level")), {**common, "mesh": self.mesh})
 
@@ -731,13 +743,16 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             try:
                 capture, attn_levels, mlp_levels = build.supernet_chunks(budget)
             except TyrjaxError as e:  # not even one chunk fits: plan it at the smallest
-                (capture, attn_levels, mlp_levels), chunk_error = (min(STATS_CHUNK, s.n_calib), 1, 1), str(e)
+                levels = 1 if mesh is None else axis_size(mesh, "level")
+                (capture, attn_levels, mlp_levels), chunk_error = (min(STATS_CHUNK, s.n_calib), levels, levels), str(e)
             else:
                 chunk_error = None
-            figures, error = whole_phase(name, build.supernet(capture, attn_levels, mlp_levels), budget, mesh, hd)
+            on_host = build.stream_on_host(capture, budget)
+            figures, error = whole_phase(name, build.supernet(capture, attn_levels, mlp_levels, on_host), budget, mesh,
+                                         hd)
             error = chunk_error or error
             split = build.batch_split(s.n_calib)
-            chunks = {"levels_per_call": {"o_proj": attn_levels, "down_proj": mlp_levels},
+            chunks = {"levels_per_call": {"o_proj": attn_levels, "down_proj": mlp_levels}, "stream_on_host_while_pruning": on_host,
                       "capture_windows_per_chunk": min(s.n_calib, capture * split),
                       "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * split)}
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=min(s.n_calib, capture * split),

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from tyrjax.calibration.hessian import damped_hessian
 from tyrjax.errors import TyrjaxError
 from tyrjax.parallel.memory import Chunking, chunking, device_memory_bytes
-from tyrjax.parallel.sharding import REPLICATED, Axes, axis_size, round_up, sharded_call, spec
+from tyrjax.parallel.sharding import REPLICATED, Axes, axis_size, host_array, put_axes, round_up, sharded_call, spec
 from tyrjax.structured.saliency import get_saliency
 
 
@@ -278,7 +278,10 @@ def prune_levels(
 
     On a mesh the levels are spread over the `level` mesh axes, every device (padded to a
     multiple of their size with copies of the last level), each device pruning its own one at a
-    time and keeping only its own: the result stays split over the devices by level.
+    time and keeping only its own: the result stays split over the devices by level. When a
+    device's levels and their results do not fit the budget together (`mesh_levels_per_call`),
+    the levels run in calls of one level per device, each call's levels leaving the devices
+    before the next starts, and come back split by level; the same masks and weights.
     """
     n_groups = _validate(W_dense, H, group_size, rounds, saliency)
     n_remove = jnp.asarray(n_remove_per_level)
@@ -293,8 +296,9 @@ def prune_levels(
     d_in, d_out = W_dense.shape
     sizes = {"weight_bytes": W_dense.dtype.itemsize, "hessian_bytes": H.dtype.itemsize}
     if mesh is not None:
-        level_groups(1, d_in, d_out, rounds, budget, **sizes)  # each device prunes one level at a time
-        return _prune_levels_sharded(W_dense, H, n_remove, group_size, rounds, saliency, damp, mesh)
+        per_call = mesh_levels_per_call(n_remove.shape[0], axis_size(mesh, "level"), d_in, d_out, rounds, budget,
+                                        **sizes)
+        return _prune_levels_sharded(W_dense, H, n_remove, group_size, rounds, saliency, damp, mesh, per_call)
     groups = level_groups(n_remove.shape[0], d_in, d_out, rounds, budget, **sizes)
     return prune_level_groups(W_dense, H, n_remove, group_size, rounds, saliency, damp, groups.size)
 
@@ -321,21 +325,44 @@ def prune_level_groups(
     return jnp.asarray(W_levels), jnp.asarray(keep)
 
 
+def mesh_levels_per_call(n_levels: int, devices: int, d_in: int, d_out: int, rounds: int, budget_bytes: int,
+                         weight_bytes: int = FP32, hessian_bytes: int = FP32) -> int:
+    """Levels of one sharded call of the pruner over `devices` devices: all of them (padded to
+    a multiple of `devices`) when a device's share fits `budget_bytes` as `level_groups` counts
+    levels, else one per device. A budget below one level stops here, naming the smallest
+    budget that works."""
+    level_groups(1, d_in, d_out, rounds, budget_bytes, weight_bytes, hessian_bytes)
+    share = -(-n_levels // devices)
+    fits = level_groups(share, d_in, d_out, rounds, budget_bytes, weight_bytes, hessian_bytes).size >= share
+    return round_up(n_levels, devices) if fits else devices
+
+
 def _prune_levels_sharded(
     W_dense: jax.Array, H: jax.Array, n_remove: jax.Array, group_size: int, rounds: int, saliency: str,
-    damp: float, mesh: Mesh,
+    damp: float, mesh: Mesh, per_call: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """`prune_levels` with the levels split over the mesh's `level` axes."""
+    """`prune_levels` with the levels split over the mesh's `level` axes, `per_call` levels
+    (a multiple of their size; default all) per call."""
     n_levels = n_remove.shape[0]
     n_remove = pad_levels(n_remove, round_up(n_levels, axis_size(mesh, "level")))
-    inputs = {
-        "W_dense": (W_dense, REPLICATED),
-        "H": (H, REPLICATED),
-        "n_remove": (n_remove, Axes("level")),
-        "damp": (jnp.float32(damp), REPLICATED),
-    }
-    W_levels, keep = sharded_call(_levels_per_device, mesh, inputs, (Axes("level"), Axes("level")), static={
-        "group_size": group_size, "rounds": rounds, "saliency": saliency, "mesh": mesh})
+    per_call = per_call or n_remove.shape[0]
+
+    def call(part: jax.Array) -> tuple[jax.Array, jax.Array]:
+        inputs = {
+            "W_dense": (W_dense, REPLICATED),
+            "H": (H, REPLICATED),
+            "n_remove": (part, Axes("level")),
+            "damp": (jnp.float32(damp), REPLICATED),
+        }
+        return sharded_call(_levels_per_device, mesh, inputs, (Axes("level"), Axes("level")), static={
+            "group_size": group_size, "rounds": rounds, "saliency": saliency, "mesh": mesh})
+
+    if per_call >= n_remove.shape[0]:
+        W_levels, keep = call(n_remove)
+        return W_levels[:n_levels], keep[:n_levels]
+    parts = [tuple(host_array(a) for a in call(n_remove[i:i + per_call]))
+             for i in range(0, n_remove.shape[0], per_call)]
+    W_levels, keep = (put_axes(np.concatenate(field), Axes("level"), mesh) for field in zip(*parts))
     return W_levels[:n_levels], keep[:n_levels]
 
 

@@ -46,7 +46,7 @@ from tyrjax.tyr.genome import Genome, layer_index, n_searchable
 from tyrjax.tyr.search.levels import ATTENTION, MLP, LevelGrid
 from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.parallel.sharding import HIDDEN, host_array, put_axes, resolve_mesh
-from tyrjax.structured.local_pruner import prune_levels
+from tyrjax.structured.local_pruner import level_state_bytes, prune_levels, shared_state_bytes
 
 PROPAGATIONS = ("expectation", "dense", "path", "uniform")
 
@@ -203,12 +203,48 @@ def capture_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: i
                     multiple=min(STATS_CHUNK, n_local)).size
 
 
-def held_while_pruning(cfg: ModelConfig, n_local: int, length: int, resident_bytes: float, chunked: bool) -> float:
+def held_while_pruning(cfg: ModelConfig, n_local: int, length: int, resident_bytes: float, chunked: bool,
+                       stream_on_host: bool = False) -> float:
     """Per-device bytes the build holds while the local pruner runs: the weights held, the fp32
-    stream and, unless the captures are chunked, the widest layer's captured input."""
-    stream = n_local * length * cfg.hidden_size * F32
+    stream (unless it waits on the host) and, unless the captures are chunked, the widest
+    layer's captured input."""
+    stream = 0 if stream_on_host else n_local * length * cfg.hidden_size * F32
     captured = 0 if chunked else n_local * length * widest_input(cfg) * F32
     return resident_bytes + stream + captured
+
+
+def one_level_bytes(cfg: ModelConfig, weight_bytes: int) -> int:
+    """Per-device bytes of the local pruner on one level of the block's larger pruned layer."""
+    return max(shared_state_bytes(d_in, cfg.hidden_size, weight_bytes) + level_state_bytes(d_in, cfg.hidden_size, rounds)
+               for d_in, rounds in ((cfg.n_heads * cfg.head_dim, ATTN_ROUNDS), (cfg.intermediate_size, MLP_ROUNDS)))
+
+
+def pruner_fits(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
+                chunked: bool, weight_bytes: int, stream_on_host: bool = False) -> bool:
+    """Whether one level of the local pruner fits beside what the build holds while it runs."""
+    held = held_while_pruning(cfg, n_local, length, resident_bytes, chunked, stream_on_host)
+    return held + one_level_bytes(cfg, weight_bytes) <= budget_bytes
+
+
+def stream_waits_on_host(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
+                         chunked: bool, weight_bytes: int) -> bool:
+    """Whether the calibration stream waits on the host while the local pruner runs: when one
+    level does not fit beside it and does without it (the same values come back)."""
+    args = (cfg, n_local, length, budget_bytes, resident_bytes, chunked, weight_bytes)
+    return not pruner_fits(*args) and pruner_fits(*args, stream_on_host=True)
+
+
+def build_capture_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
+                          weight_bytes: int) -> int:
+    """Windows per device the build captures at once (`capture_windows`), fewer than all of them
+    when every window's captured input held while the pruner runs leaves no room for one of its
+    levels: then halves, rounded up to a multiple of `STATS_CHUNK`."""
+    size = capture_windows(cfg, n_local, length, budget_bytes, resident_bytes)
+    if size < n_local or pruner_fits(cfg, n_local, length, budget_bytes, resident_bytes, False, weight_bytes):
+        return size
+    multiple = min(STATS_CHUNK, n_local)
+    half = -(-(-(-n_local // 2)) // multiple) * multiple
+    return half if half < n_local else size
 
 
 def _window_chunks(x: jax.Array, size: int, mesh: Mesh | None):
@@ -262,12 +298,23 @@ def prune_block(
     n_local, length = -(-x.shape[0] // split), x.shape[1]
     resident = resident_bytes + device_bytes(p)
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
-    size = capture_windows(cfg, n_local, length, budget, resident)
+    size = build_capture_windows(cfg, n_local, length, budget, resident, p["wo"].dtype.itemsize)
     chunked = size < n_local
+    on_host = stream_waits_on_host(cfg, n_local, length, budget, resident, chunked, p["wo"].dtype.itemsize)
     options = {"mesh": mesh}
     if budget_bytes is not None:
-        held = held_while_pruning(cfg, n_local, length, resident, chunked)
+        held = held_while_pruning(cfg, n_local, length, resident, chunked, on_host)
         options["budget_bytes"] = max(int(budget_bytes - held), 1)
+
+    def pruned(*args, **kwargs):
+        """`prune_levels`, with the stream on the host meanwhile when it must wait there."""
+        nonlocal x
+        if not on_host:
+            return prune_levels(*args, **kwargs, **options)
+        x_host, x = host_array(x), None
+        out = prune_levels(*args, **kwargs, **options)
+        x = jnp.asarray(x_host) if mesh is None else put_axes(x_host, HIDDEN, mesh)
+        return out
     options = {name: value for name, value in options.items() if value is not None}
 
     def heads_of(xs: jax.Array) -> jax.Array:
@@ -283,8 +330,8 @@ def prune_block(
         heads = heads_of(x)
         stats = stats_of(heads, mesh)
     check_finite(stats, f"block {block} o_proj")
-    wo_lv, head_keep = prune_levels(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
-                                    saliency=saliency, **options)
+    wo_lv, head_keep = pruned(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
+                              saliency=saliency)
     wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
     bo = p["bo"] if "bo" in p else 0.0
     if chunked:
@@ -301,8 +348,7 @@ def prune_block(
     mlp_counts = _removal_counts(grid, m_row)
     if ledger is not None:
         mlp_counts = np.asarray([ledger.mlp_removal(host_array(head_keep)[0], int(mlp_counts[0]))], np.int32)
-    wd_lv, ffn_keep = prune_levels(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS,
-                                   saliency=saliency, **options)
+    wd_lv, ffn_keep = pruned(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS, saliency=saliency)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
     b_down = p["b_down"] if "b_down" in p else 0.0
     if chunked:
