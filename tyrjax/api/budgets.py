@@ -55,11 +55,15 @@ def sds_capture_bytes(cfg: ModelConfig, length: int) -> int:
 
 def sds_capture_chunk(model: Model, calib: np.ndarray, budget_bytes: int) -> int:
     """Windows per attention capture call of SDS under `budget_bytes` per device, at most
-    `sds.capture.WINDOW_CHUNK`: next to the weights held (and a fitted copy), every window's
+    `sds.capture.WINDOW_CHUNK`: next to the weights held (the head and one block when served
+    block by block) and a fitted copy, every window's
     streams and one layer's fit. Fails naming "SDS" when not even one window fits."""
     cfg = model.cfg
     n, length = np.shape(calib)
     n_local = -(-n // data_split(resolve_mesh(None)))
-    fixed = 2 * device_bytes(model.params) + n_local * sds_stream_bytes(cfg, length) + sds_layer_bytes(cfg)
+    params = model.params
+    held = (params.resident_bytes() + device_bytes(params.block(0)) if isinstance(params, ModelBlocks)
+            else device_bytes(params))
+    fixed = 2 * held + n_local * sds_stream_bytes(cfg, length) + sds_layer_bytes(cfg)
     return chunking(min(WINDOW_CHUNK, n_local), sds_capture_bytes(cfg, length), budget_bytes, fixed_bytes=fixed,
                     phase="SDS").size

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from tyrjax.api.budgets import evaluation_vocab_chunk, sds_capture_chunk
 from tyrjax.api.configs import DataConfig, SDSConfig
 from tyrjax.checkpoints.export import check_formats, export_pruned
-from tyrjax.checkpoints.hf import save_hf, save_orbax
+from tyrjax.checkpoints.hf import layer_shapes, save_hf, save_orbax
 from tyrjax.checkpoints.loading import Model
 from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
@@ -82,6 +83,15 @@ class RunFacts:
     outputs: dict[str, str]
     data: DataConfig
     dtype: str
+
+
+def shapes_of(params: dict | ModelBlocks, cfg: Any) -> dict:
+    """`params`, or for `ModelBlocks` the shapes of each block's parameters (the per-layer form),
+    for checks that read only shapes (no block is read)."""
+    if not isinstance(params, ModelBlocks):
+        return params
+    return {"layers": [{k: jax.ShapeDtypeStruct(shape, np.float32) for k, shape in layer_shapes(cfg, i).items()}
+                       for i in range(cfg.n_layers)]}
 
 
 def not_streamable(method: str) -> TyrjaxError:
@@ -338,7 +348,7 @@ class UnstructuredMethod:
         if self.sds is None and self.method not in SPARSE_PRUNERS.names():
             raise TyrjaxError(f"prune: --method {self.method} is not an unstructured method; use one of "
                               f"{', '.join(SPARSE_PRUNERS.names())} with --pattern")
-        if stream:
+        if stream and self.sds is None:  # SDS takes the model block by block; the one-shot pruners hold it
             raise not_streamable(self.method)
         if self.sds is not None:
             s = self.sds
@@ -370,7 +380,7 @@ class UnstructuredMethod:
         return 1 if self.sds is None else 2
 
     def bind(self, model: Model) -> None:
-        check_pattern_fits(model.params, self.pattern)
+        check_pattern_fits(shapes_of(model.params, model.cfg), self.pattern)
 
     def prune(self, model: Model, calib: np.ndarray, out: Path | None, bound: None, progress: bool) -> Pruned:
         if self.sds is None:

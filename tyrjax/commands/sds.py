@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="recorded with the run; SDS draws no randomness (default %(default)s)")
     device_memory_arg(p, "the evaluation is chunked to and SDS's block loop must fit")
+    p.add_argument("--stream", action="store_true",
+                   help="hold only the embedding and head; read each decoder block from the checkpoint when SDS "
+                        "needs it, so memory does not grow with depth (safetensors checkpoints)")
     p.set_defaults(func=run)
 
 
