@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from tyrjax.calibration.statistics import (InputStats, attention_inputs, attention_residual, check_finite, embed_windows,
-                                           mlp_inputs, mlp_residual, stats_of)
+                                           mlp_inputs, mlp_residual)
 
 from tyrjax.model.blocks import ModelBlocks, data_split, device_bytes, layer, map_chunks
 from tyrjax.model.config import ModelConfig
@@ -48,7 +48,7 @@ from tyrjax.tyr.budget import KVLedger, kv_head_params, neuron_params, query_hea
 from tyrjax.tyr.genome import split
 from tyrjax.parallel.memory import device_memory_bytes
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, removed_groups
-from tyrjax.tyr.supernet import capture_windows, chunked_stats, chunked_stream
+from tyrjax.tyr.supernet import Capture, capture_windows
 
 METHODS = ("wanda-sp", "magnitude", "flap")
 CHUNK = 8  # calibration windows per attention call (bounds the attention scores' memory)
@@ -186,20 +186,9 @@ def capture_chunk(params: Model, cfg: ModelConfig, windows: np.ndarray, mesh: Me
     return None if size >= n_local else size * split
 
 
-class Capture:
-    """A layer's inputs through a block pass: held for every window (`size` None), or in
-    chunks of `size` windows, captured once for the statistics and again for the stream."""
-
-    def __init__(self, fn, x: jax.Array, size: int | None, mesh: Mesh | None):
-        self.fn, self.size, self.mesh = (lambda xs: map_chunks(fn, xs, CHUNK)), size, mesh
-        self.whole = self.fn(x) if size is None else None
-        self.stats = stats_of(self.whole, mesh) if size is None else chunked_stats(self.fn, x, size, mesh)
-
-    def next_stream(self, step, x: jax.Array) -> jax.Array:
-        """`step(x, captured)` over every window: at once, or chunk by chunk."""
-        if self.size is None:
-            return step(x, self.whole)
-        return chunked_stream(lambda xs: step(xs, self.fn(xs)), x, self.size, self.mesh)
+def _capture(fn, x: jax.Array, size: int | None, mesh: Mesh | None) -> Capture:
+    """`tyr.supernet.Capture` of `fn` applied `CHUNK` windows (per device) at a time."""
+    return Capture(lambda xs: map_chunks(fn, xs, CHUNK), x, size, mesh)
 
 
 def _wanda_sp_masks(params: Model, cfg: ModelConfig, windows: np.ndarray, counts: np.ndarray, ledger: KVLedger,
@@ -212,11 +201,11 @@ def _wanda_sp_masks(params: Model, cfg: ModelConfig, windows: np.ndarray, counts
     head, ffn = [], []
     for b in tqdm(range(cfg.n_layers), desc="wanda-sp", unit="block", disable=not progress):
         p = _block(params, b, cfg, mesh)
-        heads = Capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
+        heads = _capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
         keep_h = _wanda_keep(p["wo"], heads.stats, cfg.head_dim, int(head_counts[b]), f"block {b} o_proj")
         x = heads.next_stream(lambda xs, h, p=p: attention_residual(p, cfg, xs, h, keep_h), x)
         del heads
-        hidden = Capture(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
+        hidden = _capture(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
         n_neurons = ledger.mlp_removal(host_array(keep_h), int(ffn_counts[b]))
         keep_f = _wanda_keep(p["w_down"], hidden.stats, 1, n_neurons, f"block {b} down_proj")
         x = hidden.next_stream(lambda xs, h, p=p: mlp_residual(p, xs, h, keep_f), x)
@@ -245,14 +234,14 @@ def flap_pass(params: Model, cfg: ModelConfig, windows: np.ndarray, progress: bo
     z_h, z_n, m_h, m_n = [], [], [], []
     for b in tqdm(range(cfg.n_layers), desc="flap", unit="block", disable=not progress):
         p = _block(params, b, cfg, mesh)
-        heads = Capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
+        heads = _capture(lambda xs, p=p: attention_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
         stats = heads.stats
         check_finite(stats, f"block {b} o_proj")
         z_h.append(flap_standardise(flap_scores(p["wo"], stats.var, cfg.head_dim)))
         m_h.append(stats.mean)
         x = heads.next_stream(lambda xs, h, p=p: attention_residual(p, cfg, xs, h), x)
         del heads
-        hidden = Capture(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
+        hidden = _capture(lambda xs, p=p: mlp_inputs(p, cfg, xs, mesh=mesh)[1], x, size, mesh)
         stats = hidden.stats
         check_finite(stats, f"block {b} down_proj")
         z_n.append(flap_standardise(flap_scores(p["w_down"], stats.var, 1)))

@@ -274,6 +274,23 @@ def chunked_stream(step: Callable, x: jax.Array, size: int, mesh: Mesh | None) -
     return out if mesh is None else put_axes(out, HIDDEN, mesh)
 
 
+class Capture:
+    """A layer's inputs over every window of a block's stream `x`: held for every window (`size`
+    None), or in chunks of `size` windows (all devices), captured once for the statistics and
+    again for the next stream (`capture` maps windows to the layer's inputs)."""
+
+    def __init__(self, capture: Callable, x: jax.Array, size: int | None, mesh: Mesh | None):
+        self.capture, self.size, self.mesh = capture, size, mesh
+        self.whole = capture(x) if size is None else None
+        self.stats = stats_of(self.whole, mesh) if size is None else chunked_stats(capture, x, size, mesh)
+
+    def next_stream(self, step: Callable, x: jax.Array) -> jax.Array:
+        """`step(x, captured)` over every window: at once, or chunk by chunk."""
+        if self.size is None:
+            return step(x, self.whole)
+        return chunked_stream(lambda xs: step(xs, self.capture(xs)), x, self.size, self.mesh)
+
+
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
     rng: np.random.Generator, saliency: str = "tyr", chunk: int = STATS_CHUNK, local_pruner: str = "tyr",
@@ -324,26 +341,18 @@ def prune_block(
         return map_chunks(lambda c: mlp_inputs(p, cfg, c, mesh=mesh)[1], xs, chunk)
 
     a_row, m_row = layer_index(block, ATTENTION), layer_index(block, MLP)
-    if chunked:
-        stats = chunked_stats(heads_of, x, size * split, mesh)
-    else:
-        heads = heads_of(x)
-        stats = stats_of(heads, mesh)
+    windows = size * split if chunked else None
+    heads = Capture(heads_of, x, windows, mesh)
+    stats = heads.stats
     check_finite(stats, f"block {block} o_proj")
     wo_lv, head_keep = pruned(p["wo"], stats.gram, cfg.head_dim, _removal_counts(grid, a_row), ATTN_ROUNDS,
                               saliency=saliency)
     wo_in = p["wo"] if propagation == "dense" else _expected_weight(wo_lv, level_weights(grid, a_row, propagation, rng))
     bo = p["bo"] if "bo" in p else 0.0
-    if chunked:
-        x = chunked_stream(lambda xs: xs + heads_of(xs) @ wo_in + bo, x, size * split, mesh)
-    else:
-        x = x + heads @ wo_in + bo
-        del heads
-    if chunked:
-        stats = chunked_stats(hidden_of, x, size * split, mesh)
-    else:
-        hidden = hidden_of(x)
-        stats = stats_of(hidden, mesh)
+    x = heads.next_stream(lambda xs, h: xs + h @ wo_in + bo, x)
+    del heads
+    hidden = Capture(hidden_of, x, windows, mesh)
+    stats = hidden.stats
     check_finite(stats, f"block {block} down_proj")
     mlp_counts = _removal_counts(grid, m_row)
     if ledger is not None:
@@ -351,10 +360,8 @@ def prune_block(
     wd_lv, ffn_keep = pruned(p["w_down"], stats.gram, 1, mlp_counts, MLP_ROUNDS, saliency=saliency)
     wd_in = p["w_down"] if propagation == "dense" else _expected_weight(wd_lv, level_weights(grid, m_row, propagation, rng))
     b_down = p["b_down"] if "b_down" in p else 0.0
-    if chunked:
-        x = chunked_stream(lambda xs: xs + hidden_of(xs) @ wd_in + b_down, x, size * split, mesh)
-    else:
-        x = x + hidden @ wd_in + b_down
+    x = hidden.next_stream(lambda xs, h: xs + h @ wd_in + b_down, x)
+    del hidden
     # on a mesh the levels are split over the devices (of every process): gathered here
     levels = BlockLevels(host_array(wo_lv), host_array(head_keep), host_array(wd_lv), host_array(ffn_keep))
     return levels, x
