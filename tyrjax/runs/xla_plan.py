@@ -409,8 +409,9 @@ class PhaseBuilder:
         if budget is not None:
             split = self.batch_split(B)
             c_local = C // (1 if self.mesh is None else axis_size(self.mesh, "candidate"))
+            tensor = 1 if self.mesh is None else axis_size(self.mesh, "mlp")
             fixed = self.head_bytes() + self.blocks_bytes() + call_bytes(cfg, c_local, kb, self.wdt.itemsize,
-                                                                         self.wdt.itemsize)
+                                                                         self.wdt.itemsize, tensor)
             size = scoring_windows(cfg, c_local, -(-B // split), self.s.window, k, budget, fixed, self.wdt.itemsize)
             B = min(B, size * split)
         return C, B, kb, k

@@ -308,15 +308,16 @@ def scoring_window_bytes(cfg: ModelConfig, batch: int, length: int, k: int, item
             + length * k * 8)
 
 
-def call_bytes(cfg: ModelConfig, batch: int, blocks: int, itemsize: int, level_itemsize: int) -> int:
+def call_bytes(cfg: ModelConfig, batch: int, blocks: int, itemsize: int, level_itemsize: int, tensor: int = 1) -> int:
     """Per-device bytes of one call's blocks and the levels its candidates use (o_proj,
-    down_proj and their masks), on one device (an upper bound on a mesh), with an fp32 copy of
-    each candidate's levels when they are narrower: XLA on CPU computes their matmuls on such
-    copies (counted on every platform, so a search takes the same chunks everywhere)."""
+    down_proj and their masks), with an fp32 copy of each candidate's levels when they are
+    narrower: XLA on CPU computes their matmuls on such copies (counted on every platform, so a
+    search takes the same chunks everywhere). `tensor`: over how many devices heads and
+    neurons are split (1: everything on one device, an upper bound on a mesh)."""
     q = cfg.n_heads * cfg.head_dim
     level_params = (q + cfg.intermediate_size) * cfg.hidden_size
-    level = level_params * (level_itemsize + fp32_copy(level_itemsize)) + cfg.n_heads + cfg.intermediate_size
-    return blocks * (batch * level + cfg.attn_mlp_params() // cfg.n_layers * itemsize)
+    level = level_params * (level_itemsize + fp32_copy(level_itemsize)) // tensor + cfg.n_heads + cfg.intermediate_size
+    return blocks * (batch * level + cfg.attn_mlp_params() // cfg.n_layers * itemsize // tensor)
 
 
 def fp32_copy(itemsize: int) -> int:
@@ -385,8 +386,9 @@ class BatchScorer:
         itemsize = self.model.head["embed"].dtype.itemsize
         level_itemsize = self.supernet.block(0).wo.dtype.itemsize
         batch = self.batch // axis_size(self.mesh, "candidate") if self.mesh is not None else self.batch
+        tensor = axis_size(self.mesh, "mlp") if self.mesh is not None else 1
         fixed = self.model.resident_bytes() + call_bytes(self.cfg, batch, self.blocks_per_call, itemsize,
-                                                         level_itemsize)
+                                                         level_itemsize, tensor)
         size = scoring_windows(self.cfg, batch, n_local, length, k, self.budget, fixed, itemsize)
         return min(windows, size * split)
 
