@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Týr on one multi-GPU node (default: Llama-3.1-8B, --preset paper, on an a3-highgpu-8g with 8×H100 80 GB).
 # One process drives all 8 GPUs, so no distributed flags are needed. The memory plan
-# (experiments/RESULTS.md, "Per-device memory from XLA's analysis") puts every phase of the 70B
-# on tensor=8 under 60 GB per device, so MODEL=meta-llama/Llama-3.1-70B fits such a node too.
+# (experiments/RESULTS.md, "Every phase inside the budget") puts every phase of the 70B on
+# tensor=8 at or under 39.9 GB per device, so MODEL=meta-llama/Llama-3.1-70B fits such a node too.
 #
 #   tpu_scripts/gpu_node.sh create     the VM and a persistent data disk that outlives it (the run storage)
 #   tpu_scripts/gpu_node.sh install    mount the disk and install tyrjax + jax[cuda12]
