@@ -16,8 +16,9 @@ from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr, supernet_settings, uniform_selection
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
-from tyrjax.tyr.supernet import (BlockLevels, PackedLevels, SupernetStore, build_supernet, capture_fixed_bytes,
-                                 capture_windows, held_while_pruning, supernet_key)
+from tyrjax.tyr.supernet import (BlockLevels, PackedLevels, SupernetStore, build_capture_windows, build_supernet,
+                                 capture_fixed_bytes, capture_windows, held_while_pruning, one_level_bytes,
+                                 stream_waits_on_host, supernet_key)
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
 TCFG = TyrConfig(iterations=1, generations=2, offspring=4, stages=((4, 64), (2, 128), (1, 256)), topk=16,
@@ -193,3 +194,25 @@ def test_levels_are_stored_as_the_rows_they_keep_and_read_back_exactly(setup, tm
     header = 128 * 2 * CFG.n_layers  # one .npy header per file
     assert weight_file_bytes(tmp_path / "store") - header == kept_rows * CFG.hidden_size * 4
     assert kept_rows < 0.75 * dense_rows  # the levels' mean density of the dense bytes
+
+
+def test_the_stream_waits_on_the_host_while_the_pruner_needs_its_room():
+    """A wide MLP (one down_proj level outweighs the captures of a chunk): one byte less than
+    the level beside the stream sends the stream to the host while the pruner runs; the
+    levels and the next stream are the same."""
+    cfg = CFG.replace(n_layers=2, intermediate_size=512)
+    params, grid = init_random_params(cfg, 0, scale=0.2), initial_grid(cfg, 0.4, TCFG)
+    calib = np.random.default_rng(3).integers(0, 64, (64, 32))
+    resident = device_bytes(params) + device_bytes(layer(params, 0))
+    stream = 64 * 32 * cfg.hidden_size * 4
+    room = int(resident + one_level_bytes(cfg, 4) + stream)
+    for budget in (room, room - 1):
+        assert capture_windows(cfg, 64, 32, budget, resident) == 32  # two chunks, not held while pruning
+        assert build_capture_windows(cfg, 64, 32, budget, resident, 4) == 32
+    assert not stream_waits_on_host(cfg, 64, 32, room, resident, True, 4)
+    assert stream_waits_on_host(cfg, 64, 32, room - 1, resident, True, 4)
+    beside = build_supernet(params, cfg, calib, grid, budget_bytes=room, progress=False)
+    on_host = build_supernet(params, cfg, calib, grid, budget_bytes=room - 1, progress=False)
+    for a, b in zip(blocks(on_host), blocks(beside)):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

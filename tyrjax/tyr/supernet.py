@@ -322,6 +322,7 @@ def prune_block(
     if budget_bytes is not None:
         held = held_while_pruning(cfg, n_local, length, resident, chunked, on_host)
         options["budget_bytes"] = max(int(budget_bytes - held), 1)
+    options = {name: value for name, value in options.items() if value is not None}
 
     def pruned(*args, **kwargs):
         """`prune_levels`, with the stream on the host meanwhile when it must wait there."""
@@ -332,7 +333,6 @@ def prune_block(
         out = prune_levels(*args, **kwargs, **options)
         x = jnp.asarray(x_host) if mesh is None else put_axes(x_host, HIDDEN, mesh)
         return out
-    options = {name: value for name, value in options.items() if value is not None}
 
     def heads_of(xs: jax.Array) -> jax.Array:
         return map_chunks(lambda c: attention_inputs(p, cfg, c, mesh=mesh)[1], xs, chunk)
