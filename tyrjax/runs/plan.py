@@ -94,6 +94,7 @@ class TyrRun:
     level_density: float = 1.0  # kept rows over all rows of the levels: the store holds only the rows kept
     capture_windows: int = 0  # windows whose captured layer inputs the supernet build holds at once; 0: all
     levels_per_call: int = 0  # levels the local pruner runs at once on one device; 0: all
+    stream_on_host: bool = False  # the build's stream waits on the host while the local pruner runs
     utilisation: float = 0.4
     stream: bool = False  # blocks read from the checkpoint when needed, only the head held
 
@@ -279,7 +280,8 @@ def supernet_lines(cfg: ModelConfig, run: TyrRun, mesh: MeshSpec, model: float,
     step = "supernet, local pruner"
     return [*weights, *capture, Line("supernet", "Gram of the widest input (fp32)", dev((D, D), REPLICATED, F32)),
             *(Line(step, line.item, line.bytes) for line in (*weights, *pruner)),
-            Line(step, "calibration stream (fp32)", stream)]
+            Line(step, "calibration stream (fp32)" + (", on the host" if run.stream_on_host else ""),
+                 0.0 if run.stream_on_host else stream)]
 
 
 def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int) -> Line:

@@ -608,7 +608,7 @@ class PhaseBuilder:
 # --- the analytical figures ----------------------------------------------------------------
 def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | None,
                    candidate_batch: int | None = None, head: FitnessChunks | None = None, capture: int = 0,
-                   levels: int = 0) -> analytical.TyrRun:
+                   levels: int = 0, stream_on_host: bool = False) -> analytical.TyrRun:
     t = settings.tyr
     head_steps = {} if head is None else {"head_chunk": head.tokens, "head_vocab": 0 if head.gather else head.vocab}
     head_steps.update(capture_windows=capture, levels_per_call=levels)
@@ -616,12 +616,12 @@ def analytical_run(settings: PlanSettings, forward_windows: int, mesh: Mesh | No
                              level_bytes=settings.weight_bytes, n_levels=t.n_levels, topk=t.topk,
                              candidate_batch=candidate_batch or t.candidate_batch, stages=t.stages,
                              generations=t.generations, iterations=t.iterations, forward_windows=forward_windows,
-                             stream=settings.stream, **head_steps)
+                             stream=settings.stream, stream_on_host=stream_on_host, **head_steps)
 
 
 def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None, phase: str, forward_windows: int,
                     candidate_batch: int | None = None, head: FitnessChunks | None = None, capture: int = 0,
-                    levels: int = 0, blockwise: bool = False) -> float:
+                    levels: int = 0, blockwise: bool = False, stream_on_host: bool = False) -> float:
     spec = mesh_spec(mesh)
     if phase == "sds":
         run = analytical.SDSRun(calib_windows=settings.sds_windows, window=settings.sds_window,
@@ -636,7 +636,7 @@ def analytical_peak(cfg: ModelConfig, settings: PlanSettings, mesh: Mesh | None,
                                  weight_bytes=settings.weight_bytes, batch=forward_windows, stream=settings.stream,
                                  blockwise=blockwise)
         return analytical.phase_peaks(analytical.evaluation_memory(cfg, spec, run))[phase]
-    run = analytical_run(settings, forward_windows, mesh, candidate_batch, head, capture, levels)
+    run = analytical_run(settings, forward_windows, mesh, candidate_batch, head, capture, levels, stream_on_host)
     return analytical.phase_peaks(analytical.tyr_memory(cfg, spec, run))[phase]
 
 
@@ -757,7 +757,7 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
                       "capture_windows_per_chunk": min(s.n_calib, capture * split),
                       "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * split)}
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=min(s.n_calib, capture * split),
-                                         levels=mlp_levels)
+                                         levels=mlp_levels, stream_on_host=on_host)
         else:
             try:
                 C, B, kb, _ = build.search_shape(budget)
