@@ -56,8 +56,8 @@ CHUNK = 8  # calibration windows per attention call (bounds the attention scores
 # captured window in one call: the input, its masked copy and the projection's operand
 RESIDUAL_COPIES = 3
 
-BaselineResult = tuple["Params | ModelBlocks", ModelConfig, np.ndarray, np.ndarray, dict[str, Any]]
 Model = Params | ModelBlocks  # the masked (stacked) form held in memory, or served block by block
+BaselineResult = tuple[Model, ModelConfig, np.ndarray, np.ndarray, dict[str, Any]]
 
 
 def structured_baseline(
@@ -113,8 +113,8 @@ def structured_baseline(
 
 # --- validation ---------------------------------------------------------------------------
 def _check_model(params: Model, cfg: ModelConfig) -> None:
-    held = params if not isinstance(params, ModelBlocks) else {"layers": {}}
-    if not is_stacked(held) or cfg.is_compact:
+    stacked = isinstance(params, ModelBlocks) or is_stacked(params)  # blocks served one by one have no form
+    if not stacked or cfg.is_compact:
         raise TyrjaxError("structured baseline: expects a dense model in the masked (stacked) form, not a pruned one")
 
 
@@ -137,7 +137,7 @@ def _head(params: Model) -> Params:
     return params.head if isinstance(params, ModelBlocks) else params
 
 
-def _resident_bytes(params: Model, cfg: ModelConfig, mesh: Mesh | None) -> int:
+def _resident_bytes(params: Model) -> int:
     """Bytes per device a pass holds beside its captures: what the model keeps resident (all of
     it when held, the head when served block by block) and one block."""
     if isinstance(params, ModelBlocks):
@@ -181,7 +181,7 @@ def capture_chunk(params: Model, cfg: ModelConfig, windows: np.ndarray, mesh: Me
     split = data_split(mesh)
     n_local, length = -(-len(windows) // split), windows.shape[1]
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
-    resident = _resident_bytes(params, cfg, mesh)
+    resident = _resident_bytes(params)
     size = capture_windows(cfg, n_local, length, budget, resident, "structured baseline", RESIDUAL_COPIES)
     return None if size >= n_local else size * split
 
