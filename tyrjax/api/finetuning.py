@@ -18,7 +18,7 @@ from tyrjax.api.scoring import dense_reference, evaluation_sets, perplexity_metr
 from tyrjax.api.sources import ModelSource, open_model, source_paths, source_settings
 from tyrjax.checkpoints.export import export_pruned
 from tyrjax.checkpoints.hf import save_hf, save_orbax
-from tyrjax.checkpoints.loading import DEFAULT_SOURCE, Model, load_model, require_tokenizer
+from tyrjax.checkpoints.loading import DEFAULT_SOURCE, Model, require_tokenizer
 from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
 from tyrjax.model.blocks import ModelBlocks
@@ -126,13 +126,7 @@ def finetune(
     zeros_before = zero_count(student.params)
 
     before = _cached(out, "before.json", lambda: _evaluation(student, sets, data, tasks, budget, progress))
-    teacher_fn = None
-    if dense is not None and uses_teacher(config.loss):
-        k = min(config.topk, dense.cfg.vocab_size)
-
-        def teacher_fn(batch: np.ndarray):
-            return teacher_topk(dense.params, dense.cfg, batch, k, mesh=mesh, budget_bytes=budget)
-
+    teacher_fn = dense_topk(dense, config.topk, mesh, budget) if dense is not None and uses_teacher(config.loss) else None
     result = train(student.params, student.cfg, windows, config, masks=masks, teacher=teacher_fn,
                    checkpoint_dir=None if out is None else out / CHECKPOINT_DIR, mesh=mesh, budget_bytes=budget,
                    progress=progress)
@@ -183,6 +177,16 @@ def check_student(student: Model, dense: Model | None, config: FinetuneConfig) -
     lora = config.lora()
     if lora is not None:
         check_rank(student.params, student.cfg, lora)
+
+
+def dense_topk(dense: Model, k: int, mesh, budget: int):
+    """The teacher of a batch of windows: the dense model's top-k, computed as each batch comes."""
+    k = min(k, dense.cfg.vocab_size)
+
+    def top(batch: np.ndarray):
+        return teacher_topk(dense.params, dense.cfg, batch, k, mesh=mesh, budget_bytes=budget)
+
+    return top
 
 
 def _dense_source(student: Model) -> str:
