@@ -1,12 +1,12 @@
 """Tiny models for the fine-tuning tests: dense, compact (per-layer widths), and sparse in dense
-shapes (unstructured or N:M zeros), with a word-level tokenizer; and the fine-tuning settings."""
+shapes (unstructured or N:M zeros), with a character-level tokenizer; and the fine-tuning settings."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import jax
 import numpy as np
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from tyrjax.checkpoints.hf import save_hf, save_orbax
 from tyrjax.model.config import ModelConfig
@@ -16,7 +16,8 @@ from tyrjax.recovery.train import FinetuneConfig
 from tyrjax.sparse.magnitude import magnitude_prune
 
 CFG = ModelConfig(vocab_size=97, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=32)
-WORDS = ["<unk>", "<bos>", "<eos>"] + [f"w{i}" for i in range(3, 97)]
+# A character-level vocabulary of 97 ids: unknown, BOS, EOS and the 94 printable ASCII characters.
+SYMBOLS = ["<unk>", "<bos>", "<eos>"] + [chr(c) for c in range(33, 127)]
 SMALL = FinetuneConfig(tokens=4 * 4 * 16, seq_len=16, batch_size=4, topk=8, checkpoint_every=2)
 
 
@@ -49,8 +50,8 @@ def windows(n: int, length: int = 16, seed: int = 0) -> np.ndarray:
 
 
 def write_tokenizer(directory: Path) -> None:
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SYMBOLS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("\\S"), "isolated")
     tok.save(str(directory / "tokenizer.json"))
 
 
