@@ -296,12 +296,17 @@ def train(params: Params, cfg: ModelConfig, windows: np.ndarray, config: Finetun
     of `config.batch_size` windows, in order. `masks` keep a sparse model's zeros; `teacher` gives
     the dense model's top-k for a batch (needed by the KD loss). With `checkpoint_dir`, a checkpoint
     every `config.checkpoint_every` steps and at the end; a rerun resumes from the latest one. On a
-    `mesh` the windows of a batch split over its data axes and the parameters keep their layouts."""
+    `mesh` the parameters take their logical layouts (`model.axes`: FSDP and tensor axes split them),
+LoRA factors and optimiser scalars are replicated, and the windows of a batch split over the data axes."""
     from tqdm.auto import tqdm
 
     if uses_teacher(config.loss) and teacher is None:
         raise TyrjaxError(f"--loss {config.loss} distils from a teacher; pass --teacher DENSE_MODEL or use --loss lm")
     steps = config.steps
+    if mesh is not None:
+        from tyrjax.model.axes import shard_params
+
+        params = shard_params(params, cfg, mesh)
     model = Decoder(params, cfg, shard_masks(masks, mesh, cfg.head_dim) if masks else None, config.lora())
     graphdef, trained, rest = split_model(model, config.method)
     del model
