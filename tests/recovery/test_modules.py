@@ -65,6 +65,8 @@ def test_lora_merge_equals_lora_forward(kind):
 def test_weight_masks_are_the_nonzeros_of_sparse_weights_only():
     params = dense_params()
     assert weight_masks(params) == [{}, {}]
+    few = dict(params, layers=dict(params["layers"], wq=params["layers"]["wq"].at[:, 0, :3].set(0)))
+    assert weight_masks(few) == [{}, {}]  # 3 zeros of 1,024 weights: a quantised weight, not a pruned one
     sparse = sparse_params(params, "0.5")
     masks = weight_masks(sparse)
     assert set(masks[0]) == {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"}

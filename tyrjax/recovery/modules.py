@@ -28,6 +28,9 @@ from tyrjax.model.layers import decoder_layer, rope_tables
 
 # LoRA target names (the flags' `--targets`) and the layer weights they adapt.
 TARGETS = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w_gate", "up": "w_up", "down": "w_down"}
+# A weight is a pruned one, whose zeros fine-tuning keeps, when at least this fraction of it is zero;
+# the few exact zeros of a quantised checkpoint's weights do not make it one.
+MIN_PRUNED_FRACTION = 0.01
 BIASES = {"wq": "bq", "wk": "bk", "wv": "bv", "wo": "bo", "w_down": "b_down"}
 NORMS = ("attn_norm", "mlp_norm")
 
@@ -156,15 +159,16 @@ class Decoder(nnx.Module):
 
 
 def weight_masks(params: Params) -> list[dict[str, np.ndarray]]:
-    """Per layer, the keep-mask (nonzeros) of each projection weight that holds zeros: the pattern
-    an unstructured or N:M pruning left. A weight without zeros (dense, or compact) has none."""
+    """Per layer, the keep-mask (nonzeros) of each pruned projection weight (at least
+    `MIN_PRUNED_FRACTION` zeros): the pattern an unstructured or N:M pruning left. A dense or
+    compact model's weights have none."""
     layers = unstack_layers(params["layers"]) if is_stacked(params) else params["layers"]
     out = []
     for p in layers:
         masks = {}
         for name in TARGETS.values():
             keep = np.asarray(p[name]) != 0
-            if keep.size and not keep.all():
+            if keep.size and 1 - keep.mean() >= MIN_PRUNED_FRACTION:
                 masks[name] = keep
         out.append(masks)
     return out
