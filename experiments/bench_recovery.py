@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: FinetuneConfig's per method)")
     p.add_argument("--data", default="general")
     p.add_argument("--eval-windows", type=int, default=4)
     p.add_argument("--eval-data", default="shakespeare,pydoc,sotu")
@@ -43,7 +44,7 @@ def main() -> None:
     for row in args.rows.split(","):
         source, method = ROWS[row]
         config = dataclasses.replace(tyrjax.FinetuneConfig(), method=method, tokens=args.tokens, seq_len=args.seq_len,
-                                     batch_size=args.batch_size, data=args.data)
+                                     batch_size=args.batch_size, data=args.data, lr=args.lr)
         model = args.tyr if source == "tyr" else args.sds
         result = tyrjax.finetune(model, config, data=data, out=args.out / row)
         results[row] = result.metrics
