@@ -19,11 +19,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import Params
-from tyrjax.parallel.memory import GB, chunking
+from tyrjax.parallel.memory import GB
 from tyrjax.parallel.sharding import axis_size, put_axes, spec
-from tyrjax.recovery.losses import check_loss, kd_loss, lm_loss, lm_loss_bytes, uses_lm, uses_teacher
+from tyrjax.recovery.losses import check_loss, kd_chunks, kd_loss, lm_loss, lm_loss_bytes, uses_lm, uses_teacher
 from tyrjax.recovery.modules import TARGETS, Decoder, LoRASpec, check_targets
-from tyrjax.tyr.fitness import FitnessChunks, Teacher, fitness_chunks
+from tyrjax.tyr.fitness import FitnessChunks, Teacher
 
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 1e-3, "full": 1e-4}
@@ -224,8 +224,7 @@ def step_chunks(cfg: ModelConfig, config: FinetuneConfig, state_bytes: int, trai
                           f"{budget_bytes / GB:.3g} GB; lower --batch-size or --seq-len, or pass --device-memory {need:g}")
     if not uses_teacher(config.loss):
         return None
-    chunking(1, 0, budget_bytes, fixed_bytes=fixed, phase="fine-tuning")
-    return fitness_chunks(local, config.seq_len, min(config.topk, cfg.vocab_size), cfg, budget_bytes, fixed_bytes=fixed)
+    return kd_chunks(cfg, local, config.seq_len, min(config.topk, cfg.vocab_size), budget_bytes, fixed)
 
 
 # --- checkpoints --------------------------------------------------------------------------------
