@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 import tyrjax
@@ -28,8 +29,10 @@ ROWS = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="tyr-lora,sds-lora,tyr-full", help=f"comma-separated rows of {','.join(ROWS)}")
-    p.add_argument("--tyr", required=True, help="the Týr 50%% run's model directory")
-    p.add_argument("--sds", required=True, help="the SDS-SparseGPT 2:4 run's model directory")
+    p.add_argument("--tyr", help="the Týr 50%% run's model directory")
+    p.add_argument("--sds", help="the SDS-SparseGPT 2:4 run's model directory")
+    p.add_argument("--table", nargs="+", type=Path, default=None,
+                   help="print the table of these finished row directories (ROW_DIR/metrics.json) and exit")
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
@@ -39,6 +42,9 @@ def main() -> None:
     p.add_argument("--eval-data", default="shakespeare,pydoc,sotu")
     p.add_argument("--out", type=Path, default=Path("runs/bench_recovery"))
     args = p.parse_args()
+    if args.table:
+        print(table({d.name: json.loads((d / "metrics.json").read_text()) for d in args.table}))
+        return
     data = DataConfig(eval_windows=args.eval_windows, eval_corpora=tuple(args.eval_data.split(",")))
     results = {}
     for row in args.rows.split(","):
@@ -59,7 +65,7 @@ def _summary(m: dict) -> dict:
 
 def table(results: dict) -> str:
     corpora = list(next(iter(results.values()))["ppl"])
-    head = ["row", *[f"{c} ppl before → after (dense)" for c in corpora], "zeros before = after",
+    head = ["row", *[f"{c} ppl before → after (change; dense)" for c in corpora], "sparsity kept",
             "train tokens", "steps", "train wall s", "final loss", "step tok/s", "forward tok/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, m in results.items():
@@ -68,8 +74,12 @@ def table(results: dict) -> str:
         for c in corpora:
             change = m["ppl"][c] / m["ppl_before"][c] - 1
             cells.append(f"{m['ppl_before'][c]:.2f} → {m['ppl'][c]:.2f} ({change:+.1%}; {m.get('dense_ppl', {}).get(c, float('nan')):.2f})")
-        cells += [f"{s['zeros_before']:,} = {s['zeros_after']:,}" if s["zeros_before"] == s["zeros_after"]
-                  else f"{s['zeros_before']:,} ≠ {s['zeros_after']:,}",
+        if s["compact"]:
+            kept = "compact, same widths"
+        else:
+            kept = f"zeros {s['zeros_before']:,} = {s['zeros_after']:,}" if s["zeros_before"] == s["zeros_after"] \
+                else f"zeros {s['zeros_before']:,} ≠ {s['zeros_after']:,}"
+        cells += [kept,
                   f"{t['tokens']:,}", str(t["steps"]), f"{t['wall_s']:.0f}", f"{t['final_loss']:.4f}",
                   f"{t['step_tokens_per_s']:.1f}", f"{t['forward_tokens_per_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
