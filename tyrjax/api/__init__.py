@@ -17,6 +17,7 @@ are what the command writes to metrics.json. The building blocks: `evaluation_se
 from tyrjax.api.benchmark import bench
 from tyrjax.api.configs import ALONE, BenchConfig, DataConfig, ModelSpec, SDSConfig, TasksConfig
 from tyrjax.api.evaluating import evaluate
+from tyrjax.api.finetuning import FinetuneResult, finetune
 from tyrjax.api.generation import generate_text
 from tyrjax.api.methods import PRUNE_METHODS, preset_config
 from tyrjax.api.pruning import prune, sds
@@ -25,12 +26,14 @@ from tyrjax.api.results import BenchResult, EvalResult, PruneResult
 from tyrjax.api.scoring import (calibration_windows, dense_comparison, dense_reference, evaluation_sets, param_counts,
                                 perplexity_metrics, windows_digest)
 from tyrjax.evaluation.zeroshot import zero_shot
+from tyrjax.recovery.train import FinetuneConfig
 from tyrjax.runs.report import Comparison
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig
 
 __all__ = [
-    "ALONE", "BenchConfig", "BenchResult", "Comparison", "DataConfig", "EvalResult", "ModelSpec", "PRESETS",
+    "ALONE", "BenchConfig", "BenchResult", "Comparison", "DataConfig", "EvalResult", "FinetuneConfig", "FinetuneResult",
+    "ModelSpec", "PRESETS",
     "PRUNE_METHODS", "PruneResult", "SDSConfig", "TasksConfig", "TyrConfig", "bench", "calibration_windows",
-    "dense_comparison", "dense_reference", "evaluate", "evaluation_sets", "generate_text", "param_counts",
+    "dense_comparison", "dense_reference", "evaluate", "evaluation_sets", "finetune", "generate_text", "param_counts",
     "perplexity_metrics", "preset_config", "prune", "report", "sds", "windows_digest", "zero_shot",
 ]

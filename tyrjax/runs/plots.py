@@ -174,3 +174,14 @@ def perplexity_vs_sparsity_figure(corpora: list[str], points: dict[str, list[tup
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
     fig.suptitle("Perplexity against sparsity (log scale; lower is better)", fontsize=9)
     return fig
+
+
+def loss_curve(path: Path, losses, title: str) -> Path:
+    """The training loss of each fine-tuning step."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(range(1, len(losses) + 1), losses, marker="." if len(losses) <= 50 else None)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
