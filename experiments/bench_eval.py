@@ -4,7 +4,7 @@ papers' zero-shot tasks, for each method calibrated on `general` and on `shakesp
     python experiments/bench_eval.py [--methods dense,tyr,uniform,flap,wanda-sp,sparsegpt,sds-sparsegpt,wanda,sds-wanda]
                                      [--calib general,shakespeare] [--sparsity 0.5] [--pattern 2:4]
                                      [--calib-windows 64] [--eval-windows 16] [--tasks paper] [--limit 100]
-                                     [--preset quick] [--out runs/bench_eval]
+                                     [--preset quick] [--out runs/bench_eval] [--no-tasks] [--finished-only]
 
 Structured methods (tyr, uniform, flap, wanda-sp) remove `--sparsity` of the attention and MLP
 parameters; unstructured ones (sparsegpt, wanda and their SDS versions) prune to `--pattern`. Each
@@ -16,6 +16,12 @@ one column per task, mean accuracy, % of the dense mean retained, with standard 
 where Týr ran, its perplexity change against each structured baseline with the same calibration
 on the same windows (95 % paired-bootstrap interval). OUT/bench_eval.json holds every finished row,
 rewritten after each model.
+
+Stages can run apart: `--no-tasks` prunes and scores perplexity only; `--finished-only` skips the
+(calibration, method) pairs whose run directory is not finished instead of pruning them. The dense
+perplexity is kept in OUT/dense/ppl-w{windows}.json and each model's task scores in
+OUT/tasks/{calib}-{method}/{task}-limit{limit}.json, one file per task, so a rerun scores only
+what is missing.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import tyrjax
 from tyrjax.api import DataConfig, SDSConfig
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.evaluation.paired import format_ratio, paired_ratio
-from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, tasks_mean, zero_shot
+from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, expand_task_names, split_names, tasks_mean, zero_shot
 from tyrjax.files import write_json
 
 STRUCTURED = ("tyr", "uniform", "flap", "wanda-sp")
@@ -44,10 +50,18 @@ def data_config(calib: str, args: argparse.Namespace) -> DataConfig:
     return DataConfig(calib=calib, calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_corpora=CORPORA)
 
 
+def run_dir(method: str, calib: str, args: argparse.Namespace) -> Path:
+    return Path(args.out) / f"{calib}-{method}"
+
+
+def is_finished(out: Path) -> bool:
+    return (out / "metrics.json").is_file() and (out / "model").is_dir()
+
+
 def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """metrics.json and the model directory of one pruning run (reused when finished)."""
-    out = Path(args.out) / f"{calib}-{method}"
-    if (out / "metrics.json").is_file() and (out / "model").is_dir():
+    out = run_dir(method, calib, args)
+    if is_finished(out):
         return json.loads((out / "metrics.json").read_text()), out / "model"
     data = data_config(calib, args)
     if method in STRUCTURED:
@@ -60,8 +74,30 @@ def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[s
     return json.loads((out / "metrics.json").read_text()), out / "model"
 
 
-def task_scores(model_dir: Path | None, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    return zero_shot(load_model(None if model_dir is None else str(model_dir)), args.tasks, args.limit, progress=False)
+def task_scores(name: str, model_dir: Path | None, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each task's scores for one model, read from OUT/tasks/NAME when scored before; the model is
+    loaded only when a task is missing."""
+    folder = Path(args.out) / "tasks" / name
+    scores, model = {}, None
+    for task in expand_task_names(split_names(args.tasks)):
+        path = folder / f"{task}-limit{args.limit}.json"
+        if not path.is_file():
+            began = time.perf_counter()
+            model = model or load_model(None if model_dir is None else str(model_dir))
+            result = zero_shot(model, [task], args.limit, progress=False)[task]
+            write_json(path, {**result, "wall_s": round(time.perf_counter() - began, 1)})
+            print(f"  {name} {task}: acc {result['acc']:.3f} in {time.perf_counter() - began:.0f} s", flush=True)
+        scores[task] = {k: v for k, v in json.loads(path.read_text()).items() if k != "wall_s"}
+    return scores
+
+
+def dense_perplexity(args: argparse.Namespace) -> dict[str, Any]:
+    """The dense model's perplexity and per-window NLL on the evaluation corpora (kept in OUT/dense)."""
+    path = Path(args.out) / "dense" / f"ppl-w{args.eval_windows}.json"
+    if not path.is_file():
+        metrics = tyrjax.evaluate(None, data=data_config("shakespeare", args), progress=False).metrics
+        write_json(path, {"ppl": metrics["ppl"], "window_nll": metrics["window_nll"]})
+    return json.loads(path.read_text())
 
 
 def mean_stderr(tasks: dict[str, dict[str, Any]]) -> float:
@@ -73,15 +109,19 @@ def mean_stderr(tasks: dict[str, dict[str, Any]]) -> float:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown in the papers' layout; acc ± stderr per task, mean ± its standard error, retained."""
     dense = next(r for r in rows if r["method"] == "dense")
-    names = list(dense["tasks"])
+    names = list(dense["tasks"] or {})
     head = ["method", "calibration"] + [f"ppl {c}" for c in CORPORA] + names + ["mean acc", "% of dense"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.get("label", r["method"]), r["calib"]] + [f"{r['ppl'][c]:.2f}" for c in CORPORA]
-        cells += [f"{r['tasks'][n]['acc']:.3f} ± {r['tasks'][n].get('stderr', float('nan')):.3f}" for n in names]
-        cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(r['tasks']):.3f}", f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
+        if r["tasks"] and names:
+            cells += [f"{r['tasks'][n]['acc']:.3f} ± {r['tasks'][n].get('stderr', float('nan')):.3f}" for n in names]
+            cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(r['tasks']):.3f}",
+                      f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
+        else:
+            cells += ["–"] * (len(names) + 2)
         lines.append("| " + " | ".join(cells) + " |")
-    n = ", ".join(f"{name} {dense['tasks'][name]['n']}" for name in names)
+    n = ", ".join(f"{name} {dense['tasks'][name]['n']}" for name in names) if names else "no tasks scored"
     lines.append(f"\nitems per task: {n}; perplexity on {dense['windows']} windows of 1024 tokens per corpus")
     return lines
 
@@ -111,6 +151,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="paper")
     ap.add_argument("--limit", type=int, default=DEFAULT_LIMIT)
     ap.add_argument("--out", default="runs/bench_eval")
+    ap.add_argument("--no-tasks", action="store_true", help="perplexity only")
+    ap.add_argument("--finished-only", action="store_true", help="skip the pairs whose run is not finished")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(ALL_METHODS))
@@ -119,21 +161,23 @@ def main() -> None:
     rows = []
     start = time.perf_counter()
     if "dense" in methods:
-        dense = tyrjax.evaluate(None, data=data_config("shakespeare", args), progress=False).metrics
-        tasks = task_scores(None, args)
+        dense = dense_perplexity(args)
+        tasks = None if args.no_tasks else task_scores("dense", None, args)
         rows.append({"method": "dense", "calib": "–", "ppl": dense["ppl"], "window_nll": dense["window_nll"],
-                     "windows": args.eval_windows, "tasks": tasks, "tasks_mean": tasks_mean(tasks),
+                     "windows": args.eval_windows, "tasks": tasks, "tasks_mean": tasks and tasks_mean(tasks),
                      "wall_s": round(time.perf_counter() - start, 1)})
         write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
         print(f"dense done at {time.perf_counter() - start:.0f} s", flush=True)
     for calib in [c for c in args.calib.split(",") if c]:
         for method in (m for m in methods if m != "dense"):
+            if args.finished_only and not is_finished(run_dir(method, calib, args)):
+                continue
             began = time.perf_counter()
             metrics, model_dir = prune_run(method, calib, args)
-            tasks = task_scores(model_dir, args)
+            tasks = None if args.no_tasks else task_scores(f"{calib}-{method}", model_dir, args)
             label = method if method in STRUCTURED else f"{method} {args.pattern}"
             rows.append({"method": method, "label": label, "calib": calib, "ppl": metrics["ppl"],
-                         "window_nll": metrics["window_nll"], "tasks": tasks, "tasks_mean": tasks_mean(tasks),
+                         "window_nll": metrics["window_nll"], "tasks": tasks, "tasks_mean": tasks and tasks_mean(tasks),
                          "sparsity": metrics.get("sparsity"), "wall_s": round(time.perf_counter() - began, 1)})
             write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
             print(f"{calib} {method} done at {time.perf_counter() - start:.0f} s", flush=True)
