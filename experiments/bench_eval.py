@@ -19,7 +19,8 @@ rewritten after each model.
 
 Stages can run apart: `--no-tasks` prunes and scores perplexity only; `--finished-only` skips the
 (calibration, method) pairs whose run directory is not finished instead of pruning them. The dense
-perplexity is kept in OUT/dense/ppl-w{windows}.json and each model's task scores in
+perplexity (from a finished run's dense reference when there is one) is kept in
+OUT/dense/ppl-w{windows}.json and each model's task scores in
 OUT/tasks/{calib}-{method}/{task}-limit{limit}.json, one file per task, so a rerun scores only
 what is missing.
 """
@@ -91,12 +92,26 @@ def task_scores(name: str, model_dir: Path | None, args: argparse.Namespace) -> 
     return scores
 
 
+def dense_from_runs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The dense scores a finished pruning run under OUT recorded on the same evaluation windows."""
+    for metrics_path in sorted(Path(args.out).glob("*/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        nll = metrics.get("dense_window_nll") or {}
+        if all(len(nll.get(c, ())) == args.eval_windows for c in CORPORA):
+            return {"ppl": {c: metrics["dense_ppl"][c] for c in CORPORA}, "window_nll": {c: nll[c] for c in CORPORA}}
+    return None
+
+
 def dense_perplexity(args: argparse.Namespace) -> dict[str, Any]:
-    """The dense model's perplexity and per-window NLL on the evaluation corpora (kept in OUT/dense)."""
+    """The dense model's perplexity and per-window NLL on the evaluation corpora (kept in OUT/dense):
+    taken from a finished pruning run when there is one, else evaluated."""
     path = Path(args.out) / "dense" / f"ppl-w{args.eval_windows}.json"
     if not path.is_file():
-        metrics = tyrjax.evaluate(None, data=data_config("shakespeare", args), progress=False).metrics
-        write_json(path, {"ppl": metrics["ppl"], "window_nll": metrics["window_nll"]})
+        scores = dense_from_runs(args)
+        if scores is None:
+            metrics = tyrjax.evaluate(None, data=data_config("shakespeare", args), progress=False).metrics
+            scores = {"ppl": metrics["ppl"], "window_nll": metrics["window_nll"]}
+        write_json(path, scores)
     return json.loads(path.read_text())
 
 
