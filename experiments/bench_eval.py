@@ -5,6 +5,7 @@ papers' zero-shot tasks, for each method calibrated on `general` and on `shakesp
                                      [--calib general,shakespeare] [--sparsity 0.5] [--pattern 2:4]
                                      [--calib-windows 64] [--eval-windows 16] [--tasks paper] [--limit 100]
                                      [--preset quick] [--out runs/bench_eval] [--no-tasks] [--finished-only]
+                                     [--table-only]
 
 Structured methods (tyr, uniform, flap, wanda-sp) remove `--sparsity` of the attention and MLP
 parameters; unstructured ones (sparsegpt, wanda and their SDS versions) prune to `--pattern`. Each
@@ -18,7 +19,8 @@ on the same windows (95 % paired-bootstrap interval). OUT/bench_eval.json holds 
 rewritten after each model.
 
 Stages can run apart: `--no-tasks` prunes and scores perplexity only; `--finished-only` skips the
-(calibration, method) pairs whose run directory is not finished instead of pruning them. The dense
+(calibration, method) pairs whose run directory is not finished instead of pruning them;
+`--table-only` prints the table of what is finished and scored, and computes nothing. The dense
 perplexity (from a finished run's dense reference when there is one) is kept in
 OUT/dense/ppl-w{windows}.json and each model's task scores in
 OUT/tasks/{calib}-{method}/{task}-limit{limit}.json, one file per task, so a rerun scores only
@@ -75,13 +77,16 @@ def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[s
     return json.loads((out / "metrics.json").read_text()), out / "model"
 
 
-def task_scores(name: str, model_dir: Path | None, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def task_scores(name: str, model_dir: Path | None, args: argparse.Namespace,
+                score_missing: bool = True) -> dict[str, dict[str, Any]]:
     """Each task's scores for one model, read from OUT/tasks/NAME when scored before; the model is
-    loaded only when a task is missing."""
+    loaded only when a task is missing (and left out, not scored, without `score_missing`)."""
     folder = Path(args.out) / "tasks" / name
     scores, model = {}, None
     for task in expand_task_names(split_names(args.tasks)):
         path = folder / f"{task}-limit{args.limit}.json"
+        if not path.is_file() and not score_missing:
+            continue
         if not path.is_file():
             began = time.perf_counter()
             model = model or load_model(None if model_dir is None else str(model_dir))
@@ -128,13 +133,14 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     head = ["method", "calibration"] + [f"ppl {c}" for c in CORPORA] + names + ["mean acc", "% of dense"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        tasks = r["tasks"] or {}
         cells = [r.get("label", r["method"]), r["calib"]] + [f"{r['ppl'][c]:.2f}" for c in CORPORA]
-        if r["tasks"] and names:
-            cells += [f"{r['tasks'][n]['acc']:.3f} ± {r['tasks'][n].get('stderr', float('nan')):.3f}" for n in names]
-            cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(r['tasks']):.3f}",
-                      f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
-        else:
-            cells += ["–"] * (len(names) + 2)
+        cells += [f"{tasks[n]['acc']:.3f} ± {tasks[n].get('stderr', float('nan')):.3f}" if n in tasks else "–"
+                  for n in names]
+        if names and all(n in tasks for n in names):
+            cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(tasks):.3f}", f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
+        elif names:
+            cells += ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     n = ", ".join(f"{name} {dense['tasks'][name]['n']}" for name in names) if names else "no tasks scored"
     lines.append(f"\nitems per task: {n}; perplexity on {dense['windows']} windows of 1024 tokens per corpus")
@@ -168,7 +174,10 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_eval")
     ap.add_argument("--no-tasks", action="store_true", help="perplexity only")
     ap.add_argument("--finished-only", action="store_true", help="skip the pairs whose run is not finished")
+    ap.add_argument("--table-only", action="store_true",
+                    help="the table of the finished runs and the task scores kept under OUT; prune and score nothing")
     args = ap.parse_args()
+    args.finished_only = args.finished_only or args.table_only
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
@@ -177,7 +186,7 @@ def main() -> None:
     start = time.perf_counter()
     if "dense" in methods:
         dense = dense_perplexity(args)
-        tasks = None if args.no_tasks else task_scores("dense", None, args)
+        tasks = None if args.no_tasks else task_scores("dense", None, args, not args.table_only)
         rows.append({"method": "dense", "calib": "–", "ppl": dense["ppl"], "window_nll": dense["window_nll"],
                      "windows": args.eval_windows, "tasks": tasks, "tasks_mean": tasks and tasks_mean(tasks),
                      "wall_s": round(time.perf_counter() - start, 1)})
@@ -189,7 +198,7 @@ def main() -> None:
                 continue
             began = time.perf_counter()
             metrics, model_dir = prune_run(method, calib, args)
-            tasks = None if args.no_tasks else task_scores(f"{calib}-{method}", model_dir, args)
+            tasks = None if args.no_tasks else task_scores(f"{calib}-{method}", model_dir, args, not args.table_only)
             label = method if method in STRUCTURED else f"{method} {args.pattern}"
             rows.append({"method": method, "label": label, "calib": calib, "ppl": metrics["ppl"],
                          "window_nll": metrics["window_nll"], "tasks": tasks, "tasks_mean": tasks and tasks_mean(tasks),
