@@ -120,10 +120,18 @@ def dense_perplexity(args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def task_stderr(task: dict[str, Any]) -> float:
+    """The harness's standard error of `acc`; where it reports none (MMLU's group), the same
+    sample standard error of a mean of 0/1 scores, sqrt(acc (1 - acc) / (n - 1))."""
+    if isinstance(task.get("stderr"), float):
+        return task["stderr"]
+    n = task.get("n") or 0
+    return math.sqrt(task["acc"] * (1 - task["acc"]) / (n - 1)) if n > 1 else float("nan")
+
+
 def mean_stderr(tasks: dict[str, dict[str, Any]]) -> float:
     """The standard error of the mean over tasks of independent per-task accuracies."""
-    errors = [t["stderr"] for t in tasks.values() if isinstance(t.get("stderr"), float)]
-    return math.sqrt(sum(e * e for e in errors)) / len(tasks) if len(errors) == len(tasks) else float("nan")
+    return math.sqrt(sum(task_stderr(t) ** 2 for t in tasks.values())) / len(tasks)
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -135,7 +143,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         tasks = r["tasks"] or {}
         cells = [r.get("label", r["method"]), r["calib"]] + [f"{r['ppl'][c]:.2f}" for c in CORPORA]
-        cells += [f"{tasks[n]['acc']:.3f} ± {tasks[n].get('stderr', float('nan')):.3f}" if n in tasks else "–"
+        cells += [f"{tasks[n]['acc']:.3f} ± {task_stderr(tasks[n]):.3f}" if n in tasks else "–"
                   for n in names]
         if names and all(n in tasks for n in names):
             cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(tasks):.3f}", f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
