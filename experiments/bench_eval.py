@@ -15,7 +15,8 @@ Shakespeare plays, pydoc and sotu (general-v1's evaluation corpora) and on `--ta
 `--limit` items per task. Prints one markdown table in the papers' layout (perplexity columns,
 one column per task, mean accuracy, % of the dense mean retained, with standard errors), then,
 where Týr ran, its perplexity change against each structured baseline with the same calibration
-on the same windows (95 % paired-bootstrap interval). OUT/bench_eval.json holds every finished row,
+on the same windows (95 % paired-bootstrap interval), and each method calibrated on `general`
+against the same method calibrated on `shakespeare`. OUT/bench_eval.json holds every finished row,
 rewritten after each model.
 
 Stages can run apart: `--no-tasks` prunes and scores perplexity only; `--finished-only` skips the
@@ -168,6 +169,18 @@ def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
             "|" + "---|" * (1 + len(CORPORA))] + lines
 
 
+def calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each method calibrated on `general` against the same method on `shakespeare`, window by window."""
+    by_key = {(r["method"], r["calib"]): r for r in rows}
+    lines = [f"| {m} | " + " | ".join(format_ratio(paired_ratio(by_key[m, "shakespeare"]["window_nll"][c],
+                                                                g["window_nll"][c])) for c in CORPORA) + " |"
+             for (m, calib), g in by_key.items() if calib == "general" and (m, "shakespeare") in by_key]
+    if not lines:
+        return []
+    return ["", "| general against shakespeare calibration | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA)
+            + " |", "|" + "---|" * (1 + len(CORPORA))] + lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
@@ -214,7 +227,7 @@ def main() -> None:
             write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
             print(f"{calib} {method} done at {time.perf_counter() - start:.0f} s", flush=True)
     if any(r["method"] == "dense" for r in rows):
-        print("\n".join(table(rows) + paired_lines(rows)))
+        print("\n".join(table(rows) + paired_lines(rows) + calibration_lines(rows)))
 
 
 if __name__ == "__main__":
