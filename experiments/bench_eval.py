@@ -148,7 +148,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
                   for n in names]
         if names and all(n in tasks for n in names):
             cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(tasks):.3f}", f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
-        elif names:
+        else:
             cells += ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     n = ", ".join(f"{name} {dense['tasks'][name]['n']}" for name in names) if names else "no tasks scored"
