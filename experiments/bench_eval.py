@@ -4,7 +4,8 @@ papers' zero-shot tasks, for each method calibrated on `general` and on `shakesp
     python experiments/bench_eval.py [--methods dense,tyr,uniform,flap,wanda-sp,sparsegpt,sds-sparsegpt,wanda,sds-wanda]
                                      [--calib general,shakespeare] [--sparsity 0.5] [--pattern 2:4]
                                      [--calib-windows 64] [--eval-windows 16] [--tasks paper] [--limit 100]
-                                     [--preset quick] [--out runs/bench_eval]
+                                     [--preset quick] [--out runs/bench_eval] [--no-tasks] [--finished-only]
+                                     [--table-only]
 
 Structured methods (tyr, uniform, flap, wanda-sp) remove `--sparsity` of the attention and MLP
 parameters; unstructured ones (sparsegpt, wanda and their SDS versions) prune to `--pattern`. Each
@@ -14,8 +15,17 @@ Shakespeare plays, pydoc and sotu (general-v1's evaluation corpora) and on `--ta
 `--limit` items per task. Prints one markdown table in the papers' layout (perplexity columns,
 one column per task, mean accuracy, % of the dense mean retained, with standard errors), then,
 where Týr ran, its perplexity change against each structured baseline with the same calibration
-on the same windows (95 % paired-bootstrap interval). OUT/bench_eval.json holds every finished row,
+on the same windows (95 % paired-bootstrap interval), and each method calibrated on `general`
+against the same method calibrated on `shakespeare`. OUT/bench_eval.json holds every finished row,
 rewritten after each model.
+
+Stages can run apart: `--no-tasks` prunes and scores perplexity only; `--finished-only` skips the
+(calibration, method) pairs whose run directory is not finished instead of pruning them;
+`--table-only` prints the table of what is finished and scored, and computes nothing. The dense
+perplexity (from a finished run's dense reference when there is one) is kept in
+OUT/dense/ppl-w{windows}.json and each model's task scores in
+OUT/tasks/{calib}-{method}/{task}-limit{limit}.json, one file per task, so a rerun scores only
+what is missing.
 """
 from __future__ import annotations
 
@@ -30,7 +40,7 @@ import tyrjax
 from tyrjax.api import DataConfig, SDSConfig
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.evaluation.paired import format_ratio, paired_ratio
-from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, tasks_mean, zero_shot
+from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, expand_task_names, split_names, tasks_mean, zero_shot
 from tyrjax.files import write_json
 
 STRUCTURED = ("tyr", "uniform", "flap", "wanda-sp")
@@ -44,10 +54,18 @@ def data_config(calib: str, args: argparse.Namespace) -> DataConfig:
     return DataConfig(calib=calib, calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_corpora=CORPORA)
 
 
+def run_dir(method: str, calib: str, args: argparse.Namespace) -> Path:
+    return Path(args.out) / f"{calib}-{method}"
+
+
+def is_finished(out: Path) -> bool:
+    return (out / "metrics.json").is_file() and (out / "model").is_dir()
+
+
 def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """metrics.json and the model directory of one pruning run (reused when finished)."""
-    out = Path(args.out) / f"{calib}-{method}"
-    if (out / "metrics.json").is_file() and (out / "model").is_dir():
+    out = run_dir(method, calib, args)
+    if is_finished(out):
         return json.loads((out / "metrics.json").read_text()), out / "model"
     data = data_config(calib, args)
     if method in STRUCTURED:
@@ -60,28 +78,80 @@ def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[s
     return json.loads((out / "metrics.json").read_text()), out / "model"
 
 
-def task_scores(model_dir: Path | None, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    return zero_shot(load_model(None if model_dir is None else str(model_dir)), args.tasks, args.limit, progress=False)
+def task_scores(name: str, model_dir: Path | None, args: argparse.Namespace,
+                score_missing: bool = True) -> dict[str, dict[str, Any]]:
+    """Each task's scores for one model, read from OUT/tasks/NAME when scored before; the model is
+    loaded only when a task is missing (and left out, not scored, without `score_missing`)."""
+    folder = Path(args.out) / "tasks" / name
+    scores, model = {}, None
+    for task in expand_task_names(split_names(args.tasks)):
+        path = folder / f"{task}-limit{args.limit}.json"
+        if not path.is_file() and not score_missing:
+            continue
+        if not path.is_file():
+            began = time.perf_counter()
+            model = model or load_model(None if model_dir is None else str(model_dir))
+            result = zero_shot(model, [task], args.limit, progress=False)[task]
+            write_json(path, {**result, "wall_s": round(time.perf_counter() - began, 1)})
+            print(f"  {name} {task}: acc {result['acc']:.3f} in {time.perf_counter() - began:.0f} s", flush=True)
+        scores[task] = {k: v for k, v in json.loads(path.read_text()).items() if k != "wall_s"}
+    return scores
+
+
+def dense_from_runs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The dense scores a finished pruning run under OUT recorded on the same evaluation windows."""
+    for metrics_path in sorted(Path(args.out).glob("*/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        nll = metrics.get("dense_window_nll") or {}
+        if all(len(nll.get(c, ())) == args.eval_windows for c in CORPORA):
+            return {"ppl": {c: metrics["dense_ppl"][c] for c in CORPORA}, "window_nll": {c: nll[c] for c in CORPORA}}
+    return None
+
+
+def dense_perplexity(args: argparse.Namespace) -> dict[str, Any]:
+    """The dense model's perplexity and per-window NLL on the evaluation corpora (kept in OUT/dense):
+    taken from a finished pruning run when there is one, else evaluated."""
+    path = Path(args.out) / "dense" / f"ppl-w{args.eval_windows}.json"
+    if not path.is_file():
+        scores = dense_from_runs(args)
+        if scores is None:
+            metrics = tyrjax.evaluate(None, data=data_config("shakespeare", args), progress=False).metrics
+            scores = {"ppl": metrics["ppl"], "window_nll": metrics["window_nll"]}
+        write_json(path, scores)
+    return json.loads(path.read_text())
+
+
+def task_stderr(task: dict[str, Any]) -> float:
+    """The harness's standard error of `acc`; where it reports none (MMLU's group), the same
+    sample standard error of a mean of 0/1 scores, sqrt(acc (1 - acc) / (n - 1))."""
+    if isinstance(task.get("stderr"), float):
+        return task["stderr"]
+    n = task.get("n") or 0
+    return math.sqrt(task["acc"] * (1 - task["acc"]) / (n - 1)) if n > 1 else float("nan")
 
 
 def mean_stderr(tasks: dict[str, dict[str, Any]]) -> float:
     """The standard error of the mean over tasks of independent per-task accuracies."""
-    errors = [t["stderr"] for t in tasks.values() if isinstance(t.get("stderr"), float)]
-    return math.sqrt(sum(e * e for e in errors)) / len(tasks) if len(errors) == len(tasks) else float("nan")
+    return math.sqrt(sum(task_stderr(t) ** 2 for t in tasks.values())) / len(tasks)
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown in the papers' layout; acc ± stderr per task, mean ± its standard error, retained."""
     dense = next(r for r in rows if r["method"] == "dense")
-    names = list(dense["tasks"])
+    names = list(dense["tasks"] or {})
     head = ["method", "calibration"] + [f"ppl {c}" for c in CORPORA] + names + ["mean acc", "% of dense"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        tasks = r["tasks"] or {}
         cells = [r.get("label", r["method"]), r["calib"]] + [f"{r['ppl'][c]:.2f}" for c in CORPORA]
-        cells += [f"{r['tasks'][n]['acc']:.3f} ± {r['tasks'][n].get('stderr', float('nan')):.3f}" for n in names]
-        cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(r['tasks']):.3f}", f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
+        cells += [f"{tasks[n]['acc']:.3f} ± {task_stderr(tasks[n]):.3f}" if n in tasks else "–"
+                  for n in names]
+        if names and all(n in tasks for n in names):
+            cells += [f"{r['tasks_mean']:.3f} ± {mean_stderr(tasks):.3f}", f"{100 * r['tasks_mean'] / dense['tasks_mean']:.1f}"]
+        else:
+            cells += ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    n = ", ".join(f"{name} {dense['tasks'][name]['n']}" for name in names)
+    n = ", ".join(f"{name} {dense['tasks'][name]['n']}" for name in names) if names else "no tasks scored"
     lines.append(f"\nitems per task: {n}; perplexity on {dense['windows']} windows of 1024 tokens per corpus")
     return lines
 
@@ -99,6 +169,18 @@ def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
             "|" + "---|" * (1 + len(CORPORA))] + lines
 
 
+def calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each method calibrated on `general` against the same method on `shakespeare`, window by window."""
+    by_key = {(r["method"], r["calib"]): r for r in rows}
+    lines = [f"| {m} | " + " | ".join(format_ratio(paired_ratio(by_key[m, "shakespeare"]["window_nll"][c],
+                                                                g["window_nll"][c])) for c in CORPORA) + " |"
+             for (m, calib), g in by_key.items() if calib == "general" and (m, "shakespeare") in by_key]
+    if not lines:
+        return []
+    return ["", "| general against shakespeare calibration | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA)
+            + " |", "|" + "---|" * (1 + len(CORPORA))] + lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
@@ -111,7 +193,12 @@ def main() -> None:
     ap.add_argument("--tasks", default="paper")
     ap.add_argument("--limit", type=int, default=DEFAULT_LIMIT)
     ap.add_argument("--out", default="runs/bench_eval")
+    ap.add_argument("--no-tasks", action="store_true", help="perplexity only")
+    ap.add_argument("--finished-only", action="store_true", help="skip the pairs whose run is not finished")
+    ap.add_argument("--table-only", action="store_true",
+                    help="the table of the finished runs and the task scores kept under OUT; prune and score nothing")
     args = ap.parse_args()
+    args.finished_only = args.finished_only or args.table_only
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
@@ -119,26 +206,28 @@ def main() -> None:
     rows = []
     start = time.perf_counter()
     if "dense" in methods:
-        dense = tyrjax.evaluate(None, data=data_config("shakespeare", args), progress=False).metrics
-        tasks = task_scores(None, args)
+        dense = dense_perplexity(args)
+        tasks = None if args.no_tasks else task_scores("dense", None, args, not args.table_only)
         rows.append({"method": "dense", "calib": "–", "ppl": dense["ppl"], "window_nll": dense["window_nll"],
-                     "windows": args.eval_windows, "tasks": tasks, "tasks_mean": tasks_mean(tasks),
+                     "windows": args.eval_windows, "tasks": tasks, "tasks_mean": tasks and tasks_mean(tasks),
                      "wall_s": round(time.perf_counter() - start, 1)})
         write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
         print(f"dense done at {time.perf_counter() - start:.0f} s", flush=True)
     for calib in [c for c in args.calib.split(",") if c]:
         for method in (m for m in methods if m != "dense"):
+            if args.finished_only and not is_finished(run_dir(method, calib, args)):
+                continue
             began = time.perf_counter()
             metrics, model_dir = prune_run(method, calib, args)
-            tasks = task_scores(model_dir, args)
+            tasks = None if args.no_tasks else task_scores(f"{calib}-{method}", model_dir, args, not args.table_only)
             label = method if method in STRUCTURED else f"{method} {args.pattern}"
             rows.append({"method": method, "label": label, "calib": calib, "ppl": metrics["ppl"],
-                         "window_nll": metrics["window_nll"], "tasks": tasks, "tasks_mean": tasks_mean(tasks),
+                         "window_nll": metrics["window_nll"], "tasks": tasks, "tasks_mean": tasks and tasks_mean(tasks),
                          "sparsity": metrics.get("sparsity"), "wall_s": round(time.perf_counter() - began, 1)})
             write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
             print(f"{calib} {method} done at {time.perf_counter() - start:.0f} s", flush=True)
     if any(r["method"] == "dense" for r in rows):
-        print("\n".join(table(rows) + paired_lines(rows)))
+        print("\n".join(table(rows) + paired_lines(rows) + calibration_lines(rows)))
 
 
 if __name__ == "__main__":

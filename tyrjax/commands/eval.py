@@ -13,8 +13,10 @@ from tyrjax.runs.rundir import print_table
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="perplexity of a model on the evaluation corpora (and zero-shot accuracy with --tasks)",
-                       description="Perplexity (each window scored alone) on held-out Shakespeare and Python docs, and with "
-                                   "--tasks zero-shot accuracy through lm-evaluation-harness; writes OUT/metrics.json.")
+                       description="Perplexity (each window scored alone) on the held-out split of each --eval-data "
+                                   "corpus (shakespeare, pydoc, sotu, general), and with --tasks the papers' zero-shot "
+                                   "accuracy (ARC-Easy, ARC-Challenge, BoolQ, HellaSwag, OpenBookQA, RTE, WinoGrande, "
+                                   "PIQA 0-shot; MMLU 5-shot) through lm-evaluation-harness; writes OUT/metrics.json.")
     model_args(p)
     data_args(p, calibration=False)
     g = p.add_argument_group("zero-shot tasks (lm-evaluation-harness; pip install 'tyrjax[eval]')")
