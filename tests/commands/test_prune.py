@@ -26,11 +26,19 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
-def test_tyr_run_directory(tiny_dir, tmp_path):
-    out = tmp_path / "tyr"
-    args = ["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "0.4", "--iterations", "1",
-            "--generations", "2", "--offspring", "4", "--out", str(out), *FAST]
-    assert main(args) == 0
+TYR = ["--method", "tyr", "--sparsity", "0.4", "--iterations", "1", "--generations", "1", "--offspring", "4", *FAST]
+
+
+@pytest.fixture(scope="module")
+def held_tyr_run(tiny_dir, tmp_path_factory):
+    """A Týr run with the model in memory: its directory, read by several tests."""
+    out = tmp_path_factory.mktemp("held") / "tyr"
+    assert main(["prune", "--model", str(tiny_dir), *TYR, "--out", str(out)]) == 0
+    return out
+
+
+def test_tyr_run_directory(held_tyr_run):
+    out = held_tyr_run
     m = json.loads((out / "metrics.json").read_text())
     assert m["method"] == "tyr" and m["sparsity"]["target"] == 0.4
     assert abs(m["sparsity"]["achieved"] - 0.4) <= 0.05 + 1e-6  # half a neuron step: 32 of 128 neurons
@@ -49,12 +57,9 @@ def test_tyr_run_directory(tiny_dir, tmp_path):
     assert main(["generate", "--model", str(out / "model"), "--prompt", "Hello", "--new-tokens", "3"]) == 0
 
 
-def test_streamed_run_gives_the_same_model_and_metrics(tiny_dir, tmp_path, capsys):
-    common = ["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "0.4", "--iterations", "1",
-              "--generations", "1", "--offspring", "4", *FAST]
-    assert main([*common, "--out", str(tmp_path / "held")]) == 0
-    assert main([*common, "--stream", "--out", str(tmp_path / "streamed")]) == 0
-    held, streamed = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("held", "streamed"))
+def test_streamed_run_gives_the_same_model_and_metrics(tiny_dir, held_tyr_run, tmp_path, capsys):
+    assert main(["prune", "--model", str(tiny_dir), *TYR, "--stream", "--out", str(tmp_path / "streamed")]) == 0
+    held, streamed = (json.loads((r / "metrics.json").read_text()) for r in (held_tyr_run, tmp_path / "streamed"))
     assert streamed["sparsity"] == held["sparsity"] and streamed["per_layer"] == held["per_layer"]
     assert streamed["params"] == held["params"]
     for corpus in ("shakespeare", "pydoc"):
@@ -173,8 +178,7 @@ def test_structured_and_unstructured_runs_print_one_table_layout(tiny_dir, tmp_p
 
 def test_a_resumed_run_says_so_in_one_line(tiny_dir, tmp_path, capsys):
     out = tmp_path / "tyr"
-    args = ["prune", "--model", str(tiny_dir), "--method", "tyr", "--sparsity", "0.4", "--iterations", "1",
-            "--generations", "1", "--offspring", "4", "--keep-supernets", "--out", str(out), *FAST]
+    args = ["prune", "--model", str(tiny_dir), *TYR, "--keep-supernets", "--out", str(out)]
     assert main(args) == 0
     assert "resuming" not in capsys.readouterr().out
     assert main(args) == 0

@@ -40,16 +40,28 @@ def tyr_config(**changes) -> TyrConfig:
     return dataclasses.replace(TCFG, **changes)
 
 
-def device_env(n_devices: int) -> dict[str, str]:
-    """The environment of a child process that sees `n_devices` simulated CPU devices."""
+def compile_cache_env(cache_dir: Path) -> dict[str, str]:
+    """Environment variables that make child processes share XLA executables through `cache_dir`:
+    a process that compiles what an earlier one did reads it back instead (the same programs,
+    so the same results), whatever the compile took."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def device_env(n_devices: int, cache_dir: Path | None = None) -> dict[str, str]:
+    """The environment of a child process that sees `n_devices` simulated CPU devices (and shares
+    compiled programs with the other children given the same `cache_dir`)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    if cache_dir is not None:
+        env.update(compile_cache_env(cache_dir))
     return env
 
 
-def run_check(script: str, args: list[str], n_devices: int, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_check(script: str, args: list[str], n_devices: int, timeout: float = 900,
+              cache_dir: Path | None = None) -> subprocess.CompletedProcess:
     """Run `tests/script` in a fresh process with `n_devices` CPU devices; its output is captured."""
-    return subprocess.run([sys.executable, str(HERE / script), *args], env=device_env(n_devices),
+    return subprocess.run([sys.executable, str(HERE / script), *args], env=device_env(n_devices, cache_dir),
                           capture_output=True, text=True, timeout=timeout)

@@ -1,4 +1,5 @@
 """KV-cached decoding equals decoding by full forwards, and transformers' greedy generate."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -10,10 +11,14 @@ from tyrjax.model.generate import generate, sample_next
 from tyrjax.model.decoder import compact_from_masked, forward, init_random_params
 
 
+# one compiled program per length, instead of every operation compiled alone for each length
+_forward = jax.jit(forward, static_argnums=1)
+
+
 def greedy_by_full_forward(params, cfg, prompt, n, head_mask=None, ffn_mask=None):
     seq = np.asarray(prompt)
     for _ in range(n):
-        logits = forward(params, cfg, seq, head_mask, ffn_mask)
+        logits = _forward(params, cfg, seq, head_mask, ffn_mask)
         seq = np.concatenate([seq, np.asarray(logits[:, -1].argmax(-1))[:, None]], axis=1)
     return seq
 
@@ -44,8 +49,6 @@ def test_compact_pruned_model_generates_like_masked():
 
 
 def test_sampling_respects_top_k_and_is_seeded():
-    import jax
-
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     draws = {int(sample_next(jax.random.PRNGKey(s), logits, 1.0, 2, 1.0)[0]) for s in range(50)}
     assert draws == {0, 1}

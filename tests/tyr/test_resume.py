@@ -119,7 +119,7 @@ def test_finished_iterations_drop_their_supernets_and_resume_without_them(tmp_pa
 
 
 def _run(work_dir, mesh: str, *args: str) -> None:
-    done = run_check("resume_check.py", [str(work_dir), mesh, *args], 4)
+    done = run_check("resume_check.py", [str(work_dir), mesh, *args], 4, cache_dir=work_dir.parent / "xla_cache")
     expected = 0 if args[0] == "finish" else -9
     assert done.returncode == expected, done.stderr[-3000:]
 

@@ -1,5 +1,6 @@
 """tyrjax.tyr.supernet: the expectation propagation, level masks, ablations and resumable builds."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from tyrjax.tyr.genome import layer_index
 from tyrjax.tyr.search.levels import ATTENTION, MLP
 from tyrjax.tyr.supernet import build_supernet, level_weights
 
+from scale_fixtures import compile_cache_env
 from tyr_fixtures import CFG, BUILD_SCRIPT, tiny_setup
 
 
@@ -68,11 +70,14 @@ def test_propagation_ablations_differ(setup):
 def test_killed_supernet_build_resumes_to_the_same_result(tmp_path):
     script = tmp_path / "build.py"
     script.write_text(BUILD_SCRIPT)
-    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), "2", str(tmp_path / "a.npz")])
+    env = dict(os.environ, **compile_cache_env(tmp_path / "xla_cache"))
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), "2", str(tmp_path / "a.npz")], env=env)
     assert killed.returncode == -9
     assert json.loads((tmp_path / "store" / "supernet.json").read_text())["completed"] == 2
-    subprocess.run([sys.executable, str(script), str(tmp_path / "store"), "0", str(tmp_path / "resumed.npz")], check=True)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "fresh"), "0", str(tmp_path / "fresh.npz")], check=True)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "store"), "0", str(tmp_path / "resumed.npz")], env=env,
+                   check=True)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "fresh"), "0", str(tmp_path / "fresh.npz")], env=env,
+                   check=True)
     with np.load(tmp_path / "resumed.npz") as a, np.load(tmp_path / "fresh.npz") as b:
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])
