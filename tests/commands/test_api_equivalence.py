@@ -1,5 +1,6 @@
 """Each command is its API call: `tyrjax prune`, `tyrjax sds` and `tyrjax eval` write the metrics
-the Python API returns for the same settings, on a tiny saved model."""
+the Python API returns for the same settings, on a tiny saved model; `tyrjax sds --stream`, reading
+the model block by block, writes what the model in memory gives."""
 import json
 
 import numpy as np
@@ -81,3 +82,17 @@ def test_eval_command_writes_what_the_api_returns(tiny_dir, tmp_path):
     # the pruned model is scored beside the dense model its run recorded
     assert metrics["pruned_by"]["method"] == "magnitude" and metrics["dense_ppl"] == written(run)["dense_ppl"]
     assert result.ppl == written(run)["ppl"]
+
+
+def test_streamed_sds_writes_the_held_runs_results(tiny_dir, tmp_path):
+    flags = [*FLAGS, "--pruner", "sparsegpt", "--pattern", "2:4", "--steps", "2"]
+    runs = {}
+    for name, extra in (("held", []), ("streamed", ["--stream"])):
+        assert main(["sds", "--model", str(tiny_dir), *flags, *extra, "--out", str(tmp_path / name)]) == 0
+        runs[name] = ({k: v for k, v in written(tmp_path / name).items() if k not in RUN_FIELDS},
+                      json.loads((tmp_path / name / "layer_losses.json").read_text()))
+    held, streamed = runs["held"], runs["streamed"]
+    assert streamed[1] == held[1]
+    assert streamed[0]["sparsity"] == held[0]["sparsity"] and streamed[0]["params"] == held[0]["params"]
+    for key in ("ppl", "dense_ppl"):
+        assert streamed[0][key] == pytest.approx(held[0][key], rel=1e-5)
