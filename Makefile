@@ -20,7 +20,7 @@ run: setup
 	$(BIN)/tyrjax prune --method tyr --sparsity 0.5 --preset quick --out runs/default
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) runs

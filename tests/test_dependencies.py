@@ -8,8 +8,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Needed by a declared test package rather than imported: transformers loads GGUF files through it.
-INDIRECT_TEST_PACKAGES = {"accelerate"}
+# Needed without an import: transformers loads GGUF files through accelerate, and `make test` runs
+# the suite in two processes through pytest-xdist's `-n`.
+INDIRECT_TEST_PACKAGES = {"accelerate", "pytest-xdist"}
 
 
 def normalise(name: str) -> str:
@@ -70,6 +71,12 @@ def test_test_extra_is_exactly_what_the_tests_need_beyond_the_package():
     assert not undeclared, f"imported by the tests but declared nowhere: {undeclared}"
     unused = sorted(extras["test"] - set().union(*imported.values()) - INDIRECT_TEST_PACKAGES)
     assert not unused, f"in the test extra but never imported by the tests: {unused}"
+
+
+def test_the_test_command_uses_the_process_plugin_it_declares():
+    makefile = (ROOT / "Makefile").read_text()
+    test_lines = [line for line in makefile.splitlines() if "-m pytest" in line]
+    assert test_lines and all(" -n " in f"{line} " for line in test_lines), test_lines
 
 
 def test_import_names_map_to_their_distributions():
