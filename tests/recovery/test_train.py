@@ -7,10 +7,11 @@ import pytest
 from recovery_fixtures import CFG, SMALL, compact_params, dense_params, sparse_params, windows
 
 from tyrjax.errors import TyrjaxError
+from tyrjax.model.blocks import device_bytes
 from tyrjax.model.decoder import forward
 from tyrjax.recovery.modules import Decoder, weight_masks, zero_count
 from tyrjax.recovery.train import (FinetuneConfig, make_train_step, optimizer, restore_checkpoint, split_model,
-                                   step_chunks, train, tree_bytes)
+                                   step_chunks, train)
 from tyrjax.tyr.fitness import teacher_topk
 
 BUDGET = 16 * 10**9
@@ -37,7 +38,7 @@ def test_one_compiled_step_serves_every_step():
     graphdef, trained, rest = split_model(model, config.method)
     tx = optimizer(config)
     opt_state = tx.init(trained)
-    chunks = step_chunks(CFG, config, tree_bytes(rest), tree_bytes(trained), None, BUDGET)
+    chunks = step_chunks(CFG, config, device_bytes(rest), device_bytes(trained), None, BUDGET)
     step = make_train_step(graphdef, tx, config.loss, chunks)
     teacher = teacher_of(dense_params(1))
     trained = jax.tree.map(jnp.copy, trained)

@@ -16,8 +16,7 @@ from tyrjax.api.configs import DataConfig, TasksConfig, data_settings, out_path
 from tyrjax.api.evaluating import task_metrics
 from tyrjax.api.scoring import dense_reference, evaluation_sets, perplexity_metrics
 from tyrjax.api.sources import ModelSource, open_model, source_paths, source_settings
-from tyrjax.checkpoints.export import export_pruned
-from tyrjax.checkpoints.hf import save_hf, save_orbax
+from tyrjax.checkpoints.export import export_pruned, export_sparse
 from tyrjax.checkpoints.loading import DEFAULT_SOURCE, Model, require_tokenizer
 from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
@@ -190,10 +189,10 @@ def dense_topk(dense: Model, k: int, mesh, budget: int):
 
 
 def _dense_source(student: Model) -> str:
-    origin = find_origin(None if student.directory is None else str(student.directory))
-    if origin is None:
+    """The dense model the pruning run that wrote `student` started from, by name (itself when none is known)."""
+    spec = teacher_source(student, None)
+    if _is_none(spec):
         return student.source
-    spec = dense_spec(origin)
     return DEFAULT_SOURCE if spec is None else spec
 
 
@@ -230,8 +229,5 @@ def forward_tokens_per_s(model: Model, windows: np.ndarray, mesh=None, repeats: 
 def save_model(model: Model, out: Path, tokenizer_dir: Path | None) -> dict[str, str]:
     """A compact model as `tyrjax prune` exports it; a sparse one (dense shapes) as orbax in OUT/model
     and safetensors with its zeros in OUT/hf."""
-    if not is_stacked(model.params):
-        return export_pruned(model.params, model.cfg, out, tokenizer_dir)
-    save_orbax(model.params, model.cfg, out / "model", tokenizer_dir)
-    save_hf(model.params, model.cfg, out / "hf", tokenizer_dir)
-    return {"model": str(out / "model"), "hf": str(out / "hf")}
+    export = export_sparse if is_stacked(model.params) else export_pruned
+    return export(model.params, model.cfg, out, tokenizer_dir)

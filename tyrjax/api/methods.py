@@ -16,8 +16,8 @@ import numpy as np
 
 from tyrjax.api.budgets import evaluation_vocab_chunk, sds_capture_chunk
 from tyrjax.api.configs import DataConfig, SDSConfig
-from tyrjax.checkpoints.export import check_formats, export_pruned
-from tyrjax.checkpoints.hf import layer_shapes, save_hf, save_orbax
+from tyrjax.checkpoints.export import check_formats, export_pruned, export_sparse
+from tyrjax.checkpoints.hf import layer_shapes
 from tyrjax.checkpoints.loading import Model
 from tyrjax.errors import TyrjaxError
 from tyrjax.files import write_json
@@ -400,9 +400,7 @@ class UnstructuredMethod:
 
     def save(self, pruned: Pruned, out: Path, dense_model: Model, tokenizer_dir: Path | None) -> dict[str, str]:
         """RUN_DIR/model (orbax, loadable with --model) and RUN_DIR/hf (safetensors with zeros)."""
-        tok_dir = tokenizer_dir or dense_model.directory
-        save_orbax(pruned.model.params, pruned.model.cfg, out / "model", tok_dir)
-        save_hf(pruned.model.params, pruned.model.cfg, out / "hf", tok_dir)
+        export_sparse(pruned.model.params, pruned.model.cfg, out, tokenizer_dir or dense_model.directory)
         return {}
 
     def metrics(self, run: RunFacts) -> dict[str, Any]:

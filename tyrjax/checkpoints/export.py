@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tyrjax.checkpoints.hf import save_hf
+from tyrjax.checkpoints.hf import save_hf, save_orbax
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import Params, is_stacked, unstack_layers
@@ -150,6 +150,15 @@ def planned_exports(params: Params, cfg: ModelConfig, formats: tuple[str, ...]) 
         if name != "model" and "tyrjax" in c.to_hf():
             raise TyrjaxError(f"{name}: the model needs tyrjax's own config keys; only RUN_DIR/model can hold it")
     return exports
+
+
+def export_sparse(params: Params, cfg: ModelConfig, out_dir: Path, tokenizer_dir: Path | None) -> dict[str, str]:
+    """A sparse model in dense shapes: `out_dir/model` (orbax, loadable with --model) and
+    `out_dir/hf` (safetensors with the zeros). Returns what was written."""
+    out_dir = Path(out_dir)
+    save_orbax(params, cfg, out_dir / "model", tokenizer_dir)
+    save_hf(params, cfg, out_dir / "hf", tokenizer_dir)
+    return {"model": str(out_dir / "model"), "hf": str(out_dir / "hf")}
 
 
 def export_pruned(params: Params, cfg: ModelConfig, out_dir: Path, tokenizer_dir: Path | None,

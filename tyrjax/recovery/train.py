@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.config import ModelConfig
+from tyrjax.model.blocks import device_bytes
 from tyrjax.model.decoder import Params
 from tyrjax.parallel.memory import GB
 from tyrjax.parallel.sharding import axis_size, put_axes, spec
@@ -195,10 +196,6 @@ def batch_windows(windows: np.ndarray, step: int, batch_size: int) -> np.ndarray
 
 
 # --- memory -------------------------------------------------------------------------------------
-def tree_bytes(tree: Any) -> int:
-    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
-
-
 def activation_bytes(cfg: ModelConfig, windows: int, length: int) -> int:
     """Per-device bytes of the activations a backward pass keeps for `windows` of `length` tokens."""
     per_layer = 0
@@ -313,7 +310,7 @@ LoRA factors and optimiser scalars are replicated, and the windows of a batch sp
     # The step donates what it trains: copies, so the caller's arrays (maybe the teacher's) stay alive.
     trained, rest = jax.tree.map(jnp.copy, place(trained, mesh)), place(rest, mesh)
     opt_state = place(tx.init(trained), mesh)
-    chunks = step_chunks(cfg, config, tree_bytes(rest), tree_bytes(trained), mesh, budget_bytes)
+    chunks = step_chunks(cfg, config, device_bytes(rest), device_bytes(trained), mesh, budget_bytes)
     shardings = None if mesh is None else (shardings_of(trained), shardings_of(rest), shardings_of(opt_state))
     step_fn = make_train_step(graphdef, tx, config.loss, chunks, shardings)
     batch_sharding = None if mesh is None else NamedSharding(mesh, spec(("batch",), (config.batch_size,), mesh))
