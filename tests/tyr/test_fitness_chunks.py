@@ -104,16 +104,21 @@ def test_fitness_chunks_follow_the_budget():
         fitness_chunks(2, 24, k, CFG, 1000, 900, platform="gpu")
 
 
-def test_scorer_under_a_small_budget_equals_the_default_and_a_tiny_one_fails_first(tmp_path):
-    cfg = CFG.replace(vocab_size=3000)  # a head wider than a block, so the budget chunks the head first
+def scoring_case(cfg, windows: int, seed: int, candidates: int):
+    """A random model, its calibration windows of 24 tokens, supernet and teacher, the centre
+    genome and `candidates` genomes one level switch away from it."""
     params = init_random_params(cfg, 0, scale=0.2)
-    calib = np.random.default_rng(0).integers(0, cfg.vocab_size, (4, 24))
-    tcfg = TyrConfig(topk=K, candidate_batch=2, mlp_multiple=4, interval=0.25)
-    grid = initial_grid(cfg, 0.4, tcfg)
+    calib = np.random.default_rng(seed).integers(0, cfg.vocab_size, (windows, 24))
+    grid = initial_grid(cfg, 0.4, TyrConfig(topk=K, candidate_batch=2, mlp_multiple=4, interval=0.25))
     sn = build_supernet(params, cfg, calib, grid, progress=False)
     teacher = teacher_topk(params, cfg, calib, K)
     parent = centre_genome(grid)
-    genomes = np.stack([level_switch(i, parent, grid) for i in range(4)])
+    genomes = np.stack([level_switch(i, parent, grid) for i in range(candidates)])
+    return params, calib, sn, teacher, parent, genomes
+
+def test_scorer_under_a_small_budget_equals_the_default_and_a_tiny_one_fails_first(tmp_path):
+    cfg = CFG.replace(vocab_size=3000)  # a head wider than a block, so the budget chunks the head first
+    params, calib, sn, teacher, parent, genomes = scoring_case(cfg, windows=4, seed=0, candidates=4)
     default = BatchScorer(params, cfg, sn, batch=2)
     want = default(genomes, parent, calib[:2], teacher.idx[:2], teacher.logp[:2])
     fixed = default.model.resident_bytes()
@@ -163,14 +168,7 @@ def test_run_tyr_under_a_budget_too_small_stops_before_any_work(tmp_path):
 
 def test_scorer_runs_a_large_token_batch_in_window_chunks_equal_to_one_forward_and_compiles_once():
     cfg = CFG
-    params = init_random_params(cfg, 0, scale=0.2)
-    calib = np.random.default_rng(3).integers(0, cfg.vocab_size, (7, 24))
-    tcfg = TyrConfig(topk=K, candidate_batch=2, mlp_multiple=4, interval=0.25)
-    grid = initial_grid(cfg, 0.4, tcfg)
-    sn = build_supernet(params, cfg, calib, grid, progress=False)
-    teacher = teacher_topk(params, cfg, calib, K)
-    parent = centre_genome(grid)
-    genomes = np.stack([level_switch(i, parent, grid) for i in range(3)])
+    params, calib, sn, teacher, parent, genomes = scoring_case(cfg, windows=7, seed=3, candidates=3)
     default = BatchScorer(params, cfg, sn, batch=2)
     assert default.windows_per_forward(7, 24, K) == 7
     want = default(genomes, parent, calib, teacher.idx, teacher.logp)
