@@ -3,7 +3,7 @@ papers' zero-shot tasks, for each method calibrated on `general` and on `shakesp
 
     python experiments/bench_eval.py [--methods dense,tyr,uniform,flap,wanda-sp,sparsegpt,sds-sparsegpt,wanda,sds-wanda]
                                      [--calib general,shakespeare] [--sparsity 0.5] [--pattern 2:4]
-                                     [--calib-windows 64] [--eval-windows 16] [--tasks paper] [--limit 100]
+                                     [--calib-windows 64] [--eval-windows 16] [--sds-steps 200] [--tasks paper] [--limit 100]
                                      [--preset quick] [--out runs/bench_eval] [--no-tasks] [--finished-only]
                                      [--table-only]
 
@@ -73,8 +73,8 @@ def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[s
     elif method in UNSTRUCTURED:
         tyrjax.prune(method=method, pattern=args.pattern, data=data, out=out, progress=False)
     else:
-        tyrjax.sds(config=SDSConfig(pruner=method.removeprefix("sds-"), pattern=args.pattern), data=data, out=out,
-                   progress=False)
+        config = SDSConfig(pruner=method.removeprefix("sds-"), pattern=args.pattern, steps=args.sds_steps)
+        tyrjax.sds(config=config, data=data, out=out, progress=False)
     return json.loads((out / "metrics.json").read_text()), out / "model"
 
 
@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--calib", default="general,shakespeare", help="calibration corpora")
     ap.add_argument("--sparsity", type=float, default=0.5, help="structured methods: share of attention+MLP removed")
     ap.add_argument("--pattern", default="2:4", help="unstructured methods and SDS")
+    ap.add_argument("--sds-steps", type=int, default=SDSConfig.steps,
+                    help="SDS re-dense steps per layer (and adjustment steps, as `tyrjax sds`)")
     ap.add_argument("--preset", default="quick", help="Týr preset")
     ap.add_argument("--calib-windows", type=int, default=None, help="default: each method's")
     ap.add_argument("--eval-windows", type=int, default=16)

@@ -34,6 +34,7 @@ def test_finetune_a_sparse_model_writes_metrics_plot_and_the_merged_model(models
     assert m["train"]["tokens"] == 256 and m["train"]["steps"] == 4 and len(m["train"]["loss"]) == 4
     assert m["train"]["final_loss"] == m["train"]["loss"][-1] and m["train"]["wall_s"] > 0
     assert m["train"]["forward_tokens_per_s"] > 0 and m["train"]["step_tokens_per_s"] > 0
+    assert m["train"]["warm_step_tokens_per_s"] > m["train"]["step_tokens_per_s"]  # the first step compiles
     assert m["sparsity"]["zeros_before"] == m["sparsity"]["zeros_after"] > 0
     assert (out / "loss_curve.png").stat().st_size > 1000
     saved = load_model(str(out / "model"))

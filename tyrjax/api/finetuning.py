@@ -149,6 +149,7 @@ def finetune(
                   "final_loss": float(result.losses[-1]), "loss": [float(x) for x in result.losses],
                   "step_s": result.step_s, "tokens_per_s": round(result.tokens / max(result.wall_s, 1e-9), 1),
                   "step_tokens_per_s": round(result.tokens / max(result.step_s, 1e-9), 1),
+                  "warm_step_tokens_per_s": _warm_rate(result, config),
                   "forward_tokens_per_s": forward_tps, "resumed_at_step": result.resumed_at},
         "eval_windows": {k: list(v.shape) for k, v in sets.items()},
     }
@@ -213,6 +214,13 @@ def _cached(out: Path | None, name: str, compute) -> dict[str, Any]:
     if path is not None and is_writer():
         write_json(path, value)
     return value
+
+
+def _warm_rate(result, config: FinetuneConfig) -> float | None:
+    """Training tokens per second of the compiled steps after the first (None: fewer than two ran)."""
+    if result.warm_steps == 0:
+        return None
+    return round(result.warm_steps * config.batch_size * config.seq_len / max(result.warm_step_s, 1e-9), 1)
 
 
 def forward_tokens_per_s(model: Model, windows: np.ndarray, mesh=None, repeats: int = 3) -> float:

@@ -117,6 +117,8 @@ class TrainResult(NamedTuple):
     wall_s: float  # the training loop (teacher included), summed over resumes
     step_s: float  # the compiled steps alone (compilation included), summed over resumes
     resumed_at: int  # the step a resumed run started from (0: a fresh run)
+    warm_steps: int  # the steps this process ran after its first (which compiles)
+    warm_step_s: float  # their compiled steps' seconds
 
 
 # --- the model's state --------------------------------------------------------------------------
@@ -316,6 +318,7 @@ LoRA factors and optimiser scalars are replicated, and the windows of a batch sp
     batch_sharding = None if mesh is None else NamedSharding(mesh, spec(("batch",), (config.batch_size,), mesh))
 
     start, losses, seconds = 0, np.full(steps, np.nan, np.float32), np.zeros(2)
+    warm_steps, warm_s = 0, 0.0
     if checkpoint_dir is not None:
         restored = restore_checkpoint(checkpoint_dir, (trained, opt_state), steps)
         if restored is not None:
@@ -334,6 +337,8 @@ LoRA factors and optimiser scalars are replicated, and the windows of a batch sp
         losses[step] = float(value)
         t2 = time.perf_counter()
         seconds = seconds + (t2 - t0, t2 - t1)
+        if step > start:
+            warm_steps, warm_s = warm_steps + 1, warm_s + (t2 - t1)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[step]:.4f}", tok_s=f"{tokens_per_step / (t2 - t0):,.0f}")
         done = step + 1
@@ -344,7 +349,7 @@ LoRA factors and optimiser scalars are replicated, and the windows of a batch sp
     bar.close()
     merged = nnx.merge(graphdef, trained, rest).merged_params()
     return TrainResult(merged, losses, steps, steps * tokens_per_step, round(float(seconds[0]), 3),
-                       round(float(seconds[1]), 3), start)
+                       round(float(seconds[1]), 3), start, warm_steps, round(warm_s, 3))
 
 
 def _put(x: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
