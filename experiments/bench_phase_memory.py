@@ -6,11 +6,15 @@ Every phase (teacher, supernet build, search scoring, evaluation, SDS, the Wanda
 runs in its own subprocess on the embedded SmolLM2-135M in fp32, with the settings the plan is
 made for (`runs.xla_plan.PlanSettings`: the quick preset, fp32, these window counts). On CPU
 the device's memory is the process's, so a phase's peak is the process's resident high-water
-mark (VmHWM, reset after the model and data are loaded; Linux `/proc/self/clear_refs`):
+mark (VmHWM, reset after the model and data are loaded; Linux `/proc/self/clear_refs`). Each
+phase runs twice in its process:
 
-  measured   peak − resident set after the imports (the model's weights, the data and the
-             phase's arrays: what the plan counts)
-  increment  peak − resident set once the model and data are loaded (the phase alone)
+  first run  peak − resident set after the imports: the model's weights, the data and the
+             phase's arrays, plus the host memory XLA's compiler takes while the phase's
+             functions compile (which no executable's memory analysis reports)
+  warm run   the second run's peak − the resident set just before it (the phase's arrays; its
+             functions are compiled), plus the model and data (resident set once loaded − after
+             the imports): what the plan counts
 
 beside the XLA figure and the analytical count of `tyrjax.runs.xla_plan.plan` for the same
 settings. The supernet build runs on the model's first --supernet-blocks blocks (what it holds
@@ -88,20 +92,20 @@ def run_phase(args) -> dict:
         windows = tyrjax.evaluation_sets(model, s.eval_windows, ("shakespeare",), s.eval_window)["shakespeare"]
         extra["windows_per_call"] = batch
 
-        def phase():
+        def phase(run):
             return window_nlls(params, cfg, windows, batch, progress=False)
     elif args.phase == "sds":
         from tyrjax.sds.pipeline import run_sds_pipeline
 
         sds_calib = tyrjax.calibration_windows(model, calib_windows=s.sds_windows, length=s.sds_window)
 
-        def phase():
+        def phase(run):
             return run_sds_pipeline(params, cfg, sds_calib, s.sds_pattern, "sparsegpt", steps=s.sds_steps,
                                     progress=False)[0]
     elif args.phase == "baselines":
         from tyrjax.tyr.baselines import structured_baseline
 
-        def phase():
+        def phase(run):
             return structured_baseline(params, cfg, calib, 0.5, "wanda-sp", mlp_multiple=tcfg.mlp_multiple,
                                        progress=False)[0]
     else:
@@ -113,7 +117,7 @@ def run_phase(args) -> dict:
 
         grid = initial_grid(cfg, 0.5, tcfg)
         if args.phase == "teacher":
-            def phase():
+            def phase(run):
                 return teacher_topk(params, cfg, calib, tcfg.topk).logp
         elif args.phase == "supernet":
             part, part_cfg = first_blocks(params, cfg, args.supernet_blocks)
@@ -121,8 +125,8 @@ def run_phase(args) -> dict:
             params = model = None  # only the first blocks stay
             gc.collect()
 
-            def phase():
-                build_supernet(part, part_cfg, calib, part_grid, store_dir=store, progress=False)
+            def phase(run):  # a new store each run: a build into a finished store would read it back
+                build_supernet(part, part_cfg, calib, part_grid, store_dir=store / f"run{run}", progress=False)
         else:
             from tyrjax.files import cache_dir
 
@@ -136,15 +140,23 @@ def run_phase(args) -> dict:
             scorer = BatchScorer(params, cfg, supernet, batch=tcfg.candidate_batch)
             extra["windows"], extra["candidates"] = len(windows), len(genomes)
 
-            def phase():
+            def phase(run):
                 return scorer(genomes, parent, windows, teacher.idx, teacher.logp)
     loaded = status_kb("VmRSS") * 1024
     reset_peak()
     start = time.perf_counter()
-    jax.block_until_ready(phase())
+    jax.block_until_ready(phase(0))
     wall = time.perf_counter() - start
     peak = status_kb("VmHWM") * 1024
-    return {"phase": args.phase, "after_imports": after_imports, "loaded": loaded, "peak": peak, "wall_s": wall, **extra}
+    gc.collect()
+    before_warm = status_kb("VmRSS") * 1024  # with what the first run's compilations left in the heap
+    reset_peak()
+    start = time.perf_counter()
+    jax.block_until_ready(phase(1))
+    warm_wall = time.perf_counter() - start
+    warm_peak = status_kb("VmHWM") * 1024
+    return {"phase": args.phase, "after_imports": after_imports, "loaded": loaded, "peak": peak, "wall_s": wall,
+            "before_warm": before_warm, "warm_peak": warm_peak, "warm_wall_s": warm_wall, **extra}
 
 
 def plan_figures(args, phases: list[str]) -> dict:
@@ -192,15 +204,18 @@ def main() -> None:
         rows.append(json.loads(lines[0][len("RESULT "):]))
         print(f"{name}: {rows[-1]}", file=sys.stderr)
     print(f"settings: {settings_of(args)}")
-    print("| phase | measured GB (peak − after imports) | increment GB (peak − loaded) | XLA plan GB | analytical GB "
-          "| measured / XLA | measured / analytical | plan chunks | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| phase | first run GB (peak − after imports) | warm run GB (its increment + model and data) "
+          "| XLA plan GB | analytical GB | first / XLA | warm / XLA | warm / analytical | plan chunks "
+          "| wall s first / warm |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = figures[r["phase"]]
-        measured, increment = r["peak"] - r["after_imports"], r["peak"] - r["loaded"]
+        first = r["peak"] - r["after_imports"]
+        warm = r["warm_peak"] - r["before_warm"] + r["loaded"] - r["after_imports"]
         chunks = ", ".join(f"{k}={v}" for k, v in f["chunks"].items())
-        print(f"| {r['phase']} | {measured / GB:.2f} | {increment / GB:.2f} | {f['xla'] / GB:.2f} | {f['plan'] / GB:.2f} "
-              f"| {measured / f['xla']:.2f} | {measured / f['plan']:.2f} | {chunks} | {r['wall_s']:.1f} |")
+        print(f"| {r['phase']} | {first / GB:.2f} | {warm / GB:.2f} | {f['xla'] / GB:.2f} | {f['plan'] / GB:.2f} "
+              f"| {first / f['xla']:.2f} | {warm / f['xla']:.2f} | {warm / f['plan']:.2f} | {chunks} "
+              f"| {r['wall_s']:.1f} / {r['warm_wall_s']:.1f} |")
     print(f"resident after imports: {rows[0]['after_imports'] / GB:.2f} GB; with the model and data: "
           f"{rows[0]['loaded'] / GB:.2f} GB (first phase)")
 

@@ -13,6 +13,7 @@ from tyrjax.errors import TyrjaxError
 from tyrjax.model.catalog import HF_CONFIGS, builtin_config, resolve_config
 from tyrjax.model.config import ModelConfig
 from tyrjax.runs.xla_plan import PHASES, PlanSettings, plan
+from tyrjax.tyr.fitness import TEACHER_BATCH
 
 # Small enough to compile every phase in seconds, wide enough that its arrays (not XLA's
 # bookkeeping) make the figures. float32: CPU runs bf16 matmuls in fp32 copies.
@@ -39,18 +40,21 @@ def test_xla_and_analytical_agree_on_one_device(small_plan):
     assert set(out["phases"]) == set(PHASES)
     assert_agree(out["phases"])
     assert out["fits"] and out["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
-    # a budget of 1 GB takes every window in one call
-    assert out["phases"]["teacher"]["chunks"] == {"windows_per_call": 8, "calls": 1}
+    # a budget of 1 GB takes the teacher's windows as teacher_topk does, TEACHER_BATCH per call
+    assert out["phases"]["teacher"]["chunks"] == {"windows_per_call": TEACHER_BATCH, "calls": 8 // TEACHER_BATCH}
     assert all(p["flops"] > 0 for p in out["phases"].values())
 
 
 def test_chunk_chosen_for_a_budget_fits_it(small_plan):
-    """A budget below the one-call teacher takes fewer windows per call, and XLA's figure at
-    that size fits the budget."""
+    """A budget below the teacher's call takes fewer windows per call, and XLA's figure at that
+    size fits the budget; a budget below one window's call is the budget error."""
     whole = small_plan.phases["teacher"].xla_bytes_per_device
-    budget = int(0.8 * whole)
+    one = plan(SMALL, device_memory_bytes=10**6, settings=SETTINGS, phases=("teacher",)).phases["teacher"]
+    assert one.chunks["windows_per_call"] == 1 and not one.fits and "--device-memory" in one.error
+    assert one.xla_bytes_per_device < whole
+    budget = int((one.xla_bytes_per_device + whole) / 2)
     teacher = plan(SMALL, device_memory_bytes=budget, settings=SETTINGS, phases=("teacher",)).phases["teacher"]
-    assert teacher.chunks["windows_per_call"] < 8 and teacher.chunks["calls"] > 1
+    assert teacher.chunks == {"windows_per_call": 1, "calls": 8}
     assert teacher.xla_bytes_per_device <= budget and teacher.fits and teacher.error is None
 
 

@@ -19,7 +19,7 @@ from tyrjax.model.layers import rms_norm
 from tyrjax.checkpoints.loading import load_model
 from tyrjax.model.decoder import compact_from_masked, forward, init_random_params, run_layers_compact, run_layers_masked, to_compact
 from tyrjax.sds import DEFAULT_SDS_L1, DEFAULT_SDS_LR, LINEAR, prune_oneshot, run_sds_pipeline
-from tyrjax.sds.pipeline import fit_state_bytes, gram_bytes, stream_windows, streams_fit, window_bytes
+from tyrjax.sds.pipeline import fit_state_bytes, stream_windows, streams_fit, sums_bytes, window_bytes
 from tyrjax.sparse import parse_pattern, sparsegpt_prune
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=48)
@@ -240,7 +240,7 @@ def test_bad_sds_hyperparameters_fail_early(tiny_model_dir, capsys):
 
 def test_streams_on_the_host_in_window_chunks_equal_the_streams_on_the_device_and_compile_once(params):
     windows = np.random.default_rng(1).integers(0, 64, (6, 32)).astype(np.int32)
-    budget = int(2 * device_bytes(params) + gram_bytes(CFG) + 4 * window_bytes(CFG, 32))
+    budget = int(2 * device_bytes(params) + sums_bytes(CFG) + 4 * window_bytes(CFG, 32))
     assert 2 * device_bytes(params) + fit_state_bytes(CFG) < budget
     assert stream_windows(CFG, 6, 32, budget, 2 * device_bytes(params)) == 4  # chunks of 4 and 2 + 2 padding
     assert not streams_fit(CFG, 6, 32, budget, 2 * device_bytes(params))

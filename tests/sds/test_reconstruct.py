@@ -8,7 +8,7 @@ import pytest
 
 from tyrjax.errors import TyrjaxError
 from tyrjax.sparse import NByM, magnitude_prune
-from tyrjax.sds.capture import objective_grams
+from tyrjax.sds.capture import add_sums, group_sums, layer_objective, objective_grams
 from tyrjax.sds.reconstruct import (
     make_optimizer,
     reconstruction_loss,
@@ -51,6 +51,41 @@ def test_gram_loss_and_gradient_equal_token_form(dense_input):
     atol = 1e-6 * float(jnp.abs(expected_grad).max())
     for g in (grad, jax.grad(reconstruction_loss)(W, W_d, grams)):
         np.testing.assert_allclose(g, expected_grad, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("inputs", ["pruned", "dense"])
+def test_the_objective_summed_over_chunks_equals_the_token_form_and_the_grams(inputs):
+    """What the pipeline fits on: a group's sums over chunks of tokens give each layer's loss,
+    gradient and re-dense result as the token form and the three Grams do, without X_sᵀX_d."""
+    X_s, X_d, W_d = _data(d_in=16, d_out=8, n_tokens=48)
+    W_2 = W_d[:, :4] * 3.0  # a second layer reading the same inputs
+    W = W_d + 0.01 * jax.random.normal(jax.random.key(1), W_d.shape)
+    weights = {"a": W_d, "b": W_2}
+    sums = None
+    for part in range(3):  # three chunks of 16 tokens, as (windows, T, d_in)
+        rows = slice(16 * part, 16 * (part + 1))
+        sums = add_sums(sums, group_sums(X_s[rows].reshape(2, 8, 16), X_d[rows].reshape(2, 8, 16), weights,
+                                         inputs == "dense"))
+    target, fit = layer_objective(sums, "a", W_d)
+    grams = objective_grams(X_s, X_d)[1]
+    np.testing.assert_allclose(reconstruction_loss(W, W_d, target), _token_loss(W, W_d, X_s, X_d), rtol=1e-4)
+    np.testing.assert_allclose(reconstruction_value_and_grad(W, W_d, target)[1],
+                               reconstruction_value_and_grad(W, W_d, grams)[1], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(reconstruction_loss(W_2 * 0.5, W_2, layer_objective(sums, "b", W_2)[0]),
+                               _token_loss(W_2 * 0.5, W_2, X_s, X_d), rtol=1e-4)
+    fit_grams = grams if inputs == "pruned" else objective_grams(X_d, None)[1]
+    np.testing.assert_allclose(reconstruction_loss(W, W_d, fit), reconstruction_loss(W, W_d, fit_grams), rtol=1e-4)
+    W_pruned, _ = magnitude_prune(W_d, "0.5")
+    got, want = (redense(W_pruned, W_d, g, l1=0.0, l2=0.0, steps=20)[0] for g in (fit, fit_grams))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_one_shot_objective_is_the_pruned_stream_alone():
+    X_s, _, W_d = _data(d_in=16, d_out=8, n_tokens=40)
+    target, fit = layer_objective(group_sums(X_s, None, {"a": W_d}, False), "a", W_d)
+    assert fit is target and float(target.const) == 0.0 and not np.any(np.asarray(target.b))
+    W = W_d * 0.5
+    np.testing.assert_allclose(reconstruction_loss(W, W_d, target), _token_loss(W, W_d, X_s, X_s), rtol=1e-4)
 
 
 def test_redense_reduces_loss_toward_the_optimum():

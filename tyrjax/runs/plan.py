@@ -377,7 +377,8 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
     linear = sum(math.prod(shape) for name, shape in layer_shapes(cfg, 0).items() if name.startswith("w"))
     model = tree_per_device(abstract_params(cfg), param_axes(cfg, stacked=True), wb, mesh, cfg.head_dim)
     fitting = [
-        Line("sds", "Grams X_sᵀX_s, X_sᵀX_d, X_dᵀX_d of the widest input (fp32)", 3 * dev((D, D), REPLICATED, F32)),
+        Line("sds", "Gram X_sᵀX_s of the widest input (fp32)", dev((D, D), REPLICATED, F32)),
+        Line("sds", "the objective's b = X_sᵀ(X_s − X_d)W_d of the largest weight (fp32)", dev((f, d), REPLICATED, F32)),
         Line("sds", "SparseGPT damped Hessian and its inverse (fp32)", 2 * dev((D, D), REPLICATED, F32)),
         Line("sds", "re-dense state of the largest weight (W, dense W, gradient, Adam m, v; fp32)",
              5 * dev((f, d), REPLICATED, F32)),
@@ -393,6 +394,7 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
                  4 * dev((n, T, d), HIDDEN, F32)),
             Line("sds", f"a chunk of {n} windows: inputs of the widest layer, both streams (fp32)",
                  2 * dev((n, T, f), MLP_HIDDEN, F32)),
+            Line("sds", "the chunk's Gram, while it is added (fp32)", dev((D, D), REPLICATED, F32)),
             *fitting,
         ]
     return [
@@ -504,7 +506,8 @@ def tyr_seconds(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> dict[str, floa
 
 
 def sds_flops(cfg: ModelConfig, run: SDSRun) -> dict[str, float]:
-    """FLOPs of SDS: two streams forward, the Grams, SparseGPT twice, re-dense and adjustment steps."""
+    """FLOPs of SDS: two streams forward, the Grams and objective terms, SparseGPT twice, re-dense
+    and adjustment steps."""
     d, q, kv, f = cfg.hidden_size, q_width(cfg), cfg.n_kv_heads * cfg.head_dim, cfg.intermediate_size
     layers = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)]  # (d_in, d_out) of each projection
     inputs = [d, q, d, f]  # distinct inputs: q/k/v, o_proj, gate/up, down_proj
@@ -514,7 +517,8 @@ def sds_flops(cfg: ModelConfig, run: SDSRun) -> dict[str, float]:
     L = cfg.n_layers
     return {
         "forward, both streams": 2 * n * L * block_flops_per_token(cfg, run.window),
-        "Grams (fp32)": 3 * 2 * n * L * sum(w * w for w in inputs),
+        "Grams and objective terms (fp32)": 2 * n * L * (sum(w * w for w in inputs)
+                                                         + 2 * sum(d_in * d_out for d_in, d_out in layers)),
         "SparseGPT + re-dense + adjustment (fp32)": L * (2 * sparsegpt + (run.steps + run.adjust_steps) * step),
     }
 
@@ -523,7 +527,8 @@ def sds_seconds(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> dict[str, floa
     flops = sds_flops(cfg, run)
     return {
         "forward, both streams": flops["forward, both streams"] / (mesh.devices * mesh.bf16_flops * run.utilisation),
-        "Grams (fp32)": flops["Grams (fp32)"] / (mesh.devices * mesh.fp32_flops * run.utilisation),
+        "Grams and objective terms (fp32)":
+            flops["Grams and objective terms (fp32)"] / (mesh.devices * mesh.fp32_flops * run.utilisation),
         "SparseGPT + re-dense + adjustment (fp32)":
             flops["SparseGPT + re-dense + adjustment (fp32)"] / (mesh.fp32_flops * run.utilisation),
     }

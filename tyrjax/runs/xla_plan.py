@@ -43,17 +43,17 @@ from tyrjax.parallel.memory import GB, chunking
 from tyrjax.parallel.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED, Axes, axis_size, batch_axes,
                                       lower_sharded, round_up)
 from tyrjax.runs import plan as analytical
-from tyrjax.sds.capture import WINDOW_CHUNK
+from tyrjax.sds.capture import WINDOW_CHUNK, objective_terms
 from tyrjax.sds.pipeline import stream_windows, streams_fit
-from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Grams, redense, sparse_adjust
+from tyrjax.sds.reconstruct import DEFAULT_LEARNING_RATE, Objective, redense, sparse_adjust
 from tyrjax.sparse import check_pattern
 from tyrjax.sparse.sparsegpt import sparsegpt_prune
 from tyrjax.structured.local_pruner import _levels_per_device, _prune_levels_jit, level_groups, mesh_levels_per_call
 from tyrjax.model.vocab import VOCAB_MULTIPLE
 from tyrjax.tyr.baselines import RESIDUAL_COPIES
-from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, FitnessChunks, _teacher_from_hidden,
-                                blocks_per_call, call_bytes, candidate_blocks, candidate_fitness, fitness_chunks,
-                                scoring_windows)
+from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS, TEACHER_BATCH, FitnessChunks,
+                                _teacher_from_hidden, blocks_per_call, call_bytes, candidate_blocks, candidate_fitness,
+                                fitness_chunks, scoring_windows)
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig, initial_grid
 from tyrjax.tyr.search.levels import ATTENTION
 from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, build_capture_windows,
@@ -548,60 +548,66 @@ class PhaseBuilder:
         resident = (self.head_bytes() if self.s.stream else held) + 2 * self.block_bytes()
         return min(n_local, stream_windows(cfg, n_local, T, budget, resident, tensor))
 
+    def _sds_calls(self) -> dict[str, Call]:
+        """SDS's calls at its widest layer, down_proj: SparseGPT on the Gram, then re-dense and
+        adjustment on the objective (the Gram replicated, `b` laid out as the weight)."""
+        f, d = self.cfg.intermediate_size, self.cfg.hidden_size
+        w_axes = Axes(*LAYER_PARAM_AXES["w_down"])
+        w = (struct((f, d), self.wdt), w_axes)
+        gram = struct((f, f), jnp.float32)
+        objective = (Objective(gram, struct((f, d), jnp.float32), struct((), jnp.float32), struct((), jnp.float32)),
+                     Objective(REPLICATED, w_axes, REPLICATED, REPLICATED))
+        pattern = check_pattern(self.s.sds_pattern)
+        settings = {"steps": self.s.sds_steps, "learning_rate": DEFAULT_LEARNING_RATE, "optimizer": "adam"}
+        return {
+            "sparsegpt": Call("sparsegpt down_proj", sparsegpt_prune, {"W": (w[0], REPLICATED), "H": (gram, REPLICATED)},
+                              REPLICATED, {"pattern": pattern}),
+            "redense": Call("redense down_proj", redense, {"W_init": w, "W_dense": w, "grams": objective}, REPLICATED,
+                            {**settings, "l1": 0.0, "l2": 0.0}),
+            "adjust": Call("sparse_adjust down_proj", sparse_adjust, {"W_init": w, "W_dense": w, "grams": objective},
+                           REPLICATED, {**settings, "pattern": pattern}),
+        }
+
     def sds_chunked(self, size: int) -> list[Step]:
         """The SDS loop with the streams on the host, `size` windows per device on the device at
-        once: the chunks' down_proj Gram, then its fit beside the weights held."""
+        once: the chunk's sums for down_proj (its Gram, then the objective's terms), then its fit
+        beside the weights held."""
         N, T, d, f = self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
         wb = self.wdt.itemsize
         nc = min(N, size * self.batch_split(N))
         w = (struct((f, d), self.wdt), Axes(*LAYER_PARAM_AXES["w_down"]))
-        gram = struct((f, f), jnp.float32)
-        grams = (Grams(gram, gram, gram, struct((), jnp.int32)), REPLICATED)
+        a = (struct((nc, T, f), jnp.float32), batch_axes(3))
         weights = (("model head (blocks streamed)" if self.s.stream else "model weights (held)",
                     self.head_bytes() + self.blocks_bytes() if not self.s.stream else self.head_bytes()),
                    ("the block, dense and fitted", 2 * self.block_bytes()))
-        pattern = check_pattern(self.s.sds_pattern)
-        settings = {"steps": self.s.sds_steps, "learning_rate": DEFAULT_LEARNING_RATE, "optimizer": "adam"}
-        chunk = (("the chunk's inputs of down_proj, dense stream (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32)),
-                 ("the chunk's block inputs and outputs, both streams (fp32)", 4 * self.dev((nc, T, d), HIDDEN, F32)),
-                 ("the Grams summed so far (fp32)", 3 * f * f * F32))
+        sums = ("the sums so far: the Gram and the objective's b (fp32)", (f * f + f * d) * F32)
+        chunk = ("the chunk's block inputs and outputs, both streams (fp32)", 4 * self.dev((nc, T, d), HIDDEN, F32))
+        dense_inputs = ("the chunk's inputs of down_proj, dense stream (fp32)", self.dev((nc, T, f), MLP_HIDDEN, F32))
+        calls = self._sds_calls()
+        b = ("the objective's b (fp32)", f * d * F32)
         return [
-            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
-                 (*weights, *chunk)),
-            Step(Call("sparsegpt down_proj", sparsegpt_prune,
-                      {"W": (w[0], REPLICATED), "H": (gram, REPLICATED)}, REPLICATED, {"pattern": pattern}),
-                 (*weights, ("the other two Grams (fp32)", 2 * f * f * F32))),
-            Step(Call("redense down_proj", redense, {"W_init": w, "W_dense": w, "grams": grams}, REPLICATED,
-                      {**settings, "l1": 0.0, "l2": 0.0}), weights),
-            Step(Call("sparse_adjust down_proj", sparse_adjust, {"W_init": w, "W_dense": w, "grams": grams},
-                      REPLICATED, {**settings, "pattern": pattern}),
-                 (*weights, ("one-shot and re-dense weights", 2 * f * d * wb))),
+            Step(Call("gram down_proj", _sums, {"a": a}, REPLICATED), (*weights, chunk, dense_inputs, sums)),
+            Step(Call("objective terms down_proj", objective_terms, {"a_s": a, "a_d": a, "W_dense": w}, REPLICATED),
+                 (*weights, chunk, sums, ("the chunk's Gram (fp32)", f * f * F32))),
+            Step(calls["sparsegpt"], (*weights, b)),
+            Step(calls["redense"], weights),
+            Step(calls["adjust"], (*weights, ("one-shot and re-dense weights", 2 * f * d * wb))),
         ]
 
     def sds(self) -> list[Step]:
         cfg, N, T, d, f = self.cfg, self.s.sds_windows, self.s.sds_window, self.cfg.hidden_size, self.cfg.intermediate_size
         L, wb = cfg.n_layers, self.wdt.itemsize
-        w = (struct((f, d), self.wdt), Axes(*LAYER_PARAM_AXES["w_down"]))
-        gram = struct((f, f), jnp.float32)
-        grams = (Grams(gram, gram, gram, struct((), jnp.int32)), REPLICATED)
         block = self.block_bytes()
         linear = sum(math.prod(s) for k, s in layer_shapes(cfg, 0).items() if k.startswith("w")) * wb
         held = (("model weights", self.head_bytes() + L * block), ("the blocks unstacked (a copy)", L * block),
                 ("the fitted blocks' new weights (all but the last block)", (L - 1) * linear))
         streams = (("block inputs and attention outputs, both streams (fp32)", 4 * self.dev((N, T, d), HIDDEN, F32)),
                    ("captured inputs of down_proj, both streams (fp32)", 2 * self.dev((N, T, f), MLP_HIDDEN, F32)))
-        pattern = check_pattern(self.s.sds_pattern)
-        w_bytes = f * d * wb
-        settings = {"steps": self.s.sds_steps, "learning_rate": DEFAULT_LEARNING_RATE, "optimizer": "adam"}
+        calls = self._sds_calls()
         return [
-            Step(Call("sparsegpt down_proj", sparsegpt_prune,
-                      {"W": (w[0], REPLICATED), "H": (gram, REPLICATED)}, REPLICATED, {"pattern": pattern}),
-                 (*held, *streams, ("the other two Grams (fp32)", 2 * f * f * F32))),
-            Step(Call("redense down_proj", redense, {"W_init": w, "W_dense": w, "grams": grams}, REPLICATED,
-                      {**settings, "l1": 0.0, "l2": 0.0}), (*held, *streams)),
-            Step(Call("sparse_adjust down_proj", sparse_adjust, {"W_init": w, "W_dense": w, "grams": grams},
-                      REPLICATED, {**settings, "pattern": pattern}),
-                 (*held, *streams, ("one-shot and re-dense weights", 2 * w_bytes))),
+            Step(calls["sparsegpt"], (*held, *streams, ("the objective's b (fp32)", f * d * F32))),
+            Step(calls["redense"], (*held, *streams)),
+            Step(calls["adjust"], (*held, *streams, ("one-shot and re-dense weights", 2 * f * d * wb))),
         ]
 
 
@@ -704,6 +710,8 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
         if name in ("teacher", "evaluation"):
             n = s.n_calib if name == "teacher" else s.eval_windows
             per_device = -(-n // build.batch_split(n))
+            if name == "teacher":  # teacher_topk's windows per device of one call
+                per_device = min(per_device, TEACHER_BATCH)
             make, blockwise = build.teacher, False
             if name == "evaluation":  # held: whole forwards, or block by block when not even one window's fits
                 blockwise = not s.stream and not build.evaluation_whole(1, budget)

@@ -22,6 +22,7 @@ from tyrjax.sds.pipeline import (
 from tyrjax.sds.reconstruct import (
     DEFAULT_LEARNING_RATE,
     Grams,
+    Objective,
     make_optimizer,
     reconstruction_loss,
     reconstruction_value_and_grad,
@@ -32,6 +33,7 @@ from tyrjax.sds.reconstruct import (
 __all__ = [
     "DEFAULT_LEARNING_RATE",
     "Grams",
+    "Objective",
     "make_optimizer",
     "reconstruction_loss",
     "reconstruction_value_and_grad",

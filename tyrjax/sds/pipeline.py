@@ -20,18 +20,18 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from tyrjax.calibration.statistics import (GATE_UP, QKV, InputStats, add_stats, attention_normed, attention_residual,
+from tyrjax.calibration.statistics import (GATE_UP, QKV, InputStats, attention_normed, attention_residual,
                                            check_finite, embed_windows, hidden_of, mlp_normed, mlp_residual, zero_padding)
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, padded_windows, to_device
 from tyrjax.model.decoder import Params, is_stacked, stack_layers, unstack_layers
 from tyrjax.parallel.memory import chunking, device_memory_bytes
-from tyrjax.sds.capture import WINDOW_CHUNK, attention_heads_at, objective_grams
+from tyrjax.sds.capture import WINDOW_CHUNK, GroupSums, add_sums, attention_heads_at, group_sums, layer_objective
 from tyrjax.parallel.sharding import Axes, axis_size, host_array, local_tree, resolve_mesh
 from tyrjax.model.axes import LAYER_PARAM_AXES
-from tyrjax.sds.reconstruct import (DEFAULT_LEARNING_RATE, OPTIMIZERS, Grams, reconstruct_on_mesh, reconstruction_loss,
-                                    redense, sparse_adjust)
+from tyrjax.sds.reconstruct import (DEFAULT_LEARNING_RATE, OPTIMIZERS, Objective, reconstruct_on_mesh,
+                                    reconstruction_loss, redense, sparse_adjust)
 from tyrjax.sparse import SPARSE_PRUNERS, NByM, Pattern, check_pattern
 
 INPUTS = ("pruned", "dense")
@@ -53,8 +53,8 @@ class LayerInputs(NamedTuple):
     """What one linear layer's fit needs about its calibration inputs."""
 
     stats: InputStats  # pruned-stream statistics: what SparseGPT / Wanda see
-    grams: Grams  # the objective ||X_d W_d − X_s W||² / n (X_d = X_s in one-shot)
-    fit: Grams  # what re-dense / adjustment optimise (= grams, or dense-only with inputs="dense")
+    objective: Objective  # ||X_d W_d − X_s W||² / n (X_d = X_s in one-shot)
+    fit: Objective  # what re-dense / adjustment optimise (= objective, or dense-only with inputs="dense")
 
 
 LayerFit = Callable[[str, jax.Array, LayerInputs], tuple[jax.Array, dict[str, Any]]]
@@ -75,8 +75,8 @@ def zero_fraction(W: jax.Array) -> float:
     return int(jnp.sum(W == 0)) / W.size if W.size else 0.0
 
 
-def _loss(W: jax.Array, W_dense: jax.Array, grams: Grams) -> float:
-    return float(reconstruction_loss(W, W_dense, grams))
+def _loss(W: jax.Array, W_dense: jax.Array, objective: Objective) -> float:
+    return float(reconstruction_loss(W, W_dense, objective))
 
 
 # --- per-layer fits --------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def oneshot_fit(method: str, pattern: Pattern) -> LayerFit:
 
     def fit(name: str, W_dense: jax.Array, inputs: LayerInputs) -> tuple[jax.Array, dict[str, Any]]:
         W = prune_weight(method, W_dense, inputs.stats, pattern)
-        return W, {"loss": _loss(W, W_dense, inputs.grams)}
+        return W, {"loss": _loss(W, W_dense, inputs.objective)}
 
     return fit
 
@@ -115,11 +115,11 @@ def sds_fit(
     logical axes (`head_dim` lets head columns split in whole heads).
     """
 
-    def reconstruct(step, name: str, W_init: jax.Array, W_dense: jax.Array, grams: Grams, **settings: Any):
+    def reconstruct(step, name: str, W_init: jax.Array, W_dense: jax.Array, objective: Objective, **settings: Any):
         if mesh is None:
-            return step(W_init, W_dense, grams, **settings)
+            return step(W_init, W_dense, objective, **settings)
         axes = Axes(*LAYER_PARAM_AXES[name])
-        return reconstruct_on_mesh(step, mesh, W_init, W_dense, grams, axes, head_dim, **settings)
+        return reconstruct_on_mesh(step, mesh, W_init, W_dense, objective, axes, head_dim, **settings)
 
     def fit(name: str, W_dense: jax.Array, inputs: LayerInputs) -> tuple[jax.Array, dict[str, Any]]:
         W1 = prune_weight(pruner, W_dense, inputs.stats, pattern)
@@ -127,16 +127,16 @@ def sds_fit(
                               optimizer=optimizer)
         W3 = prune_weight(pruner, W_re, inputs.stats, pattern)
         candidates = {"oneshot": W1, "repruned": W3}
-        losses = {k: _loss(W, W_dense, inputs.grams) for k, W in candidates.items()}
+        losses = {k: _loss(W, W_dense, inputs.objective) for k, W in candidates.items()}
         if adjust_steps > 0 and (adjust == "always" or losses["repruned"] >= losses["oneshot"]):
             candidates["adjusted"] = reconstruct(
                 sparse_adjust, name, W3, W_dense, inputs.fit, pattern=pattern, steps=adjust_steps, learning_rate=lr,
                 optimizer=optimizer,
             )[0]
-            losses["adjusted"] = _loss(candidates["adjusted"], W_dense, inputs.grams)
+            losses["adjusted"] = _loss(candidates["adjusted"], W_dense, inputs.objective)
         chosen = min(losses, key=losses.get)  # ties keep the earlier (simpler) candidate
         record = {
-            "loss": {"oneshot": losses["oneshot"], "redense": _loss(W_re, W_dense, inputs.grams),
+            "loss": {"oneshot": losses["oneshot"], "redense": _loss(W_re, W_dense, inputs.objective),
                      **{k: v for k, v in losses.items() if k != "oneshot"}, "chosen": losses[chosen]},
             "chosen": chosen,
         }
@@ -146,30 +146,23 @@ def sds_fit(
 
 
 # --- the block loop --------------------------------------------------------------------------
-def _layer_inputs(a_s: jax.Array, a_d: jax.Array | None, inputs: str, where: str) -> LayerInputs:
-    stats, grams = objective_grams(a_s, a_d)
-    return _inputs_of(stats, grams, inputs, a_d is not None, where)
-
-
-def _inputs_of(stats: InputStats, grams: Grams, inputs: str, dense: bool, where: str) -> LayerInputs:
-    check_finite(stats, where)
-    if inputs == "dense" and dense:
-        h_dd = grams.h_dd
-        return LayerInputs(stats, grams, Grams(h_dd, h_dd, h_dd, grams.n_tokens))
-    return LayerInputs(stats, grams, grams)
+def _group_sums(a_s: jax.Array, a_d: jax.Array | None, dense: Params, names: tuple[str, ...],
+                inputs: str) -> GroupSums:
+    return group_sums(a_s, a_d, {name: dense[name] for name in names if dense[name].size}, inputs == "dense")
 
 
 def _fit_group(
-    p: Params, dense: Params, names: tuple[str, ...], inputs: LayerInputs, fit: LayerFit,
-    records: dict[str, dict[str, Any]],
+    p: Params, dense: Params, names: tuple[str, ...], sums: GroupSums, fit: LayerFit,
+    records: dict[str, dict[str, Any]], where: str,
 ) -> None:
-    """Fit the layers `names` that read the same inputs, in place in `p`."""
+    """Fit the layers `names` that read the inputs summed in `sums`, in place in `p`."""
+    check_finite(sums.stats, where)
     for name in names:
         W_dense = dense[name]
         if W_dense.size == 0:  # a compact layer with every head / neuron removed
             records[name] = {"sparsity": None, "numel": 0}
             continue
-        W, record = fit(name, W_dense, inputs)
+        W, record = fit(name, W_dense, LayerInputs(sums.stats, *layer_objective(sums, name, W_dense)))
         p[name] = W
         records[name] = {"sparsity": zero_fraction(W), "numel": int(W.size), **record}
 
@@ -197,8 +190,7 @@ def process_block(
         if all(dense[name].size == 0 for name in names):  # nothing left to prune, no inputs to measure
             records.update({name: {"sparsity": None, "numel": 0} for name in names})
             return
-        layer_inputs = _layer_inputs(a_s, a_d, inputs, f"block {block} {what}")
-        _fit_group(p, dense, names, layer_inputs, fit, records)
+        _fit_group(p, dense, names, _group_sums(a_s, a_d, dense, names, inputs), fit, records, f"block {block} {what}")
 
     normed_s = attention_normed(dense, cfg, x_s)
     normed_d = None if x_d is None else attention_normed(dense, cfg, x_d)
@@ -263,22 +255,20 @@ def _chunks(x_s: np.ndarray, x_d: np.ndarray | None, size: int, mesh: Mesh | Non
         yield to_device(padded_s[start:start + size], mesh), part_d, min(size, len(x_s) - start)
 
 
-def chunked_layer_inputs(p: Params, dense: Params, cfg: ModelConfig, kv_map: tuple[int, ...], x_s: np.ndarray,
-                         x_d: np.ndarray | None, stage: str, size: int, inputs: str, where: str,
-                         mesh: Mesh | None = None, chunk: int = WINDOW_CHUNK) -> LayerInputs:
-    """`LayerInputs` of `stage` summed over chunks of `size` windows of the host streams."""
-    stats, grams = None, None
+def chunked_group_sums(p: Params, dense: Params, cfg: ModelConfig, kv_map: tuple[int, ...], x_s: np.ndarray,
+                       x_d: np.ndarray | None, stage: str, names: tuple[str, ...], size: int, inputs: str,
+                       mesh: Mesh | None = None, chunk: int = WINDOW_CHUNK) -> GroupSums:
+    """`GroupSums` of `stage`'s inputs for the layers `names`, summed over chunks of `size`
+    windows of the host streams."""
+    sums = None
     for part_s, part_d, valid in _chunks(x_s, x_d, size, mesh):
         a_s, a_d = stage_inputs(p, dense, cfg, kv_map, part_s, part_d, stage, chunk)
         valid = jnp.int32(valid)
         a_s = zero_padding(a_s, valid)
         a_d = None if a_d is None else zero_padding(a_d, valid)
-        one_stats, one = objective_grams(a_s, a_d)
-        stats = add_stats(stats, one_stats)
-        grams = one if grams is None else Grams(*(a + b for a, b in zip(grams, one)))
-    n = len(x_s) * x_s.shape[1]
-    stats = stats._replace(n_tokens=n)
-    return _inputs_of(stats, grams._replace(n_tokens=n), inputs, x_d is not None, where)
+        sums = add_sums(sums, _group_sums(a_s, a_d, dense, names, inputs))
+        del a_s, a_d
+    return sums._replace(stats=sums.stats._replace(n_tokens=len(x_s) * x_s.shape[1]))
 
 
 def process_block_chunked(
@@ -293,9 +283,9 @@ def process_block_chunked(
         if all(dense[name].size == 0 for name in names):
             records.update({name: {"sparsity": None, "numel": 0} for name in names})
             continue
-        layer_inputs = chunked_layer_inputs(p, dense, cfg, kv_map, x_s, x_d, stage, size, inputs,
-                                            f"block {block} {stage}", mesh, chunk)
-        _fit_group(p, dense, names, layer_inputs, fit, records)
+        sums = chunked_group_sums(p, dense, cfg, kv_map, x_s, x_d, stage, names, size, inputs, mesh, chunk)
+        _fit_group(p, dense, names, sums, fit, records, f"block {block} {stage}")
+        del sums
     outs_s, outs_d = [], []
     for part_s, part_d, valid in _chunks(x_s, x_d, size, mesh):
         out_s, out_d = stage_inputs(p, dense, cfg, kv_map, part_s, part_d, "output", chunk)
@@ -307,11 +297,12 @@ def process_block_chunked(
 
 def window_bytes(cfg: ModelConfig, length: int, tensor: int = 1) -> int:
     """Per-device bytes one window adds to a chunk of the SDS loop: both streams' block input
-    and output and every stage's inputs (fp32), and one block's temporaries; heads and neurons
-    split over `tensor` devices."""
+    and output and every stage's inputs (fp32), the objective's residuals of one layer, and one
+    block's temporaries; heads and neurons split over `tensor` devices."""
     q = cfg.n_heads * cfg.head_dim
     stages = 4 * cfg.hidden_size + (q + 2 * cfg.intermediate_size) / tensor
-    return int(2 * length * stages * 4 + block_activation_bytes(cfg, length) / tensor)
+    residuals = widest_fit(cfg)[0] + cfg.hidden_size
+    return int(2 * length * stages * 4 + length * residuals * 4 + block_activation_bytes(cfg, length) / tensor)
 
 
 def widest_fit(cfg: ModelConfig) -> tuple[int, int]:
@@ -320,38 +311,45 @@ def widest_fit(cfg: ModelConfig) -> tuple[int, int]:
     return max(cfg.hidden_size, q, cfg.intermediate_size), max(cfg.hidden_size * cfg.intermediate_size, cfg.hidden_size * q)
 
 
-def gram_bytes(cfg: ModelConfig) -> int:
-    """The three Grams of the widest input, summed over the chunks (fp32)."""
-    widest, _ = widest_fit(cfg)
-    return 4 * 3 * widest * widest
+def sums_bytes(cfg: ModelConfig, dense_fit: bool = False) -> int:
+    """A group's sums over the chunks beside one chunk's being added (fp32), at the group that
+    needs the most: the Gram of its inputs (and the dense stream's, for a fit on them) and each
+    of its layers' objective term `b`."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    grams = 2 if dense_fit else 1
+    groups = ((d, d * (q + 2 * kv)), (q, q * d), (d, 2 * d * f), (f, f * d))  # (input width, the layers' weights)
+    return 2 * 4 * max(grams * width * width + weights for width, weights in groups)
 
 
-def fit_state_bytes(cfg: ModelConfig) -> int:
-    """Per-device bytes of fitting the widest layer once its Grams are summed (fp32): SparseGPT
-    beside the three Grams (its damped Hessian, inverse and a working copy; weights in and out),
-    or re-dense and adjustment on the Grams (weights, dense weights, gradient, two moments and
-    the candidates kept)."""
+def fit_state_bytes(cfg: ModelConfig, dense_fit: bool = False) -> int:
+    """Per-device bytes of fitting the widest layer once its sums are taken (fp32): SparseGPT
+    beside the Gram (its damped Hessian, inverse and a working copy; weights in and out; the
+    objectives' `b`), or re-dense and adjustment on the objective (its `b`; weights, dense
+    weights, gradient, two moments and the candidates kept)."""
     widest, largest = widest_fit(cfg)
-    return 4 * max(6 * widest * widest + 2 * largest, 3 * widest * widest + 7 * largest)
+    grams = 2 if dense_fit else 1
+    return 4 * max((grams + 3) * widest * widest + 4 * largest, grams * widest * widest + 9 * largest)
 
 
 def stream_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, resident_bytes: float,
-                   tensor: int = 1) -> int:
+                   tensor: int = 1, dense_fit: bool = False) -> int:
     """Windows per device the SDS loop holds on the device at once: all of them when both
     streams' block inputs and outputs and a block's stage inputs fit `budget_bytes` beside
-    `resident_bytes` (the weights held) and the Grams; else the most that fit (the streams then
-    wait on the host). Fails naming the phase when the widest layer's fit or one window does not fit."""
-    chunking(1, fit_state_bytes(cfg), budget_bytes, fixed_bytes=resident_bytes, phase="SDS")
+    `resident_bytes` (the weights held) and a group's sums; else the most that fit (the streams
+    then wait on the host). Fails naming the phase when the widest layer's fit or one window
+    does not fit. `dense_fit`: the fit sees the dense stream's inputs (`inputs="dense"`)."""
+    chunking(1, fit_state_bytes(cfg, dense_fit), budget_bytes, fixed_bytes=resident_bytes, phase="SDS")
     return chunking(n_local, window_bytes(cfg, length, tensor), budget_bytes,
-                    fixed_bytes=resident_bytes + gram_bytes(cfg), phase="SDS").size
+                    fixed_bytes=resident_bytes + sums_bytes(cfg, dense_fit), phase="SDS").size
 
 
 def streams_fit(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, held_bytes: float,
-                tensor: int = 1) -> bool:
+                tensor: int = 1, dense_fit: bool = False) -> bool:
     """Whether the loop with the model held (`held_bytes`, with its unstacked copy and the
     fitted blocks) keeps every window's streams on the device within `budget_bytes`."""
     try:
-        return stream_windows(cfg, n_local, length, budget_bytes, held_bytes, tensor) >= n_local
+        return stream_windows(cfg, n_local, length, budget_bytes, held_bytes, tensor, dense_fit) >= n_local
     except TyrjaxError:
         return False
 
@@ -442,7 +440,8 @@ def run_pipeline(
     n_local = -(-len(windows) // split)
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
     tensor = 1 if mesh is None else axis_size(mesh, "mlp")
-    if not streams_fit(cfg, n_local, windows.shape[1], budget, 2 * device_bytes(params), tensor):
+    dense_fit = dense_stream and inputs == "dense"
+    if not streams_fit(cfg, n_local, windows.shape[1], budget, 2 * device_bytes(params), tensor, dense_fit):
         model = as_blocks(params, cfg, mesh)
         out, records = _run_blocks_pipeline(model, windows, fit, dense_stream=dense_stream, inputs=inputs,
                                             pattern=None, desc=desc, progress=progress, chunk=chunk,
@@ -481,7 +480,7 @@ def _run_blocks_pipeline(
     resident = model.resident_bytes() if resident_bytes is None else resident_bytes
     tensor = 1 if mesh is None else axis_size(mesh, "mlp")
     size = min(n_local, stream_windows(cfg, n_local, windows.shape[1], budget, resident + 2 * block_bytes,
-                                       tensor)) * split
+                                       tensor, dense_stream and inputs == "dense")) * split
     x_s = np.concatenate([host_array(embed_windows(model.head, windows[i:i + size]))
                           for i in range(0, len(windows), size)])
     x_d = x_s if dense_stream else None

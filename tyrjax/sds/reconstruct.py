@@ -55,17 +55,19 @@ class Grams(NamedTuple):
     n_tokens: jax.Array | int
 
 
-class _Quadratic(NamedTuple):
-    """The loss as `(tr(ΔᵀhΔ) + 2 tr(Δᵀb) + const) / n` in `Δ = W − W_dense`."""
+class Objective(NamedTuple):
+    """One layer's loss written around `W_dense`: `(tr(ΔᵀhΔ) + 2 tr(Δᵀb) + const) / n` in
+    `Δ = W − W_dense`. It holds one `(d_in, d_in)` matrix where the Grams hold three, so a layer
+    can be fitted once its Grams are gone."""
 
-    h: jax.Array
-    b: jax.Array
-    const: jax.Array
-    n: jax.Array
+    h: jax.Array  # H_ss, (d_in, d_in)
+    b: jax.Array  # (H_ss − H_sd) W_dense, (d_in, d_out)
+    const: jax.Array  # tr(W_dᵀ (X_s − X_d)ᵀ(X_s − X_d) W_d)
+    n: jax.Array  # tokens
 
 
-def _check_layer(W: jax.Array, W_dense: jax.Array, grams: Grams) -> None:
-    """Raise TyrjaxError unless the weights and Grams describe the same layer."""
+def _check_layer(W: jax.Array, W_dense: jax.Array, grams: Grams | Objective) -> None:
+    """Raise TyrjaxError unless the weights and Grams (or objective) describe the same layer."""
     check_weight(W)
     if W_dense.shape != W.shape:
         raise TyrjaxError(
@@ -73,30 +75,34 @@ def _check_layer(W: jax.Array, W_dense: jax.Array, grams: Grams) -> None:
             "weights of the same layer"
         )
     d_in = W.shape[0]
-    for name in ("h_ss", "h_sd", "h_dd"):
+    expected = ({"h": (d_in, d_in), "b": tuple(W.shape)} if isinstance(grams, Objective)
+                else {name: (d_in, d_in) for name in ("h_ss", "h_sd", "h_dd")})
+    for name, want in expected.items():
         shape = tuple(getattr(grams, name).shape)
-        if shape != (d_in, d_in):
+        if shape != want:
             raise TyrjaxError(
-                f"grams.{name} has shape {shape} but W has d_in={d_in}; "
-                f"build the Grams from this layer's inputs, shape ({d_in}, {d_in})"
+                f"grams.{name} has shape {shape} but W has shape {tuple(W.shape)}; "
+                f"build it from this layer's inputs and weights, shape {want}"
             )
 
 
 def _quadratic(
-    W_dense: jax.Array, grams: Grams, n_tokens: jax.Array | int | None = None
-) -> _Quadratic:
+    W_dense: jax.Array, grams: Grams | Objective, n_tokens: jax.Array | int | None = None
+) -> Objective:
     """Rewrite the Gram-form loss around `W_dense`, which avoids cancelling large terms."""
+    if isinstance(grams, Objective):
+        return grams if n_tokens is None else grams._replace(n=jnp.asarray(n_tokens, jnp.float32))
     h_ss, h_sd, h_dd = (g.astype(jnp.float32) for g in grams[:3])
     W_d = W_dense.astype(jnp.float32)
     b = jnp.matmul(h_ss - h_sd, W_d, precision=_HIGHEST)
     e = h_ss - h_sd - h_sd.T + h_dd  # (X_s − X_d)ᵀ(X_s − X_d)
     const = jnp.sum(W_d * jnp.matmul(e, W_d, precision=_HIGHEST))
     n = jnp.asarray(grams.n_tokens if n_tokens is None else n_tokens, jnp.float32)
-    return _Quadratic(h_ss, b, const, n)
+    return Objective(h_ss, b, const, n)
 
 
 def _value_and_grad(
-    W: jax.Array, W_dense: jax.Array, q: _Quadratic
+    W: jax.Array, W_dense: jax.Array, q: Objective
 ) -> tuple[jax.Array, jax.Array]:
     """Loss and its gradient `2(H_ss W − H_sd W_d)/n` from one matmul (Grams are symmetric)."""
     delta = W.astype(jnp.float32) - W_dense.astype(jnp.float32)
@@ -106,7 +112,7 @@ def _value_and_grad(
 
 
 def reconstruction_loss(
-    W: jax.Array, W_dense: jax.Array, grams: Grams, n_tokens: jax.Array | int | None = None
+    W: jax.Array, W_dense: jax.Array, grams: Grams | Objective, n_tokens: jax.Array | int | None = None
 ) -> jax.Array:
     """`||X_d W_dense − X_s W||² / n_tokens` from the Grams (`n_tokens` defaults to theirs)."""
     _check_layer(W, W_dense, grams)
@@ -114,7 +120,7 @@ def reconstruction_loss(
 
 
 def reconstruction_value_and_grad(
-    W: jax.Array, W_dense: jax.Array, grams: Grams
+    W: jax.Array, W_dense: jax.Array, grams: Grams | Objective
 ) -> tuple[jax.Array, jax.Array]:
     """The reconstruction loss and its gradient in W, in closed form (what the loops use)."""
     _check_layer(W, W_dense, grams)
@@ -149,7 +155,7 @@ def _check_steps(steps: int) -> None:
 def redense(
     W_init: jax.Array,
     W_dense: jax.Array,
-    grams: Grams,
+    grams: Grams | Objective,
     *,
     l1: float | jax.Array,
     l2: float | jax.Array,
@@ -187,7 +193,7 @@ def redense(
 def sparse_adjust(
     W_init: jax.Array,
     W_dense: jax.Array,
-    grams: Grams,
+    grams: Grams | Objective,
     pattern: Pattern | str,
     *,
     steps: int = 200,
@@ -238,14 +244,16 @@ def sparse_adjust(
 
 
 def reconstruct_on_mesh(
-    step: Callable, mesh: Mesh, W_init: jax.Array, W_dense: jax.Array, grams: Grams, w_axes: Axes,
+    step: Callable, mesh: Mesh, W_init: jax.Array, W_dense: jax.Array, grams: Grams | Objective, w_axes: Axes,
     head_dim: int = 1, **settings: Any,
 ) -> Any:
     """`redense` or `sparse_adjust` (`step`) on a mesh, `settings` being its keyword arguments.
 
     The weights are laid out by `w_axes` (the layer's logical axes): their output columns never
     interact in the loss or its gradient, so each device steps its own columns (only the
-    unstructured projection's global top-k spans them); the Grams and the result are replicated.
+    unstructured projection's global top-k spans them); the Grams and the result are replicated,
+    and an `Objective`'s `b` is laid out as the weights.
     """
-    inputs = {"W_init": (W_init, w_axes), "W_dense": (W_dense, w_axes), "grams": (grams, REPLICATED)}
+    layout = Objective(REPLICATED, w_axes, REPLICATED, REPLICATED) if isinstance(grams, Objective) else REPLICATED
+    inputs = {"W_init": (W_init, w_axes), "W_dense": (W_dense, w_axes), "grams": (grams, layout)}
     return sharded_call(step, mesh, inputs, REPLICATED, head_dim=head_dim, static=settings)
