@@ -74,7 +74,7 @@ def prune_run(method: str, calib: str, args: argparse.Namespace) -> tuple[dict[s
         tyrjax.prune(method=method, pattern=args.pattern, data=data, out=out, progress=False)
     else:
         config = SDSConfig(pruner=method.removeprefix("sds-"), pattern=args.pattern, steps=args.sds_steps)
-        tyrjax.sds(config=config, data=data, out=out, progress=False)
+        tyrjax.api.sds(config=config, data=data, out=out, progress=False)
     return json.loads((out / "metrics.json").read_text()), out / "model"
 
 

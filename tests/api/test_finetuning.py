@@ -77,6 +77,11 @@ def test_bad_input_stops_before_any_work(models, tmp_path):
                  data=DATA, out=out, progress=False)
     with pytest.raises(TyrjaxError, match="distils from the dense model, and none is known"):
         finetune(str(models["compact"]), CONFIG, data=DATA, out=out, progress=False)
+    missing = tmp_path / "no-such-run" / "model"
+    with pytest.raises(TyrjaxError, match=f"--model {missing}: no such file or directory, and not a hub name"):
+        finetune(str(missing), CONFIG, data=DATA, out=out, progress=False)
+    with pytest.raises(TyrjaxError, match=f"--teacher {missing}: no such file or directory, and not a hub name"):
+        finetune(str(models["compact"]), CONFIG, teacher=str(missing), data=DATA, out=out, progress=False)
     with pytest.raises(TyrjaxError, match="--data pydoc: its training split shares 1 document"):
         finetune(str(models["compact"]), dataclasses.replace(CONFIG, data="pydoc"), teacher=str(models["dense"]),
                  data=DataConfig(eval_windows=1, eval_corpora=("pydoc",)), out=out, progress=False)

@@ -14,6 +14,7 @@ from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.memory import chunking
 from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.sds.capture import WINDOW_CHUNK
+from tyrjax.sds.pipeline import fit_state_bytes
 
 F32 = 4
 
@@ -41,13 +42,6 @@ def sds_stream_bytes(cfg: ModelConfig, length: int) -> int:
     return F32 * length * (4 * cfg.hidden_size + 2 * cfg.intermediate_size)
 
 
-def sds_layer_bytes(cfg: ModelConfig) -> int:
-    """Bytes of one layer's fit at the widest layer: three Grams, the damped Hessian and its
-    inverse, and the re-dense state (W, dense W, gradient, Adam m and v), fp32."""
-    widest = max(cfg.hidden_size, cfg.intermediate_size, cfg.n_heads * cfg.head_dim)
-    return F32 * (5 * widest * widest + 5 * cfg.intermediate_size * cfg.hidden_size)
-
-
 def sds_capture_bytes(cfg: ModelConfig, length: int) -> int:
     """Bytes one window adds to an attention capture call: fp32 scores and q/k/v."""
     return F32 * length * (cfg.n_heads * length + (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim)
@@ -64,6 +58,6 @@ def sds_capture_chunk(model: Model, calib: np.ndarray, budget_bytes: int) -> int
     params = model.params
     held = (params.resident_bytes() + device_bytes(params.block(0)) if isinstance(params, ModelBlocks)
             else device_bytes(params))
-    fixed = 2 * held + n_local * sds_stream_bytes(cfg, length) + sds_layer_bytes(cfg)
+    fixed = 2 * held + n_local * sds_stream_bytes(cfg, length) + fit_state_bytes(cfg)
     return chunking(min(WINDOW_CHUNK, n_local), sds_capture_bytes(cfg, length), budget_bytes, fixed_bytes=fixed,
                     phase="SDS").size

@@ -15,7 +15,7 @@ from tyrjax.api.budgets import evaluation_vocab_chunk
 from tyrjax.api.configs import DataConfig, TasksConfig, data_settings, out_path
 from tyrjax.api.evaluating import task_metrics
 from tyrjax.api.scoring import dense_reference, evaluation_sets, perplexity_metrics
-from tyrjax.api.sources import ModelSource, open_model, source_paths, source_settings
+from tyrjax.api.sources import ModelSource, check_local, open_model, source_paths, source_settings
 from tyrjax.checkpoints.export import export_pruned, export_sparse
 from tyrjax.checkpoints.loading import DEFAULT_SOURCE, Model, require_tokenizer
 from tyrjax.errors import TyrjaxError
@@ -89,6 +89,9 @@ def finetune(
     safetensors, plus OUT/hf_llama when every layer has the same widths; orbax plus OUT/hf for a
     sparse model), OUT/metrics.json and OUT/loss_curve.png."""
     config.check()
+    check_local(model)
+    if not (isinstance(teacher, str) and _is_none(teacher)):
+        check_local(teacher, "--teacher")
     out = out_path(out)
     budget = device_memory_bytes(config.device_memory_gb)
     teacher_spec = teacher_source(model, teacher)

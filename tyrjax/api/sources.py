@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Union
 
 from tyrjax.api.configs import ModelSpec
-from tyrjax.checkpoints.loading import Model, load_model
+from tyrjax.checkpoints.loading import Model, check_model_spec, load_model
 from tyrjax.model.blocks import ModelBlocks
 
 ModelSource = Union[Model, ModelSpec, str, Path, None]
@@ -52,6 +52,13 @@ def source_paths(source: ModelSource) -> list[str]:
     if spec is None:
         return [] if source.directory is None else [str(source.directory)]
     return [p for p in (spec.path, spec.tokenizer) if p is not None and Path(p).expanduser().exists()]
+
+
+def check_local(source: ModelSource, flag: str = "--model") -> None:
+    """Raise TyrjaxError, before any work, when `source` names neither a path that exists nor a hub name."""
+    spec = as_spec(source)
+    if spec is not None:
+        check_model_spec(spec.path, flag)
 
 
 def open_model(source: ModelSource) -> Model:

@@ -52,6 +52,13 @@ def gguf_cache_dir(gguf_path: Path) -> Path:
     return cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
 
 
+def check_model_spec(spec: str | None, flag: str = "--model") -> None:
+    """Raise TyrjaxError unless `spec` is None (the default model), an existing path or a hub name."""
+    if spec is None or Path(spec).expanduser().exists() or HUB_NAME.match(spec):
+        return
+    raise TyrjaxError(f"{flag} {spec}: no such file or directory, and not a hub name of the form org/name")
+
+
 def resolve_model_dir(spec: str | None) -> Path:
     """A local directory holding config.json and weights for `spec`."""
     if spec is None:
@@ -73,9 +80,8 @@ def resolve_model_dir(spec: str | None) -> Path:
         return path
     if path.exists():
         raise TyrjaxError(f"--model {spec}: not a directory or a .gguf file; pass a model directory, a .gguf file or a hub name")
-    if HUB_NAME.match(spec):
-        return _download_from_hub(spec)
-    raise TyrjaxError(f"--model {spec}: no such file or directory, and not a hub name of the form org/name")
+    check_model_spec(spec)
+    return _download_from_hub(spec)
 
 
 def check_not_a_run_dir(path: Path, spec: str) -> None:
