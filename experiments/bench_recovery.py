@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=4)
     p.add_argument("--eval-data", default="shakespeare,pydoc,sotu")
     p.add_argument("--tasks", default=None, help="zero-shot tasks before and after (e.g. paper); default none")
-    p.add_argument("--limit", type=int, default=40, help="items per task")
+    p.add_argument("--limit", type=int, default=40, help="items per task (default 40)")
     p.add_argument("--out", type=Path, default=Path("runs/bench_recovery"))
     args = p.parse_args()
     if args.table:

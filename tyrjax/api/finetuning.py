@@ -90,7 +90,7 @@ def finetune(
     sparse model), OUT/metrics.json and OUT/loss_curve.png."""
     config.check()
     check_local(model)
-    if not (isinstance(teacher, str) and _is_none(teacher)):
+    if not _is_none(teacher):
         check_local(teacher, "--teacher")
     out = out_path(out)
     budget = device_memory_bytes(config.device_memory_gb)
