@@ -15,6 +15,9 @@ phase runs twice in its process:
   warm run   the second run's peak − the resident set just before it (the phase's arrays; its
              functions are compiled), plus the model and data (resident set once loaded − after
              the imports): what the plan counts
+  warm, anonymous   the same from the resident anonymous memory alone (RssAnon, its peak
+             sampled every 2 ms): without the pages of memory-mapped files, which are the page
+             cache of what the phase reads from disk (the search's supernet), not memory it holds
 
 beside the XLA figure and the analytical count of `tyrjax.runs.xla_plan.plan` for the same
 settings. The supernet build runs on the model's first --supernet-blocks blocks (what it holds
@@ -32,6 +35,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +48,27 @@ def status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+class AnonPeak:
+    """The highest resident anonymous memory (RssAnon: what the process allocates, without the
+    pages of memory-mapped files, such as a supernet read from disk) while the block runs,
+    sampled every 2 ms by a thread: a spike shorter than that can be missed."""
+
+    def __enter__(self) -> "AnonPeak":
+        self.peak, self._stop = status_kb("RssAnon") * 1024, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, status_kb("RssAnon") * 1024)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, status_kb("RssAnon") * 1024)
 
 
 def reset_peak() -> None:
@@ -75,7 +100,7 @@ def run_phase(args) -> dict:
     import tyrjax
 
     jax.devices()
-    after_imports = status_kb("VmRSS") * 1024
+    after_imports, after_imports_anon = status_kb("VmRSS") * 1024, status_kb("RssAnon") * 1024
     from tyrjax.runs.xla_plan import plan
 
     s = settings_of(args)
@@ -142,7 +167,7 @@ def run_phase(args) -> dict:
 
             def phase(run):
                 return scorer(genomes, parent, windows, teacher.idx, teacher.logp)
-    loaded = status_kb("VmRSS") * 1024
+    loaded, loaded_anon = status_kb("VmRSS") * 1024, status_kb("RssAnon") * 1024
     reset_peak()
     start = time.perf_counter()
     jax.block_until_ready(phase(0))
@@ -150,13 +175,17 @@ def run_phase(args) -> dict:
     peak = status_kb("VmHWM") * 1024
     gc.collect()
     before_warm = status_kb("VmRSS") * 1024  # with what the first run's compilations left in the heap
+    before_warm_anon = status_kb("RssAnon") * 1024
     reset_peak()
     start = time.perf_counter()
-    jax.block_until_ready(phase(1))
+    with AnonPeak() as anon:
+        jax.block_until_ready(phase(1))
     warm_wall = time.perf_counter() - start
     warm_peak = status_kb("VmHWM") * 1024
     return {"phase": args.phase, "after_imports": after_imports, "loaded": loaded, "peak": peak, "wall_s": wall,
-            "before_warm": before_warm, "warm_peak": warm_peak, "warm_wall_s": warm_wall, **extra}
+            "before_warm": before_warm, "warm_peak": warm_peak, "warm_wall_s": warm_wall,
+            "after_imports_anon": after_imports_anon, "loaded_anon": loaded_anon,
+            "before_warm_anon": before_warm_anon, "warm_peak_anon": anon.peak, **extra}
 
 
 def plan_figures(args, phases: list[str]) -> dict:
@@ -205,17 +234,18 @@ def main() -> None:
         print(f"{name}: {rows[-1]}", file=sys.stderr)
     print(f"settings: {settings_of(args)}")
     print("| phase | first run GB (peak − after imports) | warm run GB (its increment + model and data) "
-          "| XLA plan GB | analytical GB | first / XLA | warm / XLA | warm / analytical | plan chunks "
-          "| wall s first / warm |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| warm, anonymous GB | XLA plan GB | analytical GB | first / XLA | warm / XLA | warm anonymous / XLA "
+          "| warm / analytical | plan chunks | wall s first / warm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = figures[r["phase"]]
         first = r["peak"] - r["after_imports"]
         warm = r["warm_peak"] - r["before_warm"] + r["loaded"] - r["after_imports"]
+        anon = r["warm_peak_anon"] - r["before_warm_anon"] + r["loaded_anon"] - r["after_imports_anon"]
         chunks = ", ".join(f"{k}={v}" for k, v in f["chunks"].items())
-        print(f"| {r['phase']} | {first / GB:.2f} | {warm / GB:.2f} | {f['xla'] / GB:.2f} | {f['plan'] / GB:.2f} "
-              f"| {first / f['xla']:.2f} | {warm / f['xla']:.2f} | {warm / f['plan']:.2f} | {chunks} "
-              f"| {r['wall_s']:.1f} / {r['warm_wall_s']:.1f} |")
+        print(f"| {r['phase']} | {first / GB:.2f} | {warm / GB:.2f} | {anon / GB:.2f} | {f['xla'] / GB:.2f} "
+              f"| {f['plan'] / GB:.2f} | {first / f['xla']:.2f} | {warm / f['xla']:.2f} | {anon / f['xla']:.2f} "
+              f"| {warm / f['plan']:.2f} | {chunks} | {r['wall_s']:.1f} / {r['warm_wall_s']:.1f} |")
     print(f"resident after imports: {rows[0]['after_imports'] / GB:.2f} GB; with the model and data: "
           f"{rows[0]['loaded'] / GB:.2f} GB (first phase)")
 

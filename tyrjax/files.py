@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from tyrjax.parallel.distributed import is_writer
 
@@ -32,6 +35,17 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
     In a multi-process run only process 0 writes; the others return the path untouched.
     """
+    return write_atomic_with(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
+
+
+def write_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
+    """`numpy.save` of `array` to `path` as `write_atomic` writes, straight to the file: no
+    in-memory copy of the serialised array."""
+    return write_atomic_with(path, lambda f: np.save(f, array))
+
+
+def write_atomic_with(path: str | Path, fill: Callable[[BinaryIO], Any]) -> Path:
+    """`write_atomic` with the content written by `fill(file)`."""
     path = Path(path)
     if not is_writer():
         return path
@@ -40,7 +54,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

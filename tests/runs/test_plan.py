@@ -33,11 +33,13 @@ def test_memory_lines_counted_by_hand():
     # (neurons over tensor: halved).
     assert got["teacher", "model weights"] == 40 + 8 + 2 * (8 + 8 + 16 + 16 + 16 + 16 + 32 + 32 + 32)
     assert got["supernet", "weights of one block"] == 8 + 8 + 16 + 16 + 16 + 16 + 32 + 32 + 32
-    # widest input: max(o_proj's 2·2, down_proj's 8) = 8; three whole fp32 8×8 matrices
-    assert got["supernet", "Gram, damped Gram, inverse of the widest input"] == 3 * 64 * 4
-    # on a mesh each device prunes its levels one at a time, damping and inverting the Gram for each: a damped
-    # 8x8 Gram, its factor, inverse and refit matrix and an 8x4 weight, fp32
-    assert got["supernet", "pruner state of one level at a time"] == (4 * 64 + 32) * 4
+    # widest input: max(o_proj's 2·2, down_proj's 8) = 8; its fp32 8×8 Gram with rows over data=2, as the
+    # tokens were summed; the damped Gram and its inverse whole on every device
+    assert got["supernet", "Gram of the widest input"] == 64 * 4 / 2
+    assert got["supernet", "damped Gram, inverse of the widest input"] == 2 * 64 * 4
+    # on a mesh each device prunes its levels one at a time, inverting the damped Gram for each: the 8x8
+    # factor, inverse and refit matrix and an 8x4 weight, fp32
+    assert got["supernet", "pruner state of one level at a time"] == (3 * 64 + 32) * 4
     # 4 windows x 3 tokens x d=4, fp32, windows over data=2
     assert got["supernet", "calibration stream"] == 4 * 3 * 4 * 4 / 2
     # one call runs both blocks (a level of a block is 48 fp32 weights + 10 mask bytes, far below the

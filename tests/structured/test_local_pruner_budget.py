@@ -79,6 +79,7 @@ MESH_SCRIPT = """
 import json
 import jax.numpy as jnp
 import numpy as np
+from tyrjax.calibration.statistics import stats_of
 from tyrjax.parallel.sharding import host_array, make_mesh
 from tyrjax.structured.local_pruner import level_state_bytes, mesh_levels_per_call, prune_levels, shared_state_bytes
 rng = np.random.default_rng(7)
@@ -86,23 +87,29 @@ d_in, d_out = 24, 10
 X = rng.normal(size=(4 * d_in, d_in))
 W, H = jnp.asarray(rng.normal(size=(d_in, d_out)), jnp.float32), jnp.asarray(X.T @ X, jnp.float32)
 n_remove = jnp.asarray(np.linspace(0, d_in - 1, 9).round(), jnp.int32)
-mesh = make_mesh("tensor=4")
+mesh = make_mesh("data=2,tensor=2")  # the Gram's rows split over data, the levels over all four
+stats = stats_of(jnp.asarray(X.reshape(4, d_in, d_in), jnp.float32), mesh)
+gram_equal = bool(np.allclose(host_array(stats.gram), np.asarray(H), rtol=1e-5, atol=1e-4))
+gram_split = len({(s.start, s.stop) for s in (i[0] for i in stats.gram.sharding.devices_indices_map(H.shape).values())})
 one_level = shared_state_bytes(d_in, d_out) + level_state_bytes(d_in, d_out, 16)
 assert mesh_levels_per_call(9, 4, d_in, d_out, 16, one_level) == 4  # three levels a device do not fit: calls of 4
 assert mesh_levels_per_call(9, 4, d_in, d_out, 16, one_level + 2 * level_state_bytes(d_in, d_out, 16)) == 12
-whole = prune_levels(W, H, 1, n_remove, 16, mesh=mesh)
-calls = prune_levels(W, H, 1, n_remove, 16, mesh=mesh, budget_bytes=one_level)
-alone = prune_levels(W, H, 1, n_remove, 16)
+whole = prune_levels(W, stats.gram, 1, n_remove, 16, mesh=mesh)
+calls = prune_levels(W, stats.gram, 1, n_remove, 16, mesh=mesh, budget_bytes=one_level)
+alone = prune_levels(W, jnp.asarray(host_array(stats.gram)), 1, n_remove, 16)
 print(json.dumps({"shape": list(calls[0].shape),
                   "split": len(calls[0].sharding.device_set),
                   "equal": all(np.array_equal(host_array(a), host_array(b)) for a, b in zip(calls, whole)),
-                  "equal_one_device": all(np.array_equal(host_array(a), host_array(b)) for a, b in zip(calls, alone))}))
+                  "equal_one_device": all(np.array_equal(host_array(a), host_array(b)) for a, b in zip(calls, alone)),
+                  "gram_equal": gram_equal, "gram_row_blocks": gram_split}))
 """
 
 
 def test_levels_on_a_mesh_in_calls_of_one_level_per_device_equal_one_call():
+    """The Gram a mesh sums arrives split by rows; the pruner given it prunes as on one device."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out == {"shape": [9, 24, 10], "split": 4, "equal": True, "equal_one_device": True}
+    assert out == {"shape": [9, 24, 10], "split": 4, "equal": True, "equal_one_device": True, "gram_equal": True,
+                   "gram_row_blocks": 2}

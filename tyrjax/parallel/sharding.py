@@ -1,7 +1,7 @@
 """Device meshes and logical-axis sharding.
 
 Every array dimension tyrjax lays out on devices carries a logical name (`embed`, `heads`,
-`kv_heads`, `head_dim`, `mlp`, `vocab`, `batch`, `seq`, `level`, `candidate`, `layers`), and
+`kv_heads`, `head_dim`, `mlp`, `vocab`, `batch`, `seq`, `level`, `gram_rows`, `candidate`, `layers`), and
 one table, `LOGICAL_AXIS_RULES`, maps each name to the mesh axes it may be split over. A
 `PartitionSpec` is derived per array from its shape: a mesh axis that does not divide the
 dimension, or that an earlier dimension of the same array already uses, is skipped, so the
@@ -33,6 +33,7 @@ LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp"),  # calibration / evaluation windows
     "candidate": ("data",),  # search candidates scored at once
     "level": ("data", "fsdp", "tensor"),  # a supernet layer's sparsity levels: one share per device
+    "gram_rows": ("data", "fsdp"),  # a layer's input Gram: rows over the devices its tokens are summed over
     "seq": (),
     "embed": ("fsdp",),  # the hidden size: weights are split over fsdp
     "heads": ("tensor",),  # query heads × head_dim
@@ -79,6 +80,7 @@ def batch_axes(ndim: int) -> Axes:
 HIDDEN = Axes("batch", "seq", "embed")  # a block's input / output
 HEADS_OUT = Axes("batch", "seq", "heads")  # the input of o_proj
 MLP_HIDDEN = Axes("batch", "seq", "mlp")  # the input of down_proj
+GRAM = Axes("gram_rows")  # a (d_in, d_in) Gram, its rows split as its tokens were (the sum scatters them)
 
 
 # --- meshes --------------------------------------------------------------------------------
@@ -168,6 +170,13 @@ def spec(
     while entries and entries[-1] is None:
         entries.pop()
     return PartitionSpec(*entries)
+
+
+def shards(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, head_dim: int = 1) -> int:
+    """Into how many pieces `spec` cuts an array of `shape` on `mesh`."""
+    axes = [a for entry in spec(names, shape, mesh, head_dim) if entry is not None
+            for a in ((entry,) if isinstance(entry, str) else entry)]
+    return math.prod(mesh.shape[a] for a in axes)
 
 
 def _shape(x: Any) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from tyrjax.checkpoints.hf import abstract_params, global_shapes, layer_shapes
 from tyrjax.model.config import ModelConfig
-from tyrjax.parallel.sharding import HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, round_up, spec
+from tyrjax.parallel.sharding import GRAM, HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, round_up, spec
 from tyrjax.model.axes import MODEL_PARAM_AXES, layer_axes, param_axes
 from tyrjax.tyr.baselines import CHUNK as BASELINE_CHUNK
 from tyrjax.tyr.baselines import RESIDUAL_COPIES
@@ -197,14 +197,14 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
     D = widest_input(cfg)
     N = run.calib_windows
     # One device prunes all levels at once (vmap: the damped Gram and its inverse are shared); on a
-    # mesh each device prunes its share one at a time, damping and inverting the Gram for each level
-    # (damped Gram, Cholesky factor, inverse, refit matrix, weight).
+    # mesh each device damps the gathered Gram once, then prunes its share one level at a time,
+    # inverting the damped Gram for each (Cholesky factor, inverse, refit matrix, weight).
     E_call = run.levels_per_call or E
     pruner_state = (f"pruner state of {E_call} levels at once (inverse, refit matrix, weight; fp32)",
                     E_call * (2 * D * D + D * d))
     if mesh.devices > 1:
-        pruner_state = ("pruner state of one level at a time (damped Gram, factor, inverse, refit matrix, weight; fp32)",
-                        4 * D * D + D * d)
+        pruner_state = ("pruner state of one level at a time (factor, inverse, refit matrix, weight; fp32)",
+                        3 * D * D + D * d)
     logits = (B, T, cfg.vocab_size)
     candidate_split = split_factor((C,), Axes("candidate"), mesh)
 
@@ -272,13 +272,13 @@ def supernet_lines(cfg: ModelConfig, run: TyrRun, mesh: MeshSpec, model: float,
                     (1 + chunked) * stream),
                Line("supernet", f"captured input of the widest layer, {captured} windows (fp32)",
                     dev((captured, T, f), MLP_HIDDEN, F32))]
-    pruner = [Line("supernet", "Gram, damped Gram, inverse of the widest input (fp32)",
-                   3 * dev((D, D), REPLICATED, F32)),
+    pruner = [Line("supernet", "Gram of the widest input (fp32, split by rows)", dev((D, D), GRAM, F32)),
+              Line("supernet", "damped Gram, inverse of the widest input (fp32)", 2 * dev((D, D), REPLICATED, F32)),
               Line("supernet", pruner_state[0], pruner_state[1] * F32)]
     if not chunked:
         return [*weights, *capture, *pruner]
     step = "supernet, local pruner"
-    return [*weights, *capture, Line("supernet", "Gram of the widest input (fp32)", dev((D, D), REPLICATED, F32)),
+    return [*weights, *capture, Line("supernet", "Gram of the widest input (fp32, split by rows)", dev((D, D), GRAM, F32)),
             *(Line(step, line.item, line.bytes) for line in (*weights, *pruner)),
             Line(step, "calibration stream (fp32)" + (", on the host" if run.stream_on_host else ""),
                  0.0 if run.stream_on_host else stream)]

@@ -40,8 +40,8 @@ from tyrjax.model.axes import LAYER_PARAM_AXES, MODEL_PARAM_AXES, layer_axes, pa
 from tyrjax.model.blocks import block_output, stacked_axes
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.memory import GB, chunking
-from tyrjax.parallel.sharding import (HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED, Axes, axis_size, batch_axes,
-                                      lower_sharded, round_up)
+from tyrjax.parallel.sharding import (GRAM, HEADS_OUT, HIDDEN, MLP_HIDDEN, REPLICATED, Axes, axis_size, batch_axes,
+                                      lower_sharded, round_up, shards)
 from tyrjax.runs import plan as analytical
 from tyrjax.sds.capture import WINDOW_CHUNK, objective_terms
 from tyrjax.sds.pipeline import stream_windows, streams_fit
@@ -326,7 +326,8 @@ class PhaseBuilder:
         E = self.s.tyr.n_levels
         if self.mesh is not None:  # levels per sharded call, each device pruning its own one at a time
             devices = axis_size(self.mesh, "level")
-            attn, mlp = (mesh_levels_per_call(E, devices, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize)
+            attn, mlp = (mesh_levels_per_call(E, devices, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize,
+                                              F32 / shards(GRAM, (d_in, d_in), self.mesh))
                          for d_in, rounds in modules)
             return size, attn, mlp
         attn, mlp = (level_groups(E, d_in, cfg.hidden_size, rounds, left, self.wdt.itemsize).size
@@ -368,13 +369,13 @@ class PhaseBuilder:
         return [
             Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
                       {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*weights, block_res, stream, heads)),
-            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, (GRAM, REPLICATED)),
                  (*weights, block_res, stream)),
             Step(self.prune_call("prune o_proj levels", (q, d), cfg.head_dim, ATTN_ROUNDS, attn_levels),
                  (*weights, block_res, one_stream, *kept)),
             Step(Call("mlp_inputs", mlp_inputs, {"p": block, "x": x}, (HIDDEN, MLP_HIDDEN), {"cfg": cfg}),
                  (*weights, block_res, stream, wo_levels, hidden)),
-            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, (GRAM, REPLICATED)),
                  (*weights, block_res, stream, wo_levels)),
             Step(self.prune_call("prune down_proj levels", (f, d), 1, MLP_ROUNDS, mlp_levels),
                  (*weights, block_res, one_stream, wo_levels, *kept_hidden)),
@@ -391,7 +392,7 @@ class PhaseBuilder:
                       "damp": (struct((), jnp.float32), REPLICATED)}
             return Call(name, _prune_levels_jit, inputs, REPLICATED, common)
         inputs = {"W_dense": (struct(w_shape, self.wdt), REPLICATED),
-                  "H": (struct((d_in, d_in), jnp.float32), REPLICATED),
+                  "H": (struct((d_in, d_in), jnp.float32), GRAM),
                   "n_remove": (struct((levels,), jnp.int32), Axes("level")),
                   "damp": (struct((), jnp.float32), REPLICATED)}
         return Call(name, _levels_per_device, inputs, (Axes("level"), Axes("level")), {**common, "mesh": self.mesh})
@@ -520,14 +521,14 @@ class PhaseBuilder:
         return [
             Step(Call("attention_inputs", attention_inputs, {"p": block, "x": x}, (HIDDEN, HEADS_OUT),
                       {"cfg": cfg, "kv_map": cfg.kv_map(0)}), (*model, block_res, stream, heads)),
-            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram o_proj", _sums, {"a": (struct((nc, T, q), jnp.float32), batch_axes(3))}, (GRAM, REPLICATED)),
                  (*model, block_res, stream)),
             Step(Call("attention_residual", attention_residual,
                       {"p": block, "x": part, "heads": (struct((nc, T, q), jnp.float32), HEADS_OUT),
                        "head_mask": (struct((cfg.n_heads,), bool), REPLICATED)}, HIDDEN, {"cfg": cfg}), residual_res),
             Step(Call("mlp_inputs", mlp_inputs, {"p": block, "x": x}, (HIDDEN, MLP_HIDDEN), {"cfg": cfg}),
                  (*model, block_res, stream, hidden)),
-            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, REPLICATED),
+            Step(Call("gram down_proj", _sums, {"a": (struct((nc, T, f), jnp.float32), batch_axes(3))}, (GRAM, REPLICATED)),
                  (*model, block_res, stream)),
             Step(Call("mlp_residual", mlp_residual,
                       {"p": block, "x": part, "hidden": (struct((nc, T, f), jnp.float32), MLP_HIDDEN),

@@ -26,7 +26,8 @@ from jax.sharding import PartitionSpec as P
 from tyrjax.calibration.hessian import damped_hessian
 from tyrjax.errors import TyrjaxError
 from tyrjax.parallel.memory import Chunking, chunking, device_memory_bytes
-from tyrjax.parallel.sharding import REPLICATED, Axes, axis_size, host_array, put_axes, round_up, sharded_call, spec
+from tyrjax.parallel.sharding import (GRAM, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, shards, sharded_call,
+                                     spec)
 from tyrjax.structured.saliency import get_saliency
 
 
@@ -98,11 +99,24 @@ def _prune_core(
     damp: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """Traceable body of `prune_groups`; all static arguments already validated."""
+    H_d, dead = damped_hessian(H.astype(jnp.float32), damp)
+    return _prune_damped(W_dense, H_d, dead, n_remove, group_size, rounds, saliency)
+
+
+def _prune_damped(
+    W_dense: jax.Array,
+    H_d: jax.Array,
+    dead: jax.Array,
+    n_remove: jax.Array,
+    group_size: int,
+    rounds: int,
+    saliency: str,
+) -> tuple[jax.Array, jax.Array]:
+    """`_prune_core` on the float32 damped Hessian and its dead inputs (`damped_hessian`)."""
     score_fn = get_saliency(saliency)
     d_in = W_dense.shape[0]
     n_groups = d_in // group_size
     max_remove = math.ceil(n_groups / rounds) * group_size
-    H_d, dead = damped_hessian(H.astype(jnp.float32), damp)
     W0 = jnp.where(dead[:, None], 0.0, W_dense.astype(jnp.float32))
     h_inv = cho_solve(cho_factor(H_d, lower=True), jnp.eye(d_in, dtype=H_d.dtype))
     h_inv = 0.5 * (h_inv + h_inv.T)
@@ -220,9 +234,9 @@ def prune_groups(
 FP32 = 4  # bytes: the pruner computes in float32 whatever the weights' dtype
 
 
-def shared_state_bytes(d_in: int, d_out: int, weight_bytes: int = FP32, hessian_bytes: int = FP32) -> int:
+def shared_state_bytes(d_in: int, d_out: int, weight_bytes: int = FP32, hessian_bytes: float = FP32) -> float:
     """Device bytes the levels of one call share: the inputs `W_dense (d_in, d_out)` and `H
-    (d_in, d_in)` at their item sizes, and in float32 the damped `H` and its inverse (d_in,
+    (d_in, d_in)` at their item sizes per element (on a mesh, H's share of a device), and in float32 the damped `H` and its inverse (d_in,
     d_in) and the starting weights (d_in, d_out)."""
     return weight_bytes * d_in * d_out + hessian_bytes * d_in * d_in + FP32 * (2 * d_in * d_in + d_in * d_out)
 
@@ -239,7 +253,7 @@ def level_state_bytes(d_in: int, d_out: int, rounds: int) -> int:
 
 
 def level_groups(n_levels: int, d_in: int, d_out: int, rounds: int, budget_bytes: int, weight_bytes: int = FP32,
-                 hessian_bytes: int = FP32) -> Chunking:
+                 hessian_bytes: float = FP32) -> Chunking:
     """How many levels of a (d_in, d_out) layer the pruner runs at once within `budget_bytes`:
     the group size, fixed for the whole layer (the last group is padded to it). A budget below
     one level stops here, naming the smallest budget that works."""
@@ -295,7 +309,8 @@ def prune_levels(
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
     d_in, d_out = W_dense.shape
     sizes = {"weight_bytes": W_dense.dtype.itemsize, "hessian_bytes": H.dtype.itemsize}
-    if mesh is not None:
+    if mesh is not None:  # H reaches the pruner split by rows (`_levels_per_device`)
+        sizes["hessian_bytes"] = H.dtype.itemsize / shards(GRAM, H.shape, mesh)
         per_call = mesh_levels_per_call(n_remove.shape[0], axis_size(mesh, "level"), d_in, d_out, rounds, budget,
                                         **sizes)
         return _prune_levels_sharded(W_dense, H, n_remove, group_size, rounds, saliency, damp, mesh, per_call)
@@ -326,7 +341,7 @@ def prune_level_groups(
 
 
 def mesh_levels_per_call(n_levels: int, devices: int, d_in: int, d_out: int, rounds: int, budget_bytes: int,
-                         weight_bytes: int = FP32, hessian_bytes: int = FP32) -> int:
+                         weight_bytes: int = FP32, hessian_bytes: float = FP32) -> int:
     """Levels of one sharded call of the pruner over `devices` devices: all of them (padded to
     a multiple of `devices`) when a device's share fits `budget_bytes` as `level_groups` counts
     levels, else one per device. A budget below one level stops here, naming the smallest
@@ -350,7 +365,7 @@ def _prune_levels_sharded(
     def call(part: jax.Array) -> tuple[jax.Array, jax.Array]:
         inputs = {
             "W_dense": (W_dense, REPLICATED),
-            "H": (H, REPLICATED),
+            "H": (H, GRAM),
             "n_remove": (part, Axes("level")),
             "damp": (jnp.float32(damp), REPLICATED),
         }
@@ -372,14 +387,23 @@ def _levels_per_device(
 ) -> tuple[jax.Array, jax.Array]:
     """Each device prunes its own levels one after another (`lax.map`, not `vmap`): the CPU
     LAPACK kernels of jaxlib 0.10 fan a batched factorisation out to the thread pool the
-    devices themselves run on and can deadlock when every device does so at once."""
+    devices themselves run on and can deadlock when every device does so at once.
+
+    `H` arrives split by rows (`GRAM`); each device gathers it whole and damps it once before
+    its levels, so the undamped copy is gone while they run: a device holds one (d_in, d_in)
+    fewer than with `H` replicated as an argument."""
     levels = spec(Axes("level"), n_remove.shape, mesh)
+    rows = spec(GRAM, H.shape, mesh)
+    split = rows[0] if len(rows) else None
 
     def local(W: jax.Array, H: jax.Array, n: jax.Array, damp: jax.Array) -> tuple[jax.Array, jax.Array]:
-        core = functools.partial(_prune_core, W, H, group_size=group_size, rounds=rounds, saliency=saliency,
-                                 damp=damp)
+        if split is not None:
+            H = jax.lax.all_gather(H, split, axis=0, tiled=True)
+        H_d, dead = damped_hessian(H.astype(jnp.float32), damp)
+        core = functools.partial(_prune_damped, W, H_d, dead, group_size=group_size, rounds=rounds,
+                                 saliency=saliency)
         return jax.lax.map(core, n)
 
-    spread = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), levels, P()), out_specs=(levels, levels),
+    spread = jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, levels, P()), out_specs=(levels, levels),
                            check_vma=False)
     return spread(W_dense, H, n_remove, damp)

@@ -20,7 +20,6 @@ dense rows at 50 %); the local pruner and the propagated stream stay float32.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.distributed import agree
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params
-from tyrjax.files import write_atomic, write_json
+from tyrjax.files import write_json, write_npy_atomic
 from tyrjax.registry import Registry
 from tyrjax.tyr.budget import KVLedger
 from tyrjax.tyr.genome import Genome, layer_index, n_searchable
@@ -367,12 +366,6 @@ def prune_block(
     return levels, x
 
 
-def _npy_bytes(array: np.ndarray) -> memoryview:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getbuffer()
-
-
 LEVEL_GROUPS = {"wo": "head_keep", "w_down": "ffn_keep"}  # a stored weight field and the keep mask of its rows
 
 
@@ -475,8 +468,8 @@ class SupernetStore:
         for field, array in fields.items():
             if field in LEVEL_GROUPS:
                 array = packed_rows(array, fields[LEVEL_GROUPS[field]], self.groups[field])
-            write_atomic(self.field_path(block, field), _npy_bytes(np.asarray(array)))
-        write_atomic(self.dir / "stream.npy", _npy_bytes(host_array(stream)))
+            write_npy_atomic(self.field_path(block, field), np.asarray(array))
+        write_npy_atomic(self.dir / "stream.npy", host_array(stream))
         seconds = round(self.earlier_s + time.perf_counter() - self._since, 3)
         write_json(self._meta(), {"key": self.key, "completed": block + 1, "seconds": seconds})
 
