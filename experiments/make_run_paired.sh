@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job (the prune command `make run` runs) on two checkouts, one after the
-# other on this machine, then each run's wall time and peak memory and the perplexity change
+# other on this machine, then each run's wall and CPU time and peak memory and the perplexity change
 # window by window with its 95 % paired interval:
 #   bash experiments/make_run_paired.sh BASE_TREE NEW_TREE OUT
 # OUT must not exist. Both trees run with the same Python ($PYTHON, default `python`).
@@ -13,8 +13,9 @@ run() {  # run NAME TREE
   local tree; tree=$(realpath "$2")
   (cd "$tree" && PYTHONPATH=$tree /usr/bin/time -v "$PY" -m tyrjax.cli prune --method tyr --sparsity 0.5 \
       --preset quick --out "$O/$1") > "$O/$1.log" 2>&1 || { tail -20 "$O/$1.log" >&2; exit 1; }
-  echo "$1 ($(git -C "$tree" rev-parse --short HEAD)): $(grep -E 'Elapsed \(wall|Maximum resident' "$O/$1.log" | sed 's/^\s*//' | paste -sd';')"
+  echo "$1 ($(git -C "$tree" rev-parse --short HEAD)): $(grep -E 'Elapsed \(wall|User time|System time|Maximum resident' \
+      "$O/$1.log" | sed 's/^\s*//' | paste -sd';')"
 }
 run base "$1"
 run new "$2"
-PYTHONPATH=$(realpath "$2") "$PY" -m tyrjax.cli report "$O/base" "$O/new"
+PYTHONPATH=$(realpath "$2") "$PY" -m tyrjax.cli report --out "$O/report" "$O/base" "$O/new"
