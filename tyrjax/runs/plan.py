@@ -27,7 +27,8 @@ import numpy as np
 
 from tyrjax.checkpoints.hf import abstract_params, global_shapes, layer_shapes
 from tyrjax.model.config import ModelConfig
-from tyrjax.parallel.sharding import GRAM, HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes, round_up, spec
+from tyrjax.parallel.sharding import (GRAM, HIDDEN, MESH_AXES, MLP_HIDDEN, REPLICATED, Axes, axis_size, is_axes,
+                                      round_up, spec)
 from tyrjax.model.axes import MODEL_PARAM_AXES, layer_axes, param_axes
 from tyrjax.tyr.baselines import CHUNK as BASELINE_CHUNK
 from tyrjax.tyr.baselines import RESIDUAL_COPIES
@@ -278,7 +279,8 @@ def supernet_lines(cfg: ModelConfig, run: TyrRun, mesh: MeshSpec, model: float,
     if not chunked:
         return [*weights, *capture, *pruner]
     step = "supernet, local pruner"
-    return [*weights, *capture, Line("supernet", "Gram of the widest input (fp32, split by rows)", dev((D, D), GRAM, F32)),
+    gram = Line("supernet", "Gram of the widest input (fp32, split by rows)", dev((D, D), GRAM, F32))
+    return [*weights, *capture, gram,
             *(Line(step, line.item, line.bytes) for line in (*weights, *pruner)),
             Line(step, "calibration stream (fp32)" + (", on the host" if run.stream_on_host else ""),
                  0.0 if run.stream_on_host else stream)]

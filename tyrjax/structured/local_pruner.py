@@ -26,8 +26,8 @@ from jax.sharding import PartitionSpec as P
 from tyrjax.calibration.hessian import damped_hessian
 from tyrjax.errors import TyrjaxError
 from tyrjax.parallel.memory import Chunking, chunking, device_memory_bytes
-from tyrjax.parallel.sharding import (GRAM, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, shards, sharded_call,
-                                     spec)
+from tyrjax.parallel.sharding import (GRAM, REPLICATED, Axes, axis_size, host_array, put_axes, round_up, shards,
+                                     sharded_call, spec)
 from tyrjax.structured.saliency import get_saliency
 
 
@@ -236,8 +236,9 @@ FP32 = 4  # bytes: the pruner computes in float32 whatever the weights' dtype
 
 def shared_state_bytes(d_in: int, d_out: int, weight_bytes: int = FP32, hessian_bytes: float = FP32) -> float:
     """Device bytes the levels of one call share: the inputs `W_dense (d_in, d_out)` and `H
-    (d_in, d_in)` at their item sizes per element (on a mesh, H's share of a device), and in float32 the damped `H` and its inverse (d_in,
-    d_in) and the starting weights (d_in, d_out)."""
+    (d_in, d_in)` at their bytes per element (on a mesh, H's per device: it arrives split by
+    rows), and in float32 the damped `H` and its inverse (d_in, d_in) and the starting weights
+    (d_in, d_out)."""
     return weight_bytes * d_in * d_out + hessian_bytes * d_in * d_in + FP32 * (2 * d_in * d_in + d_in * d_out)
 
 
@@ -292,7 +293,8 @@ def prune_levels(
 
     On a mesh the levels are spread over the `level` mesh axes, every device (padded to a
     multiple of their size with copies of the last level), each device pruning its own one at a
-    time and keeping only its own: the result stays split over the devices by level. When a
+    time and keeping only its own: the result stays split over the devices by level. `H` may
+    arrive split by rows (`GRAM`, as `stats_of` leaves it on a mesh); each device gathers it. When a
     device's levels and their results do not fit the budget together (`mesh_levels_per_call`),
     the levels run in calls of one level per device, each call's levels leaving the devices
     before the next starts, and come back split by level; the same masks and weights.
