@@ -4,7 +4,7 @@
 
 Every phase (teacher, supernet build, search scoring, evaluation, SDS, the Wanda-sp baseline)
 runs in its own subprocess on the embedded SmolLM2-135M in fp32, with the settings the plan is
-made for (`runs.xla_plan.PlanSettings`: the quick preset, fp32, these window counts). On CPU
+made for (`runs.xla_plan.PlanSettings`: the quick preset, fp32, these window counts, this backend). On CPU
 the device's memory is the process's, so a phase's peak is the process's resident high-water
 mark (VmHWM, reset after the model and data are loaded; Linux `/proc/self/clear_refs`). Each
 phase runs twice in its process:
@@ -77,11 +77,15 @@ def reset_peak() -> None:
 
 
 def settings_of(args):
+    """The plan's settings for the measured run: on this machine's backend, so the search's head
+    is planned the way it runs here (rows gathered at the top-k on a CPU)."""
+    import jax
+
     from tyrjax.runs.xla_plan import PlanSettings
 
     return PlanSettings(preset="quick", dtype="float32", calib_windows=args.calib_windows, eval_windows=args.eval_windows,
                         sds_windows=args.sds_windows, sds_window=args.sds_window, sds_pattern="2:4",
-                        sds_steps=args.sds_steps)
+                        sds_steps=args.sds_steps, platform=jax.default_backend())
 
 
 def first_blocks(params, cfg, n: int):

@@ -11,8 +11,9 @@ from tyrjax.model.blocks import HeldBlocks, block_output, hidden_chunk
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import forward, init_random_params, last_hidden, logits_from_hidden
 from tyrjax.model.vocab import logits_at
-from tyrjax.tyr.fitness import (BatchScorer, FitnessChunks, _teacher_from_hidden, call_bytes, candidate_blocks,
-                                candidate_fitness, fitness_chunks, kl_topk, scoring_window_bytes, teacher_topk)
+from tyrjax.tyr.fitness import (GATHER_POSITIONS, BatchScorer, FitnessChunks, _teacher_from_hidden, call_bytes,
+                                candidate_blocks, candidate_fitness, fitness_chunks, kl_topk, scoring_window_bytes,
+                                teacher_topk)
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
@@ -44,10 +45,15 @@ def smallest_budget(fits, start: int = 10_000) -> int:
             budget = int(budget * 1.05) + 1
 
 
+def reference_losses(params, cfg, h, t_idx, t_logp) -> np.ndarray:
+    """Each candidate's per-token KL (C, B, T) from its whole-vocabulary logits at the teacher's top-k."""
+    logits = [logits_from_hidden(params, cfg, hc) for hc in h]
+    return np.stack([np.asarray(kl_topk(jnp.take_along_axis(lg, t_idx, axis=-1), t_logp)) for lg in logits])
+
+
 def reference_fitness(params, cfg, h, t_idx, t_logp) -> np.ndarray:
     """Each candidate's mean KL from its whole-vocabulary logits at the teacher's top-k."""
-    logits = [logits_from_hidden(params, cfg, hc) for hc in h]
-    return np.array([float(kl_topk(jnp.take_along_axis(lg, t_idx, axis=-1), t_logp).mean()) for lg in logits])
+    return reference_losses(params, cfg, h, t_idx, t_logp).mean(axis=(1, 2))
 
 
 def test_logits_at_equals_the_whole_vocabulary_for_every_chunk_width():
@@ -72,12 +78,15 @@ def test_chunked_fitness_equals_the_whole_head_and_compiles_once(model):
     rng = np.random.default_rng(1)
     h = jnp.stack([h0 * (1 + 0.1 * jnp.asarray(rng.standard_normal(h0.shape), jnp.float32)) for _ in range(3)])
     t_idx, t_logp = jnp.asarray(teacher.idx[:2]), jnp.asarray(teacher.logp[:2])
-    want = reference_fitness(params, cfg, h, t_idx, t_logp)
+    losses = reference_losses(params, cfg, h, t_idx, t_logp)
+    want, want_first = losses.mean(axis=(1, 2)), losses[:, :1].sum(axis=(1, 2))
     head = HeldBlocks(params, cfg).head
     for chunks in (FitnessChunks(24, 300), FitnessChunks(7, 128), FitnessChunks(5, 100), FitnessChunks(24, 0, True),
                    FitnessChunks(7, 0, True)):
         got = np.asarray(candidate_fitness(head, cfg, h, t_idx, t_logp, chunks=chunks))
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=str(chunks))
+        first = np.asarray(candidate_fitness(head, cfg, h, t_idx, t_logp, chunks=chunks, valid=jnp.int32(1)))
+        np.testing.assert_allclose(first, want_first, rtol=1e-4, err_msg=f"{chunks}, the first window's sum")
     candidate_fitness.clear_cache()
     candidate_fitness(head, cfg, h, t_idx, t_logp, chunks=FitnessChunks(3, 128))  # 8 position × 3 vocabulary chunks
     candidate_fitness(head, cfg, h[::-1], jnp.asarray(teacher.idx[2:4]), jnp.asarray(teacher.logp[2:4]),
@@ -97,9 +106,15 @@ def test_fitness_chunks_follow_the_budget():
     tight = fitness_chunks(2, 24, k, CFG, 2 * 5 * (per_token + 12 * 128) + 1000, 1000, platform="gpu")
     assert tight.vocab == 128 and tight.tokens == 5
     # on a CPU rows are gathered while k · 4 bytes · 12 FLOP/byte < 2 · 300 FLOPs
-    assert fitness_chunks(2, 24, 8, CFG, 10**9, platform="cpu") == FitnessChunks(24, 0, gather=True)
+    assert fitness_chunks(2, 24, 8, CFG, 10**9, platform="cpu") == FitnessChunks(GATHER_POSITIONS, 0, gather=True)
     assert not fitness_chunks(2, 24, 16, CFG, 10**9, platform="cpu").gather
-    assert fitness_chunks(2, 100, 8, CFG, 10**9, platform="cpu").tokens == 64  # GATHER_POSITIONS
+    assert fitness_chunks(2, 100, 8, CFG, 10**9, platform="cpu").tokens == GATHER_POSITIONS
+    # gathered rows (and ids, teacher log-probs) once per position, each candidate's hidden state and values
+    shared, each = 8 * 8 + 8 * d * 4, 4 * d + 8 * 8
+    for candidates in (1, 3):
+        budget = 1000 + 2 * 2 * (shared + candidates * each)  # two positions of two windows
+        assert fitness_chunks(2, 24, 8, CFG, budget, 1000, platform="cpu", candidates=candidates).tokens == 2
+        assert fitness_chunks(2, 24, 8, CFG, budget - 1, 1000, platform="cpu", candidates=candidates).tokens == 1
     with pytest.raises(TyrjaxError, match="search scoring needs at least .* --device-memory"):
         fitness_chunks(2, 24, k, CFG, 1000, 900, platform="gpu")
 

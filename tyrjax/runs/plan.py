@@ -207,7 +207,6 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
         pruner_state = ("pruner state of one level at a time (factor, inverse, refit matrix, weight; fp32)",
                         3 * D * D + D * d)
     logits = (B, T, cfg.vocab_size)
-    candidate_split = split_factor((C,), Axes("candidate"), mesh)
 
     def dev(shape, axes, itemsize, head_dim=1):
         return per_device(shape, axes, itemsize, mesh, head_dim)
@@ -245,7 +244,7 @@ def tyr_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:
         Line(SEARCH_HEAD, f"{C} candidates' last hidden states", dev((C, B, T, d), Axes("candidate", *HIDDEN), wb)),
         Line(SEARCH_HEAD, "teacher top-k of the forward", dev((B, T, k), Axes("batch", "seq"), INDEX_AND_LOGP)),
         Line(SEARCH_HEAD, "student logits at the teacher's top-k (fp32)", dev((B, T, k), Axes("batch", "seq"), F32)),
-        head_line(cfg, run, dev, candidate_split),
+        head_line(cfg, run, dev),
     ]
 
 
@@ -286,18 +285,18 @@ def supernet_lines(cfg: ModelConfig, run: TyrRun, mesh: MeshSpec, model: float,
                  0.0 if run.stream_on_host else stream)]
 
 
-def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable, candidate_split: int) -> Line:
-    """The search's LM head for one candidate at a time: one step of positions over one chunk of
+def head_line(cfg: ModelConfig, run: TyrRun, dev: Callable) -> Line:
+    """The search's LM head: for one candidate at a time, one step of positions over one chunk of
     the vocabulary (normed hidden, ids, picked values and output as `tyr.fitness.fitness_chunks`
-    counts them, and the chunk's logits), or the head's rows gathered at the top-k."""
-    C, B, k, d = run.candidate_batch, run.forward_windows, run.topk, cfg.hidden_size
+    counts them, and the chunk's logits); or the head's rows gathered at the top-k of one step
+    of positions, once for all the batch's candidates."""
+    B, k, d = run.forward_windows, run.topk, cfg.hidden_size
     if run.head_vocab:
         return Line(SEARCH_HEAD, f"the student's head over {run.head_chunk} positions x {run.head_vocab} vocabulary "
                               "columns (one candidate at a time)",
                     dev((B, run.head_chunk), Axes("batch", "seq"), 4 * d + 16 * k + HEAD_LOGIT_BYTES * run.head_vocab))
-    return Line(SEARCH_HEAD, "head rows gathered for one chunk of the student's top-k (one candidate at a time)",
-                dev((C, B, run.head_chunk, k, d), Axes("candidate", "batch", None, None, "embed"), run.weight_bytes)
-                * candidate_split / C)
+    return Line(SEARCH_HEAD, "head rows gathered for one chunk of the student's top-k (shared by the candidates)",
+                dev((B, run.head_chunk, k, d), Axes("batch", None, None, "embed"), run.weight_bytes))
 
 
 def baseline_memory(cfg: ModelConfig, mesh: MeshSpec, run: TyrRun) -> list[Line]:

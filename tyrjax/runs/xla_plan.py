@@ -61,7 +61,6 @@ from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLeve
 
 F32 = 4
 TEACHER_K_BYTES = analytical.INDEX_AND_LOGP
-PLAN_PLATFORM = "gpu"  # the search head's chunks are planned as an accelerator takes them (tyr.fitness.gathers_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +81,9 @@ class PlanSettings:
     sds_window: int = 2048
     sds_pattern: str = "2:4"
     sds_steps: int = 200  # re-dense and adjustment steps each
+    # The backend whose way of running the search's head is planned (`tyr.fitness.gathers_rows`):
+    # an accelerator's by default, whatever the devices that compile the plan.
+    platform: str = "gpu"
 
     @property
     def tyr(self) -> TyrConfig:
@@ -420,15 +422,16 @@ class PhaseBuilder:
         return C, B, kb, k
 
     def search_head_chunks(self, budget: int) -> FitnessChunks:
-        """The student's head chunks `BatchScorer` takes for this budget, as on an accelerator
-        (`tyr.fitness.gathers_rows`): beside the held weights, the candidates' hidden states and
+        """The student's head chunks `BatchScorer` takes for this budget on the settings'
+        platform (`tyr.fitness.gathers_rows`): beside the held weights, the candidates' hidden states and
         the teacher's top-k of one forward."""
         cfg, T = self.cfg, self.s.window
         C, B, _, k = self.search_shape(budget)
         windows = -(-B // self.batch_split(B))
         held = 2 * C * windows * T * cfg.hidden_size * self.wdt.itemsize + windows * T * k * TEACHER_K_BYTES
         fixed = self.head_bytes() + self.blocks_bytes() + held
-        return fitness_chunks(windows, T, k, cfg, budget, fixed, self.wdt.itemsize, platform=PLAN_PLATFORM)
+        return fitness_chunks(windows, T, k, cfg, budget, fixed, self.wdt.itemsize, platform=self.s.platform,
+                              candidates=C)
 
     def search(self, chunks: FitnessChunks, budget: int | None = None) -> list[Step]:
         """The search's steps with the student's head in `chunks` (`search_head_chunks`) and

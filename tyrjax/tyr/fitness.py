@@ -106,8 +106,10 @@ def kl_topk(student_topk: jax.Array, t_logp: jax.Array) -> jax.Array:
 
 # A vocabulary chunk is as wide as the budget allows for a step of this many positions per window.
 TOKENS_PER_VOCAB_STEP = 256
-# Positions per step when the head's rows are gathered (at most; fewer when the budget says so).
-GATHER_POSITIONS = 64
+# Positions per step when the head's rows are gathered (at most; fewer when the budget says so):
+# on CPU a step whose gathered rows stay near the cache's size runs fastest (4 windows × top-512
+# of SmolLM2: 0.40 s at 4 positions, 0.55 s at 64).
+GATHER_POSITIONS = 4
 # FLOPs per byte read that a backend's matrix products sustain against a gather: measured on this
 # project's CPUs (a 49152-column fp32 head at ~60 GFLOP/s against k-row gathers at ~5 GB/s);
 # accelerators sit near their own FLOP/s to bandwidth ratio.
@@ -132,6 +134,22 @@ def gathers_rows(k: int, cfg: ModelConfig, itemsize: int, platform: str) -> bool
     return k * itemsize * balance < 2 * cfg.vocab_size
 
 
+def head_rows(head: Params) -> jax.Array:
+    """The LM head as rows (V, d): the embedding itself when tied."""
+    return head["lm_head"].T if "lm_head" in head else head["embed"]
+
+
+def by_position_chunks(a: jax.Array, step: int, axis: int) -> jax.Array:
+    """`a` with its position axis `axis` padded to a multiple of `step` and split into
+    (chunks, ..., step, ...), the chunks first."""
+    t = a.shape[axis]
+    padded = round_up(t, step)
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, padded - t)
+    split = jnp.pad(a, pad).reshape(*a.shape[:axis], padded // step, step, *a.shape[axis + 1:])
+    return jnp.moveaxis(split, axis, 0)
+
+
 def topk_logprobs(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array,
                   chunks: FitnessChunks) -> jax.Array:
     """The student's log-probabilities (B, T, k) at the teacher's top-k tokens `t_idx (B, T, k)`
@@ -145,12 +163,8 @@ def topk_logprobs(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array
     function serves every chunk."""
     hn = final_hidden(head, cfg, h)
     w = lm_head_weight(head)  # (d, V)
-    rows = head["lm_head"].T if "lm_head" in head else head["embed"]  # (V, d), the embedding itself when tied
-    b, t, k = t_idx.shape
-    step = chunks.tokens
-    padded = round_up(t, step)
-    hn = jnp.pad(hn, ((0, 0), (0, padded - t), (0, 0))).reshape(b, padded // step, step, -1)
-    idx = jnp.pad(t_idx, ((0, 0), (0, padded - t), (0, 0))).reshape(b, padded // step, step, k)
+    rows = head_rows(head)
+    t = t_idx.shape[1]
 
     def positions(args):
         h_c, i_c = args  # (B, step, d), (B, step, k)
@@ -159,24 +173,47 @@ def topk_logprobs(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array
         picked, log_normaliser = logits_at(h_c, w, i_c, chunks.vocab)
         return picked - log_normaliser[..., None]
 
-    out = jax.lax.map(positions, (hn.swapaxes(0, 1), idx.swapaxes(0, 1)))  # (n_chunks, B, step, k)
-    return out.swapaxes(0, 1).reshape(b, padded, k)[:, :t]
+    out = jax.lax.map(positions, (by_position_chunks(hn, chunks.tokens, 1), by_position_chunks(t_idx, chunks.tokens, 1)))
+    return jnp.moveaxis(out, 0, 1).reshape(t_idx.shape[0], -1, t_idx.shape[2])[:, :t]  # (B, T, k)
+
+
+def gathered_losses(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array, t_logp: jax.Array,
+                    loss_fn: Fitness, step: int) -> jax.Array:
+    """Per-token losses (C, B, T) of C candidates `h (C, B, T, d)` against the teacher's top-k
+    (`t_idx`, `t_logp`: (B, T, k)), the student's values taken on the k head rows of each
+    position (`topk_logprobs` with `gather`). The candidates share the teacher's ids, so each
+    step of `step` positions gathers their rows once for all C candidates."""
+    rows = head_rows(head)
+    t = t_idx.shape[1]
+
+    def positions(args):
+        h_c, i_c, lp_c = args  # (C, B, step, d), (B, step, k), (B, step, k)
+        student = jnp.einsum("cbtd,btkd->cbtk", final_hidden(head, cfg, h_c), rows[i_c],
+                             preferred_element_type=jnp.float32)
+        return jax.vmap(loss_fn, (0, None))(student, lp_c)  # (C, B, step)
+
+    out = jax.lax.map(positions, (by_position_chunks(h, step, 2), by_position_chunks(t_idx, step, 1),
+                                  by_position_chunks(t_logp, step, 1)))  # (n, C, B, step)
+    return jnp.moveaxis(out, 0, 2).reshape(*h.shape[:2], -1)[..., :t]
 
 
 def fitness_chunks(windows: int, length: int, k: int, cfg: ModelConfig, budget_bytes: int, fixed_bytes: float = 0,
-                   itemsize: int = 4, platform: str | None = None) -> FitnessChunks:
+                   itemsize: int = 4, platform: str | None = None, candidates: int = 1) -> FitnessChunks:
     """The largest chunks of `topk_logprobs` for `windows` (per device) × `length` positions
     whose temporaries fit `budget_bytes` next to `fixed_bytes` (what the phase holds anyway), on
     `platform` (default: JAX's default backend) for a head of `itemsize`-byte weights.
 
-    Gathering rows (`gathers_rows`): up to `GATHER_POSITIONS` positions per step. Otherwise the
+    Gathering rows (`gathers_rows`): up to `GATHER_POSITIONS` positions per step, the rows of a
+    step shared by the `candidates` scored at once (`gathered_losses`). Otherwise the
     vocabulary chunk is as wide as fits for a step of up to `TOKENS_PER_VOCAB_STEP` positions
     (the narrowest chunk where not even that fits) and the position chunk then fills the
     budget. A budget below one position of one chunk fails here, naming the phase and the
     smallest budget that works."""
     per_token = 4 * cfg.hidden_size + 16 * k  # normed hidden (fp32 at most), ids, picked, gathered and output
     if gathers_rows(k, cfg, itemsize, platform or jax.default_backend()):
-        fit = chunking(length, windows * (per_token + k * cfg.hidden_size * itemsize), budget_bytes,
+        shared = 8 * k + k * cfg.hidden_size * itemsize  # ids, teacher log-probs and gathered rows
+        each = 4 * cfg.hidden_size + 8 * k  # a candidate's normed hidden state and its values at the top-k
+        fit = chunking(length, windows * (shared + candidates * each), budget_bytes,
                        fixed_bytes=fixed_bytes, phase="search scoring").size
         return FitnessChunks(min(fit, GATHER_POSITIONS), 0, gather=True)
     step = windows * min(length, TOKENS_PER_VOCAB_STEP)
@@ -261,13 +298,14 @@ def candidate_fitness(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.A
     loss_fn = get_fitness(fitness)
     chunks = chunks or FitnessChunks(h.shape[2], cfg.vocab_size)
 
-    def candidate_loss(hc):
-        loss = loss_fn(topk_logprobs(head, cfg, hc, t_idx, chunks), t_logp)
+    def reduce(loss):  # (B, T) -> ()
         if valid is None:
             return loss.mean()
         return jnp.sum(jnp.where((jnp.arange(loss.shape[0]) < valid)[:, None], loss, 0.0))
 
-    return jax.lax.map(candidate_loss, h)
+    if chunks.gather:
+        return jax.vmap(reduce)(gathered_losses(head, cfg, h, t_idx, t_logp, loss_fn, chunks.tokens))
+    return jax.lax.map(lambda hc: reduce(loss_fn(topk_logprobs(head, cfg, hc, t_idx, chunks), t_logp)), h)
 
 
 def host_buffer(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
@@ -343,7 +381,8 @@ def scoring_chunks(model: ModelBlocks, batch: int, windows: int, length: int, k:
     per_device = windows // data_split(model.mesh) or 1
     itemsize = model.head["embed"].dtype.itemsize
     held = 2 * batch * per_device * length * model.cfg.hidden_size * itemsize + per_device * length * k * 8
-    return fitness_chunks(per_device, length, k, model.cfg, budget_bytes, model.resident_bytes() + held, itemsize)
+    return fitness_chunks(per_device, length, k, model.cfg, budget_bytes, model.resident_bytes() + held, itemsize,
+                          candidates=batch)
 
 
 class BatchScorer:
