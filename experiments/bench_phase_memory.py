@@ -18,6 +18,14 @@ phase runs twice in its process:
   warm, anonymous   the same from the resident anonymous memory alone (RssAnon, its peak
              sampled every 2 ms): without the pages of memory-mapped files, which are the page
              cache of what the phase reads from disk (the search's supernet), not memory it holds
+  warm, by arrays   the warm run's increment plus the bytes of the arrays alive once the model
+             and data are loaded (`jax.live_arrays()`), instead of the resident set's growth
+             while loading: that growth also holds what no device would (the machine code of
+             the functions compiled while the data was made, Python's and the runtime's own
+             memory), which a plan of device memory does not count
+
+Before the model is loaded and before the warm run, the C heap's free pages are handed back
+(`malloc_trim`), so each resident figure counts what is held, not what earlier work freed.
 
 beside the XLA figure and the analytical count of `tyrjax.runs.xla_plan.plan` for the same
 settings. The supernet build runs on the model's first --supernet-blocks blocks (what it holds
@@ -69,6 +77,15 @@ class AnonPeak:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, status_kb("RssAnon") * 1024)
+
+
+def trim_heap() -> None:
+    """Collect Python's garbage and hand the C heap's free pages back to the kernel (glibc
+    `malloc_trim`), so the resident set counts what is held, not what earlier work freed."""
+    import ctypes
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def reset_peak() -> None:
@@ -171,14 +188,16 @@ def run_phase(args) -> dict:
 
             def phase(run):
                 return scorer(genomes, parent, windows, teacher.idx, teacher.logp)
+    trim_heap()
     loaded, loaded_anon = status_kb("VmRSS") * 1024, status_kb("RssAnon") * 1024
+    loaded_arrays = sum(a.nbytes for a in jax.live_arrays())
     reset_peak()
     start = time.perf_counter()
     jax.block_until_ready(phase(0))
     wall = time.perf_counter() - start
     peak = status_kb("VmHWM") * 1024
-    gc.collect()
-    before_warm = status_kb("VmRSS") * 1024  # with what the first run's compilations left in the heap
+    trim_heap()
+    before_warm = status_kb("VmRSS") * 1024  # with the first run's compiled functions
     before_warm_anon = status_kb("RssAnon") * 1024
     reset_peak()
     start = time.perf_counter()
@@ -188,7 +207,7 @@ def run_phase(args) -> dict:
     warm_peak = status_kb("VmHWM") * 1024
     return {"phase": args.phase, "after_imports": after_imports, "loaded": loaded, "peak": peak, "wall_s": wall,
             "before_warm": before_warm, "warm_peak": warm_peak, "warm_wall_s": warm_wall,
-            "after_imports_anon": after_imports_anon, "loaded_anon": loaded_anon,
+            "after_imports_anon": after_imports_anon, "loaded_anon": loaded_anon, "loaded_arrays": loaded_arrays,
             "before_warm_anon": before_warm_anon, "warm_peak_anon": anon.peak, **extra}
 
 
@@ -238,18 +257,21 @@ def main() -> None:
         print(f"{name}: {rows[-1]}", file=sys.stderr)
     print(f"settings: {settings_of(args)}")
     print("| phase | first run GB (peak − after imports) | warm run GB (its increment + model and data) "
-          "| warm, anonymous GB | XLA plan GB | analytical GB | first / XLA | warm / XLA | warm anonymous / XLA "
-          "| warm / analytical | plan chunks | wall s first / warm |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| warm, anonymous GB | warm, model and data by their arrays GB | XLA plan GB | analytical GB | first / XLA "
+          "| warm / XLA | warm anonymous / XLA | warm by arrays / XLA | warm by arrays / analytical | plan chunks "
+          "| wall s first / warm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = figures[r["phase"]]
         first = r["peak"] - r["after_imports"]
         warm = r["warm_peak"] - r["before_warm"] + r["loaded"] - r["after_imports"]
         anon = r["warm_peak_anon"] - r["before_warm_anon"] + r["loaded_anon"] - r["after_imports_anon"]
+        arrays = r["warm_peak"] - r["before_warm"] + r["loaded_arrays"]
         chunks = ", ".join(f"{k}={v}" for k, v in f["chunks"].items())
-        print(f"| {r['phase']} | {first / GB:.2f} | {warm / GB:.2f} | {anon / GB:.2f} | {f['xla'] / GB:.2f} "
-              f"| {f['plan'] / GB:.2f} | {first / f['xla']:.2f} | {warm / f['xla']:.2f} | {anon / f['xla']:.2f} "
-              f"| {warm / f['plan']:.2f} | {chunks} | {r['wall_s']:.1f} / {r['warm_wall_s']:.1f} |")
+        print(f"| {r['phase']} | {first / GB:.2f} | {warm / GB:.2f} | {anon / GB:.2f} | {arrays / GB:.2f} "
+              f"| {f['xla'] / GB:.2f} | {f['plan'] / GB:.2f} | {first / f['xla']:.2f} | {warm / f['xla']:.2f} "
+              f"| {anon / f['xla']:.2f} | {arrays / f['xla']:.2f} | {arrays / f['plan']:.2f} | {chunks} "
+              f"| {r['wall_s']:.1f} / {r['warm_wall_s']:.1f} |")
     print(f"resident after imports: {rows[0]['after_imports'] / GB:.2f} GB; with the model and data: "
           f"{rows[0]['loaded'] / GB:.2f} GB (first phase)")
 

@@ -400,7 +400,7 @@ def sds_memory(cfg: ModelConfig, mesh: MeshSpec, run: SDSRun) -> list[Line]:
         ]
     return [
         Line("sds", "model weights (held)", model),
-        Line("sds", "the blocks unstacked (a copy)", L * block_per_device(cfg, wb, mesh)),
+        Line("sds", "the block being fitted (a copy)", block_per_device(cfg, wb, mesh)),
         Line("sds", "fitted weights of every block (replicated)", L * linear * wb),
         Line("sds", "block inputs and attention outputs, pruned and dense streams (fp32)", 4 * dev((N, T, d), HIDDEN, F32)),
         Line("sds", "captured inputs of the widest layer, both streams (fp32)", 2 * dev((N, T, f), MLP_HIDDEN, F32)),

@@ -607,7 +607,7 @@ class PhaseBuilder:
         L, wb = cfg.n_layers, self.wdt.itemsize
         block = self.block_bytes()
         linear = sum(math.prod(s) for k, s in layer_shapes(cfg, 0).items() if k.startswith("w")) * wb
-        held = (("model weights", self.head_bytes() + L * block), ("the blocks unstacked (a copy)", L * block),
+        held = (("model weights", self.head_bytes() + L * block), ("the block being fitted (a copy)", block),
                 ("the fitted blocks' new weights (all but the last block)", (L - 1) * linear))
         streams = (("block inputs and attention outputs, both streams (fp32)", 4 * self.dev((N, T, d), HIDDEN, F32)),
                    ("captured inputs of down_proj, both streams (fp32)", 2 * self.dev((N, T, f), MLP_HIDDEN, F32)))

@@ -25,7 +25,7 @@ from tyrjax.calibration.statistics import (GATE_UP, QKV, InputStats, attention_n
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, padded_windows, to_device
-from tyrjax.model.decoder import Params, is_stacked, stack_layers, unstack_layers
+from tyrjax.model.decoder import Params, is_stacked, stack_layers
 from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.sds.capture import WINDOW_CHUNK, GroupSums, add_sums, attention_heads_at, group_sums, layer_objective
 from tyrjax.parallel.sharding import Axes, axis_size, host_array, local_tree, resolve_mesh
@@ -346,7 +346,7 @@ def stream_windows(cfg: ModelConfig, n_local: int, length: int, budget_bytes: in
 
 def streams_fit(cfg: ModelConfig, n_local: int, length: int, budget_bytes: int, held_bytes: float,
                 tensor: int = 1, dense_fit: bool = False) -> bool:
-    """Whether the loop with the model held (`held_bytes`, with its unstacked copy and the
+    """Whether the loop with the model held (`held_bytes`, with the block being fitted and the
     fitted blocks) keeps every window's streams on the device within `budget_bytes`."""
     try:
         return stream_windows(cfg, n_local, length, budget_bytes, held_bytes, tensor, dense_fit) >= n_local
@@ -364,8 +364,18 @@ def _check_windows(windows: np.ndarray) -> np.ndarray:
     return windows.astype(np.int32)
 
 
-def _layer_list(params: Params) -> list[Params]:
-    return unstack_layers(params["layers"]) if is_stacked(params) else list(params["layers"])
+def _block_of(params: Params, i: int) -> Params:
+    """Block `i`'s parameters; of the stacked form, a copy made when it is asked for, so one
+    block is copied at a time rather than the whole model."""
+    if is_stacked(params):
+        return jax.tree_util.tree_map(lambda a: a[i], params["layers"])
+    return params["layers"][i]
+
+
+def _stack_emptying(layers: list[Params]) -> Params:
+    """`stack_layers(layers)`, taking each parameter out of the blocks once it is stacked: the
+    blocks are held twice for one parameter at a time, not for all of them."""
+    return {name: stack_layers([p.pop(name) for p in layers]) for name in list(layers[0])}
 
 
 def _linear_shapes(params: Params) -> list[dict[str, tuple[int, ...]]]:
@@ -449,19 +459,19 @@ def run_pipeline(
         if stacked:
             out["layers"] = jax.tree_util.tree_map(lambda *a: np.stack(a), *out["layers"])
         return out, records
-    layers = _layer_list(params)
     x_s = embed_windows(params, windows, mesh)
     x_d = x_s if dense_stream else None
     new_layers, records = [], {}
-    bar = tqdm(range(len(layers)), desc=desc, unit="block", disable=not progress)
+    bar = tqdm(range(n_layers), desc=desc, unit="block", disable=not progress)
     for i in bar:
         p, x_s, x_d, block_records = process_block(
-            layers[i], cfg, cfg.kv_map(i), x_s, x_d, fit, block=i, inputs=inputs, chunk=chunk
+            _block_of(params, i), cfg, cfg.kv_map(i), x_s, x_d, fit, block=i, inputs=inputs, chunk=chunk
         )
         new_layers.append(p)
         records.update({f"{i}.{name}": r for name, r in block_records.items()})
+    x_s = x_d = None
     out = {k: v for k, v in params.items() if k != "layers"}
-    out["layers"] = stack_layers(new_layers) if stacked else new_layers
+    out["layers"] = _stack_emptying(new_layers) if stacked else new_layers
     return out, records
 
 

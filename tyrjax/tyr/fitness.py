@@ -492,8 +492,7 @@ class BatchScorer:
         return [min(b, stop - 1) for b in range(first, first + self.blocks_per_call)]
 
     def candidate_levels(self, blocks: list[int], genomes: np.ndarray) -> BlockLevels:
-        """The levels `genomes (C, 2L)` use in `blocks`, stacked (k, C, ...) on the device(s)
-        that run them."""
+        """The levels `genomes (C, 2L)` use in `blocks`, stacked (k, C, ...) on the host."""
         shapes = self.supernet.block(blocks[0])
         g = Genome(genomes)
         levels = BlockLevels(*(host_buffer((len(blocks), len(genomes), *a.shape[1:]), a.dtype) for a in shapes))
@@ -503,13 +502,19 @@ class BatchScorer:
                     a[j] = a[j - 1]
             else:
                 self.supernet.gather(b, g.attention[:, b], g.mlp[:, b], out=BlockLevels(*(a[j] for a in levels)))
-        if self.mesh is None:
-            return jax.device_put(levels)
-        return put_axes(levels, CANDIDATE_LEVELS, self.mesh, self.cfg.head_dim)
+        return levels
 
     def _blocks(self, first: int, stop: int, genomes: np.ndarray, h: jax.Array, with_states: bool = False) -> jax.Array:
+        """The call of the blocks from `first` on `h`, the output of the call before: this
+        call's levels are read while that one runs, and put on the device once it has finished,
+        so one call's levels and blocks are on the device at a time (dispatch runs no further ahead)."""
         blocks = self.call_blocks(first, stop)
-        levels = self.candidate_levels(blocks, genomes)
+        host_levels = self.candidate_levels(blocks, genomes)
+        jax.block_until_ready(h)
+        if self.mesh is None:
+            levels = jax.device_put(host_levels)
+        else:
+            levels = put_axes(host_levels, CANDIDATE_LEVELS, self.mesh, self.cfg.head_dim)
         layers = self.model.stacked(blocks)
         n_run = jnp.int32(stop - first)
         if self.mesh is None:
