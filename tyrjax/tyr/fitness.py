@@ -292,7 +292,9 @@ def candidate_fitness(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.A
                       valid: jax.Array | None = None) -> jax.Array:
     """Mean per-token fitness (C,) of each candidate from its last block's output `h (C, B, T, d)`;
     `head` holds the embedding / LM head and the final norm. The student's log-probabilities run
-    in `chunks` (default: all positions and the whole vocabulary in one step). With `valid` (a
+    in `chunks` (default: all positions and the whole vocabulary in one step): one candidate at
+    a time over the vocabulary, or with `chunks.gather` every candidate at once on the head rows
+    gathered for a step (`gathered_losses`). With `valid` (a
     traced count), the sum of the per-token losses over the first `valid` windows instead: what
     a chunk of windows (the rest padding) adds to the mean."""
     loss_fn = get_fitness(fitness)
