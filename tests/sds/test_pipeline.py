@@ -17,9 +17,11 @@ from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.layers import rms_norm
 from tyrjax.checkpoints.loading import load_model
-from tyrjax.model.decoder import compact_from_masked, forward, init_random_params, run_layers_compact, run_layers_masked, to_compact
+from tyrjax.model.decoder import (compact_from_masked, forward, init_random_params, run_layers_compact, run_layers_masked,
+                                  stack_layers, to_compact, unstack_layers)
 from tyrjax.sds import DEFAULT_SDS_L1, DEFAULT_SDS_LR, LINEAR, prune_oneshot, run_sds_pipeline
-from tyrjax.sds.pipeline import fit_state_bytes, stream_windows, streams_fit, sums_bytes, window_bytes
+from tyrjax.sds.pipeline import (_block_of, _stack_emptying, fit_state_bytes, stream_windows, streams_fit, sums_bytes,
+                                 window_bytes)
 from tyrjax.sparse import parse_pattern, sparsegpt_prune
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=48)
@@ -268,3 +270,17 @@ def test_streams_on_the_host_in_window_chunks_equal_the_streams_on_the_device_an
             np.testing.assert_allclose(block[name], got["layers"][name][i], rtol=1e-4, atol=1e-5)
     with pytest.raises(TyrjaxError, match="SDS needs at least"):
         run_sds_pipeline(params, CFG, windows, "2:4", "sparsegpt", progress=False, budget_bytes=device_bytes(params))
+
+
+def test_held_blocks_are_copied_one_at_a_time_and_restacked_emptying_the_list():
+    cfg = ModelConfig(vocab_size=64, hidden_size=16, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=4, intermediate_size=32)
+    params = init_random_params(cfg, 0)
+    blocks = unstack_layers(params["layers"])
+    for i, want in enumerate(blocks):
+        got = _block_of(params, i)
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+    want = stack_layers(blocks)
+    fitted = [dict(b) for b in blocks]
+    got = _stack_emptying(fitted)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert fitted == [{}, {}, {}]  # every parameter left the list once stacked
