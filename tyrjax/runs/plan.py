@@ -89,7 +89,7 @@ class TyrRun:
     stages: tuple[tuple[int, int], ...] = PAPER.stages
     generations: int = PAPER.generations
     iterations: int = PAPER.iterations
-    head_chunk: int = 64  # positions per step of the student's top-k head (tyr.fitness.topk_logprobs)
+    head_chunk: int = 64  # positions per step of the student's top-k head (tyr.fitness.FitnessChunks.tokens)
     head_vocab: int = 0  # vocabulary columns per step of that head; 0: the head's rows at the top-k are gathered
     forward_windows: int = 1  # windows in one forward of the teacher or of a candidate batch
     level_density: float = 1.0  # kept rows over all rows of the levels: the store holds only the rows kept

@@ -37,7 +37,7 @@ FITNESSES: Registry[Fitness] = Registry("fitness", "tyrjax.tyr.fitness.FITNESSES
 register_fitness = FITNESSES.register
 """`@register_fitness(name)`: register `fn(student_logp (B,T,k), teacher_logp (B,T,k)) -> (B,T)`
 per-token loss, where the student's log-probabilities are taken at the teacher's top-k tokens
-up to a per-token constant (`topk_logprobs`; a loss must not depend on it) and the teacher's
+up to a per-token constant (`topk_logprobs`, `gathered_losses`; a loss must not depend on it) and the teacher's
 log-probs are renormalised over them; select it with `TyrConfig.fitness`."""
 
 get_fitness = FITNESSES.get
@@ -118,8 +118,9 @@ ACCELERATOR_BALANCE = 300
 
 
 class FitnessChunks(NamedTuple):
-    """How `topk_logprobs` runs: `tokens` positions of every window per step, and either
-    `vocab` columns of the head per step or, with `gather`, the head's rows at the top-k ids."""
+    """How the student's head runs: `tokens` positions of every window per step, and either
+    `vocab` columns of the head per step (`topk_logprobs`) or, with `gather`, the head's rows at
+    the top-k ids (`gathered_losses`)."""
 
     tokens: int
     vocab: int
@@ -153,23 +154,19 @@ def by_position_chunks(a: jax.Array, step: int, axis: int) -> jax.Array:
 def topk_logprobs(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Array,
                   chunks: FitnessChunks) -> jax.Array:
     """The student's log-probabilities (B, T, k) at the teacher's top-k tokens `t_idx (B, T, k)`
-    from the last block's output `h (B, T, d)`, up to a per-token constant.
+    from the last block's output `h (B, T, d)`.
 
     The LM head runs on `chunks.tokens` positions (of every window) at a time, and over
     `chunks.vocab` columns at a time (`model.vocab.logits_at`: no head rows gathered, no more
-    than positions × columns logits per window at once, the log-normaliser subtracted); or, with
-    `chunks.gather`, on the k head rows of each position (k·d per token instead of V·d; the
-    normaliser, a per-token constant, is left out). The chunk sizes are static, so one compiled
-    function serves every chunk."""
+    than positions × columns logits per window at once, the log-normaliser subtracted). The
+    chunk sizes are static, so one compiled function serves every chunk. (Chunks with `gather`
+    are `gathered_losses`'.)"""
     hn = final_hidden(head, cfg, h)
     w = lm_head_weight(head)  # (d, V)
-    rows = head_rows(head)
     t = t_idx.shape[1]
 
     def positions(args):
         h_c, i_c = args  # (B, step, d), (B, step, k)
-        if chunks.gather:
-            return jnp.einsum("btd,btkd->btk", h_c, rows[i_c], preferred_element_type=jnp.float32)
         picked, log_normaliser = logits_at(h_c, w, i_c, chunks.vocab)
         return picked - log_normaliser[..., None]
 
@@ -181,8 +178,9 @@ def gathered_losses(head: Params, cfg: ModelConfig, h: jax.Array, t_idx: jax.Arr
                     loss_fn: Fitness, step: int) -> jax.Array:
     """Per-token losses (C, B, T) of C candidates `h (C, B, T, d)` against the teacher's top-k
     (`t_idx`, `t_logp`: (B, T, k)), the student's values taken on the k head rows of each
-    position (`topk_logprobs` with `gather`). The candidates share the teacher's ids, so each
-    step of `step` positions gathers their rows once for all C candidates."""
+    position (k·d per token instead of the vocabulary's V·d; the log-normaliser, a per-token
+    constant, is left out). The candidates share the teacher's ids, so each step of `step`
+    positions gathers their rows once for all C candidates."""
     rows = head_rows(head)
     t = t_idx.shape[1]
 
