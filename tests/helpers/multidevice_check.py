@@ -47,7 +47,8 @@ def phases(params, calib, mesh) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     specs = {}
     if mesh:
         scorer = BatchScorer(params, CFG, supernet, tcfg.candidate_batch, mesh=mesh)
-        placed = scorer.candidate_levels(scorer.call_blocks(0, CFG.n_layers), np.repeat(found.genome[None], scorer.batch, 0))
+        genomes = np.repeat(found.genome[None], scorer.batch, 0)
+        placed = scorer.put_levels(scorer.candidate_levels(scorer.call_blocks(0, CFG.n_layers), genomes))
         specs = {"candidate_levels.wo": str(placed.wo.sharding.spec), "logits": str(logits.sharding.spec)}
     return out, specs
 

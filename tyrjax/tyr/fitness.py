@@ -504,6 +504,13 @@ class BatchScorer:
                 self.supernet.gather(b, g.attention[:, b], g.mlp[:, b], out=BlockLevels(*(a[j] for a in levels)))
         return levels
 
+    def put_levels(self, levels: BlockLevels) -> BlockLevels:
+        """Levels from `candidate_levels` on the device(s) that run them (on a mesh, candidates
+        over the candidate axes, heads and neurons over tensor)."""
+        if self.mesh is None:
+            return jax.device_put(levels)
+        return put_axes(levels, CANDIDATE_LEVELS, self.mesh, self.cfg.head_dim)
+
     def _blocks(self, first: int, stop: int, genomes: np.ndarray, h: jax.Array, with_states: bool = False) -> jax.Array:
         """The call of the blocks from `first` on `h`, the output of the call before: this
         call's levels are read while that one runs, and put on the device once it has finished,
@@ -511,10 +518,7 @@ class BatchScorer:
         blocks = self.call_blocks(first, stop)
         host_levels = self.candidate_levels(blocks, genomes)
         jax.block_until_ready(h)
-        if self.mesh is None:
-            levels = jax.device_put(host_levels)
-        else:
-            levels = put_axes(host_levels, CANDIDATE_LEVELS, self.mesh, self.cfg.head_dim)
+        levels = self.put_levels(host_levels)
         layers = self.model.stacked(blocks)
         n_run = jnp.int32(stop - first)
         if self.mesh is None:
