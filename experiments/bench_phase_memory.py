@@ -24,15 +24,16 @@ phase runs twice in its process:
              the functions compiled while the data was made, Python's and the runtime's own
              memory), which a plan of device memory does not count
 
-Before the model is loaded and before the warm run, the C heap's free pages are handed back
-(`malloc_trim`), so each resident figure counts what is held, not what earlier work freed.
-
 beside the XLA figure and the analytical count of `tyrjax.runs.xla_plan.plan` for the same
 settings. The supernet build runs on the model's first --supernet-blocks blocks (what it holds
 does not grow with the blocks built; the whole build takes many minutes here) and is planned for
 that config; the search scores the quick preset's last stage (3 offspring on 4 windows) on a
 whole-model supernet kept in TYRJAX_CACHE/bench_supernets (built once, as experiments/bench_flops.py
 builds it).
+
+Once the model and data are loaded, and again before the warm run, the C heap's free pages are
+handed back (`malloc_trim`), so each resident figure counts what is held, not what earlier work
+freed.
 """
 from __future__ import annotations
 

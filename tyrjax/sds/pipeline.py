@@ -24,7 +24,8 @@ from tyrjax.calibration.statistics import (GATE_UP, QKV, InputStats, attention_n
                                            check_finite, embed_windows, hidden_of, mlp_normed, mlp_residual, zero_padding)
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
-from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, padded_windows, to_device
+from tyrjax.model.blocks import (ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, layer,
+                                 padded_windows, to_device)
 from tyrjax.model.decoder import Params, is_stacked, stack_layers
 from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.sds.capture import WINDOW_CHUNK, GroupSums, add_sums, attention_heads_at, group_sums, layer_objective
@@ -367,9 +368,7 @@ def _check_windows(windows: np.ndarray) -> np.ndarray:
 def _block_of(params: Params, i: int) -> Params:
     """Block `i`'s parameters; of the stacked form, a copy made when it is asked for, so one
     block is copied at a time rather than the whole model."""
-    if is_stacked(params):
-        return jax.tree_util.tree_map(lambda a: a[i], params["layers"])
-    return params["layers"][i]
+    return layer(params, i) if is_stacked(params) else params["layers"][i]
 
 
 def _stack_emptying(layers: list[Params]) -> Params:
