@@ -39,7 +39,7 @@ from typing import Any
 import tyrjax
 from tyrjax.api import DataConfig, SDSConfig
 from tyrjax.checkpoints.loading import load_model
-from tyrjax.evaluation.paired import format_ratio, paired_ratio
+from tyrjax.evaluation.paired import format_accuracy, format_ratio, paired_accuracy, paired_ratio
 from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, expand_task_names, split_names, tasks_mean, zero_shot
 from tyrjax.files import write_json
 
@@ -162,11 +162,21 @@ def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
     for tyr in (r for r in rows if r["method"] == "tyr"):
         for other in (r for r in rows if r["method"] in STRUCTURED[1:] and r["calib"] == tyr["calib"]):
             cells = [format_ratio(paired_ratio(other["window_nll"][c], tyr["window_nll"][c])) for c in CORPORA]
+            cells.append(accuracy_change(other["tasks"], tyr["tasks"]))
             lines.append(f"| tyr vs {other['method']} ({tyr['calib']}) | " + " | ".join(cells) + " |")
     if not lines:
         return []
-    return ["", "| Týr against | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA) + " |",
-            "|" + "---|" * (1 + len(CORPORA))] + lines
+    return ["", "| Týr against | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA)
+            + " | mean acc change [95 % CI], item by item |", "|" + "---|" * (2 + len(CORPORA))] + lines
+
+
+def accuracy_change(tasks_a: dict[str, Any] | None, tasks_b: dict[str, Any] | None) -> str:
+    """B's mean task accuracy against A's on the same items with its paired interval; "–" where
+    the scores hold no items in common (task files written before per-item scores were kept)."""
+    if not tasks_a or not tasks_b or not any(len(tasks_a[n].get("items", [])) == len(tasks_b.get(n, {}).get("items", [])) > 0
+                                             for n in tasks_a):
+        return "–"
+    return format_accuracy(paired_accuracy(tasks_a, tasks_b))
 
 
 def calibration_lines(rows: list[dict[str, Any]]) -> list[str]:

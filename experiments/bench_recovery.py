@@ -17,6 +17,7 @@ from pathlib import Path
 
 import tyrjax
 from tyrjax.api.configs import DataConfig, TasksConfig
+from tyrjax.evaluation.paired import PairedAccuracy, format_accuracy
 from tyrjax.files import write_json
 
 ROWS = {
@@ -63,14 +64,14 @@ def main() -> None:
 
 def _summary(m: dict) -> dict:
     return {k: m[k] for k in ("student", "method", "ppl_before", "ppl", "dense_ppl", "sparsity", "train",
-                              "tasks_mean_before", "tasks_mean", "tasks_limit")
+                              "tasks_mean_before", "tasks_mean", "tasks_limit", "tasks_mean_change")
             if k in m} | {"train": {k: v for k, v in m["train"].items() if k != "loss"}}
 
 
 def table(results: dict) -> str:
     corpora = list(next(iter(results.values()))["ppl"])
     head = ["row", *[f"{c} ppl before → after (change; dense)" for c in corpora], "sparsity kept",
-            "mean acc before → after", "train tokens", "steps", "train wall s", "final loss", "step tok/s",
+            "mean acc before → after (change [95 % CI], item by item)", "train tokens", "steps", "train wall s", "final loss", "step tok/s",
             "warm step tok/s", "forward tok/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, m in results.items():
@@ -85,6 +86,8 @@ def table(results: dict) -> str:
             kept = f"zeros {s['zeros_before']:,} = {s['zeros_after']:,}" if s["zeros_before"] == s["zeros_after"] \
                 else f"zeros {s['zeros_before']:,} ≠ {s['zeros_after']:,}"
         acc = f"{m['tasks_mean_before']:.3f} → {m['tasks_mean']:.3f}" if "tasks_mean" in m else "–"
+        if "tasks_mean_change" in m:
+            acc += f" ({format_accuracy(PairedAccuracy(**m['tasks_mean_change']))})"
         warm = t.get("warm_step_tokens_per_s")
         cells += [kept, acc,
                   f"{t['tokens']:,}", str(t["steps"]), f"{t['wall_s']:.0f}", f"{t['final_loss']:.4f}",

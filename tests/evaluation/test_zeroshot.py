@@ -15,6 +15,7 @@ from tyrjax.checkpoints.loading import load_model
 from tyrjax.cli import main
 from tyrjax.errors import TyrjaxError
 from tyrjax.evaluation import zeroshot
+from tyrjax.evaluation.paired import format_accuracy, paired_accuracy
 from tyrjax.evaluation.harness import TyrjaxLM
 from tyrjax.model.config import ModelConfig
 from tyrjax.model.decoder import init_random_params
@@ -92,8 +93,9 @@ def test_paper_tasks_score_like_the_adapter_on_the_local_items(tiny_dir):
     result = api.zero_shot(model, "arc_easy", limit=30, batch_size=8, progress=False)
     mmlu = api.zero_shot(model, "mmlu", limit=114, batch_size=8, progress=False)["mmlu"]
     assert list(result) == ["arc_easy"] and result["arc_easy"]["n"] == 30
-    assert mmlu["n"] == 114 and set(mmlu) == {"acc", "stderr", "n"}  # two items of each of the 57 subjects
-    assert set(result["arc_easy"]) == {"acc", "acc_norm", "stderr", "n"}
+    assert mmlu["n"] == 114 and set(mmlu) == {"acc", "stderr", "n", "items"}  # two items of each of the 57 subjects
+    assert len(mmlu["items"]) == 114 and np.mean(mmlu["items"]) == pytest.approx(mmlu["acc"])
+    assert set(result["arc_easy"]) == {"acc", "acc_norm", "stderr", "n", "items"}
     rows = datasets.load_from_disk(str(zeroshot.task_data_dir() / "ai2_arc/ARC-Easy/validation")).select(range(30))
     lm = TyrjaxLM(model, batch_size=8, progress=False)
     hits = []
@@ -103,6 +105,7 @@ def test_paper_tasks_score_like_the_adapter_on_the_local_items(tiny_dir):
         lls = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
         hits.append(int(np.argmax(lls)) == row["choices"]["label"].index(row["answerKey"]))
     assert result["arc_easy"]["acc"] == pytest.approx(np.mean(hits))
+    assert result["arc_easy"]["items"] == [int(h) for h in hits]  # item by item, in the split's order
     assert result["arc_easy"]["stderr"] == pytest.approx(np.std(hits, ddof=1) / np.sqrt(len(hits)))
     assert 0 <= mmlu["acc"] <= 1 and 0 < mmlu["stderr"] < 0.1
 
@@ -179,9 +182,12 @@ def test_a_pruned_model_is_compared_with_its_dense_model_on_the_same_items(tiny_
     assert main([*argv, "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     dense = api.zero_shot(load_model(str(tiny_dir)), "rte", limit=4, batch_size=4, progress=False)
-    assert list(metrics["dense_tasks"]) == ["rte"] and metrics["dense_tasks"]["rte"] == pytest.approx(dense["rte"])
+    assert list(metrics["dense_tasks"]) == ["rte"] and metrics["dense_tasks"]["rte"]["items"] == dense["rte"].pop("items")
+    assert {k: v for k, v in metrics["dense_tasks"]["rte"].items() if k != "items"} == pytest.approx(dense["rte"])
     assert metrics["dense_tasks_mean"] == pytest.approx(dense["rte"]["acc"])
     cached = list((tmp_path / "cache" / "dense_tasks").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["tasks"] == metrics["dense_tasks"]
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "| task | split | n | acc ± stderr | acc_norm | dense acc | retained |" in report
+    change = paired_accuracy(metrics["dense_tasks"], metrics["tasks"])
+    assert f"Item by item on the 4 items of rte, the mean accuracy changed by {format_accuracy(change)}" in report

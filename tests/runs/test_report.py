@@ -13,7 +13,7 @@ from tyrjax.cli import main
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import init_random_params
-from tyrjax.evaluation.paired import format_ratio, paired_ratio
+from tyrjax.evaluation.paired import format_accuracy, format_ratio, paired_accuracy, paired_ratio
 from tyrjax.runs.report import block_sparsity, write_report
 
 TYR_METRICS = {
@@ -150,6 +150,24 @@ def test_report_command_compares_task_accuracy_with_the_dense_run(tmp_path):
     assert f"| {dense} | 0.6000 | 0.3000 | 0.4500 | 100.0 % |" in text
     assert f"| {pruned} | 0.4500 | 0.2700 | 0.3600 | 80.0 % |" in text  # against the first run, a dense evaluation
     assert f"| {own} | 0.5000 | 0.2000 | 0.3500 | 70.0 % |" in text  # against its own dense_tasks
+
+
+def test_report_command_compares_task_accuracy_item_by_item_with_the_first_run(tmp_path):
+    before = make_run(tmp_path / "before", {"model": "m", "ppl": {"sotu": 30.0},
+                                            "tasks": {"rte": {"acc": 0.25, "n": 4, "items": [1, 0, 0, 0]},
+                                                      "piqa": {"acc": 0.5, "n": 2, "items": [0, 1]}}})
+    after = make_run(tmp_path / "after", {"model": "m", "ppl": {"sotu": 25.0},
+                                          "tasks": {"rte": {"acc": 0.75, "n": 4, "items": [1, 1, 1, 0]},
+                                                    "piqa": {"acc": 0.5, "n": 2, "items": [1, 0]}}})
+    out = tmp_path / "cmp"
+    assert main(["report", str(before), str(after), "--out", str(out)]) == 0
+    text = (out / "comparison.md").read_text()
+    assert f"## Against {before}, item by item" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {after} | rte,piqa |"))
+    change = paired_accuracy(json.loads((before / "metrics.json").read_text())["tasks"],
+                             json.loads((after / "metrics.json").read_text())["tasks"])
+    assert change.change == pytest.approx(0.25)  # rte +0.5, piqa 0: the mean over the two tasks
+    assert row.split(" | ")[2:4] == ["6", format_accuracy(change)] and row.endswith("| 3 | 1 |")
 
 
 @pytest.mark.parametrize("content, says", [

@@ -97,9 +97,9 @@ def task_metrics(model: Model, tasks: TasksConfig, progress: bool = True) -> dic
 
 
 def dense_task_reference(source: str | None, tasks: TasksConfig, dtype: str, progress: bool = True) -> dict[str, Any] | None:
-    """`task_metrics` of the dense model a pruning run started from, cached on disk (keyed by
-    the model's files, the tasks, the limit and the harness version); None when that model is
-    gone."""
+    """`task_metrics` of the dense model a pruning run started from, item scores included, cached
+    on disk (keyed by the model's files, the tasks, the limit and the harness version); None when
+    that model is gone."""
     import lm_eval
 
     origin = find_origin(source)
@@ -113,7 +113,7 @@ def dense_task_reference(source: str | None, tasks: TasksConfig, dtype: str, pro
     if dense.directory is None:
         return task_metrics(dense, tasks, progress)
     key = model_identity(dense)
-    key.update(json.dumps([tasks.tasks, tasks.limit, lm_eval.__version__]).encode())
+    key.update(json.dumps([tasks.tasks, tasks.limit, lm_eval.__version__, "items"]).encode())
     path = cache_dir() / "dense_tasks" / f"{key.hexdigest()[:24]}.json"
     if path.is_file():
         return json.loads(path.read_text())

@@ -19,6 +19,7 @@ from tyrjax.api.sources import ModelSource, check_local, open_model, source_path
 from tyrjax.checkpoints.export import export_pruned, export_sparse
 from tyrjax.checkpoints.loading import DEFAULT_SOURCE, Model, require_tokenizer
 from tyrjax.errors import TyrjaxError
+from tyrjax.evaluation.paired import paired_accuracy
 from tyrjax.files import write_json
 from tyrjax.model.blocks import ModelBlocks
 from tyrjax.model.decoder import forward_jit, is_stacked
@@ -160,7 +161,8 @@ def finetune(
         metrics["dense_ppl"] = dense_reference(dense, sets, data.batch_size, progress, budget)["ppl"]
     if tasks is not None:
         metrics.update(tasks_before=before["tasks"], tasks_mean_before=before["tasks_mean"], tasks=after["tasks"],
-                       tasks_mean=after["tasks_mean"], tasks_limit=tasks.limit)
+                       tasks_mean=after["tasks_mean"], tasks_limit=tasks.limit,
+                       tasks_mean_change=dataclasses.asdict(paired_accuracy(before["tasks"], after["tasks"])))
     metrics["wall_s"] = {"total": round(time.perf_counter() - start, 2)}
     if out is not None and is_writer():
         tok_dir = student.directory if student.directory and (student.directory / "tokenizer.json").exists() else None

@@ -7,7 +7,7 @@ from tyrjax.evaluation.perplexity import (
     window_nlls,
     window_nlls_blockwise,
 )
-from tyrjax.evaluation.paired import PairedRatio, format_ratio, paired_ratio
+from tyrjax.evaluation.paired import PairedAccuracy, PairedRatio, format_accuracy, format_ratio, paired_accuracy, paired_ratio
 from tyrjax.evaluation.speed import measure_speed, speed_table
 from tyrjax.evaluation.zeroshot import (
     DEFAULT_LIMIT,
@@ -20,10 +20,13 @@ from tyrjax.evaluation.zeroshot import (
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "PairedAccuracy",
     "PairedRatio",
     "PAPER_TASKS",
+    "format_accuracy",
     "format_ratio",
     "measure_speed",
+    "paired_accuracy",
     "paired_ratio",
     "perplexity",
     "perplexity_blockwise",

@@ -207,9 +207,21 @@ def check_task_names(names: list[str], manager: Any) -> None:
         )
 
 
+def item_scores(samples: dict[str, list[dict[str, Any]]], members: list[str]) -> list[int]:
+    """Each item's `acc` (0 or 1), member task by member task, in the order of the items' ids: two
+    models scored with the same tasks and limit line up item by item (`paired.paired_accuracy`)."""
+    items: list[int] = []
+    for member in members:
+        for sample in sorted(samples.get(member, []), key=lambda s: s["doc_id"]):
+            if "acc" in sample:
+                items.append(int(round(float(sample["acc"]))))
+    return items
+
+
 def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:
-    """{"acc", "acc_norm" (where the task has it), "stderr" (of acc), "n"} of one task or group of
-    the harness's results; a group's n sums its tasks'."""
+    """{"acc", "acc_norm" (where the task has it), "stderr" (of acc), "n", "items"} of one task or
+    group of the harness's results; a group's n sums its tasks', and `items` holds every item's
+    `acc` (`item_scores`)."""
     row = results["results"][name]
     metrics: dict[str, Any] = {}
     for key, value in row.items():
@@ -222,12 +234,14 @@ def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:
             metrics["stderr"] = float(value)
     members = results.get("group_subtasks", {}).get(name) or [name]
     metrics["n"] = sum(int(results["n-samples"][m]["effective"]) for m in members if m in results["n-samples"])
+    if "samples" in results:
+        metrics["items"] = item_scores(results["samples"], sorted(members))
     return metrics
 
 
 def _evaluate(lm: Any, specs: list[Any], limit: int | None, manager: Any) -> dict[str, Any]:
-    """`simple_evaluate` with standard errors, quiet: no notes on the `custom_dataset` hook and no
-    progress bars of the harness's document processing."""
+    """`simple_evaluate` with standard errors and each item's scores, quiet: no notes on the
+    `custom_dataset` hook and no progress bars of the harness's document processing."""
     import datasets
     from lm_eval import simple_evaluate
 
@@ -235,7 +249,7 @@ def _evaluate(lm: Any, specs: list[Any], limit: int | None, manager: Any) -> dic
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        return simple_evaluate(model=lm, tasks=specs, limit=limit, task_manager=manager, log_samples=False,
+        return simple_evaluate(model=lm, tasks=specs, limit=limit, task_manager=manager, log_samples=True,
                                bootstrap_iters=STDERR_ITERS, verbosity="WARNING")
     finally:
         if bars:
@@ -255,7 +269,7 @@ def run_tasks(
     limit: int | None = None,
     include_paths: list[Path] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run harness tasks on an `lm_eval` LM; {task: {"acc", "acc_norm", "stderr", "n"}}.
+    """Run harness tasks on an `lm_eval` LM; {task: {"acc", "acc_norm", "stderr", "n", "items"}}.
 
     `LOCAL_TASKS` read the local copy of their data; other names are tasks of the harness's
     registry or of `include_paths`."""
@@ -307,7 +321,7 @@ def zero_shot(
     ffn_mask: Any = None,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Accuracy of a tyrjax `Model` on harness tasks: {task: {"acc", "acc_norm", "stderr", "n"}}.
+    """Accuracy of a tyrjax `Model` on harness tasks: {task: {"acc", "acc_norm", "stderr", "n", "items"}}.
 
     `tasks` is a comma-separated string or a list; `paper` is `PAPER_TASKS`. `limit` caps the
     items per task (None: all; MMLU's subjects share it)."""

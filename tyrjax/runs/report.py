@@ -11,7 +11,7 @@ from typing import Any
 
 from tyrjax.runs import plots
 from tyrjax.errors import TyrjaxError
-from tyrjax.evaluation.paired import format_ratio, paired_ratio
+from tyrjax.evaluation.paired import format_accuracy, format_ratio, paired_accuracy, paired_ratio
 from tyrjax.runs.rundir import claim_run_dir
 from tyrjax.files import write_atomic
 
@@ -225,6 +225,12 @@ def task_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
 def _tasks_section(metrics: dict[str, Any]) -> str:
     note = ("Accuracy through lm-evaluation-harness (± its standard error over items); `retained` is this model's "
             "accuracy as a share of the dense model's on the same items; the mean is over tasks, as the papers average.")
+    dense = metrics.get("dense_tasks") or {}
+    if any(len(r.get("items", [])) == len(dense.get(n, {}).get("items", [])) > 0 for n, r in metrics["tasks"].items()):
+        change = paired_accuracy(dense, metrics["tasks"])
+        note += (f" Item by item on the {change.n_items} items of {', '.join(change.tasks)}, the mean accuracy changed by "
+                 f"{format_accuracy(change)} against the dense model (95 % paired-bootstrap interval over items); "
+                 f"{change.b_only} items only this model answers right, {change.a_only} only the dense model.")
     return "## Zero-shot accuracy\n\n" + markdown_table(task_rows(metrics)) + "\n\n" + note
 
 
@@ -458,6 +464,23 @@ def tasks_table(runs: list[RunSummary]) -> list[tuple[str, ...]] | None:
     return rows
 
 
+def paired_tasks_table(runs: list[RunSummary]) -> list[tuple[str, ...]] | None:
+    """Each run after the first against the first, item by item on the tasks both scored on the
+    same items: the mean accuracy change with its 95 % paired-bootstrap interval, and the items
+    only one of the two answers right (`tyrjax.evaluation.paired`). None when no pair shares items."""
+    base = runs[0].tasks or {}
+    rows = [("run", "tasks", "items", "mean acc change [95 % CI]", "right only here", "right only in the first")]
+    for r in runs[1:]:
+        tasks = r.tasks or {}
+        shared = [n for n in base if n in tasks and len(base[n].get("items", [])) == len(tasks[n].get("items", [])) > 0]
+        if not shared:
+            continue
+        change = paired_accuracy(base, tasks)
+        rows.append((str(r.run_dir), ",".join(change.tasks), str(change.n_items), format_accuracy(change),
+                     str(change.b_only), str(change.a_only)))
+    return rows if len(rows) > 1 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """Several runs compared: the table (header first), the window-by-window comparison with the
@@ -498,6 +521,12 @@ def compare_runs(run_dirs: list[Path], out: Path, force: bool = False) -> Compar
         text.append("## Zero-shot accuracy\n\n" + markdown_table(accuracy) + "\n\n"
                     + "acc per task through lm-evaluation-harness; the mean is over tasks; `retained` is the mean as a share of "
                       "the dense model's on the same tasks and items.")
+    paired_tasks = paired_tasks_table(runs)
+    if paired_tasks:
+        text.append(f"## Against {runs[0].run_dir}, item by item\n\n" + markdown_table(paired_tasks) + "\n\n"
+                    + "Change of the mean accuracy over the listed tasks against the first run on the same items, with a "
+                      "95 % paired-bootstrap interval over each task's items: an interval that contains 0 is within item "
+                      "sampling noise.")
     text.append(f"![Perplexity against sparsity]({figure.name})")
     markdown = write_atomic(out / "comparison.md", "\n\n".join(text) + "\n")
     return Comparison(table, paired, markdown, figure, out)
