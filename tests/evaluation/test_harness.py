@@ -217,6 +217,7 @@ def test_harness_accuracy_equals_accuracy_from_reference_loglikelihoods(tiny, tm
         acc.append(np.argmax(lls) == d["gold"])
         acc_norm.append(np.argmax(lls / np.array([len(c) for c in d["choices"]])) == d["gold"])
     stderr = np.std(acc, ddof=1) / np.sqrt(len(acc))  # the harness's closed form for a mean
+    assert result.pop("items") == [int(a) for a in acc]  # each item's score, in the documents' order
     assert result == {"acc": pytest.approx(np.mean(acc)), "acc_norm": pytest.approx(np.mean(acc_norm)),
                       "stderr": pytest.approx(stderr), "n": 10}
     assert 0 < np.mean(acc) < 1  # a task that tells models apart, not all right or all wrong
