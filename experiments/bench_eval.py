@@ -39,7 +39,7 @@ from typing import Any
 import tyrjax
 from tyrjax.api import DataConfig, SDSConfig
 from tyrjax.checkpoints.loading import load_model
-from tyrjax.evaluation.paired import format_accuracy, format_ratio, paired_accuracy, paired_ratio
+from tyrjax.evaluation.paired import format_accuracy, format_ratio, paired_accuracy, paired_ratio, shared_item_tasks
 from tyrjax.evaluation.zeroshot import DEFAULT_LIMIT, expand_task_names, split_names, tasks_mean, zero_shot
 from tyrjax.files import write_json
 
@@ -173,8 +173,7 @@ def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
 def accuracy_change(tasks_a: dict[str, Any] | None, tasks_b: dict[str, Any] | None) -> str:
     """B's mean task accuracy against A's on the same items with its paired interval; "–" where
     the scores hold no items in common (task files written before per-item scores were kept)."""
-    if not tasks_a or not tasks_b or not any(len(tasks_a[n].get("items", [])) == len(tasks_b.get(n, {}).get("items", [])) > 0
-                                             for n in tasks_a):
+    if not shared_item_tasks(tasks_a, tasks_b):
         return "–"
     return format_accuracy(paired_accuracy(tasks_a, tasks_b))
 

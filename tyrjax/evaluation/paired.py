@@ -77,6 +77,12 @@ class PairedAccuracy:
         return self.low > 0.0 or self.high < 0.0
 
 
+def shared_item_tasks(tasks_a: dict | None, tasks_b: dict | None) -> tuple[str, ...]:
+    """The tasks both `tasks` maps scored item by item on as many items (what `paired_accuracy` compares)."""
+    a, b = tasks_a or {}, tasks_b or {}
+    return tuple(n for n in a if n in b and len(a[n].get("items", ())) == len(b[n].get("items", ())) > 0)
+
+
 def paired_accuracy(tasks_a: dict, tasks_b: dict, confidence: float = 0.95, n_resamples: int = 10_000,
                     seed: int = 0) -> PairedAccuracy:
     """Compare two models' `tasks` of metrics.json (`zero_shot`'s `{task: {"acc", "items", ...}}`)
@@ -85,8 +91,7 @@ def paired_accuracy(tasks_a: dict, tasks_b: dict, confidence: float = 0.95, n_re
     items with replacement, the same draw for both models."""
     if not 0.0 < confidence < 1.0:
         raise TyrjaxError(f"paired comparison: confidence {confidence} must lie strictly between 0 and 1")
-    names = tuple(n for n in tasks_a if n in tasks_b and "items" in tasks_a[n] and "items" in tasks_b[n]
-                  and len(tasks_a[n]["items"]) == len(tasks_b[n]["items"]) > 0)
+    names = shared_item_tasks(tasks_a, tasks_b)
     if not names:
         raise TyrjaxError("paired comparison: the two runs share no task scored item by item on the same items; "
                           "score both with the same --tasks and --limit")

@@ -11,7 +11,7 @@ from typing import Any
 
 from tyrjax.runs import plots
 from tyrjax.errors import TyrjaxError
-from tyrjax.evaluation.paired import format_accuracy, format_ratio, paired_accuracy, paired_ratio
+from tyrjax.evaluation.paired import format_accuracy, format_ratio, paired_accuracy, paired_ratio, shared_item_tasks
 from tyrjax.runs.rundir import claim_run_dir
 from tyrjax.files import write_atomic
 
@@ -225,8 +225,8 @@ def task_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
 def _tasks_section(metrics: dict[str, Any]) -> str:
     note = ("Accuracy through lm-evaluation-harness (± its standard error over items); `retained` is this model's "
             "accuracy as a share of the dense model's on the same items; the mean is over tasks, as the papers average.")
-    dense = metrics.get("dense_tasks") or {}
-    if any(len(r.get("items", [])) == len(dense.get(n, {}).get("items", [])) > 0 for n, r in metrics["tasks"].items()):
+    dense = metrics.get("dense_tasks")
+    if shared_item_tasks(dense, metrics["tasks"]):
         change = paired_accuracy(dense, metrics["tasks"])
         note += (f" Item by item on the {change.n_items} items of {', '.join(change.tasks)}, the mean accuracy changed by "
                  f"{format_accuracy(change)} against the dense model (95 % paired-bootstrap interval over items); "
@@ -471,11 +471,9 @@ def paired_tasks_table(runs: list[RunSummary]) -> list[tuple[str, ...]] | None:
     base = runs[0].tasks or {}
     rows = [("run", "tasks", "items", "mean acc change [95 % CI]", "right only here", "right only in the first")]
     for r in runs[1:]:
-        tasks = r.tasks or {}
-        shared = [n for n in base if n in tasks and len(base[n].get("items", [])) == len(tasks[n].get("items", [])) > 0]
-        if not shared:
+        if not shared_item_tasks(base, r.tasks):
             continue
-        change = paired_accuracy(base, tasks)
+        change = paired_accuracy(base, r.tasks)
         rows.append((str(r.run_dir), ",".join(change.tasks), str(change.n_items), format_accuracy(change),
                      str(change.b_only), str(change.a_only)))
     return rows if len(rows) > 1 else None
