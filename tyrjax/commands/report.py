@@ -16,7 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "printed) and OUT/ppl_vs_sparsity.png (one line per method, the dense model as a reference). "
                                    "Runs scored on the same evaluation windows are also compared window by window with the "
                                    "first RUN_DIR: the perplexity change with a 95 % paired-bootstrap interval, which tells a "
-                                   "real difference from window sampling noise.")
+                                   "real difference from window sampling noise. Runs scored on the same zero-shot task "
+                                   "items (--tasks with the same --limit) are compared item by item the same way: the "
+                                   "change of the mean accuracy with its 95 % interval.")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories to compare")
     out_arg(p, "report")
     p.set_defaults(func=run)
