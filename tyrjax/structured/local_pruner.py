@@ -44,17 +44,19 @@ def obs_remove(
     d_in = W.shape[0]
     chex.assert_shape(h_inv, (d_in, d_in))
     chex.assert_shape(remove, (d_in,))
-    idx = jnp.nonzero(remove, size=max_remove, fill_value=0)[0]
+    # Unused slots point past the end: their gathers are clipped (and masked by `valid`), their
+    # scatters dropped, so only the removed rows and columns are written, not all d_in² entries.
+    idx = jnp.nonzero(remove, size=max_remove, fill_value=d_in)[0]
     valid = (jnp.arange(max_remove) < jnp.sum(remove)).astype(W.dtype)
-    cols = h_inv[:, idx] * valid[None, :]
-    block = cols[idx, :] * valid[:, None] + jnp.diag(1.0 - valid)
-    rows = jnp.concatenate([cols.T, W[idx, :] * valid[:, None]], axis=1)
+    cols = h_inv.at[:, idx].get(mode="clip") * valid[None, :]
+    block = cols.at[idx, :].get(mode="clip") * valid[:, None] + jnp.diag(1.0 - valid)
+    rows = jnp.concatenate([cols.T, W.at[idx, :].get(mode="clip") * valid[:, None]], axis=1)
     coef = cho_solve(cho_factor(block, lower=True), rows)
     h_inv = h_inv - cols @ coef[:, :d_in]
     W = W - cols @ coef[:, d_in:]
-    W = jnp.where(remove[:, None], 0.0, W)
-    cut = remove[:, None] | remove[None, :]
-    h_inv = jnp.where(cut, 0.0, h_inv) + jnp.diag(remove.astype(W.dtype))
+    W = W.at[idx, :].set(0.0, mode="drop")
+    h_inv = h_inv.at[idx, :].set(0.0, mode="drop").at[:, idx].set(0.0, mode="drop")
+    h_inv = h_inv.at[idx, idx].set(1.0, mode="drop")
     return W, h_inv
 
 
