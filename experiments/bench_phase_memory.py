@@ -34,6 +34,13 @@ builds it).
 Once the model and data are loaded, and again before the warm run, the C heap's free pages are
 handed back (`malloc_trim`), so each resident figure counts what is held, not what earlier work
 freed.
+
+`--mmap-threshold BYTES` runs the phases with glibc's mmap threshold fixed there
+(`MALLOC_MMAP_THRESHOLD_`). By default glibc raises the threshold each time a large block is
+freed (up to 32 MB), after which XLA's buffers below it come from the heap's arenas, whose freed
+chunks stay resident until trimmed: the resident peak then also holds freed buffers. A fixed
+threshold maps every larger buffer on its own and unmaps it when freed, so the resident set
+follows what is alive.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -236,6 +244,9 @@ def main() -> None:
     ap.add_argument("--sds-steps", type=int, default=5)
     ap.add_argument("--supernet-blocks", type=int, default=3, help="blocks of the supernet build (of 30)")
     ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--mmap-threshold", type=int, default=0,
+                    help="fix glibc's mmap threshold at this many bytes in the phases' processes (0: glibc's "
+                         "dynamic threshold)")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -248,15 +259,20 @@ def main() -> None:
     common = [f"--calib-windows={args.calib_windows}", f"--eval-windows={args.eval_windows}",
               f"--sds-windows={args.sds_windows}", f"--sds-window={args.sds_window}", f"--sds-steps={args.sds_steps}",
               f"--supernet-blocks={args.supernet_blocks}", f"--work={work}"]
+    env = dict(os.environ)
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     rows = []
     for name in phases:
-        done = subprocess.run([sys.executable, __file__, f"--phase={name}", *common], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, __file__, f"--phase={name}", *common], capture_output=True, text=True,
+                              env=env)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode or not lines:
             sys.exit(f"phase {name} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(lines[0][len("RESULT "):]))
         print(f"{name}: {rows[-1]}", file=sys.stderr)
-    print(f"settings: {settings_of(args)}")
+    print(f"settings: {settings_of(args)}; glibc mmap threshold: "
+          f"{args.mmap_threshold or 'dynamic'}")
     print("| phase | first run GB (peak − after imports) | warm run GB (its increment + model and data) "
           "| warm, anonymous GB | warm, model and data by their arrays GB | XLA plan GB | analytical GB | first / XLA "
           "| warm / XLA | warm anonymous / XLA | warm by arrays / XLA | warm by arrays / analytical | plan chunks "
