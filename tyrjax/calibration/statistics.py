@@ -65,6 +65,7 @@ def _flat(a: jax.Array) -> jax.Array:
     return a.reshape(-1, a.shape[-1]).astype(jnp.float32)
 
 
+@jax.jit
 def _sums(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     flat = _flat(a)
     return jnp.einsum("ni,nj->ij", flat, flat, precision=jax.lax.Precision.HIGHEST), flat.sum(0)
@@ -81,6 +82,7 @@ def stats_of(a: jax.Array, mesh: Mesh | None = None) -> InputStats:
     return InputStats(gram, total, math.prod(a.shape[:-1]))
 
 
+@jax.jit
 def _cross(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("ni,nj->ij", _flat(a), _flat(b), precision=jax.lax.Precision.HIGHEST)
 
