@@ -57,8 +57,7 @@ from tyrjax.tyr.fitness import (BLOCK_STATES, CANDIDATE_HIDDEN, CANDIDATE_LEVELS
 from tyrjax.tyr.pipeline import PRESETS, TyrConfig, initial_grid
 from tyrjax.tyr.search.levels import ATTENTION
 from tyrjax.tyr.supernet import (ATTN_ROUNDS, MLP_ROUNDS, STATS_CHUNK, BlockLevels, build_capture_windows,
-                                 capture_windows, held_while_pruning, stream_waits_on_host,
-                                 windows_per_capture_call)
+                                 capture_windows, held_while_pruning, stream_waits_on_host)
 
 F32 = 4
 TEACHER_K_BYTES = analytical.INDEX_AND_LOGP
@@ -82,9 +81,8 @@ class PlanSettings:
     sds_window: int = 2048
     sds_pattern: str = "2:4"
     sds_steps: int = 200  # re-dense and adjustment steps each
-    # The backend whose way of running the search's head (`tyr.fitness.gathers_rows`) and the
-    # build's capture calls (`tyr.supernet.windows_per_capture_call`) is planned: an
-    # accelerator's by default, whatever the devices that compile the plan.
+    # The backend whose way of running the search's head is planned (`tyr.fitness.gathers_rows`):
+    # an accelerator's by default, whatever the devices that compile the plan.
     platform: str = "gpu"
 
     @property
@@ -354,7 +352,7 @@ class PhaseBuilder:
         split = self.batch_split(N)
         chunked = capture * split < N
         nc = min(N, capture * split)
-        b = min(N, windows_per_capture_call(cfg, T, self.s.platform) * split)
+        b = min(N, STATS_CHUNK * split)
         block = (block_structs(cfg, self.wdt), layer_axes(cfg))
         streams = 2 if chunked else 1  # chunked: the next block's stream is built beside this one's
         stream = ("calibration stream (fp32)" + (", in and out" if chunked else ""),
@@ -773,8 +771,7 @@ def plan(model_config: ModelConfig, preset: str = "paper", mesh: Mesh | None = N
             split = build.batch_split(s.n_calib)
             chunks = {"levels_per_call": {"o_proj": attn_levels, "down_proj": mlp_levels}, "stream_on_host_while_pruning": on_host,
                       "capture_windows_per_chunk": min(s.n_calib, capture * split),
-                      "capture_windows_per_call": min(s.n_calib, windows_per_capture_call(cfg, s.window, s.platform)
-                                                      * split)}
+                      "capture_windows_per_call": min(s.n_calib, STATS_CHUNK * split)}
             plan_bytes = analytical_peak(cfg, s, mesh, name, 1, capture=min(s.n_calib, capture * split),
                                          levels=mlp_levels, stream_on_host=on_host)
         else:
