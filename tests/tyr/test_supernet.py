@@ -16,10 +16,9 @@ from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr, supernet_settings, uniform_selection
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
-from tyrjax.tyr import supernet
-from tyrjax.tyr.supernet import (STATS_CHUNK, BlockLevels, PackedLevels, SupernetStore, build_capture_windows,
-                                 build_supernet, capture_fixed_bytes, capture_windows, held_while_pruning,
-                                 one_level_bytes, stream_waits_on_host, supernet_key, windows_per_capture_call)
+from tyrjax.tyr.supernet import (BlockLevels, PackedLevels, SupernetStore, build_capture_windows, build_supernet,
+                                 capture_fixed_bytes, capture_windows, held_while_pruning, one_level_bytes,
+                                 stream_waits_on_host, supernet_key)
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=64)
 TCFG = TyrConfig(iterations=1, generations=2, offspring=4, stages=((4, 64), (2, 128), (1, 256)), topk=16,
@@ -164,27 +163,6 @@ def test_captures_chunked_to_a_small_budget_give_the_same_supernet_and_compile_o
     assert zero_padding._cache_size() == 2  # one per captured width (o_proj's, down_proj's), not per chunk
     with pytest.raises(TyrjaxError, match="supernet build needs at least"):
         build_supernet(params, CFG, calib, grid, budget_bytes=resident, progress=False)
-
-
-def test_a_cpu_captures_as_many_windows_a_call_as_keep_the_attention_scores_near_the_cache():
-    smollm = dataclasses.replace(CFG, n_heads=9, n_kv_heads=3)  # the default model's 9 heads: 9.4 MB of scores a 512-token window
-    assert windows_per_capture_call(smollm, 512, "cpu") == 2
-    assert windows_per_capture_call(smollm, 2048, "cpu") == 1  # never fewer than one
-    assert windows_per_capture_call(CFG, 32, "cpu") == STATS_CHUNK  # never more than on an accelerator
-    assert windows_per_capture_call(smollm, 512, "gpu") == windows_per_capture_call(smollm, 512, "tpu") == STATS_CHUNK
-
-
-def test_one_window_a_capture_call_gives_the_supernet_of_eight(setup, monkeypatch):
-    params, calib, grid = setup
-    eight = build_supernet(params, CFG, calib, grid, progress=False)
-    monkeypatch.setattr(supernet, "CPU_SCORES_BYTES", 1)
-    assert windows_per_capture_call(CFG, calib.shape[1], "cpu") == 1
-    one = build_supernet(params, CFG, calib, grid, progress=False)
-    for a, b in zip(blocks(one), blocks(eight)):
-        np.testing.assert_array_equal(a.head_keep, b.head_keep)
-        np.testing.assert_array_equal(a.ffn_keep, b.ffn_keep)
-        np.testing.assert_allclose(a.wo, b.wo, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(a.w_down, b.w_down, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_supernet_dtype_or_budget_fails_before_any_work():

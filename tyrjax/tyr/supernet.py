@@ -171,22 +171,6 @@ def _expected_weight(levels: jax.Array, weights: jax.Array) -> jax.Array:
 
 F32 = 4
 STATS_CHUNK = 8  # windows per device of one capture call: bounds the attention scores' temporaries
-# On a CPU a capture call is fastest when its attention scores stay near the cache: on the
-# default model (512 tokens, 9 heads: 9.4 MB of scores a window) two windows a call capture
-# o_proj's inputs in 55 % of the time of eight (experiments/RESULTS.md, "Capture calls sized
-# to the CPU's cache").
-CPU_SCORES_BYTES = 24 << 20
-
-
-def windows_per_capture_call(cfg: ModelConfig, length: int, platform: str | None = None) -> int:
-    """Windows per device of one capture call on `platform` (default: JAX's default backend):
-    `STATS_CHUNK` on accelerators; on a CPU, as many (at least one) as keep one call's fp32
-    attention scores within `CPU_SCORES_BYTES`. The chunk changes values by float rounding
-    only: XLA's CPU kernels block a product by its shapes."""
-    if (platform or jax.default_backend()) != "cpu":
-        return STATS_CHUNK
-    per_window = cfg.n_heads * length * length * F32
-    return int(min(STATS_CHUNK, max(1, CPU_SCORES_BYTES // per_window)))
 
 
 def widest_input(cfg: ModelConfig) -> int:
@@ -308,7 +292,7 @@ class Capture:
 
 def prune_block(
     p: Params, cfg: ModelConfig, x: jax.Array, grid: LevelGrid, block: int, propagation: str,
-    rng: np.random.Generator, saliency: str = "tyr", chunk: int | None = None, local_pruner: str = "tyr",
+    rng: np.random.Generator, saliency: str = "tyr", chunk: int = STATS_CHUNK, local_pruner: str = "tyr",
     mesh: Mesh | None = None, budget_bytes: int | None = None, ledger: KVLedger | None = None,
     resident_bytes: float = 0,
 ) -> tuple[BlockLevels, jax.Array]:
@@ -317,8 +301,7 @@ def prune_block(
 
     With a `ledger` (one-level grids), the MLP's removal pays for the KV heads the attention frees.
     On a mesh, windows are split over the data axes, heads and neurons over tensor, and the
-    local pruner receives the mesh (its levels spread over devices). `chunk`: windows per device
-    of one capture call (default `windows_per_capture_call`).
+    local pruner receives the mesh (its levels spread over devices).
 
     Memory: beside `resident_bytes` per device (the weights the caller holds), a layer's
     captured input for all windows is held when it fits the budget (`budget_bytes`, default
@@ -329,7 +312,6 @@ def prune_block(
     prune_levels = get_local_pruner(local_pruner)
     split = data_split(mesh)
     n_local, length = -(-x.shape[0] // split), x.shape[1]
-    chunk = windows_per_capture_call(cfg, length) if chunk is None else chunk
     resident = resident_bytes + device_bytes(p)
     budget = device_memory_bytes() if budget_bytes is None else budget_bytes
     size = build_capture_windows(cfg, n_local, length, budget, resident, p["wo"].dtype.itemsize)
