@@ -16,6 +16,7 @@ from tyrjax.tyr.fitness import BatchScorer, teacher_topk
 from tyrjax.tyr.pipeline import TyrConfig, initial_grid, run_tyr, supernet_settings, uniform_selection
 from tyrjax.tyr.search.levels import centre_genome
 from tyrjax.tyr.search.mutation import level_switch
+from tyrjax.tyr import supernet
 from tyrjax.tyr.supernet import (BlockLevels, PackedLevels, SupernetStore, build_capture_windows, build_supernet,
                                  capture_fixed_bytes, capture_windows, held_while_pruning, one_level_bytes,
                                  stream_waits_on_host, supernet_key)
@@ -163,6 +164,39 @@ def test_captures_chunked_to_a_small_budget_give_the_same_supernet_and_compile_o
     assert zero_padding._cache_size() == 2  # one per captured width (o_proj's, down_proj's), not per chunk
     with pytest.raises(TyrjaxError, match="supernet build needs at least"):
         build_supernet(params, CFG, calib, grid, budget_bytes=resident, progress=False)
+
+
+def test_a_failed_write_stops_the_build_with_its_error_and_the_rerun_resumes_after_the_blocks_written(
+        setup, tmp_path, monkeypatch):
+    params, calib, grid = setup
+    save_block, pruned = SupernetStore.save_block, []
+    prune_block = supernet.prune_block
+
+    def full_disk(self, block, levels, stream):
+        if block == 1:
+            raise OSError(28, "No space left on device")
+        save_block(self, block, levels, stream)
+
+    def counted(p, cfg, x, grid, block, *args, **kwargs):
+        pruned.append(block)
+        return prune_block(p, cfg, x, grid, block, *args, **kwargs)
+
+    monkeypatch.setattr(SupernetStore, "save_block", full_disk)
+    monkeypatch.setattr(supernet, "prune_block", counted)
+    with pytest.raises(OSError, match="No space left"):
+        build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "store", progress=False)
+    assert pruned == [0, 1, 2]  # block 1's write failed while block 2 was pruned; block 2 was never written
+    meta = json.loads((tmp_path / "store" / "supernet.json").read_text())
+    assert meta["completed"] == 1
+    assert not (tmp_path / "store" / "block_0002.wo.npy").exists()
+    monkeypatch.setattr(SupernetStore, "save_block", save_block)
+    pruned.clear()
+    resumed = build_supernet(params, CFG, calib, grid, store_dir=tmp_path / "store", progress=False)
+    assert pruned == [1, 2]
+    held = build_supernet(params, CFG, calib, grid, progress=False)
+    for a, b in zip(blocks(resumed), blocks(held)):
+        for field in BlockLevels._fields:
+            np.testing.assert_array_equal(np.asarray(getattr(a, field)), getattr(b, field))
 
 
 def test_bad_supernet_dtype_or_budget_fails_before_any_work():

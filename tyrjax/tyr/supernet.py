@@ -11,8 +11,9 @@ weight `Σ_e w_e · W_e` (rows of removed groups are zero in W_e, i.e. `diag(m_e
 The alternatives of the paper's ablation are kept: dense inputs, one random path, uniform weights.
 
 Storage (ALGORITHMS.md §1.3: 415 GB for a 70B model): a build with a store writes each block's
-levels as one `.npy` file per field and keeps none of them in memory; the search reads the
-levels its candidates use from memory maps of those files, a block at a time. The levels are
+levels as one `.npy` file per field, while the next block is pruned, and keeps none of them in
+memory once written; the search reads the levels its candidates use from memory maps of those
+files, a block at a time. The levels are
 kept in the model's dtype (bf16 for a bf16 model: half the bytes of float32) unless another is
 asked for, and their weights as the rows each level keeps (`PackedLevels`: about half the
 dense rows at 50 %); the local pruner and the propagated stream stay float32.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -559,16 +561,57 @@ def build_supernet(
         ledger.record(done.head_keep[0], int(grid.removed[layer_index(b, MLP), 0]), int((~done.ffn_keep[0]).sum()))
     bar = tqdm(range(start, cfg.n_layers), desc="supernet", unit="block", disable=not progress,
                initial=start, total=cfg.n_layers)
-    for b in bar:
-        rng = np.random.default_rng([seed, b])
-        p = model.block(b)
-        levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner, mesh=mesh,
-                                budget_bytes=budget_bytes, ledger=ledger, resident_bytes=model.resident_bytes())
-        levels = stored_as(levels, stored_dtype)
-        if store:
-            store.save_block(b, levels, x)
-            agree(b, f"supernet store {store.dir}")  # process 0 has written block b before anyone maps it
-        # Only process 0 writes: another process reads the files where it shares the store's
-        # directory and otherwise keeps its own copy of the levels.
-        held.append(None if store and store.completed() > b else levels)
+    writes = BlockWrites(store, held)
+    try:
+        for b in bar:
+            rng = np.random.default_rng([seed, b])
+            p = model.block(b)
+            levels, x = prune_block(p, cfg, x, grid, b, propagation, rng, saliency, local_pruner=local_pruner,
+                                    mesh=mesh, budget_bytes=budget_bytes, ledger=ledger,
+                                    resident_bytes=model.resident_bytes())
+            held.append(stored_as(levels, stored_dtype))
+            writes.submit(b, x)
+        writes.finish()
+    finally:
+        writes.close()
     return Supernet(held, store)
+
+
+class BlockWrites:
+    """A build's writes to its store, each block's while the next block is pruned: the disk's
+    time hides behind the computation. A block counts as built once its write is done (the
+    store's `supernet.json` lists it); the next write starts only then, so a killed build
+    resumes as it would have without the overlap. The stream is gathered to the host here, in
+    the calling thread (on a multi-process mesh a gather every process joins)."""
+
+    def __init__(self, store: SupernetStore | None, held: list):
+        self.store, self.held = store, held
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supernet-store") if store else None
+        self.pending: tuple[int, Future] | None = None
+
+    def submit(self, block: int, stream: jax.Array) -> None:
+        """Start writing block `block` (its levels are `held[block]`) and the stream entering the
+        next block, once the write before it is done."""
+        if self.store is None:
+            return
+        stream = host_array(stream)
+        self.finish()
+        self.pending = block, self.pool.submit(self.store.save_block, block, self.held[block], stream)
+
+    def finish(self) -> None:
+        """Wait for the last write (its error raised here); then its block is read from disk.
+        Only process 0 writes: another process reads the files where it shares the store's
+        directory and otherwise keeps its own copy of the levels."""
+        if self.pending is None:
+            return
+        block, write = self.pending
+        self.pending = None
+        write.result()
+        agree(block, f"supernet store {self.store.dir}")  # process 0 has written the block before anyone maps it
+        if self.store.completed() > block:
+            self.held[block] = None
+
+    def close(self) -> None:
+        """Let a write under way finish (a block is written whole or not at all), then stop."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
