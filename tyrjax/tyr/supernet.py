@@ -13,10 +13,10 @@ The alternatives of the paper's ablation are kept: dense inputs, one random path
 Storage (ALGORITHMS.md §1.3: 415 GB for a 70B model): a build with a store writes each block's
 levels as one `.npy` file per field, while the next block is pruned, and keeps none of them in
 memory once written; the search reads the levels its candidates use from memory maps of those
-files, a block at a time. The levels are
-kept in the model's dtype (bf16 for a bf16 model: half the bytes of float32) unless another is
-asked for, and their weights as the rows each level keeps (`PackedLevels`: about half the
-dense rows at 50 %); the local pruner and the propagated stream stay float32.
+files, a block at a time. The levels are kept in the model's dtype (bf16 for a bf16 model: half
+the bytes of float32) unless another is asked for, and their weights as the rows each level
+keeps (`PackedLevels`: about half the dense rows at 50 %); the local pruner and the propagated
+stream stay float32.
 """
 from __future__ import annotations
 
