@@ -16,11 +16,11 @@ once more for its HLO, whose matrix FLOPs (loops counted as often as they run,
 experiments/hlo_flops.py) are added up, and each call is timed alone (synchronously): the
 captures, the Gram matrices (`calibration.statistics._sums`) and the local pruner of the build;
 the two plain matrix products of `prune_block` that run outside jit are counted from their
-shapes. The second run is timed as the phase runs in a real job. Achieved FLOP/s = FLOPs / the second run's
-wall time. The peak is the best of 1024² and 2048² fp32 `jnp.dot`s (median of 5 after a
-warm-up), measured in the same process just before and just after each phase's timed run; a
-phase's % is against the mean of the two. The whole-model supernet the scoring reads is kept in
-the cache (TYRJAX_CACHE/bench_supernets) between runs.
+shapes. The second run is timed as the phase runs in a real job. Achieved FLOP/s = FLOPs / the
+second run's wall time. The peak is the best of 1024² and 2048² fp32 `jnp.dot`s (median of 5
+after a warm-up), measured in the same process just before and just after each phase's timed
+run; a phase's % is against the mean of the two. The whole-model supernet the scoring reads is
+kept in the cache (TYRJAX_CACHE/bench_supernets) between runs.
 """
 from __future__ import annotations
 
