@@ -72,22 +72,29 @@ def test_protocol_windows_equal_the_reference_tool(model_dir: Path, tokenizer, t
     assert windows["calib"].shape == (64, 512) and windows["eval"]["pydoc"].shape == (16, 1024)
 
 
-def test_protocol_windows_are_cached_atomically(tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corpus_tokens_are_cached_atomically(tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     corpus = tmp_path / "small.txt"
     corpus.write_text("\n\n".join(f"Paragraph {i}: the cat sat on mat number {i * 7}." for i in range(300)))
     monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
     first = protocol_windows(tokenizer, calib_n=5, eval_n=2, data=str(corpus), calib_length=64)
-    stored = list((tmp_path / "cache" / "windows").iterdir())
-    assert len(stored) == 1 and stored[0].suffix == ".npz"  # no temp file left
+    stored = sorted(p.name for p in (tmp_path / "cache" / "tokens").iterdir())
+    assert len(stored) == 3 and all(name.endswith(".npy") for name in stored)  # calib, shakespeare, pydoc; no temp file
     monkeypatch.setattr(data, "tokenize", lambda *a: pytest.fail("a cached request must not tokenize"))
     second = protocol_windows(tokenizer, calib_n=5, eval_n=2, data=str(corpus), calib_length=64)
     np.testing.assert_array_equal(first["calib"], second["calib"])
     for name in ("shakespeare", "pydoc"):
         np.testing.assert_array_equal(first["eval"][name], second["eval"][name])
     assert first["calib"].shape == (5, 64) and first["eval"]["shakespeare"].shape == (2, 1024)
+    other_seed = data.calibration_split_windows(tokenizer, str(corpus), 5, 64, seed=1)  # the same cached tokens
+    assert not np.array_equal(other_seed, first["calib"])
     monkeypatch.undo()
-    expected = calibration_windows(tokenize(tokenizer, corpus_text(corpus, "calib")), 5, 64)
-    np.testing.assert_array_equal(first["calib"], expected)
+    ids = tokenize(tokenizer, corpus_text(corpus, "calib"))
+    np.testing.assert_array_equal(first["calib"], calibration_windows(ids, 5, 64))
+    np.testing.assert_array_equal(other_seed, calibration_windows(ids, 5, 64, seed=1))
+    monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
+    corpus.write_text(corpus.read_text() + "\n\nOne more paragraph.\n\nAnd one in the calib split.")  # new text, new tokens
+    np.testing.assert_array_equal(data.corpus_ids(tokenizer, corpus, "calib"), tokenize(tokenizer, corpus_text(corpus, "calib")))
+    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 4
 
 
 def test_protocol_rejects_a_corpus_too_small(tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +103,6 @@ def test_protocol_rejects_a_corpus_too_small(tokenizer, tmp_path: Path, monkeypa
     monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
     with pytest.raises(TyrjaxError, match=r"tiny\.txt.* tokens are too few .*512"):
         protocol_windows(tokenizer, calib_n=4, eval_n=1, data=str(corpus))
-    assert not (tmp_path / "cache" / "windows").exists()
 
 
 # ---------------------------------------------------------------- corpora

@@ -22,6 +22,6 @@ def test_training_windows_come_from_the_calibration_split_and_are_seeded(tmp_pat
     assert a.shape == (6, 32)
     np.testing.assert_array_equal(a, training_windows(tok, "sotu", 6, 32, seed=0))
     assert not np.array_equal(a, training_windows(tok, "sotu", 6, 32, seed=1))
-    calib = corpora.tokenize(tok, corpora.corpus_text("sotu", "calib"))
+    calib = corpora.corpus_ids(tok, "sotu", "calib")  # equal to tokenize(), tests/data/test_corpora.py
     starts = [np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(calib, 32) == w, axis=1)) for w in a]
     assert all(len(s) for s in starts)

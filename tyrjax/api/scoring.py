@@ -36,8 +36,7 @@ def calibration_windows(model: Model, data: str = "shakespeare", calib_windows: 
     from tyrjax.data import corpora
 
     corpora.check_window_length(length, model.cfg.max_position_embeddings)
-    windows = corpora.protocol_windows(require_tokenizer(model), calib_windows, 1, data, calib_length=length)
-    return windows["calib"]
+    return corpora.calibration_split_windows(require_tokenizer(model), data, calib_windows, length)
 
 
 def param_counts(model: Model) -> dict[str, int]:

@@ -2,9 +2,11 @@
 
 from tyrjax.data.corpora import (
     EVAL_CORPORA,
+    calibration_split_windows,
     calibration_windows,
     check_window_length,
     corpus_documents,
+    corpus_ids,
     corpus_text,
     eval_windows,
     evaluation_windows,
@@ -15,9 +17,11 @@ from tyrjax.data.corpora import (
 
 __all__ = [
     "EVAL_CORPORA",
+    "calibration_split_windows",
     "calibration_windows",
     "check_window_length",
     "corpus_documents",
+    "corpus_ids",
     "corpus_text",
     "eval_windows",
     "evaluation_windows",

@@ -38,17 +38,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tyrjax.files import cache_dir, new_file_mode
+from tyrjax.files import cache_dir, write_npy_atomic
 from tyrjax.errors import TyrjaxError
 
 SPLITS = ("calib", "eval", "all")
-PROTOCOL = "shakespeare-v1"
 EVAL_CORPORA = ("shakespeare", "pydoc")
 SPREAD_CORPORA = ("sotu",)
 CALIB_LENGTH, EVAL_LENGTH = 512, 1024
@@ -296,20 +294,23 @@ def eval_windows(ids: np.ndarray, n: int = 16, length: int = EVAL_LENGTH, corpus
     return ids[: n * length].reshape(n, length)
 
 
-def spread_windows(documents: list[np.ndarray], n: int, length: int = EVAL_LENGTH, corpus: str = "corpus") -> np.ndarray:
-    """`(n, length)` int32: the first `length` tokens of the documents at `round(linspace(0, m - 1, n))`
-    of `m` documents (each tokenised alone), spread evenly from the first document to the last."""
-    m = len(documents)
+def spread_windows(
+    documents: Sequence[Any], n: int, length: int = EVAL_LENGTH, corpus: str = "corpus", encode: Callable = np.asarray
+) -> np.ndarray:
+    """`(n, length)` int32: the first `length` tokens of the documents at `round(linspace(0, m - 1, n))` of `m`
+    documents, spread evenly from the first document to the last. `encode` turns a picked document
+    into its token ids (each document tokenised alone), so only the picked documents are tokenised."""
     if n < 1 or length < 1:
         raise TyrjaxError(f"{corpus}: asked for {n} evaluation windows of {length} tokens; both must be at least 1")
+    m = len(documents)
     if n > m:
         raise TyrjaxError(f"--eval-windows {n}: {corpus} has {m} held-out documents, one window each; "
                           f"use --eval-windows {m} or fewer")
-    picked = np.round(np.linspace(0, m - 1, n)).astype(int)
-    short = [int(i) for i in picked if len(documents[i]) < length]
+    picked = {int(i): encode(documents[i]) for i in np.round(np.linspace(0, m - 1, n)).astype(int)}
+    short = [i for i, ids in picked.items() if len(ids) < length]
     if short:
         raise TyrjaxError(f"{corpus}: held-out documents {short} have fewer than {length} tokens; use shorter windows")
-    return np.stack([np.asarray(documents[i][:length], dtype=np.int32) for i in picked])
+    return np.stack([np.asarray(ids[:length], dtype=np.int32) for ids in picked.values()])
 
 
 def evaluation_windows(tokenizer: Any, name: str, n: int = 16, length: int = EVAL_LENGTH) -> np.ndarray:
@@ -317,9 +318,9 @@ def evaluation_windows(tokenizer: Any, name: str, n: int = 16, length: int = EVA
     of the `SPREAD_CORPORA`, else the first `n` non-overlapping windows of the eval split."""
     tokenizer = _as_tokenizer(tokenizer)
     if name in SPREAD_CORPORA:
-        documents = [tokenize(tokenizer, d) for d in corpus_documents(name, "eval")]
-        return spread_windows(documents, n, length, corpus=f"{name} (eval split)")
-    return eval_windows(tokenize(tokenizer, corpus_text(name, "eval")), n, length, corpus=name)
+        return spread_windows(corpus_documents(name, "eval"), n, length, corpus=f"{name} (eval split)",
+                              encode=lambda text: tokenize(tokenizer, text))
+    return eval_windows(corpus_ids(tokenizer, name, "eval"), n, length, corpus=name)
 
 
 # ---------------------------------------------------------------- the shared protocol
@@ -329,28 +330,31 @@ def _as_tokenizer(tokenizer: Any) -> Any:
     return load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
 
 
-def _windows_cache_path(tokenizer: Any, texts: dict[str, str], sizes: dict[str, int]) -> Path:
-    """Cache file keyed by the tokenizer's JSON, the exact texts and the window sizes."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"protocol": PROTOCOL, **sizes}, sort_keys=True).encode())
-    digest.update(tokenizer.to_str().encode())
-    for name in sorted(texts):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(texts[name].encode()).digest())
-    return cache_dir() / "windows" / f"{PROTOCOL}-{digest.hexdigest()[:32]}.npz"
+def _token_cache_path(tokenizer: Any, text: str) -> Path:
+    """Cache file keyed by the tokenizer's JSON and the exact text."""
+    digest = hashlib.sha256(tokenizer.to_str().encode())
+    digest.update(hashlib.sha256(text.encode()).digest())
+    return cache_dir() / "tokens" / f"{digest.hexdigest()[:32]}.npy"
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz atomically (temp file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def corpus_ids(tokenizer: Any, name_or_path: str | os.PathLike, split: str = "all") -> np.ndarray:
+    """`tokenize(tokenizer, corpus_text(name_or_path, split))`, cached on disk by tokenizer and text,
+    since tokenizing a corpus of millions of tokens takes seconds."""
+    tokenizer = _as_tokenizer(tokenizer)
+    text = corpus_text(name_or_path, split)
+    path = _token_cache_path(tokenizer, text)
+    if path.is_file():
+        return np.load(path)
+    ids = tokenize(tokenizer, text)
+    write_npy_atomic(path, ids)
+    return ids
+
+
+def calibration_split_windows(
+    tokenizer: Any, data: str, n: int, length: int = CALIB_LENGTH, seed: int = 0
+) -> np.ndarray:
+    """`calibration_windows` over the tokens of the calib split of `data`: the protocol's calibration windows."""
+    return calibration_windows(corpus_ids(tokenizer, data, "calib"), n, length, seed, corpus=f"{data} (calib split)")
 
 
 def protocol_windows(
@@ -366,28 +370,12 @@ def protocol_windows(
     """The "shakespeare-v1" windows: `{"calib": (calib_n, 512), "eval": {"shakespeare": (eval_n, 1024), "pydoc": ...}}`.
 
     Calibration windows come from the calib split of `data`; evaluation is always held-out
-    Shakespeare and pydoc. Cached on disk, since tokenizing ~1.3M tokens takes seconds.
-    `tokenizer` is a `tokenizers.Tokenizer`, a model directory or a tokenizer.json path.
+    Shakespeare and pydoc. `tokenizer` is a `tokenizers.Tokenizer`, a model directory or a tokenizer.json path.
     """
     tokenizer = _as_tokenizer(tokenizer)
-    texts = {"calib": corpus_text(data, "calib"), **{name: corpus_text(name, "eval") for name in EVAL_CORPORA}}
-    sizes = {
-        "calib_n": calib_n,
-        "eval_n": eval_n,
-        "calib_length": calib_length,
-        "eval_length": eval_length,
-        "seed": seed,
-    }
-    path = _windows_cache_path(tokenizer, texts, sizes)
-    if path.is_file():
-        with np.load(path) as cached:
-            return {"calib": cached["calib"], "eval": {name: cached[f"eval_{name}"] for name in EVAL_CORPORA}}
-    calib = calibration_windows(
-        tokenize(tokenizer, texts["calib"]), calib_n, calib_length, seed, corpus=f"{data} (calib split)"
-    )
+    calib = calibration_split_windows(tokenizer, data, calib_n, calib_length, seed)
     evals = {
-        name: eval_windows(tokenize(tokenizer, texts[name]), eval_n, eval_length, corpus=f"{name} (eval split)")
+        name: eval_windows(corpus_ids(tokenizer, name, "eval"), eval_n, eval_length, corpus=f"{name} (eval split)")
         for name in EVAL_CORPORA
     }
-    _save_npz(path, {"calib": calib, **{f"eval_{name}": a for name, a in evals.items()}})
     return {"calib": calib, "eval": evals}

@@ -24,4 +24,4 @@ def check_disjoint(data: str, eval_corpora: tuple[str, ...]) -> None:
 
 def training_windows(tokenizer: Any, data: str, n: int, length: int, seed: int = 0) -> np.ndarray:
     """`n` seeded windows of `length` tokens from the calibration split of `data` (n, length)."""
-    return corpora.protocol_windows(tokenizer, n, 1, data, calib_length=length, seed=seed)["calib"]
+    return corpora.calibration_split_windows(tokenizer, data, n, length, seed)
