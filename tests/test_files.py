@@ -5,8 +5,7 @@ import stat
 import numpy as np
 import pytest
 
-from tyrjax.data.corpora import _save_npz
-from tyrjax.files import new_file_mode, write_atomic, write_json
+from tyrjax.files import new_file_mode, write_atomic, write_json, write_npy_atomic
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -26,8 +25,7 @@ def test_written_files_get_the_mode_open_gives_a_new_file(tmp_path, umask):
     assert new_file_mode() == expected == 0o666 & ~umask
     assert mode(write_atomic(tmp_path / "a.txt", "text")) == expected
     assert mode(write_json(tmp_path / "b.json", {"x": 1})) == expected
-    _save_npz(tmp_path / "c.npz", {"x": np.arange(3)})
-    assert mode(tmp_path / "c.npz") == expected
+    assert mode(write_npy_atomic(tmp_path / "c.npy", np.arange(3))) == expected
 
 
 def test_a_rewrite_replaces_the_content(tmp_path):
