@@ -103,6 +103,7 @@ def test_protocol_rejects_a_corpus_too_small(tokenizer, tmp_path: Path, monkeypa
     monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
     with pytest.raises(TyrjaxError, match=r"tiny\.txt.* tokens are too few .*512"):
         protocol_windows(tokenizer, calib_n=4, eval_n=1, data=str(corpus))
+    assert [p.suffix for p in (tmp_path / "cache" / "tokens").iterdir()] == [".npy"]  # the whole ids, no temp file
 
 
 # ---------------------------------------------------------------- corpora
