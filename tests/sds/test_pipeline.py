@@ -11,7 +11,6 @@ from hf_reference import torch_logits
 from tyrjax.calibration.statistics import (attention_inputs, attention_residual, embed_windows, heads_of, mlp_inputs,
                                            stats_of)
 from tyrjax.model.blocks import HeldBlocks, device_bytes, layer
-from tyrjax.checkpoints.hf import save_hf
 from tyrjax.cli import main
 from tyrjax.model.config import ModelConfig
 from tyrjax.errors import TyrjaxError
@@ -160,18 +159,6 @@ def test_sds_never_worse_than_oneshot_and_keeps_the_pattern(params):
     assert isinstance(ablation["layers"], list) and ab_report["chosen"]["adjusted"] == 0
     assert_pattern(ablation, "0.5", CFG_COMPACT)
     assert all(r["loss"]["chosen"] <= r["loss"]["oneshot"] for r in ab_report["layers"].values())
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random model that uses the real SmolLM2 tokenizer (same vocabulary size)."""
-    from tyrjax.checkpoints.assets import default_model_dir
-
-    cfg = ModelConfig(vocab_size=49152, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-                      intermediate_size=48, max_position_embeddings=1024, tie_word_embeddings=True)
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    save_hf(init_random_params(cfg, 3), cfg, out, tokenizer_dir=default_model_dir())
-    return out
 
 
 def test_prune_command_writes_the_run_dir(tiny_model_dir, tmp_path):

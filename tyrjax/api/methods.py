@@ -40,6 +40,7 @@ PRUNE_METHODS = ["tyr", "uniform", "wanda-sp", "flap", "magnitude", "sparsegpt",
 # stage's 131,072 tokens.
 PRESET_CALIB_WINDOWS = {"quick": 64, "paper": 256}
 UNSTRUCTURED_CALIB_WINDOWS = 64
+BLOCK_STORE = "blocks"  # under a run's work directory: the finished blocks of a one-shot or SDS run
 # TyrConfig fields that change how a run uses the machine, not its results: a run resumes
 # under other values of these.
 RUN_ONLY_SETTINGS = ("keep_supernets", "device_memory_gb")
@@ -383,24 +384,36 @@ class UnstructuredMethod:
         check_pattern_fits(shapes_of(model.params, model.cfg), self.pattern)
 
     def prune(self, model: Model, calib: np.ndarray, out: Path | None, bound: None, progress: bool) -> Pruned:
+        """Each finished block is kept in OUT/work/blocks, where a rerun resumes; the files go
+        once the pruned model is saved."""
+        store_dir = out / "work" / BLOCK_STORE if out is not None else None
+        note = resume_note(store_dir)
+        if note:
+            print(note)
+        start = time.perf_counter()
         if self.sds is None:
             params, report = prune_oneshot(model.params, model.cfg, calib, self.pattern, self.method, progress=progress,
-                                           budget_bytes=self.budget_bytes())
+                                           budget_bytes=self.budget_bytes(), store_dir=store_dir)
         else:
             s = self.sds
             params, report = run_sds_pipeline(
                 model.params, model.cfg, calib, self.pattern, s.pruner, steps=s.steps, adjust_steps=s.adjust_steps,
                 adjust=s.adjust, lr=s.lr, l1=s.l1, l2=s.l2, optimizer=s.optimizer, inputs=s.inputs, progress=progress,
-                budget_bytes=self.budget_bytes(),
+                budget_bytes=self.budget_bytes(), store_dir=store_dir,
             )
+        phase_s = {"prune": round(time.perf_counter() - start + report.pop("resumed_s", 0.0), 3)}
         served = dataclasses.replace(model, params=params)
         pruned = dataclasses.replace(served, source=f"{model.source} pruned by {report['method']} {report['pattern']}",
                                      directory=out / "model" if out is not None else None)
-        return Pruned(pruned, served, report=report)
+        return Pruned(pruned, served, phase_s=phase_s, report=report)
 
     def save(self, pruned: Pruned, out: Path, dense_model: Model, tokenizer_dir: Path | None) -> dict[str, str]:
-        """RUN_DIR/model (orbax, loadable with --model) and RUN_DIR/hf (safetensors with zeros)."""
+        """RUN_DIR/model (orbax, loadable with --model) and RUN_DIR/hf (safetensors with zeros);
+        then the finished blocks kept for a resume are deleted."""
         export_sparse(pruned.model.params, pruned.model.cfg, out, tokenizer_dir or dense_model.directory)
+        shutil.rmtree(out / "work" / BLOCK_STORE, ignore_errors=True)
+        if (out / "work").is_dir() and not any((out / "work").iterdir()):
+            (out / "work").rmdir()
         return {}
 
     def metrics(self, run: RunFacts) -> dict[str, Any]:

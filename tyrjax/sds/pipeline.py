@@ -12,6 +12,7 @@ The result has the form of the input. Reports are plain JSON-ready dicts keyed "
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -29,10 +30,12 @@ from tyrjax.model.blocks import (ModelBlocks, as_blocks, block_activation_bytes,
 from tyrjax.model.decoder import Params, is_stacked, stack_layers
 from tyrjax.parallel.memory import chunking, device_memory_bytes
 from tyrjax.sds.capture import WINDOW_CHUNK, GroupSums, add_sums, attention_heads_at, group_sums, layer_objective
-from tyrjax.parallel.sharding import Axes, axis_size, host_array, local_tree, resolve_mesh
+from tyrjax.parallel.distributed import agree
+from tyrjax.parallel.sharding import HIDDEN, Axes, axis_size, host_array, local_tree, put_axes, resolve_mesh
 from tyrjax.model.axes import LAYER_PARAM_AXES
 from tyrjax.sds.reconstruct import (DEFAULT_LEARNING_RATE, OPTIMIZERS, Objective, reconstruct_on_mesh,
                                     reconstruction_loss, redense, sparse_adjust)
+from tyrjax.sds.store import PipelineStore, pipeline_key
 from tyrjax.sparse import SPARSE_PRUNERS, NByM, Pattern, check_pattern
 
 INPUTS = ("pruned", "dense")
@@ -408,6 +411,24 @@ def _check_method(method: str, what: str) -> None:
                           "(or add one with tyrjax.sparse.SPARSE_PRUNERS.register)")
 
 
+def _resume_start(store: PipelineStore | None) -> int:
+    """Blocks a store already holds (0 without one), the same on every process."""
+    if store is None:
+        return 0
+    store.progress.start_clock()
+    return agree(store.completed(), f"pipeline store {store.dir}")
+
+
+def _resumed_blocks(store: PipelineStore, start: int) -> tuple[list[Params], dict[str, dict]]:
+    """The first `start` blocks' new weights (host arrays) and records, as the run made them."""
+    layers, records = [], {}
+    for i in range(start):
+        p, block_records = store.load_block(i)
+        layers.append(p)
+        records.update({f"{i}.{name}": r for name, r in block_records.items()})
+    return layers, records
+
+
 def run_pipeline(
     params: Params | ModelBlocks,
     cfg: ModelConfig,
@@ -422,6 +443,7 @@ def run_pipeline(
     chunk: int = WINDOW_CHUNK,
     mesh: Mesh | None = None,
     budget_bytes: int | None = None,
+    store: PipelineStore | None = None,
 ) -> tuple[Params, dict[str, dict[str, Any]]]:
     """Apply `fit` to every linear layer, block by block, on the sequential calibration stream.
 
@@ -434,11 +456,15 @@ def run_pipeline(
     host, every group's Grams are summed over chunks of windows, and each fitted block leaves
     the device (the new parameters are then host arrays). `params` may be `ModelBlocks` (e.g.
     streamed from the checkpoint): the result is then the compact form, its blocks on the host.
+
+    With `store`, each finished block (its weights, records and the streams entering the next)
+    is written there, and a rerun with the same store resumes after the last one, with the
+    result of an uninterrupted run.
     """
     windows = _check_windows(calib_windows)
     if isinstance(params, ModelBlocks):
         return _run_blocks_pipeline(params, windows, fit, dense_stream=dense_stream, inputs=inputs, pattern=pattern,
-                                    desc=desc, progress=progress, chunk=chunk, budget_bytes=budget_bytes)
+                                    desc=desc, progress=progress, chunk=chunk, budget_bytes=budget_bytes, store=store)
     stacked = is_stacked(params)
     n_layers = len(_linear_shapes(params))
     if n_layers != cfg.n_layers:
@@ -454,18 +480,27 @@ def run_pipeline(
         model = as_blocks(params, cfg, mesh)
         out, records = _run_blocks_pipeline(model, windows, fit, dense_stream=dense_stream, inputs=inputs,
                                             pattern=None, desc=desc, progress=progress, chunk=chunk,
-                                            budget_bytes=budget, resident_bytes=device_bytes(params))
+                                            budget_bytes=budget, resident_bytes=device_bytes(params), store=store)
         if stacked:
             out["layers"] = jax.tree_util.tree_map(lambda *a: np.stack(a), *out["layers"])
         return out, records
-    x_s = embed_windows(params, windows, mesh)
-    x_d = x_s if dense_stream else None
-    new_layers, records = [], {}
-    bar = tqdm(range(n_layers), desc=desc, unit="block", disable=not progress)
+    start = _resume_start(store)
+    if start:
+        place = jnp.asarray if mesh is None else (lambda a: put_axes(a, HIDDEN, mesh))
+        x_s, x_d = (None if a is None else place(a) for a in store.load_streams(dense_stream))
+        resumed, records = _resumed_blocks(store, start)
+        new_layers = [{k: jnp.asarray(v) for k, v in p.items()} for p in resumed]
+    else:
+        x_s = embed_windows(params, windows, mesh)
+        x_d = x_s if dense_stream else None
+        new_layers, records = [], {}
+    bar = tqdm(range(start, n_layers), desc=desc, unit="block", disable=not progress, initial=start, total=n_layers)
     for i in bar:
         p, x_s, x_d, block_records = process_block(
             _block_of(params, i), cfg, cfg.kv_map(i), x_s, x_d, fit, block=i, inputs=inputs, chunk=chunk
         )
+        if store is not None:
+            store.save_block(i, p, block_records, (x_s, x_d))
         new_layers.append(p)
         records.update({f"{i}.{name}": r for name, r in block_records.items()})
     x_s = x_d = None
@@ -477,7 +512,7 @@ def run_pipeline(
 def _run_blocks_pipeline(
     model: ModelBlocks, windows: np.ndarray, fit: LayerFit, *, dense_stream: bool, inputs: str,
     pattern: Pattern | None, desc: str, progress: bool, chunk: int, budget_bytes: int | None,
-    resident_bytes: float | None = None,
+    resident_bytes: float | None = None, store: PipelineStore | None = None,
 ) -> tuple[Params, dict[str, dict[str, Any]]]:
     """`run_pipeline` over `model`'s blocks one at a time, with the streams on the host in
     chunks of `stream_windows` windows; each fitted block comes back to the host."""
@@ -490,17 +525,25 @@ def _run_blocks_pipeline(
     tensor = 1 if mesh is None else axis_size(mesh, "mlp")
     size = min(n_local, stream_windows(cfg, n_local, windows.shape[1], budget, resident + 2 * block_bytes,
                                        tensor, dense_stream and inputs == "dense")) * split
-    x_s = np.concatenate([host_array(embed_windows(model.head, windows[i:i + size]))
-                          for i in range(0, len(windows), size)])
-    x_d = x_s if dense_stream else None
-    new_layers, records = [], {}
-    bar = tqdm(range(cfg.n_layers), desc=desc, unit="block", disable=not progress)
+    start = _resume_start(store)
+    if start:
+        x_s, x_d = store.load_streams(dense_stream)
+        new_layers, records = _resumed_blocks(store, start)
+    else:
+        x_s = np.concatenate([host_array(embed_windows(model.head, windows[i:i + size]))
+                              for i in range(0, len(windows), size)])
+        x_d = x_s if dense_stream else None
+        new_layers, records = [], {}
+    bar = tqdm(range(start, cfg.n_layers), desc=desc, unit="block", disable=not progress, initial=start,
+               total=cfg.n_layers)
     for i in bar:
         dense = model.block(i)
         if pattern is not None:
             check_pattern_fits({"layers": [dense]}, pattern)
         p, x_s, x_d, block_records = process_block_chunked(dense, cfg, cfg.kv_map(i), x_s, x_d, fit, size, block=i,
                                                            inputs=inputs, chunk=chunk, mesh=mesh)
+        if store is not None:
+            store.save_block(i, p, block_records, (x_s, x_d))
         new_layers.append(jax.tree_util.tree_map(host_array, p))
         records.update({f"{i}.{name}": r for name, r in block_records.items()})
     head = {k: host_array(v) for k, v in model.head.items()}
@@ -512,6 +555,16 @@ def overall_sparsity(records: dict[str, dict[str, Any]]) -> float:
     numel = sum(r["numel"] for r in records.values())
     zeros = sum(round(r["sparsity"] * r["numel"]) for r in records.values() if r["numel"])
     return zeros / numel if numel else 0.0
+
+
+def _store(store_dir: Path | None, cfg: ModelConfig, windows: np.ndarray, **settings: Any) -> PipelineStore | None:
+    return None if store_dir is None else PipelineStore(store_dir, pipeline_key(cfg, _check_windows(windows), **settings))
+
+
+def _resumed_s(store: PipelineStore | None) -> dict[str, float]:
+    """The report's `resumed_s`: wall seconds earlier, interrupted runs spent on the blocks this
+    one took from `store`."""
+    return {} if store is None else {"resumed_s": store.progress.earlier_s}
 
 
 def _report(method: str, pattern: Pattern, records: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -534,6 +587,7 @@ def prune_oneshot(
     progress: bool = True,
     mesh: Mesh | None = None,
     budget_bytes: int | None = None,
+    store_dir: Path | None = None,
 ) -> tuple[Params, dict[str, Any]]:
     """One-shot SparseGPT / Wanda / magnitude pruning of every attention and MLP linear layer.
 
@@ -541,16 +595,18 @@ def prune_oneshot(
     The report holds the overall and per-layer achieved sparsity and each layer's
     reconstruction loss `||X W − X Ŵ||² / n_tokens` on its inputs. On a mesh (default: the one
     of `sharding.use_mesh`, if any) the stream is split by windows; the result comes back on
-    this process's default device.
+    this process's default device. With `store_dir`, a rerun resumes after the last finished
+    block (`run_pipeline`); the report's `resumed_s` is the time earlier runs spent.
     """
     pattern = check_pattern(pattern)
     _check_method(method, "pruning method")
     mesh = resolve_mesh(mesh)
     fit = oneshot_fit(method, pattern)
+    store = _store(store_dir, cfg, calib_windows, method=method, pattern=pattern_name(pattern))
     new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=False, pattern=pattern,
                                 desc=f"{method} {pattern_name(pattern)}", progress=progress, mesh=mesh,
-                                budget_bytes=budget_bytes)
-    return (new if mesh is None else local_tree(new)), _report(method, pattern, records)
+                                budget_bytes=budget_bytes, store=store)
+    return (new if mesh is None else local_tree(new)), _report(method, pattern, records, **_resumed_s(store))
 
 
 def run_sds_pipeline(
@@ -571,6 +627,7 @@ def run_sds_pipeline(
     progress: bool = True,
     mesh: Mesh | None = None,
     budget_bytes: int | None = None,
+    store_dir: Path | None = None,
 ) -> tuple[Params, dict[str, Any]]:
     """SDS (Sparse-Dense-Sparse) on every attention and MLP linear layer, block by block.
 
@@ -586,21 +643,25 @@ def run_sds_pipeline(
     windows and the reconstructions by their weights' logical axes; the result comes back on
     this process's default device and equals the one-device result. `budget_bytes` per device
     (default: what the device reports) decides whether the streams stay on the device or wait
-    on the host in chunks (`run_pipeline`); `params` may be `ModelBlocks`.
+    on the host in chunks (`run_pipeline`); `params` may be `ModelBlocks`. With `store_dir`, a
+    rerun resumes after the last finished block; the report's `resumed_s` is the time earlier
+    runs spent.
     """
     pattern = check_pattern(pattern)
     settings = sds_settings(pruner, steps, adjust_steps, lr, l1, l2, optimizer, inputs, adjust)
     mesh = resolve_mesh(mesh)
     fit = sds_fit(pruner, pattern, **{k: v for k, v in settings.items() if k != "inputs"}, mesh=mesh,
                   head_dim=cfg.head_dim)
+    store = _store(store_dir, cfg, calib_windows, method=f"sds-{pruner}", pattern=pattern_name(pattern), **settings)
     new, records = run_pipeline(params, cfg, calib_windows, fit, dense_stream=True, inputs=inputs, pattern=pattern,
                                 desc=f"sds-{pruner} {pattern_name(pattern)}", progress=progress, mesh=mesh,
-                                budget_bytes=budget_bytes)
+                                budget_bytes=budget_bytes, store=store)
     if mesh is not None:
         new = local_tree(new)
     chosen = [r["chosen"] for r in records.values() if "chosen" in r]
     counts = {k: chosen.count(k) for k in ("oneshot", "repruned", "adjusted")}
-    return new, _report(f"sds-{pruner}", pattern, records, hyperparameters=settings, chosen=counts)
+    return new, _report(f"sds-{pruner}", pattern, records, hyperparameters=settings, chosen=counts,
+                        **_resumed_s(store))
 
 
 def sds_settings(

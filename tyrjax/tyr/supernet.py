@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -38,9 +37,10 @@ from tyrjax.calibration.statistics import (InputStats, attention_inputs, check_f
 from tyrjax.model.blocks import ModelBlocks, as_blocks, block_activation_bytes, data_split, device_bytes, map_chunks
 from tyrjax.model.config import ModelConfig
 from tyrjax.parallel.distributed import agree
+from tyrjax.runs.progress import BlockProgress
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.decoder import Params
-from tyrjax.files import write_json, write_npy_atomic
+from tyrjax.files import write_npy_atomic
 from tyrjax.registry import Registry
 from tyrjax.tyr.budget import KVLedger
 from tyrjax.tyr.genome import Genome, layer_index, n_searchable
@@ -434,33 +434,19 @@ class SupernetStore:
         self.key = key
         self.dtype = np.dtype(dtype)
         self.groups = {"wo": head_dim, "w_down": 1}
-        self.earlier_s = 0.0  # wall seconds earlier runs spent building the blocks found on disk
-        self._since = time.perf_counter()
+        self.progress = BlockProgress(self.dir / "supernet.json", key)
+
+    @property
+    def earlier_s(self) -> float:
+        """Wall seconds earlier runs spent building the blocks found on disk."""
+        return self.progress.earlier_s
 
     def start_clock(self) -> None:
-        """Count build time from now, on top of what the completed blocks on disk took."""
-        self.earlier_s = self.seconds() if self.completed() else 0.0
-        self._since = time.perf_counter()
-
-    def seconds(self) -> float:
-        """Wall seconds the build has taken up to its last saved block, across resumes."""
-        try:
-            return float(json.loads(self._meta().read_text()).get("seconds", 0.0))
-        except (FileNotFoundError, json.JSONDecodeError, TypeError, ValueError):
-            return 0.0
-
-    def _meta(self) -> Path:
-        return self.dir / "supernet.json"
+        self.progress.start_clock()
 
     def completed(self) -> int:
         """Number of consecutive blocks already built for this key (0 when stale or absent)."""
-        try:
-            meta = json.loads(self._meta().read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return 0
-        if meta.get("key") != self.key:
-            return 0
-        return int(meta["completed"])
+        return self.progress.completed()
 
     def field_path(self, block: int, field: str) -> Path:
         return self.dir / f"block_{block:04d}.{field}.npy"
@@ -471,9 +457,8 @@ class SupernetStore:
             if field in LEVEL_GROUPS:
                 array = packed_rows(array, fields[LEVEL_GROUPS[field]], self.groups[field])
             write_npy_atomic(self.field_path(block, field), np.asarray(array))
-        write_npy_atomic(self.dir / "stream.npy", host_array(stream))
-        seconds = round(self.earlier_s + time.perf_counter() - self._since, 3)
-        write_json(self._meta(), {"key": self.key, "completed": block + 1, "seconds": seconds})
+        write_npy_atomic(self.progress.stream_path("stream", block + 1), host_array(stream))
+        self.progress.mark(block + 1, streams=("stream",))
 
     def load_block(self, block: int) -> BlockLevels:
         """Block `block`'s levels over read-only memory maps of its files (nothing read yet)."""
@@ -483,10 +468,11 @@ class SupernetStore:
         return BlockLevels(**maps)
 
     def load_stream(self) -> np.ndarray:
-        return np.load(self.dir / "stream.npy")
+        """The stream entering the first block not yet built."""
+        return np.load(self.progress.stream_path("stream", self.completed()))
 
 
-STORE_FORMAT = "rows-kept"  # stores of another layout (every level's rows in full) are rebuilt, not misread
+STORE_FORMAT = "rows-kept/stream-per-block"  # stores of another layout are rebuilt, not misread
 
 
 def supernet_key(cfg: ModelConfig, grid: LevelGrid, windows: np.ndarray, *settings,
