@@ -1,5 +1,4 @@
 """Streamed checkpoint reading: blocks equal the fully loaded model's, and sharded reads stay per slice."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -8,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scale_fixtures import device_env
 from tyrjax.model.blocks import layer
 from tyrjax.checkpoints.hf import load_hf_params, save_hf
 from tyrjax.model.config import ModelConfig
@@ -122,7 +122,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_reads_under_an_eight_device_mesh(sharded_dir):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = device_env(8)
     done = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(sharded_dir)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -52,7 +52,8 @@ def device_env(n_devices: int, cache_dir: Path | None = None) -> dict[str, str]:
     """The environment of a child process that sees `n_devices` simulated CPU devices (and shares
     compiled programs with the other children given the same `cache_dir`)."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={n_devices}"])
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     if cache_dir is not None:

@@ -1,13 +1,13 @@
 """The memory plan from XLA's analysis of the compiled phases, against the analytical count."""
 import argparse
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from scale_fixtures import device_env
 from tyrjax.commands import plan as plan_command
 from tyrjax.errors import TyrjaxError
 from tyrjax.model.catalog import HF_CONFIGS, builtin_config, resolve_config
@@ -82,7 +82,7 @@ MESH_SCRIPT = textwrap.dedent("""
 def test_xla_and_analytical_agree_on_a_data_tensor_mesh():
     fields = {f: getattr(SMALL, f) for f in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
                                              "head_dim", "intermediate_size")}
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = device_env(4)
     done = subprocess.run([sys.executable, "-c", MESH_SCRIPT.format(cfg=json.dumps(fields))], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

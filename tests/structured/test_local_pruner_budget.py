@@ -1,6 +1,5 @@
 """The local pruner's levels in groups sized to the per-device memory budget."""
 import json
-import os
 import subprocess
 import sys
 
@@ -8,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scale_fixtures import device_env
 from tyrjax.errors import TyrjaxError
 from tyrjax.structured.local_pruner import (_prune_levels_jit, level_groups, level_state_bytes, prune_levels,
                                             shared_state_bytes)
@@ -107,7 +107,7 @@ print(json.dumps({"shape": list(calls[0].shape),
 
 def test_levels_on_a_mesh_in_calls_of_one_level_per_device_equal_one_call():
     """The Gram a mesh sums arrives split by rows; the pruner given it prunes as on one device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = device_env(4)
     done = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
