@@ -92,7 +92,7 @@ def test_a_killed_sds_command_resumes_and_deletes_its_blocks_once_saved(tiny_mod
     capsys.readouterr()
 
     assert main([*argv, "--out", str(out)]) == 0
-    assert f"resuming from {out / 'work' / 'blocks'}" in capsys.readouterr().out
+    assert f"resuming from {out / 'work' / 'blocks'}: 1 of 2 blocks finished" in capsys.readouterr().out
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["window_nll"] == whole["window_nll"] and resumed["ppl"] == whole["ppl"]
     assert json.loads((out / "layer_losses.json").read_text()) == json.loads(

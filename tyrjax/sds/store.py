@@ -15,6 +15,7 @@ from tyrjax.model.decoder import Params
 from tyrjax.parallel.sharding import host_array
 from tyrjax.runs.progress import BlockProgress
 
+PROGRESS = "progress.json"
 STREAMS = ("stream", "dense_stream")  # the processed model's calibration inputs, and the dense model's (SDS)
 
 
@@ -33,7 +34,7 @@ class PipelineStore:
 
     def __init__(self, directory: Path, key: str):
         self.dir = Path(directory)
-        self.progress = BlockProgress(self.dir / "progress.json", key)
+        self.progress = BlockProgress(self.dir / PROGRESS, key)
 
     def completed(self) -> int:
         return self.progress.completed()
