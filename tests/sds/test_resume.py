@@ -1,4 +1,5 @@
-"""A one-shot or SDS run stopped after a finished block resumes there with the uninterrupted result."""
+"""A one-shot or SDS run stopped after a finished block resumes there with the uninterrupted result,
+on one device and on a mesh."""
 import json
 
 import jax
@@ -13,6 +14,7 @@ from tyrjax.sds import pipeline
 from tyrjax.sds.pipeline import run_pipeline, sds_fit, sds_settings, sums_bytes, window_bytes
 from tyrjax.sds.store import PipelineStore, pipeline_key
 from tyrjax.sparse import parse_pattern
+from scale_fixtures import run_check
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, intermediate_size=48)
 WINDOWS = np.random.default_rng(1).integers(0, 64, (6, 32)).astype(np.int32)
@@ -98,3 +100,22 @@ def test_a_killed_sds_command_resumes_and_deletes_its_blocks_once_saved(tiny_mod
     assert json.loads((out / "layer_losses.json").read_text()) == json.loads(
         (tmp_path / "whole" / "layer_losses.json").read_text())
     assert resumed["resumes"] == 1 and not (out / "work").exists()
+
+
+def test_a_stopped_sds_run_on_a_mesh_resumes_with_the_uninterrupted_result(tmp_path):
+    """On 4 simulated devices (windows over data=2, weights over tensor=2), with the streams on
+    the devices and on the host in chunks: stopped at block 1 of 2, then resumed bit for bit."""
+    out = tmp_path / "sds.npz"
+    done = run_check("sds_resume_check.py", [str(tmp_path / "work"), "data=2,tensor=2", str(out)], 4)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.with_suffix(".json").read_text())
+    with np.load(out) as f:
+        r = dict(f)
+    for path, chunked in (("device", False), ("host", True)):
+        assert bool(r[f"{path}/chunked"]) == chunked
+        assert int(r[f"{path}/blocks_at_stop"]) == 1
+        names = [k.rsplit("/", 1)[1] for k in r if k.startswith(f"{path}/fresh/")]
+        assert len(names) == 9
+        for name in names:
+            np.testing.assert_array_equal(r[f"{path}/resumed/{name}"], r[f"{path}/fresh/{name}"], err_msg=f"{path} {name}")
+        assert records[f"{path}/resumed"] == records[f"{path}/fresh"]
