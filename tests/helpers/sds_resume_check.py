@@ -41,6 +41,15 @@ def stop_at_block(stop: int, loops_run: list[str]) -> None:
         setattr(pipeline, name, stopping)
 
 
+def stops(run) -> bool:
+    """Whether `run()` stopped with `Stopped`."""
+    try:
+        run()
+    except Stopped:
+        return True
+    return False
+
+
 def main() -> None:
     configure_jax()
     work_dir, mesh, out_path = Path(sys.argv[1]), make_mesh(sys.argv[2]), Path(sys.argv[3])
@@ -55,11 +64,9 @@ def main() -> None:
         store = work_dir / path
         loops_run = []
         stop_at_block(1, loops_run)
-        try:
-            pipeline.run_sds_pipeline(params, CFG, calib, mesh=mesh, budget_bytes=budget, store_dir=store, **SDS)
+        if not stops(lambda: pipeline.run_sds_pipeline(params, CFG, calib, mesh=mesh, budget_bytes=budget,
+                                                       store_dir=store, **SDS)):
             sys.exit("the run was meant to stop in block 1")
-        except Stopped:
-            pass
         pipeline.process_block, pipeline.process_block_chunked = unpatched
         arrays[f"{path}/blocks_at_stop"] = np.int64(json.loads((store / PROGRESS).read_text())["completed"])
         arrays[f"{path}/chunked"] = np.bool_(set(loops_run) == {"process_block_chunked"})
