@@ -113,7 +113,7 @@ def test_a_stopped_sds_run_on_a_mesh_resumes_with_the_uninterrupted_result(tmp_p
         r = dict(f)
     for path, chunked in (("device", False), ("host", True)):
         assert bool(r[f"{path}/chunked"]) == chunked
-        assert int(r[f"{path}/blocks_at_stop"]) == 1
+        assert int(r[f"{path}/blocks_at_stop"]) == 1 and r[f"{path}/resumed_blocks"].tolist() == [1]
         names = [k.rsplit("/", 1)[1] for k in r if k.startswith(f"{path}/fresh/")]
         assert len(names) == 9
         for name in names:
