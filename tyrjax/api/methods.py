@@ -28,9 +28,7 @@ from tyrjax.parallel.sharding import resolve_mesh
 from tyrjax.runs.plots import per_layer_sparsity, search_convergence
 from tyrjax.sparse.pruners import SPARSE_PRUNERS
 from tyrjax.tyr.budget import sparsity_report
-from tyrjax.runs.progress import recorded_blocks
 from tyrjax.sds.pipeline import check_pattern_fits, prune_oneshot, run_sds_pipeline, sds_settings
-from tyrjax.sds.store import PROGRESS
 from tyrjax.sparse import parse_pattern
 from tyrjax.tyr.pipeline import (PRESETS, Selection, TyrConfig, distribution_selection, removed_groups, run_tyr,
                                  uniform_selection)
@@ -389,9 +387,6 @@ class UnstructuredMethod:
         """Each finished block is kept in OUT/work/blocks, where a rerun resumes; the files go
         once the pruned model is saved."""
         store_dir = out / "work" / BLOCK_STORE if out is not None else None
-        finished = recorded_blocks(store_dir / PROGRESS) if store_dir is not None else 0
-        if finished:
-            print(f"resuming from {store_dir}: {finished} of {model.cfg.n_layers} blocks finished")
         start = time.perf_counter()
         if self.sds is None:
             params, report = prune_oneshot(model.params, model.cfg, calib, self.pattern, self.method, progress=progress,

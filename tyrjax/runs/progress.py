@@ -17,19 +17,6 @@ from tyrjax.files import write_json
 from tyrjax.parallel.distributed import is_writer
 
 
-def _read(path: Path) -> dict:
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def recorded_blocks(path: Path) -> int:
-    """The blocks the progress file at `path` lists as finished, whatever its key (0 if none)."""
-    return int(_read(path).get("completed", 0))
-
-
 class BlockProgress:
     def __init__(self, path: Path, key: str):
         self.path = Path(path)
@@ -37,18 +24,21 @@ class BlockProgress:
         self.earlier_s = 0.0  # wall seconds earlier runs spent on the blocks found completed
         self._since = time.perf_counter()
 
-    def _meta(self) -> dict:
-        meta = _read(self.path)
-        return meta if meta.get("key") == self.key else {}
+    def _read(self) -> dict:
+        try:
+            meta = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return meta if isinstance(meta, dict) and meta.get("key") == self.key else {}
 
     def completed(self) -> int:
         """Number of consecutive blocks already finished for this key (0 when stale or absent)."""
-        return int(self._meta().get("completed", 0))
+        return int(self._read().get("completed", 0))
 
     def seconds(self) -> float:
         """Wall seconds the run has taken up to its last finished block, across resumes."""
         try:
-            return float(self._meta().get("seconds", 0.0))
+            return float(self._read().get("seconds", 0.0))
         except (TypeError, ValueError):
             return 0.0
 

@@ -411,12 +411,16 @@ def _check_method(method: str, what: str) -> None:
                           "(or add one with tyrjax.sparse.SPARSE_PRUNERS.register)")
 
 
-def _resume_start(store: PipelineStore | None) -> int:
-    """Blocks a store already holds (0 without one), the same on every process."""
+def _resume_start(store: PipelineStore | None, n_blocks: int) -> int:
+    """Blocks a store already holds for this run's settings (0 without one), the same on every
+    process; a resume says so in one line."""
     if store is None:
         return 0
     store.progress.start_clock()
-    return agree(store.completed(), f"pipeline store {store.dir}")
+    start = agree(store.completed(), f"pipeline store {store.dir}")
+    if start:
+        print(f"resuming from {store.dir}: {start} of {n_blocks} blocks finished", flush=True)
+    return start
 
 
 def _resumed_blocks(store: PipelineStore, start: int) -> tuple[list[Params], dict[str, dict]]:
@@ -484,7 +488,7 @@ def run_pipeline(
         if stacked:
             out["layers"] = jax.tree_util.tree_map(lambda *a: np.stack(a), *out["layers"])
         return out, records
-    start = _resume_start(store)
+    start = _resume_start(store, cfg.n_layers)
     if start:
         place = jnp.asarray if mesh is None else (lambda a: put_axes(a, HIDDEN, mesh))
         x_s, x_d = (None if a is None else place(a) for a in store.load_streams(dense_stream))
@@ -525,7 +529,7 @@ def _run_blocks_pipeline(
     tensor = 1 if mesh is None else axis_size(mesh, "mlp")
     size = min(n_local, stream_windows(cfg, n_local, windows.shape[1], budget, resident + 2 * block_bytes,
                                        tensor, dense_stream and inputs == "dense")) * split
-    start = _resume_start(store)
+    start = _resume_start(store, cfg.n_layers)
     if start:
         x_s, x_d = store.load_streams(dense_stream)
         new_layers, records = _resumed_blocks(store, start)
