@@ -26,8 +26,8 @@ class Interrupted(Exception):
     """What a kill leaves: the run stops in the middle of a block."""
 
 
-def sds_layer_fit():
-    settings = sds_settings("sparsegpt", 4, None, None, None, None, "adam", "pruned")
+def sds_layer_fit(steps: int = 4):
+    settings = sds_settings("sparsegpt", steps, None, None, None, None, "adam", "pruned")
     return sds_fit("sparsegpt", PATTERN, **{k: v for k, v in settings.items() if k != "inputs"}, head_dim=CFG.head_dim)
 
 
@@ -49,26 +49,34 @@ def leaves(params) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("on_host", [False, True], ids=["streams-on-device", "streams-on-host-in-chunks"])
-def test_a_stopped_run_resumes_after_its_last_finished_block_with_the_uninterrupted_result(tmp_path, on_host):
+def test_a_stopped_run_resumes_after_its_last_finished_block_with_the_uninterrupted_result(tmp_path, on_host, capsys):
     params = init_random_params(CFG, 0)
     budget = int(2 * device_bytes(params) + sums_bytes(CFG) + 4 * window_bytes(CFG, 32)) if on_host else None
     fit = sds_layer_fit()
     run = dict(dense_stream=True, pattern=PATTERN, progress=False, budget_bytes=budget)
     want, want_records = run_pipeline(params, CFG, WINDOWS, fit, **run)
 
+    # The directory first holds a block of a run with other settings: it is started over, not mixed in.
+    other = PipelineStore(tmp_path / "store", pipeline_key(CFG, WINDOWS, method="sds-sparsegpt", steps=2))
+    with pytest.raises(Interrupted):
+        run_pipeline(params, CFG, WINDOWS, stopped_after(sds_layer_fit(2), FITS_PER_BLOCK + 3), store=other, **run)
+    assert other.completed() == 1
+
     store = PipelineStore(tmp_path / "store", pipeline_key(CFG, WINDOWS, method="sds-sparsegpt", steps=4))
+    capsys.readouterr()
     with pytest.raises(Interrupted):  # stopped in block 1's o_proj
         run_pipeline(params, CFG, WINDOWS, stopped_after(fit, FITS_PER_BLOCK + 3), store=store, **run)
-    assert store.completed() == 1
+    assert "resuming" not in capsys.readouterr().out
+    assert store.completed() == 1 and other.completed() == 0
     kept = sorted(p.name for p in store.dir.glob("*stream*"))
     assert kept == ["dense_stream_0001.npy", "stream_0001.npy"]  # block 1's inputs only
 
     got, records = run_pipeline(params, CFG, WINDOWS, fit, store=store, **run)
+    assert f"resuming from {store.dir}: 1 of {CFG.n_layers} blocks finished" in capsys.readouterr().out
     assert store.completed() == CFG.n_layers
     for a, b in zip(leaves(got), leaves(want), strict=True):
         np.testing.assert_array_equal(a, b)
     assert records == want_records
-    assert PipelineStore(store.dir, pipeline_key(CFG, WINDOWS, method="sds-sparsegpt", steps=5)).completed() == 0
 
 
 def test_a_killed_sds_command_resumes_and_deletes_its_blocks_once_saved(tiny_model_dir, tmp_path, monkeypatch, capsys):
