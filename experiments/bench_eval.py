@@ -13,9 +13,10 @@ parameters; unstructured ones (sparsegpt, wanda and their SDS versions) prune to
 reuses a finished one); the dense model is scored once. Every model is evaluated on the held-out
 Shakespeare plays, pydoc and sotu (general-v1's evaluation corpora) and on `--tasks` with at most
 `--limit` items per task. Prints one markdown table in the papers' layout (perplexity columns,
-one column per task, mean accuracy, % of the dense mean retained, with standard errors), then,
-where Týr ran, its perplexity change against each structured baseline with the same calibration
-on the same windows (95 % paired-bootstrap interval), and each method calibrated on `general`
+one column per task, mean accuracy, % of the dense mean retained, with standard errors), then
+three tables of paired changes (perplexity window by window, mean task accuracy item by item,
+95 % paired-bootstrap intervals): Týr against each structured baseline with the same
+calibration, each SDS run against its one-shot pruner, and each method calibrated on `general`
 against the same method calibrated on `shakespeare`. OUT/bench_eval.json holds every finished row,
 rewritten after each model.
 
@@ -156,18 +157,17 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Týr against each structured baseline with the same calibration, window by window."""
-    lines = []
-    for tyr in (r for r in rows if r["method"] == "tyr"):
-        for other in (r for r in rows if r["method"] in STRUCTURED[1:] and r["calib"] == tyr["calib"]):
-            cells = [format_ratio(paired_ratio(other["window_nll"][c], tyr["window_nll"][c])) for c in CORPORA]
-            cells.append(accuracy_change(other["tasks"], tyr["tasks"]))
-            lines.append(f"| tyr vs {other['method']} ({tyr['calib']}) | " + " | ".join(cells) + " |")
-    if not lines:
+def comparison_table(title: str, pairs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """One line per (label, A, B): B's perplexity change against A's on each corpus, window by
+    window, and its mean task accuracy change, item by item."""
+    if not pairs:
         return []
-    return ["", "| Týr against | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA)
-            + " | mean acc change [95 % CI], item by item |", "|" + "---|" * (2 + len(CORPORA))] + lines
+    lines = ["", f"| {title} | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA)
+             + " | mean acc change [95 % CI], item by item |", "|" + "---|" * (2 + len(CORPORA))]
+    for label, a, b in pairs:
+        cells = [format_ratio(paired_ratio(a["window_nll"][c], b["window_nll"][c])) for c in CORPORA]
+        lines.append(f"| {label} | " + " | ".join([*cells, accuracy_change(a["tasks"], b["tasks"])]) + " |")
+    return lines
 
 
 def accuracy_change(tasks_a: dict[str, Any] | None, tasks_b: dict[str, Any] | None) -> str:
@@ -178,16 +178,28 @@ def accuracy_change(tasks_a: dict[str, Any] | None, tasks_b: dict[str, Any] | No
     return format_accuracy(paired_accuracy(tasks_a, tasks_b))
 
 
-def calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Each method calibrated on `general` against the same method on `shakespeare`, window by window."""
+def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Týr against each structured baseline with the same calibration."""
+    pairs = [(f"tyr vs {other['method']} ({tyr['calib']})", other, tyr)
+             for tyr in rows if tyr["method"] == "tyr"
+             for other in rows if other["method"] in STRUCTURED[1:] and other["calib"] == tyr["calib"]]
+    return comparison_table("Týr against", pairs)
+
+
+def sds_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each SDS run against the one-shot pruner it starts from, with the same calibration."""
     by_key = {(r["method"], r["calib"]): r for r in rows}
-    lines = [f"| {m} | " + " | ".join(format_ratio(paired_ratio(by_key[m, "shakespeare"]["window_nll"][c],
-                                                                g["window_nll"][c])) for c in CORPORA) + " |"
-             for (m, calib), g in by_key.items() if calib == "general" and (m, "shakespeare") in by_key]
-    if not lines:
-        return []
-    return ["", "| general against shakespeare calibration | " + " | ".join(f"ppl change {c} [95 % CI]" for c in CORPORA)
-            + " |", "|" + "---|" * (1 + len(CORPORA))] + lines
+    pairs = [(f"{m} vs {m[len('sds-'):]} ({calib})", by_key[m[len("sds-"):], calib], sds)
+             for (m, calib), sds in by_key.items() if m in SDS and (m[len("sds-"):], calib) in by_key]
+    return comparison_table("SDS against one-shot", pairs)
+
+
+def calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each method calibrated on `general` against the same method on `shakespeare`."""
+    by_key = {(r["method"], r["calib"]): r for r in rows}
+    pairs = [(m, by_key[m, "shakespeare"], g) for (m, calib), g in by_key.items()
+             if calib == "general" and (m, "shakespeare") in by_key]
+    return comparison_table("general against shakespeare calibration", pairs)
 
 
 def main() -> None:
@@ -238,7 +250,7 @@ def main() -> None:
             write_json(Path(args.out) / "bench_eval.json", {"args": vars(args), "rows": rows})
             print(f"{calib} {method} done at {time.perf_counter() - start:.0f} s", flush=True)
     if any(r["method"] == "dense" for r in rows):
-        print("\n".join(table(rows) + paired_lines(rows) + calibration_lines(rows)))
+        print("\n".join(table(rows) + paired_lines(rows) + sds_lines(rows) + calibration_lines(rows)))
 
 
 if __name__ == "__main__":
