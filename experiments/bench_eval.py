@@ -189,8 +189,8 @@ def paired_lines(rows: list[dict[str, Any]]) -> list[str]:
 def sds_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Each SDS run against the one-shot pruner it starts from, with the same calibration."""
     by_key = {(r["method"], r["calib"]): r for r in rows}
-    pairs = [(f"{m} vs {m[len('sds-'):]} ({calib})", by_key[m[len("sds-"):], calib], sds)
-             for (m, calib), sds in by_key.items() if m in SDS and (m[len("sds-"):], calib) in by_key]
+    pairs = [(f"{m} vs {m.removeprefix('sds-')} ({calib})", by_key[m.removeprefix("sds-"), calib], sds)
+             for (m, calib), sds in by_key.items() if m in SDS and (m.removeprefix("sds-"), calib) in by_key]
     return comparison_table("SDS against one-shot", pairs)
 
 
