@@ -12,6 +12,8 @@ from tyrjax.model.layers import (
     apply_rope,
     attention_heads,
     attention_output,
+    attention_qkv,
+    causal_attention,
     decoder_layer,
     mlp_hidden,
     mlp_output,
@@ -243,6 +245,20 @@ def test_attention_with_a_cache_equals_attention_over_the_whole_sequence():
     second, cache = attend(p, CFG, x[:, 4:], cos[4:], sin[4:], kv_map, cache)
     assert int(cache.length) == 6 and cache.k.shape == (2, 8, 2, CFG.head_dim)
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), np.asarray(whole), **TOL)
+
+
+def test_the_attention_core_window_by_window_equals_all_windows_at_once():
+    """`causal_attention` mixes no windows: a window alone gives its rows of the batched call."""
+    rng = np.random.default_rng(7)
+    p = random_layer(rng, CFG, 4, 2, 10, True)
+    x = jnp.asarray(rng.normal(0, 1, (3, 6, 12)), jnp.float32)
+    positions = jnp.arange(6)
+    q, k, v = attention_qkv(p, CFG, x, *rope(CFG, 6))
+    kv_map = (1, 0, 1, 1)
+    batched = causal_attention(q, k, v, kv_map, positions, positions)
+    alone = [causal_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], kv_map, positions, positions) for i in range(3)]
+    np.testing.assert_allclose(np.concatenate(alone), np.asarray(batched), **TOL)
+    np.testing.assert_allclose(np.asarray(batched), np_attention_heads(p, CFG, np.asarray(x), kv_map), **TOL)
 
 
 def test_head_mask_zeroes_heads():

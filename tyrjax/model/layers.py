@@ -73,6 +73,36 @@ def _project(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
     return y if b is None else y + b
 
 
+def attention_qkv(
+    p: dict, cfg: ModelConfig, x: jax.Array, cos: jax.Array, sin: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q, k (rotated) and v of normed `x` (B, T, d), each (B, T, heads, hd)."""
+    b, t, _ = x.shape
+    hd = cfg.head_dim
+    q = _project(x, p["wq"], p.get("bq")).reshape(b, t, -1, hd)
+    k = _project(x, p["wk"], p.get("bk")).reshape(b, t, -1, hd)
+    v = _project(x, p["wv"], p.get("bv")).reshape(b, t, -1, hd)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, kv_map: tuple[int, ...], q_pos: jax.Array, k_pos: jax.Array
+) -> jax.Array:
+    """Per-head outputs (B, Tq, H*hd) of queries at positions `q_pos` over keys and values at
+    `k_pos` (B, Tk, KV heads, hd), each key seen by the queries at or after it; `kv_map[h]` is
+    the KV head of query head h."""
+    b, t, _, hd = q.shape
+    index = jnp.asarray(kv_map, dtype=jnp.int32)
+    k_per_q, v_per_q = k[:, :, index], v[:, :, index]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_per_q, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(hd)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v_per_q)
+    return out.reshape(b, t, -1)
+
+
 def attention_heads(
     p: dict,
     cfg: ModelConfig,
@@ -84,12 +114,8 @@ def attention_heads(
 ) -> tuple[jax.Array, KVCache | None]:
     """Causal attention of normed `x` (B, T, d): the per-head outputs (B, T, H*hd), i.e.
     the input of o_proj, and the updated cache. `kv_map[h]` is the KV head of query head h."""
-    b, t, _ = x.shape
-    hd = cfg.head_dim
-    q = _project(x, p["wq"], p.get("bq")).reshape(b, t, -1, hd)
-    k = _project(x, p["wk"], p.get("bk")).reshape(b, t, -1, hd)
-    v = _project(x, p["wv"], p.get("bv")).reshape(b, t, -1, hd)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    t = x.shape[1]
+    q, k, v = attention_qkv(p, cfg, x, cos, sin)
     if cache is None:
         q_pos = jnp.arange(t)
         k_pos = q_pos
@@ -99,15 +125,7 @@ def attention_heads(
         q_pos = cache.length + jnp.arange(t)
         k_pos = jnp.arange(k.shape[1])
         cache = KVCache(k, v, cache.length + t)
-    index = jnp.asarray(kv_map, dtype=jnp.int32)
-    k_per_q, v_per_q = k[:, :, index], v[:, :, index]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_per_q, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(hd)
-    causal = k_pos[None, :] <= q_pos[:, None]
-    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v_per_q)
-    return out.reshape(b, t, -1), cache
+    return causal_attention(q, k, v, kv_map, q_pos, k_pos), cache
 
 
 def attention_output(p: dict, heads: jax.Array, head_mask: jax.Array | None, head_dim: int) -> jax.Array:
